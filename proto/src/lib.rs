@@ -1,0 +1,16 @@
+//! The kube-service-router event contract: schema, naming rules and the versioned wire codec.
+//!
+//! Every process depends on this crate and nothing else about the wire format: the watcher
+//! builds [`Event`]s and encodes them, the publishers and `ksrctl` decode them. The payload is
+//! bincode 2.0.1 inside a small versioned envelope ([`codec`]); bincode never leaks out of here.
+
+pub mod codec;
+mod error;
+pub mod model;
+pub mod names;
+pub mod route;
+pub mod subject;
+
+pub use codec::{decode, encode};
+pub use error::ProtoError;
+pub use model::{Backend, Change, Event, EventKind, RouteState, ServiceKey, ServicePort};

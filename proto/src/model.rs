@@ -1,0 +1,208 @@
+//! The event model: one Service key, and the complete desired route state for it.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::ProtoError;
+use crate::names;
+use crate::route;
+
+/// Identifies one Service in one cluster; the unit of ordering and fencing.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize,
+)]
+pub struct ServiceKey {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(
+        cluster: impl Into<String>,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            cluster: cluster.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Checks every part against the naming rules of [`names`].
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        names::validate_cluster(&self.cluster)?;
+        names::validate_namespace(&self.namespace)?;
+        names::validate_service_name(&self.name)
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.cluster, self.namespace, self.name)
+    }
+}
+
+/// One port the Service exposes.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize,
+)]
+pub struct ServicePort {
+    /// The port's name in the Service spec (empty when unnamed).
+    pub name: String,
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+/// One address traffic for the route is sent to.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize,
+)]
+pub struct Backend {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Only ready backends receive traffic; not-ready ones are carried for audit.
+    pub ready: bool,
+}
+
+/// The complete desired routing state of one Service: applying the newest one is enough.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct RouteState {
+    /// The first DNS label of the hostname: `<name|host annotation>-<namespace>`. It is also
+    /// the Consul tag.
+    pub label: String,
+    /// The environment (`test` by default); also the Consul service name.
+    pub environment: String,
+    /// The domain (`service.consul` by default).
+    pub domain: String,
+    /// The vulcand PathRegexp (`/.*` by default).
+    pub path: String,
+    /// The Service's ports, sorted.
+    pub ports: Vec<ServicePort>,
+    /// Where traffic goes, sorted and de-duplicated.
+    pub backends: Vec<Backend>,
+}
+
+impl RouteState {
+    /// `<label>.<environment>.<domain>`, lower case.
+    pub fn hostname(&self) -> String {
+        format!("{}.{}.{}", self.label, self.environment, self.domain)
+    }
+
+    /// Sorts and de-duplicates ports and backends so equal states encode to equal bytes.
+    pub fn normalize(&mut self) {
+        self.ports.sort();
+        self.ports.dedup();
+        self.backends.sort();
+        self.backends.dedup();
+    }
+
+    /// Backends that receive traffic.
+    pub fn ready_backends(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.iter().filter(|b| b.ready)
+    }
+
+    /// Checks the hostname parts and the path against the rules vulcand and Consul DNS impose.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        names::validate_host_label(&self.label)?;
+        names::validate_environment(&self.environment)?;
+        names::validate_domain(&self.domain)?;
+        route::validate_path(&self.path)?;
+        if self.backends.iter().any(|b| b.port == 0) {
+            return Err(ProtoError::InvalidEvent("backend port 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What happened to the Service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+pub enum Change {
+    /// The Service became routable; carries its complete state.
+    Added(RouteState),
+    /// The routable Service changed; carries its complete new state.
+    Updated(RouteState),
+    /// The Service is gone or no longer routable.
+    Removed,
+}
+
+/// The kind of an event, without its payload (used in headers and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Added,
+    Updated,
+    Removed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Added => "added",
+            EventKind::Updated => "updated",
+            EventKind::Removed => "removed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "added" => Some(EventKind::Added),
+            "updated" => Some(EventKind::Updated),
+            "removed" => Some(EventKind::Removed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event of the stream: a Service's new desired state, with provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct Event {
+    pub key: ServiceKey,
+    pub change: Change,
+    /// The Kubernetes resourceVersion (or file revision) the state was read at.
+    pub resource_version: String,
+    /// When the watcher observed the change, milliseconds since the Unix epoch.
+    pub observed_unix_ms: i64,
+    /// Who observed it: the watcher instance (its pod name).
+    pub observer: String,
+    /// Who made the change, when the source says so (Kubernetes field manager).
+    pub manager: Option<String>,
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self.change {
+            Change::Added(_) => EventKind::Added,
+            Change::Updated(_) => EventKind::Updated,
+            Change::Removed => EventKind::Removed,
+        }
+    }
+
+    /// The desired route, or `None` for a removal.
+    pub fn route(&self) -> Option<&RouteState> {
+        match &self.change {
+            Change::Added(r) | Change::Updated(r) => Some(r),
+            Change::Removed => None,
+        }
+    }
+
+    /// Checks the key and the route; the codec calls this on both encode and decode.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        self.key.validate()?;
+        if let Some(route) = self.route() {
+            route.validate()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! Representative events shared by the golden-vector and property tests.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ksr_proto::{Backend, Change, Event, RouteState, ServiceKey, ServicePort};
+
+pub fn webtest1_route() -> RouteState {
+    RouteState {
+        label: "webtest1-default".into(),
+        environment: "test".into(),
+        domain: "service.consul".into(),
+        path: "/mycontext/.*".into(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: "TCP".into(),
+        }],
+        backends: vec![
+            Backend {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
+                port: 80,
+                ready: true,
+            },
+            Backend {
+                ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 9)),
+                port: 8080,
+                ready: false,
+            },
+        ],
+    }
+}
+
+/// (file stem, event) for every golden vector of schema version 1.
+pub fn golden_v1() -> Vec<(&'static str, Event)> {
+    let key = ServiceKey::new("east", "default", "webtest1");
+    let mut updated = webtest1_route();
+    updated.label = "myapp-default".into();
+    updated.backends.truncate(1);
+    vec![
+        (
+            "v1_added",
+            Event {
+                key: key.clone(),
+                change: Change::Added(webtest1_route()),
+                resource_version: "12345".into(),
+                observed_unix_ms: 1_764_230_400_000,
+                observer: "ksr-watcher-0".into(),
+                manager: Some("kubectl-client-side-apply".into()),
+            },
+        ),
+        (
+            "v1_updated",
+            Event {
+                key: key.clone(),
+                change: Change::Updated(updated),
+                resource_version: "12399".into(),
+                observed_unix_ms: 1_764_230_460_123,
+                observer: "ksr-watcher-1".into(),
+                manager: None,
+            },
+        ),
+        (
+            "v1_removed",
+            Event {
+                key,
+                change: Change::Removed,
+                resource_version: "12400".into(),
+                observed_unix_ms: 1_764_230_520_999,
+                observer: "ksr-watcher-0".into(),
+                manager: None,
+            },
+        ),
+    ]
+}

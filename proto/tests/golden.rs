@@ -1,0 +1,41 @@
+//! Golden vectors: every released schema version's bytes must decode forever.
+//!
+//! `KSR_BLESS=1 cargo test -p ksr-proto --test golden` writes the vectors of the current
+//! version; never re-bless a released version — add new files instead.
+
+mod common;
+
+use std::path::PathBuf;
+
+use ksr_proto::{Event, codec};
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+#[test]
+fn golden_vectors_decode_to_the_recorded_events() {
+    let bless = std::env::var_os("KSR_BLESS").is_some();
+    for (stem, event) in common::golden_v1() {
+        let bin = golden_dir().join(format!("{stem}.bin"));
+        let json = golden_dir().join(format!("{stem}.json"));
+        if bless {
+            std::fs::write(&bin, codec::encode(&event).unwrap()).unwrap();
+            std::fs::write(&json, serde_json::to_string_pretty(&event).unwrap() + "\n").unwrap();
+        }
+        let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let decoded = codec::decode(&bytes).unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let recorded: Event = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(decoded, recorded, "{stem} decodes to its recorded JSON");
+        assert_eq!(decoded, event, "{stem} matches the event the test builds");
+    }
+}
+
+#[test]
+fn current_version_encodes_byte_identically_to_its_golden_vectors() {
+    for (stem, event) in common::golden_v1() {
+        let bytes = std::fs::read(golden_dir().join(format!("{stem}.bin"))).unwrap();
+        assert_eq!(codec::encode(&event).unwrap(), bytes, "{stem}");
+        assert_eq!(codec::peek_version(&bytes).unwrap(), 1);
+    }
+}

@@ -1,0 +1,129 @@
+//! Property tests: any valid event round-trips through the codec; validators agree with the
+//! naming rules.
+
+use std::net::IpAddr;
+
+use ksr_proto::{Backend, Change, Event, RouteState, ServiceKey, ServicePort, codec, names, route};
+use proptest::prelude::*;
+
+fn label() -> impl Strategy<Value = String> {
+    "[a-z]([-a-z0-9]{0,20}[a-z0-9])?"
+}
+
+fn backend() -> impl Strategy<Value = Backend> {
+    (any::<IpAddr>(), 1u16.., any::<bool>()).prop_map(|(ip, port, ready)| Backend {
+        ip,
+        port,
+        ready,
+    })
+}
+
+fn route_state() -> impl Strategy<Value = RouteState> {
+    (
+        label(),
+        label(),
+        prop::sample::select(vec!["/.*", "/api/.*", "^/v[0-9]+/x$", "/static/"]),
+        prop::collection::vec(
+            (
+                "[a-z]{0,8}",
+                1u16..,
+                prop::sample::select(vec!["TCP", "UDP"]),
+            ),
+            0..4,
+        ),
+        prop::collection::vec(backend(), 0..16),
+    )
+        .prop_map(|(label, environment, path, ports, backends)| {
+            let mut r = RouteState {
+                label,
+                environment,
+                domain: "service.consul".into(),
+                path: path.into(),
+                ports: ports
+                    .into_iter()
+                    .map(|(name, port, protocol)| ServicePort {
+                        name,
+                        port,
+                        protocol: protocol.into(),
+                    })
+                    .collect(),
+                backends,
+            };
+            r.normalize();
+            r
+        })
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    (
+        label(),
+        label(),
+        label(),
+        prop_oneof![
+            route_state().prop_map(Change::Added),
+            route_state().prop_map(Change::Updated),
+            Just(Change::Removed),
+        ],
+        "[0-9]{1,12}",
+        any::<i64>(),
+        "[a-z0-9-]{0,30}",
+        proptest::option::of("[ -~]{0,40}"),
+    )
+        .prop_map(
+            |(cluster, namespace, name, change, rv, t, observer, manager)| Event {
+                key: ServiceKey {
+                    cluster,
+                    namespace,
+                    name,
+                },
+                change,
+                resource_version: rv,
+                observed_unix_ms: t,
+                observer,
+                manager,
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn valid_events_round_trip(event in event()) {
+        let bytes = codec::encode(&event).unwrap();
+        prop_assert_eq!(codec::decode(&bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn generated_labels_are_valid_names(l in label()) {
+        prop_assert!(names::validate_namespace(&l).is_ok());
+        prop_assert!(names::validate_service_name(&l).is_ok());
+        prop_assert!(names::validate_cluster(&l).is_ok());
+    }
+
+    #[test]
+    fn names_with_a_foreign_character_are_rejected(
+        l in label(),
+        bad in prop::sample::select(vec!['.', '*', '>', ' ', '_', 'A', '/', '\n', 'é']),
+        at in any::<prop::sample::Index>(),
+    ) {
+        let mut chars: Vec<char> = l.chars().collect();
+        chars.insert(at.index(chars.len() + 1), bad);
+        let s: String = chars.into_iter().collect();
+        prop_assert!(names::validate_cluster(&s).is_err());
+        prop_assert!(names::validate_namespace(&s).is_err());
+    }
+
+    #[test]
+    fn paths_with_a_backtick_or_control_char_are_rejected(
+        prefix in "/[a-z]{0,10}",
+        bad in prop::sample::select(vec!['`', '\n', '\r', '\t', '\0', '\u{7f}']),
+    ) {
+        let path = format!("{prefix}{bad}");
+        prop_assert!(route::validate_path(&path).is_err());
+    }
+
+    #[test]
+    fn any_string_is_validated_without_panicking(s in "\\PC{0,64}") {
+        let _ = route::validate_path(&s);
+        let _ = names::validate_domain(&s);
+    }
+}

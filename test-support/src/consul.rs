@@ -1,0 +1,172 @@
+//! A real Consul server agent on free loopback ports, optionally with ACLs (default deny).
+
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::binaries::server_binary;
+use crate::process::Proc;
+use crate::{free_ports, http, wait_until};
+
+/// The master ("bootstrap") token of a Consul started with ACLs.
+pub const MASTER_TOKEN: &str = "2f1c4d7e-9a3b-4c5d-8e6f-0a1b2c3d4e5f";
+
+/// How to start Consul.
+#[derive(Debug, Clone, Default)]
+pub struct ConsulOptions {
+    /// ACLs enabled with `default_policy = "deny"` and [`MASTER_TOKEN`] as master token.
+    pub acl: bool,
+}
+
+/// A running single-server Consul with a data dir; killed on drop.
+#[derive(Debug)]
+pub struct ConsulServer {
+    dir: TempDir,
+    http_port: u16,
+    dns_port: u16,
+    server_port: u16,
+    serf_lan_port: u16,
+    serf_wan_port: u16,
+    options: ConsulOptions,
+    proc: Option<Proc>,
+}
+
+impl ConsulServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(ConsulOptions::default()).await
+    }
+
+    pub async fn start_with(options: ConsulOptions) -> anyhow::Result<Self> {
+        let p = free_ports(5)?;
+        let mut server = Self {
+            dir: tempfile::Builder::new().prefix("ksr-consul-").tempdir()?,
+            http_port: p[0],
+            dns_port: p[1],
+            server_port: p[2],
+            serf_lan_port: p[3],
+            serf_wan_port: p[4],
+            options,
+            proc: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// `http://127.0.0.1:<http port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// The UDP/TCP port Consul answers DNS on.
+    pub fn dns_port(&self) -> u16 {
+        self.dns_port
+    }
+
+    /// The agent's own node name (entries placed on it are subject to anti-entropy).
+    pub fn node_name(&self) -> &'static str {
+        "ksr-test-agent"
+    }
+
+    /// The master token when ACLs are on.
+    pub fn master_token(&self) -> Option<&'static str> {
+        self.options.acl.then_some(MASTER_TOKEN)
+    }
+
+    /// Kills Consul (as a crash would); data stays for [`restart`](Self::restart).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts Consul again on the same ports and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn().await
+    }
+
+    fn hcl(&self) -> String {
+        let mut hcl = String::from(
+            "performance { raft_multiplier = 1 } \
+             disable_update_check = true \
+             ports { grpc = -1 https = -1 } \
+             dns_config { allow_stale = false } ",
+        );
+        if self.options.acl {
+            hcl.push_str(&format!(
+                "primary_datacenter = \"dc1\" \
+                 acl {{ enabled = true default_policy = \"deny\" down_policy = \"extend-cache\" \
+                 tokens {{ master = \"{MASTER_TOKEN}\" agent = \"{MASTER_TOKEN}\" }} }}"
+            ));
+        }
+        hcl
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(server_binary("consul")?);
+        cmd.arg("agent")
+            .arg("-server")
+            .arg("-bootstrap")
+            .arg("-node")
+            .arg(self.node_name())
+            .arg("-datacenter")
+            .arg("dc1")
+            .arg("-data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("-bind")
+            .arg("127.0.0.1")
+            .arg("-advertise")
+            .arg("127.0.0.1")
+            .arg("-client")
+            .arg("127.0.0.1")
+            .arg("-http-port")
+            .arg(self.http_port.to_string())
+            .arg("-dns-port")
+            .arg(self.dns_port.to_string())
+            .arg("-server-port")
+            .arg(self.server_port.to_string())
+            .arg("-serf-lan-port")
+            .arg(self.serf_lan_port.to_string())
+            .arg("-serf-wan-port")
+            .arg(self.serf_wan_port.to_string())
+            .arg("-disable-host-node-id")
+            .arg("-log-level")
+            .arg("warn")
+            .arg("-hcl")
+            .arg(self.hcl());
+        let mut proc = Proc::spawn("consul", cmd, &self.dir.path().join("consul.log"))?;
+        let port = self.http_port;
+        // Ready when a leader is elected and the catalog answers (the agent's own node is in it).
+        let token = self
+            .master_token()
+            .map(|t| format!("?token={t}"))
+            .unwrap_or_default();
+        let nodes_path = format!("/v1/catalog/nodes{token}");
+        let ready = wait_until(
+            "consul leader and catalog",
+            Duration::from_secs(60),
+            || async {
+                match http::get(port, "/v1/status/leader").await {
+                    Some((200, body)) if body.trim().len() > 2 => {}
+                    _ => return None,
+                }
+                match http::get(port, &nodes_path).await {
+                    Some((200, body)) if body.contains("ksr-test-agent") => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+        if let Err(e) = ready {
+            proc.check_alive()?;
+            anyhow::bail!("{e}; log:\n{}", proc.log_tail());
+        }
+        self.proc = Some(proc);
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! A real etcd on free loopback ports.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::binaries::server_binary;
+use crate::process::Proc;
+use crate::{free_ports, http, wait_until};
+
+/// How to start etcd.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    /// Also serve the v2 API (`--enable-v2`), as vulcand v0.8 needs.
+    pub enable_v2: bool,
+}
+
+/// A running single-member etcd with its own data dir; killed on drop.
+#[derive(Debug)]
+pub struct EtcdServer {
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+    options: EtcdOptions,
+    proc: Option<Proc>,
+}
+
+impl EtcdServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(EtcdOptions::default()).await
+    }
+
+    pub async fn start_with(options: EtcdOptions) -> anyhow::Result<Self> {
+        let ports = free_ports(2)?;
+        let mut server = Self {
+            dir: tempfile::Builder::new().prefix("ksr-etcd-").tempdir()?,
+            client_port: ports[0],
+            peer_port: ports[1],
+            options,
+            proc: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// `127.0.0.1:<port>`, as etcd-client takes it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `http://127.0.0.1:<port>`, for the v2 HTTP API.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// Kills etcd (as a crash would); data stays for [`restart`](Self::restart).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(server_binary("etcd")?);
+        cmd.arg("--name")
+            .arg("ksr-test")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("ksr-test={peer}"))
+            .arg("--log-level")
+            .arg("warn");
+        if self.options.enable_v2 {
+            cmd.arg("--enable-v2=true");
+        }
+        let mut proc = Proc::spawn("etcd", cmd, &self.dir.path().join("etcd.log"))?;
+        let port = self.client_port;
+        let ready = wait_until("etcd health", Duration::from_secs(30), || async {
+            match http::get(port, "/health").await {
+                Some((200, body)) if body.contains("\"true\"") => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            proc.check_alive()?;
+            anyhow::bail!("{e}; log:\n{}", proc.log_tail());
+        }
+        self.proc = Some(proc);
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! Dev-only test bench: guards for real servers (nats-server, etcd, Consul) and helpers.
+//!
+//! Each guard spawns the real binary installed by `scripts/setup.sh` on free loopback ports
+//! with its own temp dir, waits until it answers (polling with a deadline, no fixed sleeps),
+//! and kills it and removes the dir on drop. Guards can be stopped and restarted on the same
+//! ports and data for fault tests. A missing binary fails with the setup command to run.
+
+mod binaries;
+pub mod consul;
+pub mod dns;
+pub mod etcd;
+pub mod http;
+pub mod nats;
+mod ports;
+mod process;
+pub mod wait;
+
+pub use binaries::{server_binary, workspace_root};
+pub use consul::{ConsulOptions, ConsulServer};
+pub use etcd::{EtcdOptions, EtcdServer};
+pub use nats::NatsServer;
+pub use ports::free_ports;
+pub use wait::{eventually, wait_until};
+
+/// A reqwest client for plain-HTTP loopback calls in tests (installs the ring TLS provider).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("reqwest client without TLS settings always builds")
+}

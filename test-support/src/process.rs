@@ -1,0 +1,65 @@
+//! A child process that is killed when its guard drops, with its output kept in a log file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+#[derive(Debug)]
+pub(crate) struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+    name: String,
+}
+
+impl Proc {
+    /// Spawns `cmd`, appending stdout and stderr to `log`.
+    pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let out = File::options().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("spawning {name}: {e}"))?;
+        Ok(Self {
+            child: Some(child),
+            log: log.to_path_buf(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Fails if the process has exited, quoting the end of its log.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = &mut self.child
+            && let Some(status) = child.try_wait()?
+        {
+            self.child = None;
+            anyhow::bail!(
+                "{} exited with {status}; log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// The last lines of the process's log.
+    pub(crate) fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Kills the process and waits for it to be gone.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
