@@ -1,1 +1,21 @@
-//! placeholder
+//! publisher-vulcand: projects the route event stream into vulcand's etcd keys.
+//!
+//! A durable JetStream consumer shared by every replica feeds batches to
+//! [`publisher::VulcandProjector`], which writes, in one etcd transaction per group of
+//! Services, the vulcand keys (backend → servers → frontend; deletes in reverse) together
+//! with our fences (`ksr/<owner>/vulcand/...`): each Service's applied stream sequence and
+//! each route's claims. Every write is guarded by compares on the records it read, so
+//! replays, duplicates, redeliveries and racing replicas never regress state.
+
+pub mod app;
+pub mod config;
+mod error;
+pub mod layout;
+pub mod plan;
+pub mod projection;
+pub mod publisher;
+pub mod reconcile;
+pub mod records;
+pub mod store;
+
+pub use error::Error;

@@ -1,1 +1,21 @@
-//! placeholder
+//! Shared process plumbing for every kube-service-router process.
+//!
+//! Telemetry, the admin server (`/livez`, `/readyz`, `/metrics`), shutdown signals, JetStream
+//! stream checks, the batching projection consumer both publishers run, and the claim rules
+//! (multi-cluster fan-in and conflicts) both projections share.
+
+pub mod admin;
+pub mod claims;
+pub mod config;
+pub mod consumer;
+mod error;
+pub mod health;
+pub mod metrics;
+pub mod nats;
+pub mod replay;
+pub mod retry;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::RuntimeError;
+pub use health::Health;

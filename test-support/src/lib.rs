@@ -9,6 +9,7 @@ mod binaries;
 pub mod consul;
 pub mod dns;
 pub mod etcd;
+pub mod events;
 pub mod http;
 pub mod nats;
 mod ports;

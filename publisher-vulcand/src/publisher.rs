@@ -1,0 +1,349 @@
+//! The vulcand projector: applies batches to etcd with fenced, ordered transactions.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use etcd_client::KvClient;
+use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use ksr_runtime::consumer::{ApplyError, ApplyReport, Delivery, Projector};
+use ksr_runtime::metrics::MetricsRegistry;
+
+use crate::Error;
+use crate::layout::Layout;
+use crate::plan::{State, Unit, Versioned, pack, plan};
+use crate::store::{self, Write};
+
+/// A packed transaction and how its commit went.
+type TxnResult = (Vec<Unit>, Result<Option<i64>, Error>);
+
+/// How many transactions of one batch are in flight at once.
+const CONCURRENCY: usize = 8;
+/// How many times a batch is re-planned after failed compares before it is retried later.
+const MAX_ATTEMPTS: u32 = 32;
+
+/// The vulcand publisher's own metrics.
+#[derive(Debug, Clone, Default)]
+pub struct VulcandMetrics {
+    pub conflicts: Counter,
+    pub compare_retries: Counter,
+    pub routes: Gauge,
+    pub routes_in_conflict: Gauge,
+    pub repairs: Counter,
+}
+
+impl VulcandMetrics {
+    pub fn new(registry: &MetricsRegistry) -> Self {
+        let m = Self::default();
+        registry.register(|r| {
+            let r = r.sub_registry_with_prefix("vulcand");
+            r.register(
+                "route_conflicts",
+                "Services that claimed a host+path another Service owns",
+                m.conflicts.clone(),
+            );
+            r.register(
+                "compare_retries",
+                "Transactions re-planned because another writer changed a record",
+                m.compare_retries.clone(),
+            );
+            r.register("routes", "Routes (frontends) projected", m.routes.clone());
+            r.register(
+                "routes_in_conflict",
+                "Routes with Services waiting for them",
+                m.routes_in_conflict.clone(),
+            );
+            r.register(
+                "reconcile_repairs",
+                "vulcand keys rewritten or removed by reconciliation",
+                m.repairs.clone(),
+            );
+        });
+        m
+    }
+}
+
+/// Projects events into vulcand's etcd keys.
+pub struct VulcandProjector {
+    kv: KvClient,
+    layout: Layout,
+    max_ops: usize,
+    state: Mutex<State>,
+    metrics: VulcandMetrics,
+}
+
+impl std::fmt::Debug for VulcandProjector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulcandProjector")
+            .field("layout", &self.layout)
+            .field("max_ops", &self.max_ops)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VulcandProjector {
+    /// Loads our records from etcd.
+    pub async fn new(
+        kv: KvClient,
+        layout: Layout,
+        max_ops: usize,
+        metrics: VulcandMetrics,
+    ) -> Result<Self, Error> {
+        let mut client = kv.clone();
+        let state = store::load_state(&mut client, &layout).await?;
+        let p = Self {
+            kv,
+            layout,
+            max_ops: max_ops.max(8),
+            state: Mutex::new(state),
+            metrics,
+        };
+        p.update_gauges();
+        Ok(p)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn kv(&self) -> KvClient {
+        self.kv.clone()
+    }
+
+    pub fn metrics(&self) -> &VulcandMetrics {
+        &self.metrics
+    }
+
+    /// Re-reads every record from etcd (reconciliation starts from the truth, not the cache).
+    pub async fn reload(&self) -> Result<State, Error> {
+        let state = store::load_state(&mut self.kv.clone(), &self.layout).await?;
+        if let Ok(mut s) = self.state.lock() {
+            *s = state.clone();
+        }
+        self.update_gauges();
+        Ok(state)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update_gauges(&self) {
+        let s = self.lock();
+        let live = s.routes.values().filter_map(|v| v.value.as_ref());
+        let (mut routes, mut conflicted) = (0, 0);
+        for r in live {
+            routes += 1;
+            if !r.waiting.is_empty() {
+                conflicted += 1;
+            }
+        }
+        self.metrics.routes.set(routes);
+        self.metrics.routes_in_conflict.set(conflicted);
+    }
+
+    /// Applies a coalesced batch; see the crate docs for the guarantees.
+    pub async fn apply_batch(&self, batch: &[Delivery]) -> Result<ApplyReport, Error> {
+        let mut pending: Vec<Delivery> = batch.to_vec();
+        let mut report = ApplyReport::default();
+        for _attempt in 0..MAX_ATTEMPTS {
+            let planned = plan(&self.layout, &self.lock(), &pending);
+            report.stale += planned.stale.len() as u64;
+            report.rejected.extend(planned.rejected);
+            let (txns, oversized) = pack(planned.units, self.max_ops);
+            let results: Vec<TxnResult> = futures::stream::iter(txns)
+                .map(|units| async {
+                    let write = self.write_for(&units);
+                    let result = store::commit(&mut self.kv.clone(), write).await;
+                    (units, result)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            let mut retry: HashSet<u64> = HashSet::new();
+            let mut failure = None;
+            for (units, result) in results {
+                match result {
+                    Ok(Some(rev)) => self.settle(&units, rev, &mut report),
+                    Ok(None) => {
+                        self.metrics.compare_retries.inc();
+                        retry.extend(units.iter().flat_map(|u| u.seqs.iter().copied()));
+                        self.refresh(&units).await?;
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if let Some(e) = failure {
+                self.update_gauges();
+                return Err(e);
+            }
+            for unit in oversized {
+                let mut seqs = unit.seqs.clone();
+                seqs.sort_unstable();
+                for seq in seqs {
+                    if let Some(d) = pending.iter().find(|d| d.seq == seq) {
+                        self.apply_alone(d, &mut report).await?;
+                    }
+                }
+            }
+            self.update_gauges();
+            if retry.is_empty() {
+                return Ok(report);
+            }
+            pending.retain(|d| retry.contains(&d.seq));
+        }
+        Err(Error::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Applies one event whose unit was too large to share a transaction: alone, and when
+    /// even that exceeds the transaction limit, stepwise (see [`Self::commit_stepwise`]).
+    async fn apply_alone(&self, d: &Delivery, report: &mut ApplyReport) -> Result<(), Error> {
+        for _attempt in 0..MAX_ATTEMPTS {
+            let planned = plan(&self.layout, &self.lock(), std::slice::from_ref(d));
+            report.stale += planned.stale.len() as u64;
+            report.rejected.extend(planned.rejected);
+            let Some(unit) = planned.units.into_iter().next() else {
+                return Ok(());
+            };
+            let committed = if unit.op_count() <= self.max_ops {
+                store::commit(
+                    &mut self.kv.clone(),
+                    self.write_for(std::slice::from_ref(&unit)),
+                )
+                .await?
+            } else {
+                self.commit_stepwise(&unit).await?
+            };
+            match committed {
+                Some(rev) => {
+                    self.settle(std::slice::from_ref(&unit), rev, report);
+                    return Ok(());
+                }
+                None => {
+                    self.metrics.compare_retries.inc();
+                    self.refresh(std::slice::from_ref(&unit)).await?;
+                }
+            }
+        }
+        Err(Error::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Writes a unit larger than one transaction: its vulcand writes in chunks (in order),
+    /// each guarded by the unit's compares, then the last chunk with the records. If another
+    /// writer interferes between chunks the compares fail and the unit is re-planned; keys
+    /// written by earlier chunks that the new plan does not want are removed by
+    /// reconciliation.
+    async fn commit_stepwise(&self, unit: &Unit) -> Result<Option<i64>, Error> {
+        let records = unit.services.len() + unit.routes.len();
+        let room_last = self.max_ops.saturating_sub(records).max(1);
+        let split = unit.key_ops.len().saturating_sub(room_last);
+        for chunk in unit.key_ops[..split].chunks(self.max_ops) {
+            let mut w = Write {
+                compares: unit.compares.clone(),
+                ops: Vec::new(),
+            };
+            chunk.iter().for_each(|op| w.key_op(op));
+            if store::commit(&mut self.kv.clone(), w).await?.is_none() {
+                return Ok(None);
+            }
+        }
+        let mut last = unit.clone();
+        last.key_ops = unit.key_ops[split..].to_vec();
+        store::commit(
+            &mut self.kv.clone(),
+            self.write_for(std::slice::from_ref(&last)),
+        )
+        .await
+    }
+
+    fn write_for(&self, units: &[Unit]) -> Write {
+        let mut w = Write::default();
+        for u in units {
+            w.compares.extend(u.compares.iter().cloned());
+        }
+        let mut ops: Vec<&crate::projection::KeyOp> =
+            units.iter().flat_map(|u| &u.key_ops).collect();
+        ops.sort_by_key(|o| o.order());
+        for op in ops {
+            w.key_op(op);
+        }
+        for u in units {
+            for (key, record) in &u.services {
+                w.put_json(self.layout.service_record_key(key), record);
+            }
+            for (id, record) in &u.routes {
+                match record {
+                    Some(r) => w.put_json(self.layout.route_record_key(id), r),
+                    None => w.delete(self.layout.route_record_key(id)),
+                }
+            }
+        }
+        w
+    }
+
+    /// Records a committed transaction in the cache, the report and the logs.
+    fn settle(&self, units: &[Unit], rev: i64, report: &mut ApplyReport) {
+        let mut s = self.lock();
+        for u in units {
+            report.applied += u.seqs.len() as u64;
+            for (key, record) in &u.services {
+                s.services.insert(
+                    key.clone(),
+                    Versioned {
+                        rev,
+                        value: Some(record.clone()),
+                    },
+                );
+            }
+            for (id, record) in &u.routes {
+                let v = match record {
+                    Some(r) => Versioned {
+                        rev,
+                        value: Some(r.clone()),
+                    },
+                    None => Versioned::default(),
+                };
+                s.routes.insert(id.clone(), v);
+            }
+            for (host, path, owner, waiting) in &u.conflicts {
+                self.metrics.conflicts.inc_by(waiting.len() as u64);
+                tracing::warn!(
+                    host,
+                    path,
+                    owner,
+                    ?waiting,
+                    "route conflict: the older claim keeps the route; the others wait"
+                );
+            }
+        }
+    }
+
+    async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
+        let keys: Vec<String> = units
+            .iter()
+            .flat_map(|u| u.compares.iter().map(|(k, _)| k.clone()))
+            .collect();
+        let fresh = store::refresh(&mut self.kv.clone(), &self.layout, &keys, self.max_ops).await?;
+        let mut s = self.lock();
+        store::apply_refresh(&mut s, &self.layout, fresh)
+    }
+}
+
+impl Projector for VulcandProjector {
+    fn claim_name(&self, event: &ksr_proto::Event) -> Option<String> {
+        crate::plan::claim_name(&self.layout, event)
+    }
+
+    async fn apply(&self, batch: &[Delivery]) -> Result<ApplyReport, ApplyError> {
+        self.apply_batch(batch).await.map_err(|e| ApplyError {
+            reason: e.reason(),
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,165 @@
+//! Reconciliation: repair drift between etcd and the stream, touching only our own keys.
+//!
+//! Two passes, run once the consumer has caught up with the stream (never before: a
+//! half-applied stream would look like drift) and then periodically:
+//! 1. stream pass — the newest event of every subject goes through the normal fenced apply,
+//!    so a Service whose record is missing or behind is projected again (already applied
+//!    events are skipped by their fence);
+//! 2. key pass — the vulcand keys under our id prefix are compared with the projection of
+//!    our route records: missing or altered keys are rewritten, keys of ours that no record
+//!    wants are deleted. Each write is guarded by a compare on its route record, so a racing
+//!    apply wins and the next pass looks again. Keys that do not carry our owner prefix are
+//!    never read or written.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_nats::jetstream::stream::Stream;
+
+use ksr_runtime::consumer::Delivery;
+use ksr_runtime::replay;
+
+use crate::Error;
+use crate::projection::{KeyClass, KeyOp, sort_ops};
+use crate::publisher::VulcandProjector;
+use crate::store::{self, Write};
+
+/// What one reconciliation did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Events of the stream that were not yet reflected and were applied.
+    pub replayed: u64,
+    /// vulcand keys rewritten.
+    pub puts: u64,
+    /// vulcand keys of ours deleted.
+    pub deletes: u64,
+}
+
+/// Runs both passes.
+pub async fn reconcile(
+    projector: &VulcandProjector,
+    stream: &Stream,
+) -> Result<ReconcileReport, Error> {
+    let mut report = ReconcileReport::default();
+    let latest = replay::latest_per_subject(stream, &ksr_proto::subject::all_filter()).await?;
+    let deliveries: Vec<Delivery> = latest
+        .into_iter()
+        .filter_map(|l| match l.event {
+            Ok(event) => Some(Delivery {
+                seq: l.seq,
+                claim_since: l.seq,
+                event,
+            }),
+            Err((reason, message)) => {
+                tracing::warn!(
+                    seq = l.seq,
+                    subject = l.subject,
+                    reason,
+                    error = message,
+                    "reconcile: skipping undecodable event"
+                );
+                None
+            }
+        })
+        .collect();
+    for chunk in deliveries.chunks(1000) {
+        let r = projector.apply_batch(chunk).await?;
+        report.replayed += r.applied;
+    }
+    let (puts, deletes) = repair_keys(projector).await?;
+    report.puts = puts;
+    report.deletes = deletes;
+    if report != ReconcileReport::default() {
+        tracing::warn!(?report, "reconcile repaired drift");
+    } else {
+        tracing::debug!("reconcile found no drift");
+    }
+    projector.metrics().repairs.inc_by(puts + deletes);
+    Ok(report)
+}
+
+fn class_of(key: &str) -> KeyClass {
+    if key.ends_with("/frontend") {
+        KeyClass::Frontend
+    } else if key.contains("/servers/") {
+        KeyClass::Server
+    } else {
+        KeyClass::Backend
+    }
+}
+
+async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> {
+    let layout = projector.layout();
+    let state = projector.reload().await?;
+    let expected = state.projection(layout);
+    let mut kv = projector.kv();
+    let mut actual: HashMap<String, Vec<u8>> = HashMap::new();
+    for prefix in [
+        layout.owned_backends_prefix(),
+        layout.owned_frontends_prefix(),
+    ] {
+        for (key, value, _) in store::read_prefix(&mut kv, &prefix).await? {
+            actual.insert(key, value);
+        }
+    }
+    // Per route id: the writes that repair it.
+    let mut by_id: BTreeMap<String, Vec<KeyOp>> = BTreeMap::new();
+    for (key, (class, value)) in &expected {
+        if actual.get(key).map(Vec::as_slice) != Some(value.as_bytes()) {
+            let id = layout.id_of_vulcand_key(key).unwrap_or_default().to_owned();
+            by_id.entry(id).or_default().push(KeyOp::Put {
+                key: key.clone(),
+                class: *class,
+                value: value.clone(),
+            });
+        }
+    }
+    for key in actual.keys() {
+        if !expected.contains_key(key) {
+            let id = layout.id_of_vulcand_key(key).unwrap_or_default().to_owned();
+            by_id.entry(id).or_default().push(KeyOp::Delete {
+                key: key.clone(),
+                class: class_of(key),
+            });
+        }
+    }
+    let (mut puts, mut deletes) = (0, 0);
+    for (id, mut ops) in by_id {
+        sort_ops(&mut ops);
+        let rev = state.routes.get(&id).map(|v| v.rev).unwrap_or(0);
+        let guard = (layout.route_record_key(&id), rev);
+        for chunk in ops.chunks(128) {
+            let mut w = Write {
+                compares: vec![guard.clone()],
+                ops: Vec::new(),
+            };
+            chunk.iter().for_each(|op| w.key_op(op));
+            match store::commit(&mut kv, w).await? {
+                Some(_) => {
+                    for op in chunk {
+                        tracing::info!(
+                            key = op.key(),
+                            action = if matches!(op, KeyOp::Put { .. }) {
+                                "put"
+                            } else {
+                                "delete"
+                            },
+                            "reconcile repaired a vulcand key"
+                        );
+                        match op {
+                            KeyOp::Put { .. } => puts += 1,
+                            KeyOp::Delete { .. } => deletes += 1,
+                        }
+                    }
+                }
+                None => {
+                    tracing::debug!(
+                        id,
+                        "route changed during reconcile; the next pass will look again"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    Ok((puts, deletes))
+}

@@ -1,0 +1,217 @@
+//! etcd v3 I/O: paged prefix reads, fenced transactions, and refreshing records.
+
+use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+
+use ksr_proto::ServiceKey;
+
+use crate::Error;
+use crate::layout::Layout;
+use crate::plan::{State, Versioned};
+use crate::projection::KeyOp;
+use crate::records::{RouteRecord, ServiceRecord};
+
+const PAGE: i64 = 2000;
+
+/// A re-read key: its value and mod revision, or `None` when absent.
+pub type Found = Option<(Vec<u8>, i64)>;
+
+/// Every (key, value, mod revision) under `prefix`, read page by page at one revision.
+pub async fn read_prefix(
+    kv: &mut KvClient,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>, i64)>, Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut out = Vec::new();
+    let mut start = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = kv.get(start.clone(), Some(opts)).await?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        for kv in resp.kvs() {
+            out.push((
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+                kv.mod_revision(),
+            ));
+        }
+        if !resp.more() || resp.kvs().is_empty() {
+            break;
+        }
+        let mut next = resp.kvs()[resp.kvs().len() - 1].key().to_vec();
+        next.push(0);
+        start = next;
+    }
+    Ok(out)
+}
+
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(value).map_err(|e| Error::CorruptRecord {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Loads all our records.
+pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Error> {
+    let mut state = State::default();
+    let services_prefix = layout.services_prefix();
+    for (key, value, rev) in read_prefix(kv, &services_prefix).await? {
+        let Some(service) = parse_service_key(&key[services_prefix.len()..]) else {
+            tracing::warn!(key, "ignoring a record key that does not name a Service");
+            continue;
+        };
+        let record: ServiceRecord = parse(&key, &value)?;
+        state.services.insert(
+            service,
+            Versioned {
+                rev,
+                value: Some(record),
+            },
+        );
+    }
+    let routes_prefix = layout.routes_prefix();
+    for (key, value, rev) in read_prefix(kv, &routes_prefix).await? {
+        let id = key[routes_prefix.len()..].to_owned();
+        let record: RouteRecord = parse(&key, &value)?;
+        state.routes.insert(
+            id,
+            Versioned {
+                rev,
+                value: Some(record),
+            },
+        );
+    }
+    Ok(state)
+}
+
+fn parse_service_key(rest: &str) -> Option<ServiceKey> {
+    let mut parts = rest.split('/');
+    let key = ServiceKey::new(parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && key.validate().is_ok()).then_some(key)
+}
+
+/// Re-reads the given record keys into `state` (after a failed compare).
+pub async fn refresh(
+    kv: &mut KvClient,
+    layout: &Layout,
+    state_keys: &[String],
+    max_ops: usize,
+) -> Result<Vec<(String, Found)>, Error> {
+    let _ = layout;
+    let mut out = Vec::with_capacity(state_keys.len());
+    for chunk in state_keys.chunks(max_ops.max(1)) {
+        let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let resp = kv.txn(Txn::new().and_then(ops)).await?;
+        for (key, r) in chunk.iter().zip(resp.op_responses()) {
+            let found = match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                _ => None,
+            };
+            out.push((key.clone(), found));
+        }
+    }
+    Ok(out)
+}
+
+/// Applies re-read record keys to the cached state.
+pub fn apply_refresh(
+    state: &mut State,
+    layout: &Layout,
+    fresh: Vec<(String, Found)>,
+) -> Result<(), Error> {
+    let services_prefix = layout.services_prefix();
+    let routes_prefix = layout.routes_prefix();
+    for (key, found) in fresh {
+        if let Some(rest) = key.strip_prefix(&services_prefix) {
+            let Some(service) = parse_service_key(rest) else {
+                continue;
+            };
+            let v = match found {
+                Some((value, rev)) => Versioned {
+                    rev,
+                    value: Some(parse(&key, &value)?),
+                },
+                None => Versioned::default(),
+            };
+            state.services.insert(service, v);
+        } else if let Some(id) = key.strip_prefix(&routes_prefix) {
+            let v = match found {
+                Some((value, rev)) => Versioned {
+                    rev,
+                    value: Some(parse(&key, &value)?),
+                },
+                None => Versioned::default(),
+            };
+            state.routes.insert(id.to_owned(), v);
+        }
+    }
+    Ok(())
+}
+
+/// A transaction: compares on record revisions, then the writes in order.
+#[derive(Debug, Default)]
+pub struct Write {
+    pub compares: Vec<(String, i64)>,
+    pub ops: Vec<TxnOp>,
+}
+
+impl Write {
+    pub fn key_op(&mut self, op: &KeyOp) {
+        self.ops.push(match op {
+            KeyOp::Put { key, value, .. } => TxnOp::put(key.as_str(), value.as_str(), None),
+            KeyOp::Delete { key, .. } => TxnOp::delete(key.as_str(), None),
+        });
+    }
+
+    pub fn put_json(&mut self, key: String, value: &impl serde::Serialize) {
+        let json = serde_json::to_vec(value).unwrap_or_default();
+        self.ops.push(TxnOp::put(key, json, None));
+    }
+
+    pub fn delete(&mut self, key: String) {
+        self.ops.push(TxnOp::delete(key, None));
+    }
+}
+
+/// Commits `write`; `Ok(Some(revision))` when the compares held, `Ok(None)` when they did not.
+pub async fn commit(kv: &mut KvClient, write: Write) -> Result<Option<i64>, Error> {
+    let compares: Vec<Compare> = write
+        .compares
+        .iter()
+        .map(|(key, rev)| {
+            if *rev == 0 {
+                Compare::version(key.as_str(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev)
+            }
+        })
+        .collect();
+    let resp = kv
+        .txn(Txn::new().when(compares).and_then(write.ops))
+        .await?;
+    if resp.succeeded() {
+        Ok(Some(resp.header().map(|h| h.revision()).unwrap_or(0)))
+    } else {
+        Ok(None)
+    }
+}

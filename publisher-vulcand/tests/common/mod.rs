@@ -1,0 +1,154 @@
+//! The vulcand publisher's test bench: real nats-server and etcd, the real publisher process
+//! code (`app::run`) configured through its real command line.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use clap::Parser;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use ksr_proto::Event;
+use ksr_publisher_vulcand::{app, config::Config};
+use ksr_runtime::nats::{StreamSettings, ensure_stream};
+use ksr_test_support::{EtcdServer, NatsServer, eventually};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Bench {
+    pub nats: NatsServer,
+    pub etcd: EtcdServer,
+    pub js: jetstream::Context,
+}
+
+impl Bench {
+    pub async fn start() -> anyhow::Result<Self> {
+        let nats = NatsServer::start().await?;
+        let etcd = EtcdServer::start().await?;
+        let js = jetstream::new(async_nats::connect(nats.url()).await?);
+        ensure_stream(&js, &StreamSettings::routes("KSR_ROUTES"), true).await?;
+        Ok(Self { nats, etcd, js })
+    }
+
+    pub async fn publish(&self, event: &Event) -> anyhow::Result<u64> {
+        ksr_test_support::events::publish(&self.js, event).await
+    }
+
+    /// Starts a publisher replica; extra command-line flags may be given.
+    pub fn publisher(&self, extra: &[&str]) -> Replica {
+        let mut args = vec![
+            "ksr-publisher-vulcand".to_owned(),
+            "--nats-url".into(),
+            self.nats.url(),
+            "--etcd-endpoints".into(),
+            self.etcd.endpoint(),
+            "--admin-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let config = Config::try_parse_from(args).expect("test config parses");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app::run(config, stop.clone()));
+        Replica {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub async fn etcd(&self) -> anyhow::Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect([self.etcd.endpoint()], None).await?)
+    }
+
+    /// Every key and value under `prefix`.
+    pub async fn snapshot(&self, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut client = self.etcd().await?;
+        let resp = client
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// The vulcand keys (not our state), once the consumer has no pending messages and the
+    /// keys have stopped changing.
+    pub async fn settled_vulcand(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        self.settled("vulcand/").await
+    }
+
+    /// Waits until every published message is acknowledged, then snapshots `prefix`.
+    pub async fn settled(&self, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let js = self.js.clone();
+        eventually(WAIT, || {
+            let js = js.clone();
+            async move {
+                let stream = js.get_stream("KSR_ROUTES").await?;
+                let mut consumer: jetstream::consumer::PullConsumer = stream
+                    .get_consumer("ksr-vulcand-ksr")
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let info = consumer.info().await?;
+                anyhow::ensure!(
+                    info.num_pending == 0 && info.num_ack_pending == 0,
+                    "consumer not caught up: {} pending, {} unacknowledged",
+                    info.num_pending,
+                    info.num_ack_pending
+                );
+                Ok(())
+            }
+        })
+        .await?;
+        self.snapshot(prefix).await
+    }
+}
+
+/// A running publisher replica; stopped on drop.
+pub struct Replica {
+    pub stop: CancellationToken,
+    pub task: Option<JoinHandle<Result<(), ksr_publisher_vulcand::Error>>>,
+}
+
+impl Replica {
+    /// Stops the replica and waits for it to finish (it drains its batch).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Waits until `key` under etcd has `value` (or is absent for `None`).
+pub async fn wait_key(bench: &Bench, key: &str, value: Option<&str>) -> anyhow::Result<()> {
+    eventually(WAIT, || async {
+        let snap = bench.snapshot(key).await?;
+        let got = snap.get(key).map(String::as_str);
+        anyhow::ensure!(got == value, "{key} is {got:?}, want {value:?}");
+        Ok(())
+    })
+    .await
+}
+
+pub fn route_id(host: &str, path: &str) -> String {
+    ksr_publisher_vulcand::layout::Layout::new("vulcand", "ksr").route_id(host, path)
+}

@@ -1,0 +1,317 @@
+//! The vulcand projection against real nats-server and etcd, key by key.
+
+mod common;
+
+use common::{Bench, WAIT, route_id, wait_key};
+use ksr_proto::Change;
+use ksr_test_support::events::{added, event, removed, route};
+use ksr_test_support::eventually;
+
+const HOST: &str = "webtest1-default.test.service.consul";
+
+fn frontend(id: &str, host: &str, path: &str) -> String {
+    format!(
+        r#"{{"Type":"http","BackendId":"{id}","Route":"Host(`{host}`) && PathRegexp(`{path}`)"}}"#
+    )
+}
+
+#[tokio::test]
+async fn added_updated_removed_produce_exactly_the_vulcand_keys() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&[]);
+    let id = route_id(HOST, "/mycontext/.*");
+
+    let r1 = route(
+        "webtest1-default",
+        "test",
+        "/mycontext/.*",
+        &["10.0.0.1", "10.0.0.2"],
+    );
+    bench
+        .publish(&event("east", "default", "webtest1", Change::Added(r1)))
+        .await?;
+    let keys = eventually(WAIT, || async {
+        let k = bench.snapshot("vulcand/").await?;
+        anyhow::ensure!(k.len() == 4, "{k:#?}");
+        Ok(k)
+    })
+    .await?;
+    let expected: Vec<(String, String)> = vec![
+        (
+            format!("vulcand/backends/{id}/backend"),
+            r#"{"Type":"http"}"#.into(),
+        ),
+        (
+            format!("vulcand/backends/{id}/servers/east-10-0-0-1-80"),
+            r#"{"URL":"http://10.0.0.1:80"}"#.into(),
+        ),
+        (
+            format!("vulcand/backends/{id}/servers/east-10-0-0-2-80"),
+            r#"{"URL":"http://10.0.0.2:80"}"#.into(),
+        ),
+        (
+            format!("vulcand/frontends/{id}/frontend"),
+            frontend(&id, HOST, "/mycontext/.*"),
+        ),
+    ];
+    assert_eq!(keys.into_iter().collect::<Vec<_>>(), expected);
+
+    // An update that drops a backend removes exactly its server key.
+    let r2 = route("webtest1-default", "test", "/mycontext/.*", &["10.0.0.2"]);
+    bench
+        .publish(&event("east", "default", "webtest1", Change::Updated(r2)))
+        .await?;
+    wait_key(
+        &bench,
+        &format!("vulcand/backends/{id}/servers/east-10-0-0-1-80"),
+        None,
+    )
+    .await?;
+    assert_eq!(bench.settled_vulcand().await?.len(), 3);
+
+    // A host change moves the route: the old frontend and backend go, the new ones come.
+    let r3 = route("myapp-default", "test", "/mycontext/.*", &["10.0.0.2"]);
+    bench
+        .publish(&event("east", "default", "webtest1", Change::Updated(r3)))
+        .await?;
+    let new_id = route_id("myapp-default.test.service.consul", "/mycontext/.*");
+    wait_key(
+        &bench,
+        &format!("vulcand/frontends/{new_id}/frontend"),
+        Some(&frontend(
+            &new_id,
+            "myapp-default.test.service.consul",
+            "/mycontext/.*",
+        )),
+    )
+    .await?;
+    let keys = bench.settled_vulcand().await?;
+    assert!(keys.keys().all(|k| k.contains(&new_id)), "{keys:#?}");
+
+    bench
+        .publish(&removed("east", "default", "webtest1"))
+        .await?;
+    eventually(WAIT, || async {
+        let k = bench.snapshot("vulcand/").await?;
+        anyhow::ensure!(k.is_empty(), "left behind: {k:#?}");
+        Ok(())
+    })
+    .await?;
+    // The fence stays as a tombstone; no route record is left.
+    let state = bench.snapshot("ksr/ksr/vulcand/").await?;
+    assert_eq!(state.len(), 1, "{state:#?}");
+    assert!(
+        state
+            .values()
+            .next()
+            .is_some_and(|v| v.contains("\"route\":null"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicates_out_of_order_and_replays_leave_etcd_byte_identical() -> anyhow::Result<()> {
+    use ksr_publisher_vulcand::{layout::Layout, publisher::*};
+    use ksr_runtime::consumer::Delivery;
+
+    let bench = Bench::start().await?;
+    let kv = bench.etcd().await?.kv_client();
+    let registry = ksr_runtime::metrics::MetricsRegistry::new();
+    let p = VulcandProjector::new(
+        kv,
+        Layout::new("vulcand", "ksr"),
+        128,
+        VulcandMetrics::new(&registry),
+    )
+    .await?;
+
+    let history = vec![
+        (1, added("east", "a", "web", &["10.0.0.1"])),
+        (2, added("east", "b", "api", &["10.0.1.1", "10.0.1.2"])),
+        (
+            3,
+            event(
+                "east",
+                "a",
+                "web",
+                Change::Updated(route("web-a", "test", "/.*", &["10.0.0.1", "10.0.0.9"])),
+            ),
+        ),
+        (4, removed("east", "b", "api")),
+        (5, added("west", "a", "web", &["10.1.0.1"])),
+    ];
+    let d = |seq: u64, e: &ksr_proto::Event| Delivery {
+        seq,
+        claim_since: seq,
+        event: e.clone(),
+    };
+    for (seq, e) in &history {
+        p.apply_batch(&[d(*seq, e)]).await?;
+    }
+    let reference = bench.snapshot("").await?;
+    assert!(
+        reference
+            .keys()
+            .any(|k| k.contains("servers/west-10-1-0-1-80"))
+    );
+
+    // Everything again, in reverse, twice, and as one batch: nothing changes.
+    for (seq, e) in history.iter().rev() {
+        let r = p.apply_batch(&[d(*seq, e)]).await?;
+        assert_eq!((r.applied, r.stale), (0, 1));
+    }
+    let all: Vec<Delivery> = history.iter().map(|(s, e)| d(*s, e)).collect();
+    p.apply_batch(&all).await?;
+    assert_eq!(bench.snapshot("").await?, reference);
+
+    // A fresh projector (another replica, empty cache) replaying is also a no-op.
+    let kv = bench.etcd().await?.kv_client();
+    let p2 = VulcandProjector::new(
+        kv,
+        Layout::new("vulcand", "ksr"),
+        128,
+        VulcandMetrics::new(&registry),
+    )
+    .await?;
+    let r = p2.apply_batch(&all).await?;
+    assert_eq!(r.stale, 5);
+    assert_eq!(bench.snapshot("").await?, reference);
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_service_in_two_clusters_fans_in_and_each_removal_removes_only_its_servers()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&[]);
+    let id = route_id("web-shop.test.service.consul", "/.*");
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
+        .await?;
+    bench
+        .publish(&added("west", "shop", "web", &["10.1.0.1", "10.1.0.2"]))
+        .await?;
+    let keys = eventually(WAIT, || async {
+        let k = bench.snapshot("vulcand/").await?;
+        anyhow::ensure!(k.len() == 5, "{k:#?}");
+        Ok(k)
+    })
+    .await?;
+    assert_eq!(keys.keys().filter(|k| k.contains("/frontends/")).count(), 1);
+    for sid in ["east-10-0-0-1-80", "west-10-1-0-1-80", "west-10-1-0-2-80"] {
+        assert!(
+            keys.contains_key(&format!("vulcand/backends/{id}/servers/{sid}")),
+            "{sid}"
+        );
+    }
+
+    bench.publish(&removed("west", "shop", "web")).await?;
+    wait_key(
+        &bench,
+        &format!("vulcand/backends/{id}/servers/west-10-1-0-1-80"),
+        None,
+    )
+    .await?;
+    let keys = bench.settled_vulcand().await?;
+    assert_eq!(keys.len(), 3, "{keys:#?}");
+    assert!(keys.contains_key(&format!("vulcand/frontends/{id}/frontend")));
+
+    bench.publish(&removed("east", "shop", "web")).await?;
+    eventually(WAIT, || async {
+        let k = bench.snapshot("vulcand/").await?;
+        anyhow::ensure!(k.is_empty(), "{k:#?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn conflicting_services_keep_the_older_claim_and_the_waiting_one_takes_over()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&[]);
+    // `a` in namespace `b-c` and `a-b` in namespace `c` both produce `a-b-c`.
+    let first = event(
+        "east",
+        "b-c",
+        "a",
+        Change::Added(route("a-b-c", "test", "/.*", &["10.0.0.1"])),
+    );
+    let second = event(
+        "east",
+        "c",
+        "a-b",
+        Change::Added(route("a-b-c", "test", "/.*", &["10.0.0.2"])),
+    );
+    bench.publish(&first).await?;
+    bench.publish(&second).await?;
+    let id = route_id("a-b-c.test.service.consul", "/.*");
+    let keys = bench.settled_vulcand().await?;
+    let servers: Vec<&String> = keys.keys().filter(|k| k.contains("/servers/")).collect();
+    assert_eq!(
+        servers,
+        vec![&format!("vulcand/backends/{id}/servers/east-10-0-0-1-80")]
+    );
+
+    // The status is readable under our prefix.
+    let record = bench
+        .snapshot(&format!("ksr/ksr/vulcand/routes/{id}"))
+        .await?;
+    let record: serde_json::Value =
+        serde_json::from_str(record.values().next().expect("route record"))?;
+    assert_eq!(record["owner"], "b-c/a");
+    assert_eq!(record["waiting"], serde_json::json!(["c/a-b"]));
+
+    bench.publish(&removed("east", "b-c", "a")).await?;
+    wait_key(
+        &bench,
+        &format!("vulcand/backends/{id}/servers/east-10-0-0-2-80"),
+        Some(r#"{"URL":"http://10.0.0.2:80"}"#),
+    )
+    .await?;
+    let keys = bench.settled_vulcand().await?;
+    assert_eq!(keys.len(), 3, "{keys:#?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_poison_message_is_terminated_and_the_next_events_apply() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&[]);
+    ksr_test_support::events::publish_raw(
+        &bench.js,
+        "ksr.routes.east.default.broken",
+        "added",
+        "east",
+        b"garbage".to_vec(),
+    )
+    .await?;
+    bench
+        .publish(&added("east", "default", "after", &["10.0.0.3"]))
+        .await?;
+    let keys = bench.settled_vulcand().await?;
+    assert_eq!(keys.len(), 3, "{keys:#?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_with_more_backends_than_one_transaction_holds_is_projected_whole()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&[]);
+    let ips: Vec<String> = (0..300)
+        .map(|i| format!("10.2.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    bench
+        .publish(&added("east", "big", "fleet", &ip_refs))
+        .await?;
+    let keys = bench.settled_vulcand().await?;
+    assert_eq!(keys.len(), 302);
+    bench
+        .publish(&added("east", "big", "fleet", &ip_refs[..10]))
+        .await?;
+    let keys = bench.settled_vulcand().await?;
+    assert_eq!(keys.len(), 12);
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! The admin HTTP server: `/livez`, `/readyz` and `/metrics`.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::RuntimeError;
+use crate::health::Health;
+use crate::metrics::MetricsRegistry;
+
+#[derive(Clone)]
+struct AdminState {
+    health: Health,
+    metrics: MetricsRegistry,
+}
+
+/// Binds the admin server; the returned future serves until `shutdown` is cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+    metrics: MetricsRegistry,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RuntimeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RuntimeError::Admin { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| RuntimeError::Admin { addr, source })?;
+    let app = Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(AdminState { health, metrics });
+    let handle = tokio::spawn(async move {
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    tracing::info!(addr = %local, "admin server listening");
+    Ok((local, handle))
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.health.status() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}

@@ -1,0 +1,184 @@
+//! Claims on a projected name: multi-cluster fan-in and the older-claim-wins conflict rule.
+//!
+//! A projected name (a vulcand host+path, a Consul tag) can be claimed by several Services.
+//! Claims are grouped (vulcand: by namespace and name, so one Service seen from several
+//! clusters fans in; Consul: by namespace). The group whose earliest claim is oldest (lowest
+//! stream sequence) owns the name; the others wait and take over when it goes. The rule only
+//! depends on stream sequences, so every replica, replay and rebuild picks the same owner.
+//! A Service joining a group that already claims the name inherits the group's `since`, so
+//! one cluster of the owning Service going away never hands the name to a waiting Service
+//! while another cluster still serves it.
+
+use serde::{Deserialize, Serialize};
+
+use ksr_proto::ServiceKey;
+
+/// One Service's claim on a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim<D> {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    /// Stream sequence at which this Service's continuous claim on the name began.
+    pub since: u64,
+    /// Stream sequence of the event that last set `data`.
+    pub seq: u64,
+    /// What the Service contributes when its group owns the name.
+    pub data: D,
+}
+
+impl<D> Claim<D> {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(&self.cluster, &self.namespace, &self.name)
+    }
+
+    fn is(&self, key: &ServiceKey) -> bool {
+        self.cluster == key.cluster && self.namespace == key.namespace && self.name == key.name
+    }
+}
+
+/// All claims on one name, kept sorted by Service key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Claims<D> {
+    claims: Vec<Claim<D>>,
+}
+
+impl<D> Default for Claims<D> {
+    fn default() -> Self {
+        Self { claims: Vec::new() }
+    }
+}
+
+impl<D: Clone> Claims<D> {
+    pub fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.claims.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Claim<D>> {
+        self.claims.iter()
+    }
+
+    pub fn get(&self, key: &ServiceKey) -> Option<&Claim<D>> {
+        self.claims.iter().find(|c| c.is(key))
+    }
+
+    /// Sets `key`'s claim. A Service that already claimed keeps its `since`; a new claim
+    /// starts at `since` (the start of the event run that claims the name, at most `seq`), or
+    /// earlier when it joins its group's existing claim.
+    pub fn upsert<G: Eq>(
+        &mut self,
+        key: &ServiceKey,
+        seq: u64,
+        since: u64,
+        data: D,
+        group: impl Fn(&ServiceKey) -> G,
+    ) {
+        if let Some(c) = self.claims.iter_mut().find(|c| c.is(key)) {
+            c.seq = seq;
+            c.data = data;
+            return;
+        }
+        let g = group(key);
+        let since = self
+            .claims
+            .iter()
+            .filter(|c| group(&c.key()) == g)
+            .map(|c| c.since)
+            .min()
+            .unwrap_or(since)
+            .min(since)
+            .min(seq);
+        self.claims.push(Claim {
+            cluster: key.cluster.clone(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            since,
+            seq,
+            data,
+        });
+        self.claims.sort_by_key(Claim::key);
+    }
+
+    /// Drops `key`'s claim; true if it had one.
+    pub fn remove(&mut self, key: &ServiceKey) -> bool {
+        let before = self.claims.len();
+        self.claims.retain(|c| !c.is(key));
+        self.claims.len() != before
+    }
+
+    /// The owning group: the one whose earliest claim is oldest (ties: the smaller group).
+    pub fn winner<G: Ord + Clone>(&self, group: impl Fn(&ServiceKey) -> G) -> Option<G> {
+        let mut best: Option<(u64, G)> = None;
+        for c in &self.claims {
+            let g = group(&c.key());
+            let cand = (c.since, g);
+            best = match best {
+                None => Some(cand),
+                Some(b) => Some(if (cand.0, &cand.1) < (b.0, &b.1) {
+                    cand
+                } else {
+                    b
+                }),
+            };
+        }
+        best.map(|(_, g)| g)
+    }
+
+    /// The claims of the owning group, and those of every waiting group.
+    pub fn split<G: Ord + Clone>(
+        &self,
+        group: impl Fn(&ServiceKey) -> G,
+    ) -> (Vec<&Claim<D>>, Vec<&Claim<D>>) {
+        let Some(w) = self.winner(&group) else {
+            return (Vec::new(), Vec::new());
+        };
+        self.claims.iter().partition(|c| group(&c.key()) == w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: &str, ns: &str, n: &str) -> ServiceKey {
+        ServiceKey::new(c, ns, n)
+    }
+
+    fn by_service(k: &ServiceKey) -> (String, String) {
+        (k.namespace.clone(), k.name.clone())
+    }
+
+    #[test]
+    fn the_older_claim_wins_and_the_waiting_one_takes_over() {
+        let mut claims = Claims::default();
+        claims.upsert(&key("east", "b", "web"), 20, 20, 2, by_service);
+        claims.upsert(&key("east", "a", "web"), 10, 10, 1, by_service);
+        assert_eq!(claims.winner(by_service), Some(("a".into(), "web".into())));
+        // An update keeps the original `since`.
+        claims.upsert(&key("east", "a", "web"), 30, 30, 3, by_service);
+        assert_eq!(claims.winner(by_service), Some(("a".into(), "web".into())));
+        assert!(claims.remove(&key("east", "a", "web")));
+        assert_eq!(claims.winner(by_service), Some(("b".into(), "web".into())));
+    }
+
+    #[test]
+    fn clusters_of_one_service_fan_in_and_keep_the_name_while_any_remains() {
+        let mut claims = Claims::default();
+        claims.upsert(&key("east", "a", "web"), 10, 10, 1, by_service);
+        claims.upsert(&key("east", "z", "web"), 11, 11, 9, by_service);
+        claims.upsert(&key("west", "a", "web"), 12, 12, 2, by_service);
+        let (owners, waiting) = claims.split(by_service);
+        assert_eq!(owners.len(), 2);
+        assert_eq!(waiting.len(), 1);
+        // west joined a's claim (since 10): east leaving does not hand the name to z.
+        assert!(claims.remove(&key("east", "a", "web")));
+        assert_eq!(claims.winner(by_service), Some(("a".into(), "web".into())));
+        assert!(claims.remove(&key("west", "a", "web")));
+        assert_eq!(claims.winner(by_service), Some(("z".into(), "web".into())));
+    }
+}

@@ -1,0 +1,128 @@
+//! Command-line groups every process flattens into its own clap config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// How to reach NATS and which stream holds the events.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long = "nats-url",
+        env = "KSR_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// The JetStream stream that holds the route events.
+    #[arg(long = "stream", env = "KSR_STREAM", default_value = ksr_proto::subject::DEFAULT_STREAM)]
+    pub stream: String,
+    /// NATS credentials file (JWT + NKey), if the server requires one.
+    #[arg(long = "nats-creds", env = "KSR_NATS_CREDS", id = "nats_creds")]
+    pub creds: Option<PathBuf>,
+    /// CA certificate to verify the NATS server's TLS certificate.
+    #[arg(long = "nats-ca", env = "KSR_NATS_CA", id = "nats_ca")]
+    pub ca: Option<PathBuf>,
+}
+
+/// Where the admin server listens.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Address for `/livez`, `/readyz` and `/metrics`.
+    #[arg(
+        long = "admin-addr",
+        env = "KSR_ADMIN_ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub addr: SocketAddr,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter, in `tracing` env-filter syntax.
+    #[arg(long = "log", env = "KSR_LOG", default_value = "info")]
+    pub filter: String,
+    /// `text` for people, `json` for log pipelines.
+    #[arg(long = "log-format", env = "KSR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+}
+
+/// How a publisher consumes the stream.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerArgs {
+    /// Durable consumer name, shared by every replica of one publisher kind.
+    #[arg(long = "consumer", env = "KSR_CONSUMER")]
+    pub durable: Option<String>,
+    /// Most messages taken into one batch.
+    #[arg(long = "batch-size", env = "KSR_BATCH_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// Most unacknowledged messages the consumer hands out (across all replicas).
+    #[arg(
+        long = "max-ack-pending",
+        env = "KSR_MAX_ACK_PENDING",
+        default_value_t = 20_000
+    )]
+    pub max_ack_pending: i64,
+    /// How long a delivered message may stay unacknowledged before redelivery.
+    #[arg(long = "ack-wait", env = "KSR_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// Longest negative-ack delay for transient failures (delays grow exponentially up to it).
+    #[arg(long = "max-retry-delay", env = "KSR_MAX_RETRY_DELAY", default_value = "30s", value_parser = parse_duration)]
+    pub max_retry_delay: Duration,
+    /// How often to reconcile the target with the stream (0 disables the periodic pass).
+    #[arg(long = "reconcile-interval", env = "KSR_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+    /// How long shutdown may take to finish the batch in hand.
+    #[arg(long = "drain-timeout", env = "KSR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Parses `250ms`, `10s`, `5m`, `2h`, `7d` (and a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m, 2h or 7d"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

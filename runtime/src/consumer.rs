@@ -1,0 +1,443 @@
+//! The projection consumer loop both publishers run: fetch, decode, coalesce, apply, ack.
+//!
+//! Messages are taken in batches (the first one awaited, then everything already buffered up
+//! to the batch size), decoded (undecodable or mismatched ones are terminated, logged with
+//! their stream sequence and counted: poison never blocks the stream), coalesced to the newest
+//! event per Service, and handed to the [`Projector`]. Messages are acknowledged only after
+//! the projector committed; on a transient failure every message of the batch is
+//! negative-acknowledged with an exponential delay (backon) and comes back later.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::Message;
+use backon::BackoffBuilder;
+use futures::{FutureExt, StreamExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use tokio_util::sync::CancellationToken;
+
+use ksr_proto::{Event, ServiceKey, codec, subject};
+
+use crate::RuntimeError;
+use crate::health::Health;
+use crate::metrics::MetricsRegistry;
+
+/// One decoded event with its stream position.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Stream sequence: the fence every projection compares against.
+    pub seq: u64,
+    /// When the name this event claims was continuously claimed from (the seq of the first
+    /// event of the trailing run of events for this Service that claim the same name); equal
+    /// to `seq` when the event does not continue such a run. Lets a batched apply pick the
+    /// same conflict owner as a one-by-one apply.
+    pub claim_since: u64,
+    pub event: Event,
+}
+
+/// The outcome of applying one batch.
+#[derive(Debug, Default, Clone)]
+pub struct ApplyReport {
+    /// Events whose state was written.
+    pub applied: u64,
+    /// Events skipped because the target already held a newer (or the same) sequence.
+    pub stale: u64,
+    /// Events that can never be applied (stream sequence, reason): terminated, not retried.
+    pub rejected: Vec<(u64, String)>,
+}
+
+/// A failed apply: transient failures are retried by redelivery.
+#[derive(Debug)]
+pub struct ApplyError {
+    /// Short, fixed reason for the metric label.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+/// A projection target (vulcand's etcd keys, the Consul catalog).
+pub trait Projector: Send + Sync {
+    /// The name an event claims in this projection (None: it claims nothing, e.g. removal).
+    fn claim_name(&self, event: &Event) -> Option<String>;
+
+    /// Applies the newest event of each Service in the batch (sorted by sequence), fenced so
+    /// that replays and races never regress state. Must be committed before returning `Ok`.
+    fn apply(
+        &self,
+        batch: &[Delivery],
+    ) -> impl Future<Output = Result<ApplyReport, ApplyError>> + Send;
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The consumer loop's metrics.
+#[derive(Debug, Clone)]
+pub struct ConsumerMetrics {
+    applied: Family<KindLabel, Counter>,
+    stale: Counter,
+    terminated: Family<ReasonLabel, Counter>,
+    apply_errors: Family<ReasonLabel, Counter>,
+    apply_seconds: Histogram,
+    batch_size: Histogram,
+    pending: Gauge,
+    lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ConsumerMetrics {
+    /// Registers the metrics under `ksr_<publisher>_...`.
+    pub fn new(registry: &MetricsRegistry, publisher: &str) -> Self {
+        let m = Self {
+            applied: Family::default(),
+            stale: Counter::default(),
+            terminated: Family::default(),
+            apply_errors: Family::default(),
+            apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            pending: Gauge::default(),
+            lag_seconds: Gauge::default(),
+        };
+        registry.register(|r| {
+            let r = r.sub_registry_with_prefix(publisher);
+            r.register(
+                "events_applied",
+                "Events written to the target, by kind",
+                m.applied.clone(),
+            );
+            r.register(
+                "events_stale",
+                "Events skipped: the target already had a newer sequence",
+                m.stale.clone(),
+            );
+            r.register(
+                "events_terminated",
+                "Poison events terminated, by reason",
+                m.terminated.clone(),
+            );
+            r.register(
+                "apply_errors",
+                "Batches that failed and were negative-acknowledged, by reason",
+                m.apply_errors.clone(),
+            );
+            r.register(
+                "apply_duration_seconds",
+                "Time to apply one batch",
+                m.apply_seconds.clone(),
+            );
+            r.register(
+                "batch_events",
+                "Events per applied batch (after coalescing)",
+                m.batch_size.clone(),
+            );
+            r.register(
+                "consumer_pending",
+                "Messages the consumer has not delivered yet",
+                m.pending.clone(),
+            );
+            r.register(
+                "consumer_lag_seconds",
+                "Age of the newest applied event when it was applied",
+                m.lag_seconds.clone(),
+            );
+        });
+        m
+    }
+
+    fn terminate(&self, reason: &'static str) {
+        self.terminated.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// Loop settings.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    pub batch_size: usize,
+    pub max_retry_delay: Duration,
+}
+
+/// Runs the consumer until `shutdown`; the batch in hand is always finished first.
+pub async fn run<P: Projector>(
+    consumer: PullConsumer,
+    projector: &P,
+    options: &LoopOptions,
+    metrics: &ConsumerMetrics,
+    health: &Health,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let consumer_name = consumer.cached_info().name.clone();
+    'outer: while !shutdown.is_cancelled() {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(options.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                health.set_not_ready(format!("cannot pull from consumer {consumer_name}: {e}"));
+                tracing::warn!(consumer = %consumer_name, error = %e, "cannot start pulling; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'outer,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'outer,
+                }
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'outer,
+                m = messages.next() => m,
+            };
+            let first = match first {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(consumer = %consumer_name, error = %e, "pull stream error");
+                    continue;
+                }
+                None => continue 'outer,
+            };
+            let mut batch = vec![first];
+            while batch.len() < options.batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m),
+                    Some(Some(Err(e))) => {
+                        tracing::warn!(consumer = %consumer_name, error = %e, "pull stream error");
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            process_batch(batch, projector, options, metrics, health).await;
+        }
+    }
+    tracing::info!(consumer = %consumer_name, "consumer stopped");
+    Ok(())
+}
+
+/// Decodes one message; the reason is a metric label when it is poison.
+pub fn decode_message(msg: &async_nats::Message) -> Result<Event, (&'static str, String)> {
+    let event = codec::decode(&msg.payload).map_err(|e| (e.reason(), e.to_string()))?;
+    let key =
+        subject::parse_subject(msg.subject.as_str()).map_err(|e| ("bad_subject", e.to_string()))?;
+    if key != event.key {
+        return Err((
+            "subject_mismatch",
+            format!("subject {} carries an event for {}", msg.subject, event.key),
+        ));
+    }
+    Ok(event)
+}
+
+async fn process_batch<P: Projector>(
+    batch: Vec<Message>,
+    projector: &P,
+    options: &LoopOptions,
+    metrics: &ConsumerMetrics,
+    health: &Health,
+) {
+    let mut decoded: Vec<(u64, Event)> = Vec::with_capacity(batch.len());
+    let mut keep: Vec<Message> = Vec::with_capacity(batch.len());
+    let mut pending = 0;
+    let mut newest_published_ns: i128 = 0;
+    for msg in batch {
+        let Ok(info) = msg.info() else {
+            metrics.terminate("no_info");
+            tracing::error!(subject = %msg.subject, "message without JetStream metadata; terminating");
+            let _ = msg.ack_with(AckKind::Term).await;
+            continue;
+        };
+        let seq = info.stream_sequence;
+        pending = info.pending;
+        newest_published_ns = newest_published_ns.max(info.published.unix_timestamp_nanos());
+        match decode_message(&msg) {
+            Ok(event) => {
+                decoded.push((seq, event));
+                keep.push(msg);
+            }
+            Err((reason, message)) => {
+                metrics.terminate(reason);
+                tracing::error!(seq, subject = %msg.subject, reason, error = %message, "poison event terminated");
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::warn!(seq, error = %e, "could not terminate poison event");
+                }
+            }
+        }
+    }
+    metrics.pending.set(pending as i64);
+    if decoded.is_empty() {
+        return;
+    }
+    let deliveries = coalesce(decoded, |e| projector.claim_name(e));
+    metrics.batch_size.observe(deliveries.len() as f64);
+    let started = Instant::now();
+    let result = projector.apply(&deliveries).await;
+    metrics
+        .apply_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(report) => {
+            health.set_ready();
+            for d in &deliveries {
+                if !report.rejected.iter().any(|(s, _)| *s == d.seq) {
+                    metrics
+                        .applied
+                        .get_or_create(&KindLabel {
+                            kind: d.event.kind().as_str(),
+                        })
+                        .inc();
+                }
+            }
+            metrics.stale.inc_by(report.stale);
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(0);
+            metrics
+                .lag_seconds
+                .set(((now_ns - newest_published_ns).max(0) as f64) / 1e9);
+            for msg in keep {
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if let Some((_, reason)) = report.rejected.iter().find(|(s, _)| *s == seq) {
+                    metrics.terminate("rejected");
+                    tracing::error!(seq, subject = %msg.subject, reason = %reason, "event rejected by the projection; terminated");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                } else if let Err(e) = msg.ack().await {
+                    // Not fatal: the message is redelivered and the fence skips it.
+                    tracing::warn!(seq, error = %e, "ack failed");
+                }
+            }
+        }
+        Err(err) => {
+            metrics
+                .apply_errors
+                .get_or_create(&ReasonLabel { reason: err.reason })
+                .inc();
+            health.set_not_ready(format!("target: {err}"));
+            tracing::warn!(error = %err, events = deliveries.len(), "apply failed; negative-acknowledging the batch");
+            for msg in keep {
+                let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+                let delay = retry_delay(delivered, options.max_retry_delay);
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+}
+
+/// The redelivery delay after the `delivered`-th failed delivery: exponential from 100 ms,
+/// with jitter, capped at `max`.
+pub fn retry_delay(delivered: i64, max: Duration) -> Duration {
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let n = usize::try_from(delivered.clamp(1, 64) - 1).unwrap_or(0);
+    backoff.nth(n).unwrap_or(max).min(max)
+}
+
+/// Keeps the newest event per Service (sorted by sequence), and computes each survivor's
+/// `claim_since` from the events it supersedes.
+pub fn coalesce(
+    mut events: Vec<(u64, Event)>,
+    claim_name: impl Fn(&Event) -> Option<String>,
+) -> Vec<Delivery> {
+    events.sort_by_key(|(seq, _)| *seq);
+    let mut by_key: HashMap<ServiceKey, Delivery> = HashMap::with_capacity(events.len());
+    for (seq, event) in events {
+        let name = claim_name(&event);
+        let since = match by_key.get(&event.key) {
+            Some(prev) if name.is_some() && claim_name(&prev.event) == name => prev.claim_since,
+            _ => seq,
+        };
+        by_key.insert(
+            event.key.clone(),
+            Delivery {
+                seq,
+                claim_since: since,
+                event,
+            },
+        );
+    }
+    let mut out: Vec<Delivery> = by_key.into_values().collect();
+    out.sort_by_key(|d| d.seq);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ksr_proto::Change;
+
+    fn ev(name: &str, change: Change) -> Event {
+        Event {
+            key: ServiceKey::new("east", "ns", name),
+            change,
+            resource_version: "1".into(),
+            observed_unix_ms: 0,
+            observer: String::new(),
+            manager: None,
+        }
+    }
+
+    fn claim(e: &Event) -> Option<String> {
+        match &e.change {
+            Change::Removed => None,
+            _ => Some(e.resource_version.clone()),
+        }
+    }
+
+    #[test]
+    fn coalescing_keeps_the_newest_event_and_the_start_of_its_claim() {
+        let mut a1 = ev("a", Change::Updated(dummy_route()));
+        a1.resource_version = "r1".into();
+        let mut a2 = a1.clone();
+        a2.observed_unix_ms = 5;
+        let b = ev("b", Change::Removed);
+        let out = coalesce(vec![(12, a2.clone()), (10, a1), (11, b)], claim);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].seq, out[0].claim_since), (11, 11));
+        assert_eq!((out[1].seq, out[1].claim_since), (12, 10));
+        assert_eq!(out[1].event, a2);
+    }
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        let max = Duration::from_secs(5);
+        assert!(retry_delay(1, max) < Duration::from_millis(500));
+        assert!(retry_delay(40, max) <= max);
+    }
+
+    fn dummy_route() -> ksr_proto::RouteState {
+        ksr_proto::RouteState {
+            label: "a-ns".into(),
+            environment: "test".into(),
+            domain: "service.consul".into(),
+            path: "/.*".into(),
+            ports: vec![],
+            backends: vec![],
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! NATS connection, the route stream's configuration and checks, and durable consumers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::RuntimeError;
+use crate::config::{ConsumerArgs, NatsArgs};
+
+/// Connects to NATS, retrying in the background if it is not up yet (and on every later
+/// disconnect), so a process can start before NATS does.
+pub async fn connect(
+    args: &NatsArgs,
+    client_name: &str,
+) -> Result<async_nats::Client, RuntimeError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(creds) = &args.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| RuntimeError::Stream {
+                stream: args.stream.clone(),
+                message: format!("--nats-creds {}: {e}", creds.display()),
+            })?;
+    }
+    if let Some(ca) = &args.ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    opts.connect(args.url.as_str())
+        .await
+        .map_err(|source| RuntimeError::Connect {
+            url: args.url.clone(),
+            source,
+        })
+}
+
+/// What the route stream must look like.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub name: String,
+    pub subjects: Vec<String>,
+    /// 0 keeps events forever (the default: the stream is the audit log).
+    pub max_age: Duration,
+    /// -1 for no size limit.
+    pub max_bytes: i64,
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+}
+
+impl StreamSettings {
+    /// The defaults of the contract: all route subjects, history kept, 2 min de-duplication.
+    pub fn routes(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            subjects: vec![ksr_proto::subject::all_filter()],
+            max_age: Duration::ZERO,
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+
+    fn config(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: -1,
+            ..Default::default()
+        }
+    }
+}
+
+/// Gets the stream (creating it when `create` and missing) and checks that the server kept
+/// every field we rely on: older servers silently drop fields they do not know.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+    create: bool,
+) -> Result<stream::Stream, RuntimeError> {
+    let err = |message: String| RuntimeError::Stream {
+        stream: settings.name.clone(),
+        message,
+    };
+    let mut stream = match js.get_stream(&settings.name).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref js_err)
+                    if js_err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            if !create {
+                return Err(err(format!(
+                    "does not exist ({e}) and creating it is not allowed"
+                )));
+            }
+            js.create_stream(settings.config())
+                .await
+                .map_err(|e| err(format!("cannot create: {e}")))?
+        }
+        Err(e) => return Err(err(format!("cannot read: {e}"))),
+    };
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| err(format!("cannot read info: {e}")))?;
+    let cfg = &info.config;
+    for subject in &settings.subjects {
+        if !cfg.subjects.iter().any(|s| s == subject) {
+            return Err(err(format!(
+                "does not capture subject {subject} (it has {:?})",
+                cfg.subjects
+            )));
+        }
+    }
+    if cfg.duplicate_window.is_zero() {
+        return Err(err(
+            "has no duplicate window: Nats-Msg-Id de-duplication is off".into(),
+        ));
+    }
+    if cfg.storage != stream::StorageType::File {
+        return Err(err(
+            "is not file-backed: events would not survive a restart".into(),
+        ));
+    }
+    Ok(stream)
+}
+
+/// Creates (or updates) the durable pull consumer one publisher kind's replicas share.
+pub async fn durable_consumer(
+    stream: &stream::Stream,
+    durable: &str,
+    args: &ConsumerArgs,
+) -> Result<consumer::PullConsumer, RuntimeError> {
+    let config = consumer::pull::Config {
+        durable_name: Some(durable.to_owned()),
+        description: Some("kube-service-router projection".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: args.ack_wait,
+        max_ack_pending: args.max_ack_pending,
+        deliver_policy: consumer::DeliverPolicy::All,
+        filter_subject: ksr_proto::subject::all_filter(),
+        // Transient failures are retried forever (with negative-ack backoff); poison is
+        // terminated explicitly, so no event is ever dropped by a delivery limit.
+        max_deliver: -1,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| RuntimeError::Consumer {
+            consumer: durable.to_owned(),
+            message: e.to_string(),
+        })
+}

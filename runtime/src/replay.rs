@@ -1,0 +1,71 @@
+//! Reading the stream back: the newest event of every Service subject.
+//!
+//! Used wherever the stream's current state is needed as a whole: the watcher's start-up
+//! diff, the publishers' reconciliation, and `ksrctl`. An ordered (ephemeral) consumer with
+//! `DeliverPolicy::LastPerSubject` delivers one message per subject; it is read until the
+//! server reports nothing pending.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::stream::Stream;
+use futures::StreamExt;
+
+use ksr_proto::Event;
+
+use crate::RuntimeError;
+
+/// One subject's newest message.
+#[derive(Debug, Clone)]
+pub struct Latest {
+    pub seq: u64,
+    pub subject: String,
+    /// The event, or why it could not be decoded (reason label, message).
+    pub event: Result<Event, (&'static str, String)>,
+}
+
+/// The newest message of every subject matching `filter`, in stream order.
+pub async fn latest_per_subject(
+    stream: &Stream,
+    filter: &str,
+) -> Result<Vec<Latest>, RuntimeError> {
+    let name = stream.cached_info().config.name.clone();
+    let err = |message: String| RuntimeError::Stream {
+        stream: name.clone(),
+        message,
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(format!("cannot create a replay consumer: {e}")))?;
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| err(format!("cannot replay: {e}")))?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .map_err(|_| err("replay stalled for 30 s".into()))?;
+        let Some(msg) = next else { break };
+        let msg = msg.map_err(|e| err(format!("replay: {e}")))?;
+        let info = msg.info().map_err(|e| err(format!("replay: {e}")))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        out.push(Latest {
+            seq,
+            subject: msg.subject.to_string(),
+            event: crate::consumer::decode_message(&msg),
+        });
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}

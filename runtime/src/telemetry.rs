@@ -1,0 +1,21 @@
+//! Structured logging setup (`tracing`), text or JSON.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::RuntimeError;
+use crate::config::LogArgs;
+
+/// Installs the global subscriber. Call once, from `main`.
+pub fn init(args: &LogArgs) -> Result<(), RuntimeError> {
+    let filter = EnvFilter::try_new(&args.filter)
+        .map_err(|e| RuntimeError::Telemetry(format!("--log {:?}: {e}", args.filter)))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if args.format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+    result.map_err(|e| RuntimeError::Telemetry(e.to_string()))
+}
