@@ -86,6 +86,13 @@ pub struct RouteState {
     pub ports: Vec<ServicePort>,
     /// Where traffic goes, sorted and de-duplicated.
     pub backends: Vec<Backend>,
+    /// Stream sequence of the event that began this Service's continuous claim on its
+    /// hostname (`<label>.<environment>.<domain>`); 0 means this event begins it. Set by the
+    /// watcher from the subject's previous event, so which of two conflicting Services is
+    /// older is decided by the events alone, whatever order consumers apply them in.
+    pub host_since: u64,
+    /// The same for the hostname together with the path (the vulcand route).
+    pub route_since: u64,
 }
 
 impl RouteState {
@@ -100,6 +107,43 @@ impl RouteState {
         self.ports.dedup();
         self.backends.sort();
         self.backends.dedup();
+    }
+
+    /// The claim start of the hostname, given the sequence of the event that carries it.
+    pub fn host_claimed_since(&self, seq: u64) -> u64 {
+        if self.host_since == 0 {
+            seq
+        } else {
+            self.host_since.min(seq)
+        }
+    }
+
+    /// The claim start of the hostname + path, given the sequence of the event that carries it.
+    pub fn route_claimed_since(&self, seq: u64) -> u64 {
+        if self.route_since == 0 {
+            seq
+        } else {
+            self.route_since.min(seq)
+        }
+    }
+
+    /// The `host_since`/`route_since` a successor state gets, following this state (carried
+    /// by the event at `seq`): runs continue while the hostname (and path) stay the same.
+    pub fn continue_claims(&mut self, previous: Option<(&RouteState, u64)>) {
+        let (host, route) = match previous {
+            Some((prev, seq)) if prev.hostname() == self.hostname() => {
+                let host = prev.host_claimed_since(seq);
+                let route = if prev.path == self.path {
+                    prev.route_claimed_since(seq)
+                } else {
+                    0
+                };
+                (host, route)
+            }
+            _ => (0, 0),
+        };
+        self.host_since = host;
+        self.route_since = route;
     }
 
     /// Backends that receive traffic.

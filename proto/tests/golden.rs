@@ -13,16 +13,30 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
+/// With `KSR_BLESS` set, writes the current version's vectors (once per test binary).
+fn bless_if_requested() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("KSR_BLESS").is_none() {
+        return;
+    }
+    ONCE.call_once(|| {
+        for (stem, event) in common::golden_v1() {
+            let bin = golden_dir().join(format!("{stem}.bin"));
+            let json = golden_dir().join(format!("{stem}.json"));
+            let bytes = codec::encode(&event).expect("golden events are valid");
+            std::fs::write(&bin, bytes).expect("write golden .bin");
+            let text = serde_json::to_string_pretty(&event).expect("events serialize") + "\n";
+            std::fs::write(&json, text).expect("write golden .json");
+        }
+    });
+}
+
 #[test]
 fn golden_vectors_decode_to_the_recorded_events() {
-    let bless = std::env::var_os("KSR_BLESS").is_some();
+    bless_if_requested();
     for (stem, event) in common::golden_v1() {
         let bin = golden_dir().join(format!("{stem}.bin"));
         let json = golden_dir().join(format!("{stem}.json"));
-        if bless {
-            std::fs::write(&bin, codec::encode(&event).unwrap()).unwrap();
-            std::fs::write(&json, serde_json::to_string_pretty(&event).unwrap() + "\n").unwrap();
-        }
         let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
         let decoded = codec::decode(&bytes).unwrap_or_else(|e| panic!("{stem}: {e}"));
         let recorded: Event = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -33,6 +47,7 @@ fn golden_vectors_decode_to_the_recorded_events() {
 
 #[test]
 fn current_version_encodes_byte_identically_to_its_golden_vectors() {
+    bless_if_requested();
     for (stem, event) in common::golden_v1() {
         let bytes = std::fs::read(golden_dir().join(format!("{stem}.bin"))).unwrap();
         assert_eq!(codec::encode(&event).unwrap(), bytes, "{stem}");

@@ -32,26 +32,32 @@ fn route_state() -> impl Strategy<Value = RouteState> {
             0..4,
         ),
         prop::collection::vec(backend(), 0..16),
+        any::<u64>(),
+        any::<u64>(),
     )
-        .prop_map(|(label, environment, path, ports, backends)| {
-            let mut r = RouteState {
-                label,
-                environment,
-                domain: "service.consul".into(),
-                path: path.into(),
-                ports: ports
-                    .into_iter()
-                    .map(|(name, port, protocol)| ServicePort {
-                        name,
-                        port,
-                        protocol: protocol.into(),
-                    })
-                    .collect(),
-                backends,
-            };
-            r.normalize();
-            r
-        })
+        .prop_map(
+            |(label, environment, path, ports, backends, host_since, route_since)| {
+                let mut r = RouteState {
+                    label,
+                    environment,
+                    domain: "service.consul".into(),
+                    path: path.into(),
+                    ports: ports
+                        .into_iter()
+                        .map(|(name, port, protocol)| ServicePort {
+                            name,
+                            port,
+                            protocol: protocol.into(),
+                        })
+                        .collect(),
+                    backends,
+                    host_since,
+                    route_since,
+                };
+                r.normalize();
+                r
+            },
+        )
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -126,4 +132,37 @@ proptest! {
         let _ = route::validate_path(&s);
         let _ = names::validate_domain(&s);
     }
+}
+
+#[test]
+fn claims_continue_while_the_hostname_and_path_stay() {
+    let base = RouteState {
+        label: "web-a".into(),
+        environment: "test".into(),
+        domain: "service.consul".into(),
+        path: "/.*".into(),
+        ports: vec![],
+        backends: vec![],
+        host_since: 0,
+        route_since: 0,
+    };
+    // First event (seq 5) begins both claims.
+    let mut next = base.clone();
+    next.continue_claims(Some((&base, 5)));
+    assert_eq!((next.host_since, next.route_since), (5, 5));
+    // A path change keeps the hostname claim, restarts the route claim.
+    let mut moved = next.clone();
+    moved.path = "/api".into();
+    moved.continue_claims(Some((&next, 9)));
+    assert_eq!((moved.host_since, moved.route_since), (5, 0));
+    assert_eq!(moved.route_claimed_since(12), 12);
+    // A hostname change restarts both; no predecessor restarts both.
+    let mut renamed = moved.clone();
+    renamed.label = "other-a".into();
+    renamed.continue_claims(Some((&moved, 12)));
+    assert_eq!((renamed.host_since, renamed.route_since), (0, 0));
+    let mut fresh = base.clone();
+    fresh.host_since = 3;
+    fresh.continue_claims(None);
+    assert_eq!((fresh.host_since, fresh.route_since), (0, 0));
 }

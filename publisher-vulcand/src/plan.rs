@@ -13,7 +13,7 @@ use ksr_runtime::consumer::Delivery;
 
 use crate::layout::Layout;
 use crate::projection::{KeyOp, Projection, diff, project, sort_ops};
-use crate::records::{RouteRecord, ServiceRecord, service_group};
+use crate::records::{RouteRecord, ServiceRecord};
 
 /// A record as read from etcd: `rev` is its mod revision, 0 when absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,8 @@ struct Desired {
     host: String,
     path: String,
     backends: Vec<SocketAddr>,
+    /// When the Service's continuous claim on this host + path began.
+    since: u64,
 }
 
 /// An event that is newer than its Service's fence.
@@ -131,14 +133,8 @@ fn desired(layout: &Layout, d: &Delivery) -> Result<Option<Desired>, String> {
         host,
         path: route.path.clone(),
         backends,
+        since: route.route_claimed_since(d.seq),
     }))
-}
-
-/// The route id an event claims (the consumer loop's coalescing uses it).
-pub fn claim_name(layout: &Layout, event: &ksr_proto::Event) -> Option<String> {
-    event
-        .route()
-        .map(|r| layout.route_id(&r.hostname(), &r.path))
 }
 
 /// Plans `batch` (newest event per Service, sorted by sequence) against `state`.
@@ -234,7 +230,7 @@ pub fn plan(layout: &Layout, state: &State, batch: &[Delivery]) -> PlanOutput {
                             .unwrap_or_else(|| RouteRecord::new(&w.host, &w.path))
                     })
                     .claims
-                    .upsert(key, d.seq, d.claim_since, w.backends.clone(), service_group);
+                    .upsert(key, d.seq, w.since, w.backends.clone());
             }
             let (rev, _) = state.service(key);
             unit.compares.push((layout.service_record_key(key), rev));

@@ -336,10 +336,6 @@ impl VulcandProjector {
 }
 
 impl Projector for VulcandProjector {
-    fn claim_name(&self, event: &ksr_proto::Event) -> Option<String> {
-        crate::plan::claim_name(&self.layout, event)
-    }
-
     async fn apply(&self, batch: &[Delivery]) -> Result<ApplyReport, ApplyError> {
         self.apply_batch(batch).await.map_err(|e| ApplyError {
             reason: e.reason(),

@@ -44,11 +44,7 @@ pub async fn reconcile(
     let deliveries: Vec<Delivery> = latest
         .into_iter()
         .filter_map(|l| match l.event {
-            Ok(event) => Some(Delivery {
-                seq: l.seq,
-                claim_since: l.seq,
-                event,
-            }),
+            Ok(event) => Some(Delivery { seq: l.seq, event }),
             Err((reason, message)) => {
                 tracing::warn!(
                     seq = l.seq,

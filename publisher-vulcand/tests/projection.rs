@@ -142,7 +142,6 @@ async fn duplicates_out_of_order_and_replays_leave_etcd_byte_identical() -> anyh
     ];
     let d = |seq: u64, e: &ksr_proto::Event| Delivery {
         seq,
-        claim_since: seq,
         event: e.clone(),
     };
     for (seq, e) in &history {

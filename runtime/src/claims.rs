@@ -5,9 +5,10 @@
 //! clusters fans in; Consul: by namespace). The group whose earliest claim is oldest (lowest
 //! stream sequence) owns the name; the others wait and take over when it goes. The rule only
 //! depends on stream sequences, so every replica, replay and rebuild picks the same owner.
-//! A Service joining a group that already claims the name inherits the group's `since`, so
-//! one cluster of the owning Service going away never hands the name to a waiting Service
-//! while another cluster still serves it.
+//! Each claim's `since` comes from the event itself (the watcher stamps when the Service's
+//! continuous claim began), and a group's age is its oldest present member's: the owner is a
+//! pure function of the newest event of every Service, whatever order replicas apply them in,
+//! so live projections, replays and rebuilds agree.
 
 use serde::{Deserialize, Serialize};
 
@@ -67,32 +68,14 @@ impl<D: Clone> Claims<D> {
         self.claims.iter().find(|c| c.is(key))
     }
 
-    /// Sets `key`'s claim. A Service that already claimed keeps its `since`; a new claim
-    /// starts at `since` (the start of the event run that claims the name, at most `seq`), or
-    /// earlier when it joins its group's existing claim.
-    pub fn upsert<G: Eq>(
-        &mut self,
-        key: &ServiceKey,
-        seq: u64,
-        since: u64,
-        data: D,
-        group: impl Fn(&ServiceKey) -> G,
-    ) {
+    /// Sets `key`'s claim, begun at stream sequence `since`, last set by the event at `seq`.
+    pub fn upsert(&mut self, key: &ServiceKey, seq: u64, since: u64, data: D) {
         if let Some(c) = self.claims.iter_mut().find(|c| c.is(key)) {
             c.seq = seq;
+            c.since = since;
             c.data = data;
             return;
         }
-        let g = group(key);
-        let since = self
-            .claims
-            .iter()
-            .filter(|c| group(&c.key()) == g)
-            .map(|c| c.since)
-            .min()
-            .unwrap_or(since)
-            .min(since)
-            .min(seq);
         self.claims.push(Claim {
             cluster: key.cluster.clone(),
             namespace: key.namespace.clone(),
@@ -156,29 +139,28 @@ mod tests {
     #[test]
     fn the_older_claim_wins_and_the_waiting_one_takes_over() {
         let mut claims = Claims::default();
-        claims.upsert(&key("east", "b", "web"), 20, 20, 2, by_service);
-        claims.upsert(&key("east", "a", "web"), 10, 10, 1, by_service);
+        claims.upsert(&key("east", "b", "web"), 20, 20, 2);
+        claims.upsert(&key("east", "a", "web"), 10, 10, 1);
         assert_eq!(claims.winner(by_service), Some(("a".into(), "web".into())));
-        // An update keeps the original `since`.
-        claims.upsert(&key("east", "a", "web"), 30, 30, 3, by_service);
+        // An update continuing the claim carries the original `since`.
+        claims.upsert(&key("east", "a", "web"), 30, 10, 3);
         assert_eq!(claims.winner(by_service), Some(("a".into(), "web".into())));
         assert!(claims.remove(&key("east", "a", "web")));
         assert_eq!(claims.winner(by_service), Some(("b".into(), "web".into())));
     }
 
     #[test]
-    fn clusters_of_one_service_fan_in_and_keep_the_name_while_any_remains() {
+    fn clusters_of_one_service_fan_in_and_the_group_is_as_old_as_its_oldest_member() {
         let mut claims = Claims::default();
-        claims.upsert(&key("east", "a", "web"), 10, 10, 1, by_service);
-        claims.upsert(&key("east", "z", "web"), 11, 11, 9, by_service);
-        claims.upsert(&key("west", "a", "web"), 12, 12, 2, by_service);
+        claims.upsert(&key("east", "a", "web"), 10, 10, 1);
+        claims.upsert(&key("east", "z", "web"), 11, 11, 9);
+        claims.upsert(&key("west", "a", "web"), 12, 12, 2);
         let (owners, waiting) = claims.split(by_service);
         assert_eq!(owners.len(), 2);
         assert_eq!(waiting.len(), 1);
-        // west joined a's claim (since 10): east leaving does not hand the name to z.
+        // The group's age is its oldest present member's: without east (10), a is younger
+        // (12) than z (11), whatever order the events were applied in.
         assert!(claims.remove(&key("east", "a", "web")));
-        assert_eq!(claims.winner(by_service), Some(("a".into(), "web".into())));
-        assert!(claims.remove(&key("west", "a", "web")));
         assert_eq!(claims.winner(by_service), Some(("z".into(), "web".into())));
     }
 }

@@ -34,11 +34,6 @@ use crate::metrics::MetricsRegistry;
 pub struct Delivery {
     /// Stream sequence: the fence every projection compares against.
     pub seq: u64,
-    /// When the name this event claims was continuously claimed from (the seq of the first
-    /// event of the trailing run of events for this Service that claim the same name); equal
-    /// to `seq` when the event does not continue such a run. Lets a batched apply pick the
-    /// same conflict owner as a one-by-one apply.
-    pub claim_since: u64,
     pub event: Event,
 }
 
@@ -69,9 +64,6 @@ impl std::fmt::Display for ApplyError {
 
 /// A projection target (vulcand's etcd keys, the Consul catalog).
 pub trait Projector: Send + Sync {
-    /// The name an event claims in this projection (None: it claims nothing, e.g. removal).
-    fn claim_name(&self, event: &Event) -> Option<String>;
-
     /// Applies the newest event of each Service in the batch (sorted by sequence), fenced so
     /// that replays and races never regress state. Must be committed before returning `Ok`.
     fn apply(
@@ -288,7 +280,7 @@ async fn process_batch<P: Projector>(
     if decoded.is_empty() {
         return;
     }
-    let deliveries = coalesce(decoded, |e| projector.claim_name(e));
+    let deliveries = coalesce(decoded);
     metrics.batch_size.observe(deliveries.len() as f64);
     let started = Instant::now();
     let result = projector.apply(&deliveries).await;
@@ -358,30 +350,21 @@ pub fn retry_delay(delivered: i64, max: Duration) -> Duration {
     backoff.nth(n).unwrap_or(max).min(max)
 }
 
-/// Keeps the newest event per Service (sorted by sequence), and computes each survivor's
-/// `claim_since` from the events it supersedes.
-pub fn coalesce(
-    mut events: Vec<(u64, Event)>,
-    claim_name: impl Fn(&Event) -> Option<String>,
-) -> Vec<Delivery> {
-    events.sort_by_key(|(seq, _)| *seq);
-    let mut by_key: HashMap<ServiceKey, Delivery> = HashMap::with_capacity(events.len());
+/// Keeps the newest event per Service, sorted by sequence.
+pub fn coalesce(events: Vec<(u64, Event)>) -> Vec<Delivery> {
+    let mut by_key: HashMap<ServiceKey, (u64, Event)> = HashMap::with_capacity(events.len());
     for (seq, event) in events {
-        let name = claim_name(&event);
-        let since = match by_key.get(&event.key) {
-            Some(prev) if name.is_some() && claim_name(&prev.event) == name => prev.claim_since,
-            _ => seq,
-        };
-        by_key.insert(
-            event.key.clone(),
-            Delivery {
-                seq,
-                claim_since: since,
-                event,
-            },
-        );
+        match by_key.get(&event.key) {
+            Some((newer, _)) if *newer > seq => {}
+            _ => {
+                by_key.insert(event.key.clone(), (seq, event));
+            }
+        }
     }
-    let mut out: Vec<Delivery> = by_key.into_values().collect();
+    let mut out: Vec<Delivery> = by_key
+        .into_values()
+        .map(|(seq, event)| Delivery { seq, event })
+        .collect();
     out.sort_by_key(|d| d.seq);
     out
 }
@@ -402,24 +385,14 @@ mod tests {
         }
     }
 
-    fn claim(e: &Event) -> Option<String> {
-        match &e.change {
-            Change::Removed => None,
-            _ => Some(e.resource_version.clone()),
-        }
-    }
-
     #[test]
-    fn coalescing_keeps_the_newest_event_and_the_start_of_its_claim() {
-        let mut a1 = ev("a", Change::Updated(dummy_route()));
-        a1.resource_version = "r1".into();
+    fn coalescing_keeps_the_newest_event_per_service() {
+        let a1 = ev("a", Change::Removed);
         let mut a2 = a1.clone();
         a2.observed_unix_ms = 5;
         let b = ev("b", Change::Removed);
-        let out = coalesce(vec![(12, a2.clone()), (10, a1), (11, b)], claim);
-        assert_eq!(out.len(), 2);
-        assert_eq!((out[0].seq, out[0].claim_since), (11, 11));
-        assert_eq!((out[1].seq, out[1].claim_since), (12, 10));
+        let out = coalesce(vec![(12, a2.clone()), (10, a1), (11, b)]);
+        assert_eq!(out.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![11, 12]);
         assert_eq!(out[1].event, a2);
     }
 
@@ -428,16 +401,5 @@ mod tests {
         let max = Duration::from_secs(5);
         assert!(retry_delay(1, max) < Duration::from_millis(500));
         assert!(retry_delay(40, max) <= max);
-    }
-
-    fn dummy_route() -> ksr_proto::RouteState {
-        ksr_proto::RouteState {
-            label: "a-ns".into(),
-            environment: "test".into(),
-            domain: "service.consul".into(),
-            path: "/.*".into(),
-            ports: vec![],
-            backends: vec![],
-        }
     }
 }

@@ -24,6 +24,8 @@ pub fn route(label: &str, env: &str, path: &str, ips: &[&str]) -> RouteState {
                 ready: true,
             })
             .collect(),
+        host_since: 0,
+        route_since: 0,
     };
     r.normalize();
     r

@@ -27,6 +27,8 @@ pub fn webtest1_route() -> RouteState {
                 ready: false,
             },
         ],
+        host_since: 0,
+        route_since: 0,
     }
 }
 
@@ -36,6 +38,12 @@ pub fn golden_v1() -> Vec<(&'static str, Event)> {
     let mut updated = webtest1_route();
     updated.label = "myapp-default".into();
     updated.backends.truncate(1);
+    updated.host_since = 0;
+    updated.route_since = 0;
+    let mut moved_backends = webtest1_route();
+    moved_backends.backends.truncate(1);
+    moved_backends.host_since = 41;
+    moved_backends.route_since = 41;
     vec![
         (
             "v1_added",
@@ -57,6 +65,17 @@ pub fn golden_v1() -> Vec<(&'static str, Event)> {
                 observed_unix_ms: 1_764_230_460_123,
                 observer: "ksr-watcher-1".into(),
                 manager: None,
+            },
+        ),
+        (
+            "v1_updated_continuing",
+            Event {
+                key: key.clone(),
+                change: Change::Updated(moved_backends),
+                resource_version: "12398".into(),
+                observed_unix_ms: 1_764_230_450_000,
+                observer: "ksr-watcher-0".into(),
+                manager: Some("kube-controller-manager".into()),
             },
         ),
         (
