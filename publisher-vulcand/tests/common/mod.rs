@@ -152,3 +152,105 @@ pub async fn wait_key(bench: &Bench, key: &str, value: Option<&str>) -> anyhow::
 pub fn route_id(host: &str, path: &str) -> String {
     ksr_publisher_vulcand::layout::Layout::new("vulcand", "ksr").route_id(host, path)
 }
+
+/// A deterministic history as a watcher would publish it: `n` events over `services`
+/// Services in two clusters, with fan-in (same namespace/name in both clusters), conflicts
+/// (a few shared host labels), updates, moves and removals. `host_since`/`route_since` are
+/// stamped from each subject's previous event, as the watcher does; returns (seq, event).
+pub async fn publish_history(
+    bench: &Bench,
+    n: usize,
+    services: usize,
+) -> anyhow::Result<Vec<(u64, Event)>> {
+    use ksr_proto::{Change, RouteState};
+    use std::collections::HashMap;
+
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut last: HashMap<ksr_proto::ServiceKey, (u64, Option<RouteState>)> = HashMap::new();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = next(services as u64);
+        let cluster = if next(2) == 0 { "east" } else { "west" };
+        let namespace = format!("ns{}", s % 7);
+        let name = format!("svc{s}");
+        let key = ksr_proto::ServiceKey::new(cluster, &namespace, &name);
+        let prev = last.get(&key).cloned();
+        let change = if next(6) == 0 {
+            Change::Removed
+        } else {
+            // Mostly the Service's own label; sometimes a label shared with others (conflict).
+            let label = if next(10) == 0 {
+                format!("shared{}-x", next(3))
+            } else {
+                format!("{name}-{namespace}")
+            };
+            let path = if next(4) == 0 { "/api/.*" } else { "/.*" };
+            let ips: Vec<String> = (0..1 + next(3))
+                .map(|_| format!("10.{}.{}.{}", s % 200, next(4), 1 + next(250)))
+                .collect();
+            let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+            let mut r = ksr_test_support::events::route(&label, "test", path, &ip_refs);
+            let prev_route = prev
+                .as_ref()
+                .and_then(|(seq, r)| r.as_ref().map(|r| (r, *seq)));
+            r.continue_claims(prev_route);
+            if prev_route.is_some() {
+                Change::Updated(r)
+            } else {
+                Change::Added(r)
+            }
+        };
+        if matches!(change, Change::Removed) && prev.as_ref().is_none_or(|(_, r)| r.is_none()) {
+            continue;
+        }
+        let e = ksr_test_support::events::event(cluster, &namespace, &name, change);
+        let seq = bench.publish(&e).await?;
+        last.insert(key, (seq, e.route().cloned()));
+        out.push((seq, e));
+    }
+    Ok(out)
+}
+
+/// What etcd must hold after `history`: the newest event per Service applied to an empty etcd
+/// in one pass (a rebuild), through the library directly.
+pub async fn rebuilt_from_latest(
+    history: &[(u64, Event)],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    use ksr_publisher_vulcand::{layout::Layout, publisher::*};
+    use ksr_runtime::consumer::{Delivery, coalesce};
+
+    let etcd = EtcdServer::start().await?;
+    let client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let registry = ksr_runtime::metrics::MetricsRegistry::new();
+    let p = VulcandProjector::new(
+        client.kv_client(),
+        Layout::new("vulcand", "ksr"),
+        128,
+        VulcandMetrics::new(&registry),
+    )
+    .await?;
+    let latest: Vec<Delivery> = coalesce(history.to_vec());
+    for chunk in latest.chunks(500) {
+        p.apply_batch(chunk).await?;
+    }
+    let mut client = client;
+    let resp = client
+        .get("", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            )
+        })
+        .collect())
+}
