@@ -98,6 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         owner = layout.owner(),
         "consuming"
     );
+    health.set_ready();
 
     let consumer_metrics = ConsumerMetrics::new(&registry, "vulcand");
     let options = LoopOptions {
@@ -156,8 +157,8 @@ async fn reconcile_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        match consumer.info().await {
-            Ok(info) if info.num_pending == 0 => {}
+        let ack_floor = match consumer.info().await {
+            Ok(info) if info.num_pending == 0 => info.ack_floor.stream_sequence,
             Ok(info) => {
                 tracing::debug!(
                     pending = info.num_pending,
@@ -169,8 +170,8 @@ async fn reconcile_loop(
                 tracing::warn!(error = %e, "reconcile cannot read consumer info");
                 continue;
             }
-        }
-        match reconcile::reconcile(projector, stream).await {
+        };
+        match reconcile::reconcile(projector, stream, ack_floor).await {
             Ok(_) => first = false,
             Err(e) => tracing::warn!(error = %e, "reconcile failed; will retry"),
         }

@@ -32,6 +32,8 @@ pub struct VulcandMetrics {
     pub routes: Gauge,
     pub routes_in_conflict: Gauge,
     pub repairs: Counter,
+    pub reconcile_runs: Counter,
+    pub reconcile_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl VulcandMetrics {
@@ -59,6 +61,16 @@ impl VulcandMetrics {
                 "reconcile_repairs",
                 "vulcand keys rewritten or removed by reconciliation",
                 m.repairs.clone(),
+            );
+            r.register(
+                "reconcile_runs",
+                "Completed reconciliation passes",
+                m.reconcile_runs.clone(),
+            );
+            r.register(
+                "reconcile_duration_seconds",
+                "Duration of the last reconciliation pass",
+                m.reconcile_seconds.clone(),
             );
         });
         m
@@ -116,14 +128,10 @@ impl VulcandProjector {
         &self.metrics
     }
 
-    /// Re-reads every record from etcd (reconciliation starts from the truth, not the cache).
-    pub async fn reload(&self) -> Result<State, Error> {
-        let state = store::load_state(&mut self.kv.clone(), &self.layout).await?;
-        if let Ok(mut s) = self.state.lock() {
-            *s = state.clone();
-        }
-        self.update_gauges();
-        Ok(state)
+    /// Reads every record from etcd (reconciliation starts from the truth, not the cache).
+    /// The live cache is left alone: it may already be newer than this snapshot.
+    pub async fn snapshot(&self) -> Result<State, Error> {
+        store::load_state(&mut self.kv.clone(), &self.layout).await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

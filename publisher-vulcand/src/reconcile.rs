@@ -2,9 +2,11 @@
 //!
 //! Two passes, run once the consumer has caught up with the stream (never before: a
 //! half-applied stream would look like drift) and then periodically:
-//! 1. stream pass — the newest event of every subject goes through the normal fenced apply,
-//!    so a Service whose record is missing or behind is projected again (already applied
-//!    events are skipped by their fence);
+//! 1. stream pass — the newest event of every subject at or below the consumer's ack floor
+//!    (events the consumer already acknowledged, so their projection must exist) goes through
+//!    the normal fenced apply: a Service whose record is missing or behind is projected again,
+//!    already applied events are skipped by their fence, and events still in flight are left
+//!    to the consumer;
 //! 2. key pass — the vulcand keys under our id prefix are compared with the projection of
 //!    our route records: missing or altered keys are rewritten, keys of ours that no record
 //!    wants are deleted. Each write is guarded by a compare on its route record, so a racing
@@ -34,15 +36,18 @@ pub struct ReconcileReport {
     pub deletes: u64,
 }
 
-/// Runs both passes.
+/// Runs both passes; `ack_floor` is the consumer's acknowledged stream sequence.
 pub async fn reconcile(
     projector: &VulcandProjector,
     stream: &Stream,
+    ack_floor: u64,
 ) -> Result<ReconcileReport, Error> {
+    let started = std::time::Instant::now();
     let mut report = ReconcileReport::default();
     let latest = replay::latest_per_subject(stream, &ksr_proto::subject::all_filter()).await?;
     let deliveries: Vec<Delivery> = latest
         .into_iter()
+        .filter(|l| l.seq <= ack_floor)
         .filter_map(|l| match l.event {
             Ok(event) => Some(Delivery { seq: l.seq, event }),
             Err((reason, message)) => {
@@ -69,7 +74,12 @@ pub async fn reconcile(
     } else {
         tracing::debug!("reconcile found no drift");
     }
-    projector.metrics().repairs.inc_by(puts + deletes);
+    let metrics = projector.metrics();
+    metrics.repairs.inc_by(puts + deletes);
+    metrics.reconcile_runs.inc();
+    metrics
+        .reconcile_seconds
+        .set(started.elapsed().as_secs_f64());
     Ok(report)
 }
 
@@ -85,7 +95,7 @@ fn class_of(key: &str) -> KeyClass {
 
 async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
-    let state = projector.reload().await?;
+    let state = projector.snapshot().await?;
     let expected = state.projection(layout);
     let mut kv = projector.kv();
     let mut actual: HashMap<String, Vec<u8>> = HashMap::new();

@@ -39,6 +39,7 @@ impl Bench {
 
     /// Starts a publisher replica; extra command-line flags may be given.
     pub fn publisher(&self, extra: &[&str]) -> Replica {
+        let admin_port = ksr_test_support::free_ports(1).expect("a free port")[0];
         let mut args = vec![
             "ksr-publisher-vulcand".to_owned(),
             "--nats-url".into(),
@@ -46,13 +47,14 @@ impl Bench {
             "--etcd-endpoints".into(),
             self.etcd.endpoint(),
             "--admin-addr".into(),
-            "127.0.0.1:0".into(),
+            format!("127.0.0.1:{admin_port}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from(args).expect("test config parses");
         let stop = CancellationToken::new();
         let task = tokio::spawn(app::run(config, stop.clone()));
         Replica {
+            admin_port,
             stop,
             task: Some(task),
         }
@@ -114,6 +116,7 @@ impl Bench {
 
 /// A running publisher replica; stopped on drop.
 pub struct Replica {
+    pub admin_port: u16,
     pub stop: CancellationToken,
     pub task: Option<JoinHandle<Result<(), ksr_publisher_vulcand::Error>>>,
 }

@@ -1,0 +1,35 @@
+//! `ksr-bench`: measures the processes as they run in production and prints figures.
+//!
+//! Each benchmark starts real servers on loopback (the test-support guards), spawns the
+//! release binary under test as a child process, drives it, and prints throughput, latency
+//! percentiles and the child's resident memory. No assertions: figures only.
+
+mod procs;
+mod report;
+mod vulcand;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ksr-bench",
+    about = "kube-service-router benchmarks (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// publisher-vulcand: initial projection of N Services, then churn latency.
+    Vulcand(vulcand::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = ksr_test_support::http_client();
+    match Cli::parse().bench {
+        Bench::Vulcand(args) => vulcand::run(args).await,
+    }
+}

@@ -1,0 +1,52 @@
+//! Spawning the release binaries under test and reading their memory use.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    /// Spawns the sibling binary `name` (built in the same target dir as this one).
+    pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let path: PathBuf = exe.with_file_name(name);
+        anyhow::ensure!(
+            path.is_file(),
+            "{} not built: run `cargo build --release --workspace`",
+            path.display()
+        );
+        let child = Command::new(&path)
+            .args(args)
+            .env("KSR_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()?;
+        Ok(Self { child })
+    }
+
+    /// (current RSS, peak RSS) in MiB, from /proc.
+    pub fn memory_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map(|kb| kb / 1024.0)
+                .unwrap_or(f64::NAN)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

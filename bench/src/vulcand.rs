@@ -1,0 +1,216 @@
+//! publisher-vulcand: 10,000 Services × 3 addresses from an empty etcd, then churn latency
+//! from publish to the key being visible in etcd (observed through an etcd watch).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use ksr_proto::Change;
+use ksr_runtime::nats::{StreamSettings, ensure_stream};
+use ksr_test_support::events::{event, route};
+use ksr_test_support::{EtcdServer, NatsServer, wait_until};
+
+use crate::procs::Proc;
+use crate::report::percentiles;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Services in the initial projection.
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Churn rate, changes per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Churn duration in seconds.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let etcd = EtcdServer::start().await?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    let stream = ensure_stream(&js, &StreamSettings::routes("KSR_ROUTES"), true).await?;
+
+    println!(
+        "publisher-vulcand benchmark: {} Services x 3 addresses, churn {}/s for {} s",
+        args.services, args.rate, args.seconds
+    );
+    let started = Instant::now();
+    let mut acks = futures::stream::iter(0..args.services)
+        .map(|i| {
+            let js = js.clone();
+            async move {
+                let ips = [1, 2, 3].map(|k| format!("10.{}.{}.{k}", i / 250 % 250, i % 250));
+                let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+                let e = event(
+                    "east",
+                    &format!("ns{}", i % 50),
+                    &format!("svc{i}"),
+                    Change::Added(route(
+                        &format!("svc{i}-ns{}", i % 50),
+                        "test",
+                        "/.*",
+                        &ip_refs,
+                    )),
+                );
+                ksr_test_support::events::publish(&js, &e).await
+            }
+        })
+        .buffer_unordered(512);
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    println!(
+        "  published {} events in {:.2} s",
+        args.services,
+        started.elapsed().as_secs_f64()
+    );
+
+    let admin_port = ksr_test_support::free_ports(1)?[0];
+    let publisher = Proc::spawn(
+        "ksr-publisher-vulcand",
+        &[
+            "--nats-url".into(),
+            nats.url(),
+            "--etcd-endpoints".into(),
+            etcd.endpoint(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--reconcile-interval".into(),
+            "0".into(),
+        ],
+    )?;
+    let t0 = Instant::now();
+    let js2 = js.clone();
+    wait_until("initial projection", Duration::from_secs(300), || {
+        let js = js2.clone();
+        async move {
+            let stream = js.get_stream("KSR_ROUTES").await.ok()?;
+            let mut c: jetstream::consumer::PullConsumer =
+                stream.get_consumer("ksr-vulcand-ksr").await.ok()?;
+            let info = c.info().await.ok()?;
+            (info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.stream_sequence >= args.services as u64)
+                .then_some(())
+        }
+    })
+    .await?;
+    let initial = t0.elapsed();
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let keys = client
+        .get(
+            "vulcand/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await?
+        .count();
+    let (rss, peak) = publisher.memory_mib();
+    println!(
+        "  initial projection: {} Services ({keys} vulcand keys) in {:.2} s from process start = {:.0} Services/s",
+        args.services,
+        initial.as_secs_f64(),
+        args.services as f64 / initial.as_secs_f64()
+    );
+    println!("  publisher RSS after initial projection: {rss:.1} MiB (peak {peak:.1} MiB)");
+
+    // Steady state: after the start-up reconciliation pass.
+    let reconcile = wait_until(
+        "start-up reconciliation",
+        Duration::from_secs(60),
+        || async {
+            let (_, body) = ksr_test_support::http::get(admin_port, "/metrics").await?;
+            let line = body
+                .lines()
+                .find(|l| l.starts_with("ksr_vulcand_reconcile_duration_seconds "))?;
+            let runs = body
+                .lines()
+                .find(|l| l.starts_with("ksr_vulcand_reconcile_runs_total "))?;
+            (runs.split_whitespace().nth(1)? != "0")
+                .then(|| line.split_whitespace().nth(1).map(str::to_owned))
+                .flatten()
+        },
+    )
+    .await?;
+    println!(
+        "  start-up reconciliation of {} Services took {reconcile} s",
+        args.services
+    );
+
+    // Churn: each change adds a server with a unique address; latency = publish → watch event.
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut watch = client
+        .watch(
+            "vulcand/backends/",
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await?;
+    let (sent2, seen2) = (sent.clone(), seen.clone());
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(resp)) = watch.next().await {
+            let now = Instant::now();
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv() {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    if let Some(t) = sent2.lock().map(|mut m| m.remove(&key)).ok().flatten()
+                        && let Ok(mut s) = seen2.lock()
+                    {
+                        s.push(now - t);
+                    }
+                }
+            }
+        }
+    });
+    let total = args.rate * args.seconds;
+    let period = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let layout = ksr_publisher_vulcand::layout::Layout::new("vulcand", "ksr");
+    let churn_start = Instant::now();
+    for n in 0..total {
+        tick.tick().await;
+        let i = (n as usize * 7919) % args.services;
+        let ns = format!("ns{}", i % 50);
+        let fresh = format!("10.251.{}.{}", n / 250 % 250, n % 250 + 1);
+        let ips = [format!("10.{}.{}.1", i / 250 % 250, i % 250), fresh.clone()];
+        let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let r = route(&format!("svc{i}-ns{}", i % 50), "test", "/.*", &ip_refs);
+        let id = layout.route_id(&r.hostname(), "/.*");
+        let key = format!(
+            "vulcand/backends/{id}/servers/east-{}-80",
+            fresh.replace('.', "-")
+        );
+        if let Ok(mut m) = sent.lock() {
+            m.insert(key, Instant::now());
+        }
+        let e = event("east", &ns, &format!("svc{i}"), Change::Updated(r));
+        let js = js.clone();
+        tokio::spawn(async move { ksr_test_support::events::publish(&js, &e).await });
+    }
+    let sent_for = churn_start.elapsed();
+    let _ = wait_until("churn to settle", Duration::from_secs(30), || async {
+        sent.lock().ok().filter(|m| m.is_empty()).map(|_| ())
+    })
+    .await;
+    watcher.abort();
+    let mut samples = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let missing = sent.lock().map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  churn: {total} changes in {:.1} s ({:.0}/s); publish-to-visible {}; {missing} not seen",
+        sent_for.as_secs_f64(),
+        total as f64 / sent_for.as_secs_f64(),
+        percentiles(&mut samples)
+    );
+    let (rss, peak) = publisher.memory_mib();
+    println!("  publisher RSS after churn: {rss:.1} MiB (peak {peak:.1} MiB)");
+    drop(stream);
+    Ok(())
+}
