@@ -49,11 +49,11 @@ fn json(value: &impl Serialize) -> String {
 /// The keys a route record projects to; empty when nobody claims it.
 pub fn project(layout: &Layout, id: &str, record: &RouteRecord) -> Result<Projection, String> {
     let mut out = Projection::new();
-    let (owners, _) = record.split();
+    let (owners, _) = crate::plan::split(record);
     if owners.is_empty() {
         return Ok(out);
     }
-    let route = ksr_proto::route::route_expression(&record.host, &record.path)
+    let route = ksr_proto::route::route_expression(&record.meta.host, &record.meta.path)
         .map_err(|e| e.to_string())?;
     out.insert(
         layout.backend_key(id),

@@ -11,13 +11,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use ksr_runtime::consumer::{ApplyError, ApplyReport, Delivery, Projector};
 use ksr_runtime::metrics::MetricsRegistry;
 
+use ksr_runtime::plan::{RecordKey, Versioned, pack, plan};
+
 use crate::Error;
 use crate::layout::Layout;
-use crate::plan::{State, Unit, Versioned, pack, plan};
+use crate::plan::{State, Unit, VulcandTarget};
+use crate::projection::KeyOp;
 use crate::store::{self, Write};
 
 /// A packed transaction and how its commit went.
-type TxnResult = (Vec<Unit>, Result<Option<i64>, Error>);
+type TxnResult = (Vec<Unit>, Result<Option<u64>, Error>);
 
 /// How many transactions of one batch are in flight at once.
 const CONCURRENCY: usize = 8;
@@ -80,7 +83,7 @@ impl VulcandMetrics {
 /// Projects events into vulcand's etcd keys.
 pub struct VulcandProjector {
     kv: KvClient,
-    layout: Layout,
+    target: VulcandTarget,
     max_ops: usize,
     state: Mutex<State>,
     metrics: VulcandMetrics,
@@ -89,7 +92,7 @@ pub struct VulcandProjector {
 impl std::fmt::Debug for VulcandProjector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VulcandProjector")
-            .field("layout", &self.layout)
+            .field("target", &self.target)
             .field("max_ops", &self.max_ops)
             .finish_non_exhaustive()
     }
@@ -103,11 +106,10 @@ impl VulcandProjector {
         max_ops: usize,
         metrics: VulcandMetrics,
     ) -> Result<Self, Error> {
-        let mut client = kv.clone();
-        let state = store::load_state(&mut client, &layout).await?;
+        let state = store::load_state(&mut kv.clone(), &layout).await?;
         let p = Self {
             kv,
-            layout,
+            target: VulcandTarget { layout },
             max_ops: max_ops.max(8),
             state: Mutex::new(state),
             metrics,
@@ -117,7 +119,7 @@ impl VulcandProjector {
     }
 
     pub fn layout(&self) -> &Layout {
-        &self.layout
+        &self.target.layout
     }
 
     pub fn kv(&self) -> KvClient {
@@ -131,7 +133,7 @@ impl VulcandProjector {
     /// Reads every record from etcd (reconciliation starts from the truth, not the cache).
     /// The live cache is left alone: it may already be newer than this snapshot.
     pub async fn snapshot(&self) -> Result<State, Error> {
-        store::load_state(&mut self.kv.clone(), &self.layout).await
+        store::load_state(&mut self.kv.clone(), self.layout()).await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -140,9 +142,8 @@ impl VulcandProjector {
 
     fn update_gauges(&self) {
         let s = self.lock();
-        let live = s.routes.values().filter_map(|v| v.value.as_ref());
         let (mut routes, mut conflicted) = (0, 0);
-        for r in live {
+        for r in s.names.values().filter_map(|v| v.value.as_ref()) {
             routes += 1;
             if !r.waiting.is_empty() {
                 conflicted += 1;
@@ -152,16 +153,24 @@ impl VulcandProjector {
         self.metrics.routes_in_conflict.set(conflicted);
     }
 
+    /// Transaction size of a unit: (writes, compares), both limited by etcd's max-txn-ops.
+    fn cost(unit: &Unit) -> (usize, usize) {
+        (
+            unit.ops.len() + unit.services.len() + unit.names.len(),
+            unit.compares.len(),
+        )
+    }
+
     /// Applies a coalesced batch; see the crate docs for the guarantees.
     pub async fn apply_batch(&self, batch: &[Delivery]) -> Result<ApplyReport, Error> {
         let mut pending: Vec<Delivery> = batch.to_vec();
         let mut report = ApplyReport::default();
         for _attempt in 0..MAX_ATTEMPTS {
-            let planned = plan(&self.layout, &self.lock(), &pending);
+            let planned = plan(&self.target, &self.lock(), &pending);
             report.stale += planned.stale.len() as u64;
             report.rejected.extend(planned.rejected);
-            let (txns, oversized) = pack(planned.units, self.max_ops);
-            let results: Vec<TxnResult> = futures::stream::iter(txns)
+            let packed = pack(planned.units, self.max_ops, Self::cost);
+            let results: Vec<TxnResult> = futures::stream::iter(packed.txns)
                 .map(|units| async {
                     let write = self.write_for(&units);
                     let result = store::commit(&mut self.kv.clone(), write).await;
@@ -187,7 +196,7 @@ impl VulcandProjector {
                 self.update_gauges();
                 return Err(e);
             }
-            for unit in oversized {
+            for unit in packed.oversized {
                 let mut seqs = unit.seqs.clone();
                 seqs.sort_unstable();
                 for seq in seqs {
@@ -211,13 +220,14 @@ impl VulcandProjector {
     /// even that exceeds the transaction limit, stepwise (see [`Self::commit_stepwise`]).
     async fn apply_alone(&self, d: &Delivery, report: &mut ApplyReport) -> Result<(), Error> {
         for _attempt in 0..MAX_ATTEMPTS {
-            let planned = plan(&self.layout, &self.lock(), std::slice::from_ref(d));
+            let planned = plan(&self.target, &self.lock(), std::slice::from_ref(d));
             report.stale += planned.stale.len() as u64;
             report.rejected.extend(planned.rejected);
             let Some(unit) = planned.units.into_iter().next() else {
                 return Ok(());
             };
-            let committed = if unit.op_count() <= self.max_ops {
+            let (writes, _) = Self::cost(&unit);
+            let committed = if writes <= self.max_ops {
                 store::commit(
                     &mut self.kv.clone(),
                     self.write_for(std::slice::from_ref(&unit)),
@@ -247,13 +257,13 @@ impl VulcandProjector {
     /// writer interferes between chunks the compares fail and the unit is re-planned; keys
     /// written by earlier chunks that the new plan does not want are removed by
     /// reconciliation.
-    async fn commit_stepwise(&self, unit: &Unit) -> Result<Option<i64>, Error> {
-        let records = unit.services.len() + unit.routes.len();
+    async fn commit_stepwise(&self, unit: &Unit) -> Result<Option<u64>, Error> {
+        let records = unit.services.len() + unit.names.len();
         let room_last = self.max_ops.saturating_sub(records).max(1);
-        let split = unit.key_ops.len().saturating_sub(room_last);
-        for chunk in unit.key_ops[..split].chunks(self.max_ops) {
+        let split = unit.ops.len().saturating_sub(room_last);
+        for chunk in unit.ops[..split].chunks(self.max_ops) {
             let mut w = Write {
-                compares: unit.compares.clone(),
+                compares: self.compares_of(std::slice::from_ref(unit)),
                 ops: Vec::new(),
             };
             chunk.iter().for_each(|op| w.key_op(op));
@@ -262,7 +272,7 @@ impl VulcandProjector {
             }
         }
         let mut last = unit.clone();
-        last.key_ops = unit.key_ops[split..].to_vec();
+        last.ops = unit.ops[split..].to_vec();
         store::commit(
             &mut self.kv.clone(),
             self.write_for(std::slice::from_ref(&last)),
@@ -270,25 +280,33 @@ impl VulcandProjector {
         .await
     }
 
+    fn compares_of(&self, units: &[Unit]) -> Vec<(String, u64)> {
+        units
+            .iter()
+            .flat_map(|u| u.compares.iter())
+            .map(|(k, rev)| (store::record_key(self.layout(), k), *rev))
+            .collect()
+    }
+
     fn write_for(&self, units: &[Unit]) -> Write {
-        let mut w = Write::default();
-        for u in units {
-            w.compares.extend(u.compares.iter().cloned());
-        }
-        let mut ops: Vec<&crate::projection::KeyOp> =
-            units.iter().flat_map(|u| &u.key_ops).collect();
+        let mut w = Write {
+            compares: self.compares_of(units),
+            ops: Vec::new(),
+        };
+        let mut ops: Vec<&KeyOp> = units.iter().flat_map(|u| &u.ops).collect();
         ops.sort_by_key(|o| o.order());
         for op in ops {
             w.key_op(op);
         }
+        let layout = self.layout();
         for u in units {
             for (key, record) in &u.services {
-                w.put_json(self.layout.service_record_key(key), record);
+                w.put_json(layout.service_record_key(key), record);
             }
-            for (id, record) in &u.routes {
+            for (id, record) in &u.names {
                 match record {
-                    Some(r) => w.put_json(self.layout.route_record_key(id), r),
-                    None => w.delete(self.layout.route_record_key(id)),
+                    Some(r) => w.put_json(layout.route_record_key(id), r),
+                    None => w.delete(layout.route_record_key(id)),
                 }
             }
         }
@@ -296,7 +314,7 @@ impl VulcandProjector {
     }
 
     /// Records a committed transaction in the cache, the report and the logs.
-    fn settle(&self, units: &[Unit], rev: i64, report: &mut ApplyReport) {
+    fn settle(&self, units: &[Unit], rev: u64, report: &mut ApplyReport) {
         let mut s = self.lock();
         for u in units {
             report.applied += u.seqs.len() as u64;
@@ -309,7 +327,7 @@ impl VulcandProjector {
                     },
                 );
             }
-            for (id, record) in &u.routes {
+            for (id, record) in &u.names {
                 let v = match record {
                     Some(r) => Versioned {
                         rev,
@@ -317,29 +335,28 @@ impl VulcandProjector {
                     },
                     None => Versioned::default(),
                 };
-                s.routes.insert(id.clone(), v);
+                s.names.insert(id.clone(), v);
             }
-            for (host, path, owner, waiting) in &u.conflicts {
-                self.metrics.conflicts.inc_by(waiting.len() as u64);
-                tracing::warn!(
-                    host,
-                    path,
-                    owner,
-                    ?waiting,
-                    "route conflict: the older claim keeps the route; the others wait"
-                );
+            for c in &u.conflicts {
+                self.metrics.conflicts.inc_by(c.waiting.len() as u64);
+                tracing::warn!(route = c.id, owner = c.owner, waiting = ?c.waiting, "route conflict: the older claim keeps the route; the others wait");
             }
         }
     }
 
     async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
-        let keys: Vec<String> = units
+        let keys: Vec<RecordKey> = units
             .iter()
             .flat_map(|u| u.compares.iter().map(|(k, _)| k.clone()))
             .collect();
-        let fresh = store::refresh(&mut self.kv.clone(), &self.layout, &keys, self.max_ops).await?;
-        let mut s = self.lock();
-        store::apply_refresh(&mut s, &self.layout, fresh)
+        store::refresh(
+            &mut self.kv.clone(),
+            self.layout(),
+            &self.state,
+            &keys,
+            self.max_ops,
+        )
+        .await
     }
 }
 

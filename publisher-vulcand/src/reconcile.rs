@@ -96,7 +96,7 @@ fn class_of(key: &str) -> KeyClass {
 async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
     let state = projector.snapshot().await?;
-    let expected = state.projection(layout);
+    let expected = crate::plan::projection_of(layout, &state);
     let mut kv = projector.kv();
     let mut actual: HashMap<String, Vec<u8>> = HashMap::new();
     for prefix in [
@@ -131,7 +131,7 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
     let (mut puts, mut deletes) = (0, 0);
     for (id, mut ops) in by_id {
         sort_ops(&mut ops);
-        let rev = state.routes.get(&id).map(|v| v.rev).unwrap_or(0);
+        let rev = state.names.get(&id).map(|v| v.rev).unwrap_or(0);
         let guard = (layout.route_record_key(&id), rev);
         for chunk in ops.chunks(128) {
             let mut w = Write {

@@ -3,23 +3,20 @@
 use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 
 use ksr_proto::ServiceKey;
+use ksr_runtime::plan::{RecordKey, Versioned};
 
 use crate::Error;
 use crate::layout::Layout;
-use crate::plan::{State, Versioned};
+use crate::plan::State;
 use crate::projection::KeyOp;
-use crate::records::{RouteRecord, ServiceRecord};
 
 const PAGE: i64 = 2000;
-
-/// A re-read key: its value and mod revision, or `None` when absent.
-pub type Found = Option<(Vec<u8>, i64)>;
 
 /// Every (key, value, mod revision) under `prefix`, read page by page at one revision.
 pub async fn read_prefix(
     kv: &mut KvClient,
     prefix: &str,
-) -> Result<Vec<(String, Vec<u8>, i64)>, Error> {
+) -> Result<Vec<(String, Vec<u8>, u64)>, Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut out = Vec::new();
     let mut start = prefix.as_bytes().to_vec();
@@ -37,7 +34,7 @@ pub async fn read_prefix(
             out.push((
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 kv.value().to_vec(),
-                kv.mod_revision(),
+                rev(kv.mod_revision()),
             ));
         }
         if !resp.more() || resp.kvs().is_empty() {
@@ -48,6 +45,10 @@ pub async fn read_prefix(
         start = next;
     }
     Ok(out)
+}
+
+fn rev(r: i64) -> u64 {
+    u64::try_from(r).unwrap_or(0)
 }
 
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -77,26 +78,14 @@ pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Err
             tracing::warn!(key, "ignoring a record key that does not name a Service");
             continue;
         };
-        let record: ServiceRecord = parse(&key, &value)?;
-        state.services.insert(
-            service,
-            Versioned {
-                rev,
-                value: Some(record),
-            },
-        );
+        let value = Some(parse(&key, &value)?);
+        state.services.insert(service, Versioned { rev, value });
     }
     let routes_prefix = layout.routes_prefix();
     for (key, value, rev) in read_prefix(kv, &routes_prefix).await? {
         let id = key[routes_prefix.len()..].to_owned();
-        let record: RouteRecord = parse(&key, &value)?;
-        state.routes.insert(
-            id,
-            Versioned {
-                rev,
-                value: Some(record),
-            },
-        );
+        let value = Some(parse(&key, &value)?);
+        state.names.insert(id, Versioned { rev, value });
     }
     Ok(state)
 }
@@ -107,62 +96,63 @@ fn parse_service_key(rest: &str) -> Option<ServiceKey> {
     (parts.next().is_none() && key.validate().is_ok()).then_some(key)
 }
 
-/// Re-reads the given record keys into `state` (after a failed compare).
+/// The etcd key of a record.
+pub fn record_key(layout: &Layout, key: &RecordKey) -> String {
+    match key {
+        RecordKey::Service(s) => layout.service_record_key(s),
+        RecordKey::Name(id) => layout.route_record_key(id),
+    }
+}
+
+/// Re-reads the given records into `state` (after a failed compare).
 pub async fn refresh(
     kv: &mut KvClient,
     layout: &Layout,
-    state_keys: &[String],
+    state: &std::sync::Mutex<State>,
+    keys: &[RecordKey],
     max_ops: usize,
-) -> Result<Vec<(String, Found)>, Error> {
-    let _ = layout;
-    let mut out = Vec::with_capacity(state_keys.len());
-    for chunk in state_keys.chunks(max_ops.max(1)) {
-        let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+) -> Result<(), Error> {
+    for chunk in keys.chunks(max_ops.max(1)) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|k| TxnOp::get(record_key(layout, k), None))
+            .collect();
         let resp = kv.txn(Txn::new().and_then(ops)).await?;
+        let mut fresh = Vec::with_capacity(chunk.len());
         for (key, r) in chunk.iter().zip(resp.op_responses()) {
             let found = match r {
                 TxnOpResponse::Get(g) => g
                     .kvs()
                     .first()
-                    .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                    .map(|kv| (kv.value().to_vec(), rev(kv.mod_revision()))),
                 _ => None,
             };
-            out.push((key.clone(), found));
+            fresh.push((key, found));
         }
-    }
-    Ok(out)
-}
-
-/// Applies re-read record keys to the cached state.
-pub fn apply_refresh(
-    state: &mut State,
-    layout: &Layout,
-    fresh: Vec<(String, Found)>,
-) -> Result<(), Error> {
-    let services_prefix = layout.services_prefix();
-    let routes_prefix = layout.routes_prefix();
-    for (key, found) in fresh {
-        if let Some(rest) = key.strip_prefix(&services_prefix) {
-            let Some(service) = parse_service_key(rest) else {
-                continue;
-            };
-            let v = match found {
-                Some((value, rev)) => Versioned {
-                    rev,
-                    value: Some(parse(&key, &value)?),
-                },
-                None => Versioned::default(),
-            };
-            state.services.insert(service, v);
-        } else if let Some(id) = key.strip_prefix(&routes_prefix) {
-            let v = match found {
-                Some((value, rev)) => Versioned {
-                    rev,
-                    value: Some(parse(&key, &value)?),
-                },
-                None => Versioned::default(),
-            };
-            state.routes.insert(id.to_owned(), v);
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, found) in fresh {
+            match key {
+                RecordKey::Service(service) => {
+                    let v = match found {
+                        Some((value, rev)) => Versioned {
+                            rev,
+                            value: Some(parse(&record_key(layout, key), &value)?),
+                        },
+                        None => Versioned::default(),
+                    };
+                    s.services.insert(service.clone(), v);
+                }
+                RecordKey::Name(id) => {
+                    let v = match found {
+                        Some((value, rev)) => Versioned {
+                            rev,
+                            value: Some(parse(&record_key(layout, key), &value)?),
+                        },
+                        None => Versioned::default(),
+                    };
+                    s.names.insert(id.clone(), v);
+                }
+            }
         }
     }
     Ok(())
@@ -171,7 +161,7 @@ pub fn apply_refresh(
 /// A transaction: compares on record revisions, then the writes in order.
 #[derive(Debug, Default)]
 pub struct Write {
-    pub compares: Vec<(String, i64)>,
+    pub compares: Vec<(String, u64)>,
     pub ops: Vec<TxnOp>,
 }
 
@@ -194,15 +184,19 @@ impl Write {
 }
 
 /// Commits `write`; `Ok(Some(revision))` when the compares held, `Ok(None)` when they did not.
-pub async fn commit(kv: &mut KvClient, write: Write) -> Result<Option<i64>, Error> {
+pub async fn commit(kv: &mut KvClient, write: Write) -> Result<Option<u64>, Error> {
     let compares: Vec<Compare> = write
         .compares
         .iter()
-        .map(|(key, rev)| {
-            if *rev == 0 {
+        .map(|(key, r)| {
+            if *r == 0 {
                 Compare::version(key.as_str(), CompareOp::Equal, 0)
             } else {
-                Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev)
+                Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    i64::try_from(*r).unwrap_or(i64::MAX),
+                )
             }
         })
         .collect();
@@ -210,7 +204,7 @@ pub async fn commit(kv: &mut KvClient, write: Write) -> Result<Option<i64>, Erro
         .txn(Txn::new().when(compares).and_then(write.ops))
         .await?;
     if resp.succeeded() {
-        Ok(Some(resp.header().map(|h| h.revision()).unwrap_or(0)))
+        Ok(Some(resp.header().map(|h| rev(h.revision())).unwrap_or(0)))
     } else {
         Ok(None)
     }

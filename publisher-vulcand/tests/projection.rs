@@ -104,7 +104,7 @@ async fn added_updated_removed_produce_exactly_the_vulcand_keys() -> anyhow::Res
         state
             .values()
             .next()
-            .is_some_and(|v| v.contains("\"route\":null"))
+            .is_some_and(|v| v.contains("\"claim\":null"))
     );
     Ok(())
 }

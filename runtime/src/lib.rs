@@ -12,6 +12,7 @@ mod error;
 pub mod health;
 pub mod metrics;
 pub mod nats;
+pub mod plan;
 pub mod replay;
 pub mod retry;
 pub mod shutdown;

@@ -1,0 +1,401 @@
+//! Planning a batch against fenced records: the algorithm both projections share.
+//!
+//! Every projection keeps, next to what it writes, two kinds of records: a per-Service
+//! [`ServiceRecord`] (the fence: applied stream sequence and the name it claims) and a
+//! per-name [`NameRecord`] (every Service claiming that name, and which group owns it). Given
+//! a snapshot of those records with their revisions, [`plan`] drops stale events, groups the
+//! rest so that events touching the same name (the one they leave or the one they join) land
+//! in the same [`Unit`], and for each unit computes the new records, the target writes (from
+//! the [`Target`]) and the compares that guard them. Units never share a record, so they can
+//! commit concurrently. Pure and synchronous.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+
+use serde::{Deserialize, Serialize};
+
+use ksr_proto::ServiceKey;
+
+use crate::claims::Claims;
+use crate::consumer::Delivery;
+
+/// A record as last read or written: `rev` is its revision in the store, 0 when absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub rev: u64,
+    pub value: Option<T>,
+}
+
+impl<T> Default for Versioned<T> {
+    fn default() -> Self {
+        Self {
+            rev: 0,
+            value: None,
+        }
+    }
+}
+
+/// The fence of one Service: the stream sequence last applied and the name it claims.
+/// A removed Service keeps its record (a tombstone) so an older replayed event cannot
+/// resurrect it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub seq: u64,
+    pub claim: Option<String>,
+}
+
+/// Everything about one projected name: who claims it, who owns it, who waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord<M, D> {
+    /// What the name is (vulcand: host and path; Consul: environment and tag).
+    #[serde(flatten)]
+    pub meta: M,
+    pub claims: Claims<D>,
+    /// The owning group (derived, for operators).
+    pub owner: Option<String>,
+    /// Conflicting groups waiting for the name (derived, for operators).
+    pub waiting: Vec<String>,
+}
+
+impl<M, D: Clone> NameRecord<M, D> {
+    pub fn new(meta: M) -> Self {
+        Self {
+            meta,
+            claims: Claims::default(),
+            owner: None,
+            waiting: Vec::new(),
+        }
+    }
+}
+
+/// Our records as last read or written.
+#[derive(Debug, Clone)]
+pub struct State<M, D> {
+    pub services: HashMap<ServiceKey, Versioned<ServiceRecord>>,
+    pub names: HashMap<String, Versioned<NameRecord<M, D>>>,
+}
+
+impl<M, D> Default for State<M, D> {
+    fn default() -> Self {
+        Self {
+            services: HashMap::new(),
+            names: HashMap::new(),
+        }
+    }
+}
+
+impl<M, D> State<M, D> {
+    pub fn service(&self, key: &ServiceKey) -> (u64, Option<&ServiceRecord>) {
+        self.services
+            .get(key)
+            .map(|v| (v.rev, v.value.as_ref()))
+            .unwrap_or((0, None))
+    }
+
+    pub fn name(&self, id: &str) -> (u64, Option<&NameRecord<M, D>>) {
+        self.names
+            .get(id)
+            .map(|v| (v.rev, v.value.as_ref()))
+            .unwrap_or((0, None))
+    }
+}
+
+/// The name an event asks for.
+#[derive(Debug, Clone)]
+pub struct Desired<M, D> {
+    pub id: String,
+    pub meta: M,
+    pub data: D,
+    /// Stream sequence at which the Service's continuous claim on the name began.
+    pub since: u64,
+}
+
+/// The desired-name type of a target.
+pub type DesiredOf<T> = Desired<<T as Target>::Meta, <T as Target>::Data>;
+
+/// What a projection target contributes to planning.
+pub trait Target {
+    type Meta: Clone + PartialEq + Debug;
+    type Data: Clone + PartialEq + Debug;
+    type Group: Ord + Clone;
+    type Op: Clone + Debug;
+
+    /// The name the event claims, or the reason it can never be written.
+    fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, String>;
+    /// Claims of one group share a name (fan-in); different groups conflict.
+    fn group(key: &ServiceKey) -> Self::Group;
+    /// How a group is shown in `owner` / `waiting`.
+    fn group_label(key: &ServiceKey) -> String;
+    /// The target writes that turn the projection of `before` into that of `after`.
+    fn ops(
+        &self,
+        id: &str,
+        before: Option<&NameRecord<Self::Meta, Self::Data>>,
+        after: &NameRecord<Self::Meta, Self::Data>,
+    ) -> Vec<Self::Op>;
+}
+
+/// A record a unit read and guards.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RecordKey {
+    Service(ServiceKey),
+    Name(String),
+}
+
+/// A conflict a unit creates: the name's owner and the groups that newly wait for it.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    pub id: String,
+    pub owner: String,
+    pub waiting: Vec<String>,
+}
+
+/// One atomic piece of work.
+#[derive(Debug, Clone)]
+pub struct Unit<M, D, O> {
+    /// Stream sequences applied by this unit.
+    pub seqs: Vec<u64>,
+    /// Records read, with the revision they must still have (0 = must be absent).
+    pub compares: Vec<(RecordKey, u64)>,
+    /// Target writes.
+    pub ops: Vec<O>,
+    pub services: Vec<(ServiceKey, ServiceRecord)>,
+    /// New name records (None: delete the record).
+    pub names: Vec<(String, Option<NameRecord<M, D>>)>,
+    pub conflicts: Vec<Conflict>,
+}
+
+impl<M, D, O> Default for Unit<M, D, O> {
+    fn default() -> Self {
+        Self {
+            seqs: Vec::new(),
+            compares: Vec::new(),
+            ops: Vec::new(),
+            services: Vec::new(),
+            names: Vec::new(),
+            conflicts: Vec::new(),
+        }
+    }
+}
+
+/// The unit type of a target.
+pub type UnitOf<T> = Unit<<T as Target>::Meta, <T as Target>::Data, <T as Target>::Op>;
+/// The state type of a target.
+pub type StateOf<T> = State<<T as Target>::Meta, <T as Target>::Data>;
+
+/// The result of planning a batch.
+#[derive(Debug)]
+pub struct PlanOutput<M, D, O> {
+    pub units: Vec<Unit<M, D, O>>,
+    pub stale: Vec<u64>,
+    pub rejected: Vec<(u64, String)>,
+}
+
+/// Recomputes a record's derived `owner` and `waiting`.
+pub fn refresh_status<T: Target>(record: &mut NameRecord<T::Meta, T::Data>) {
+    let (owners, waiting) = record.claims.split(T::group);
+    let owner = owners.first().map(|c| T::group_label(&c.key()));
+    let mut w: Vec<String> = waiting.iter().map(|c| T::group_label(&c.key())).collect();
+    w.sort();
+    w.dedup();
+    record.owner = owner;
+    record.waiting = w;
+}
+
+/// An event newer than its Service's fence.
+struct Active<'a, M, D> {
+    delivery: &'a Delivery,
+    old: Option<String>,
+    want: Option<Desired<M, D>>,
+}
+
+/// Plans `batch` (newest event per Service, sorted by sequence) against `state`.
+pub fn plan<T: Target>(
+    target: &T,
+    state: &StateOf<T>,
+    batch: &[Delivery],
+) -> PlanOutput<T::Meta, T::Data, T::Op> {
+    let mut out = PlanOutput {
+        units: Vec::new(),
+        stale: Vec::new(),
+        rejected: Vec::new(),
+    };
+    let mut active: Vec<Active<'_, T::Meta, T::Data>> = Vec::new();
+    for d in batch {
+        let (_, current) = state.service(&d.event.key);
+        if current.is_some_and(|r| r.seq >= d.seq) {
+            out.stale.push(d.seq);
+            continue;
+        }
+        match target.desired(d) {
+            Ok(want) => active.push(Active {
+                delivery: d,
+                old: current.and_then(|r| r.claim.clone()),
+                want,
+            }),
+            Err(reason) => out.rejected.push((d.seq, reason)),
+        }
+    }
+
+    for members in group_by_shared_names(&active) {
+        let mut unit = Unit::default();
+        let mut working: BTreeMap<String, NameRecord<T::Meta, T::Data>> = BTreeMap::new();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for &i in &members {
+            let Active {
+                delivery: d,
+                old,
+                want,
+            } = &active[i];
+            let key = &d.event.key;
+            if let Some(old) = old
+                && want.as_ref().map(|w| &w.id) != Some(old)
+            {
+                touched.insert(old.clone());
+                if let Some(record) = working.get_mut(old) {
+                    record.claims.remove(key);
+                } else if let Some(record) = state.name(old).1 {
+                    let mut record = record.clone();
+                    record.claims.remove(key);
+                    working.insert(old.clone(), record);
+                }
+            }
+            if let Some(w) = want {
+                touched.insert(w.id.clone());
+                working
+                    .entry(w.id.clone())
+                    .or_insert_with(|| {
+                        state
+                            .name(&w.id)
+                            .1
+                            .cloned()
+                            .unwrap_or_else(|| NameRecord::new(w.meta.clone()))
+                    })
+                    .claims
+                    .upsert(key, d.seq, w.since, w.data.clone());
+            }
+            let (rev, _) = state.service(key);
+            unit.compares.push((RecordKey::Service(key.clone()), rev));
+            unit.services.push((
+                key.clone(),
+                ServiceRecord {
+                    seq: d.seq,
+                    claim: want.as_ref().map(|w| w.id.clone()),
+                },
+            ));
+            unit.seqs.push(d.seq);
+        }
+        for id in touched {
+            let (rev, before) = state.name(&id);
+            unit.compares.push((RecordKey::Name(id.clone()), rev));
+            let Some(mut after) = working.remove(&id) else {
+                continue;
+            };
+            refresh_status::<T>(&mut after);
+            unit.ops.extend(target.ops(&id, before, &after));
+            let before_waiting: &[String] = before.map(|r| r.waiting.as_slice()).unwrap_or(&[]);
+            let newly: Vec<String> = after
+                .waiting
+                .iter()
+                .filter(|w| !before_waiting.contains(w))
+                .cloned()
+                .collect();
+            if !newly.is_empty() {
+                unit.conflicts.push(Conflict {
+                    id: id.clone(),
+                    owner: after.owner.clone().unwrap_or_default(),
+                    waiting: newly,
+                });
+            }
+            if after.claims.is_empty() {
+                if before.is_some() {
+                    unit.names.push((id, None));
+                }
+            } else if before != Some(&after) {
+                unit.names.push((id, Some(after)));
+            }
+        }
+        out.units.push(unit);
+    }
+    out
+}
+
+/// Groups events (indices) that share a name they leave or join (union-find).
+fn group_by_shared_names<M, D>(active: &[Active<'_, M, D>]) -> Vec<Vec<usize>> {
+    fn find(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut parent: Vec<usize> = (0..active.len()).collect();
+    let mut first_with: HashMap<&str, usize> = HashMap::new();
+    for (i, a) in active.iter().enumerate() {
+        let ids = a
+            .old
+            .iter()
+            .map(String::as_str)
+            .chain(a.want.iter().map(|w| w.id.as_str()));
+        for id in ids {
+            match first_with.get(id) {
+                Some(&j) => {
+                    let (x, y) = (find(&mut parent, i), find(&mut parent, j));
+                    parent[x] = y;
+                }
+                None => {
+                    first_with.insert(id, i);
+                }
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..active.len() {
+        let root = find(&mut parent, i);
+        groups.entry(root).or_default().push(i);
+    }
+    groups.into_values().collect()
+}
+
+/// Units packed into transactions.
+#[derive(Debug)]
+pub struct Packed<M, D, O> {
+    /// Each inner list commits as one transaction.
+    pub txns: Vec<Vec<Unit<M, D, O>>>,
+    /// Units too large for one transaction on their own.
+    pub oversized: Vec<Unit<M, D, O>>,
+}
+
+/// Packs units into transactions whose summed cost stays within `max` on both measures
+/// (`cost` returns (writes, compares)).
+pub fn pack<M, D, O>(
+    units: Vec<Unit<M, D, O>>,
+    max: usize,
+    cost: impl Fn(&Unit<M, D, O>) -> (usize, usize),
+) -> Packed<M, D, O> {
+    let mut packed = Packed {
+        txns: Vec::new(),
+        oversized: Vec::new(),
+    };
+    let (mut writes, mut cmps) = (0, 0);
+    for unit in units {
+        let (w, c) = cost(&unit);
+        if w > max || c > max {
+            packed.oversized.push(unit);
+            continue;
+        }
+        match packed.txns.last_mut() {
+            Some(txn) if writes + w <= max && cmps + c <= max => {
+                writes += w;
+                cmps += c;
+                txn.push(unit);
+            }
+            _ => {
+                writes = w;
+                cmps = c;
+                packed.txns.push(vec![unit]);
+            }
+        }
+    }
+    packed
+}
