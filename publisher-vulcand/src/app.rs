@@ -5,10 +5,9 @@ use std::time::Duration;
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
-use ksr_runtime::consumer::{self, ConsumerMetrics, LoopOptions};
 use ksr_runtime::metrics::MetricsRegistry;
 use ksr_runtime::retry::until_ok;
-use ksr_runtime::{Health, admin, nats, shutdown};
+use ksr_runtime::{Health, admin, nats, serve};
 
 use crate::Error;
 use crate::config::{Config, EtcdArgs};
@@ -85,95 +84,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .durable
         .clone()
         .unwrap_or_else(|| format!("ksr-vulcand-{}", config.owner));
-    let Some(consumer) = until_ok(&shutdown, "consumer", || {
-        nats::durable_consumer(&stream, &durable, &config.consumer)
-    })
-    .await
-    else {
-        return Ok(());
-    };
-    tracing::info!(
+    let publisher = serve::Publisher {
+        name: "vulcand",
+        stream: &stream,
         durable,
-        prefix = layout.vulcand_prefix(),
-        owner = layout.owner(),
-        "consuming"
-    );
-    health.set_ready();
-
-    let consumer_metrics = ConsumerMetrics::new(&registry, "vulcand");
-    let options = LoopOptions {
-        batch_size: config.consumer.batch_size as usize,
-        max_retry_delay: config.consumer.max_retry_delay,
+        args: &config.consumer,
+        projector: &projector,
+        registry: &registry,
+        health: &health,
     };
-    let stop = CancellationToken::new();
-    let work = async {
-        let consuming = async {
-            let r = consumer::run(
-                consumer.clone(),
-                &projector,
-                &options,
-                &consumer_metrics,
-                &health,
-                stop.clone(),
-            )
-            .await;
-            stop.cancel();
-            r
-        };
-        let reconciling = reconcile_loop(
-            &projector,
-            &stream,
-            consumer.clone(),
-            config.consumer.reconcile_interval,
-            stop.clone(),
-        );
-        tokio::join!(consuming, reconciling).0
+    let (projector_ref, stream_ref) = (&projector, &stream);
+    let reconcile = |ack_floor| async move {
+        reconcile::reconcile(projector_ref, stream_ref, ack_floor)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
-    let result = shutdown::drain(work, &shutdown, &stop, config.consumer.drain_timeout).await;
+    let result = serve::consume(publisher, reconcile, &shutdown).await;
     let _ = admin_task.await;
-    result.unwrap_or(Ok(())).map_err(Error::from)
-}
-
-/// Reconciles once the consumer has caught up, then every `interval`.
-async fn reconcile_loop(
-    projector: &VulcandProjector,
-    stream: &async_nats::jetstream::stream::Stream,
-    mut consumer: async_nats::jetstream::consumer::PullConsumer,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut first = true;
-    loop {
-        let wait = if first {
-            Duration::from_millis(200)
-        } else {
-            interval
-        };
-        if !first && interval.is_zero() {
-            stop.cancelled().await;
-            return;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let ack_floor = match consumer.info().await {
-            Ok(info) if info.num_pending == 0 => info.ack_floor.stream_sequence,
-            Ok(info) => {
-                tracing::debug!(
-                    pending = info.num_pending,
-                    "reconcile waits for the consumer to catch up"
-                );
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reconcile cannot read consumer info");
-                continue;
-            }
-        };
-        match reconcile::reconcile(projector, stream, ack_floor).await {
-            Ok(_) => first = false,
-            Err(e) => tracing::warn!(error = %e, "reconcile failed; will retry"),
-        }
-    }
+    result.map_err(Error::from)
 }

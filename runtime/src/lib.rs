@@ -15,6 +15,7 @@ pub mod nats;
 pub mod plan;
 pub mod replay;
 pub mod retry;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 

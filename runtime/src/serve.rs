@@ -1,0 +1,133 @@
+//! Running a publisher once its target is connected: consume, reconcile, drain.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::stream::Stream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConsumerArgs;
+use crate::consumer::{self, ConsumerMetrics, LoopOptions, Projector};
+use crate::health::Health;
+use crate::metrics::MetricsRegistry;
+use crate::retry::until_ok;
+use crate::{RuntimeError, nats, shutdown};
+
+/// What a publisher brings to [`consume`].
+#[derive(Debug)]
+pub struct Publisher<'a, P> {
+    /// Metric prefix and log name (`vulcand`, `consul`).
+    pub name: &'static str,
+    pub stream: &'a Stream,
+    /// The durable consumer all replicas of this publisher kind share.
+    pub durable: String,
+    pub args: &'a ConsumerArgs,
+    pub projector: &'a P,
+    pub registry: &'a MetricsRegistry,
+    pub health: &'a Health,
+}
+
+/// Creates the durable consumer and runs the consumer loop and the reconciliation loop until
+/// `shutdown`, then drains for at most `--drain-timeout`.
+///
+/// `reconcile(ack_floor)` runs once the consumer has delivered everything pending (never
+/// before: a half-applied stream would look like drift), then every `--reconcile-interval`;
+/// `ack_floor` is the consumer's acknowledged stream sequence, the newest event whose
+/// projection must already exist.
+pub async fn consume<P, R, Fut>(
+    p: Publisher<'_, P>,
+    reconcile: R,
+    shutdown: &CancellationToken,
+) -> Result<(), RuntimeError>
+where
+    P: Projector,
+    R: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let Some(consumer) = until_ok(shutdown, "consumer", || {
+        nats::durable_consumer(p.stream, &p.durable, p.args)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    tracing::info!(publisher = p.name, durable = p.durable, "consuming");
+    p.health.set_ready();
+    let metrics = ConsumerMetrics::new(p.registry, p.name);
+    let options = LoopOptions {
+        batch_size: p.args.batch_size as usize,
+        max_retry_delay: p.args.max_retry_delay,
+    };
+    let stop = CancellationToken::new();
+    let work = async {
+        let consuming = async {
+            let r = consumer::run(
+                consumer.clone(),
+                p.projector,
+                &options,
+                &metrics,
+                p.health,
+                stop.clone(),
+            )
+            .await;
+            stop.cancel();
+            r
+        };
+        let reconciling = reconcile_loop(
+            consumer.clone(),
+            p.args.reconcile_interval,
+            &reconcile,
+            stop.clone(),
+        );
+        tokio::join!(consuming, reconciling).0
+    };
+    shutdown::drain(work, shutdown, &stop, p.args.drain_timeout)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+async fn reconcile_loop<R, Fut>(
+    mut consumer: PullConsumer,
+    interval: Duration,
+    reconcile: &R,
+    stop: CancellationToken,
+) where
+    R: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut first = true;
+    loop {
+        if !first && interval.is_zero() {
+            stop.cancelled().await;
+            return;
+        }
+        let wait = if first {
+            Duration::from_millis(200)
+        } else {
+            interval
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let ack_floor = match consumer.info().await {
+            Ok(info) if info.num_pending == 0 => info.ack_floor.stream_sequence,
+            Ok(info) => {
+                tracing::debug!(
+                    pending = info.num_pending,
+                    "reconcile waits for the consumer to catch up"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile cannot read consumer info");
+                continue;
+            }
+        };
+        match reconcile(ack_floor).await {
+            Ok(()) => first = false,
+            Err(e) => tracing::warn!(error = %e, "reconcile failed; will retry"),
+        }
+    }
+}
