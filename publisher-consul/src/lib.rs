@@ -1,1 +1,21 @@
-//! placeholder
+//! publisher-consul: projects the route event stream into the Consul catalog, so that
+//! `<name>-<namespace>.<environment>.service.consul` resolves to the edge router.
+//!
+//! Registrations live on a synthetic catalog node that this installation owns (never on an
+//! agent's node, whose anti-entropy would delete them), marked with `NodeMeta` and created
+//! with `SkipNodeUpdate` so node metadata is never wiped. Each routed name is one instance of
+//! the Consul service named after the environment, tagged with `<name>-<namespace>`, at the
+//! router's address. Writes go through `/v1/txn` (at most 64 operations) together with our
+//! fences in Consul KV (check-and-set on their ModifyIndex), so replays, duplicates and racing
+//! replicas never regress state, and unchanged registrations are never rewritten.
+
+pub mod app;
+pub mod client;
+pub mod config;
+mod error;
+pub mod layout;
+pub mod publisher;
+pub mod reconcile;
+pub mod target;
+
+pub use error::Error;

@@ -6,7 +6,7 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
 use ksr_runtime::metrics::MetricsRegistry;
-use ksr_runtime::retry::until_ok;
+use ksr_runtime::retry::until_ready;
 use ksr_runtime::{Health, admin, nats, serve};
 
 use crate::Error;
@@ -56,7 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let js = async_nats::jetstream::new(client);
     let settings = nats::StreamSettings::routes(&config.nats.stream);
     health.set_not_ready(format!("waiting for stream {}", settings.name));
-    let Some(stream) = until_ok(&shutdown, "stream", || {
+    let Some(stream) = until_ready(&shutdown, &health, "stream", || {
         nats::ensure_stream(&js, &settings, false)
     })
     .await
@@ -65,13 +65,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
 
     health.set_not_ready("connecting to etcd");
-    let Some(etcd) = until_ok(&shutdown, "etcd", || connect_etcd(&config.etcd)).await else {
+    let Some(etcd) = until_ready(&shutdown, &health, "etcd", || connect_etcd(&config.etcd)).await
+    else {
         return Ok(());
     };
     let layout = Layout::new(&config.vulcand_prefix, &config.owner);
     let metrics = VulcandMetrics::new(&registry);
     let max_ops = config.etcd.max_txn_ops as usize;
-    let Some(projector) = until_ok(&shutdown, "etcd state", || {
+    let Some(projector) = until_ready(&shutdown, &health, "etcd state", || {
         VulcandProjector::new(etcd.kv_client(), layout.clone(), max_ops, metrics.clone())
     })
     .await

@@ -27,3 +27,29 @@ where
         r = retry => r.ok(),
     }
 }
+
+/// [`until_ok`], also reporting each failure as the not-ready reason of `health`, so
+/// `/readyz` says what the process is waiting for (an unreachable server, a denied token).
+pub async fn until_ready<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    health: &crate::Health,
+    what: &str,
+    mut f: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    until_ok(shutdown, what, || {
+        let fut = f();
+        async move {
+            let r = fut.await;
+            if let Err(e) = &r {
+                health.set_not_ready(format!("{what}: {e}"));
+            }
+            r
+        }
+    })
+    .await
+}

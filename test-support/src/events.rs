@@ -101,3 +101,87 @@ pub async fn publish_raw(
         .await?;
     Ok(ack.sequence)
 }
+
+/// A deterministic history as a watcher would publish it: `n` events over `services`
+/// Services in two clusters, with fan-in (same namespace/name in both clusters), conflicts
+/// (a few shared host labels), updates, moves and removals. `host_since`/`route_since` are
+/// stamped from each subject's previous event, as the watcher does; returns (seq, event).
+pub async fn publish_history(
+    js: &jetstream::Context,
+    n: usize,
+    services: usize,
+) -> anyhow::Result<Vec<(u64, Event)>> {
+    use std::collections::HashMap;
+
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut last: HashMap<ServiceKey, (u64, Option<RouteState>)> = HashMap::new();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = next(services as u64);
+        let cluster = if next(2) == 0 { "east" } else { "west" };
+        let namespace = format!("ns{}", s % 7);
+        let name = format!("svc{s}");
+        let key = ServiceKey::new(cluster, &namespace, &name);
+        let prev = last.get(&key).cloned();
+        let change = if next(6) == 0 {
+            Change::Removed
+        } else {
+            // Mostly the Service's own label; sometimes a label shared with others (conflict).
+            let label = if next(10) == 0 {
+                format!("shared{}-x", next(3))
+            } else {
+                format!("{name}-{namespace}")
+            };
+            let path = if next(4) == 0 { "/api/.*" } else { "/.*" };
+            let ips: Vec<String> = (0..1 + next(3))
+                .map(|_| format!("10.{}.{}.{}", s % 200, next(4), 1 + next(250)))
+                .collect();
+            let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+            let mut r = route(&label, "test", path, &ip_refs);
+            let prev_route = prev
+                .as_ref()
+                .and_then(|(seq, r)| r.as_ref().map(|r| (r, *seq)));
+            r.continue_claims(prev_route);
+            if prev_route.is_some() {
+                Change::Updated(r)
+            } else {
+                Change::Added(r)
+            }
+        };
+        if matches!(change, Change::Removed) && prev.as_ref().is_none_or(|(_, r)| r.is_none()) {
+            continue;
+        }
+        let e = event(cluster, &namespace, &name, change);
+        let seq = publish(js, &e).await?;
+        last.insert(key, (seq, e.route().cloned()));
+        out.push((seq, e));
+    }
+    Ok(out)
+}
+
+/// Waits (up to 60 s) until the durable consumer `durable` of `KSR_ROUTES` has delivered and
+/// seen acknowledged every message.
+pub async fn wait_consumer_settled(js: &jetstream::Context, durable: &str) -> anyhow::Result<()> {
+    crate::eventually(std::time::Duration::from_secs(60), || async {
+        let stream = js.get_stream("KSR_ROUTES").await?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(durable)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let info = consumer.info().await?;
+        anyhow::ensure!(
+            info.num_pending == 0 && info.num_ack_pending == 0,
+            "consumer {durable} not caught up: {} pending, {} unacknowledged",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        Ok(())
+    })
+    .await
+}

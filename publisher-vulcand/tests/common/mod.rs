@@ -90,26 +90,7 @@ impl Bench {
 
     /// Waits until every published message is acknowledged, then snapshots `prefix`.
     pub async fn settled(&self, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
-        let js = self.js.clone();
-        eventually(WAIT, || {
-            let js = js.clone();
-            async move {
-                let stream = js.get_stream("KSR_ROUTES").await?;
-                let mut consumer: jetstream::consumer::PullConsumer = stream
-                    .get_consumer("ksr-vulcand-ksr")
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?;
-                let info = consumer.info().await?;
-                anyhow::ensure!(
-                    info.num_pending == 0 && info.num_ack_pending == 0,
-                    "consumer not caught up: {} pending, {} unacknowledged",
-                    info.num_pending,
-                    info.num_ack_pending
-                );
-                Ok(())
-            }
-        })
-        .await?;
+        ksr_test_support::events::wait_consumer_settled(&self.js, "ksr-vulcand-ksr").await?;
         self.snapshot(prefix).await
     }
 }
@@ -156,68 +137,13 @@ pub fn route_id(host: &str, path: &str) -> String {
     ksr_publisher_vulcand::layout::Layout::new("vulcand", "ksr").route_id(host, path)
 }
 
-/// A deterministic history as a watcher would publish it: `n` events over `services`
-/// Services in two clusters, with fan-in (same namespace/name in both clusters), conflicts
-/// (a few shared host labels), updates, moves and removals. `host_since`/`route_since` are
-/// stamped from each subject's previous event, as the watcher does; returns (seq, event).
+/// A deterministic history as a watcher would publish it (see test-support).
 pub async fn publish_history(
     bench: &Bench,
     n: usize,
     services: usize,
 ) -> anyhow::Result<Vec<(u64, Event)>> {
-    use ksr_proto::{Change, RouteState};
-    use std::collections::HashMap;
-
-    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move |m: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % m
-    };
-    let mut last: HashMap<ksr_proto::ServiceKey, (u64, Option<RouteState>)> = HashMap::new();
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = next(services as u64);
-        let cluster = if next(2) == 0 { "east" } else { "west" };
-        let namespace = format!("ns{}", s % 7);
-        let name = format!("svc{s}");
-        let key = ksr_proto::ServiceKey::new(cluster, &namespace, &name);
-        let prev = last.get(&key).cloned();
-        let change = if next(6) == 0 {
-            Change::Removed
-        } else {
-            // Mostly the Service's own label; sometimes a label shared with others (conflict).
-            let label = if next(10) == 0 {
-                format!("shared{}-x", next(3))
-            } else {
-                format!("{name}-{namespace}")
-            };
-            let path = if next(4) == 0 { "/api/.*" } else { "/.*" };
-            let ips: Vec<String> = (0..1 + next(3))
-                .map(|_| format!("10.{}.{}.{}", s % 200, next(4), 1 + next(250)))
-                .collect();
-            let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
-            let mut r = ksr_test_support::events::route(&label, "test", path, &ip_refs);
-            let prev_route = prev
-                .as_ref()
-                .and_then(|(seq, r)| r.as_ref().map(|r| (r, *seq)));
-            r.continue_claims(prev_route);
-            if prev_route.is_some() {
-                Change::Updated(r)
-            } else {
-                Change::Added(r)
-            }
-        };
-        if matches!(change, Change::Removed) && prev.as_ref().is_none_or(|(_, r)| r.is_none()) {
-            continue;
-        }
-        let e = ksr_test_support::events::event(cluster, &namespace, &name, change);
-        let seq = bench.publish(&e).await?;
-        last.insert(key, (seq, e.route().cloned()));
-        out.push((seq, e));
-    }
-    Ok(out)
+    ksr_test_support::events::publish_history(&bench.js, n, services).await
 }
 
 /// What etcd must hold after `history`: the newest event per Service applied to an empty etcd

@@ -1,0 +1,97 @@
+//! Wiring of the Consul publisher process: connect, check, consume, reconcile, shut down.
+
+use tokio_util::sync::CancellationToken;
+
+use ksr_runtime::metrics::MetricsRegistry;
+use ksr_runtime::retry::until_ready;
+use ksr_runtime::{Health, admin, nats, serve};
+
+use crate::Error;
+use crate::client::ConsulClient;
+use crate::config::Config;
+use crate::layout::Layout;
+use crate::publisher::{ConsulMetrics, ConsulProjector};
+use crate::reconcile;
+use crate::target::ConsulTarget;
+
+/// Runs the publisher until `shutdown` is cancelled; the batch in hand is finished first.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let registry = MetricsRegistry::new();
+    let health = Health::new("starting");
+    let (_, admin_task) = admin::serve(
+        config.admin.addr,
+        health.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    let client = ConsulClient::new(&config.consul)?;
+    let nats_client = nats::connect(&config.nats, "ksr-publisher-consul").await?;
+    let js = async_nats::jetstream::new(nats_client);
+    let settings = nats::StreamSettings::routes(&config.nats.stream);
+    health.set_not_ready(format!("waiting for stream {}", settings.name));
+    let Some(stream) = until_ready(&shutdown, &health, "stream", || {
+        nats::ensure_stream(&js, &settings, false)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+
+    let target = ConsulTarget {
+        owner: config.owner.clone(),
+        router_address: config.router_address.to_string(),
+        router_port: config.router_port,
+    };
+    let layout = Layout::new(&config.owner);
+    let metrics = ConsulMetrics::new(&registry);
+    health.set_not_ready(format!("connecting to Consul at {}", client.base_url()));
+    let Some(projector) = until_ready(&shutdown, &health, "consul", || {
+        ConsulProjector::new(
+            client.clone(),
+            layout.clone(),
+            config.node_name(),
+            target.clone(),
+            metrics.clone(),
+        )
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let environment = config.environment.clone();
+    if until_ready(&shutdown, &health, "consul node", || {
+        reconcile::ensure_node_and_router(&projector, &environment)
+    })
+    .await
+    .is_none()
+    {
+        return Ok(());
+    }
+
+    let durable = config
+        .consumer
+        .durable
+        .clone()
+        .unwrap_or_else(|| format!("ksr-consul-{}", config.owner));
+    let publisher = serve::Publisher {
+        name: "consul",
+        stream: &stream,
+        durable,
+        args: &config.consumer,
+        projector: &projector,
+        registry: &registry,
+        health: &health,
+    };
+    let (projector_ref, stream_ref, env_ref) = (&projector, &stream, environment.as_str());
+    let reconcile = |ack_floor| async move {
+        reconcile::reconcile(projector_ref, stream_ref, ack_floor, env_ref)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let result = serve::consume(publisher, reconcile, &shutdown).await;
+    let _ = admin_task.await;
+    result.map_err(Error::from)
+}

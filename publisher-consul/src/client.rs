@@ -1,0 +1,367 @@
+//! A small Consul HTTP API client: catalog, KV and transactions, with status classification.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::config::ConsulArgs;
+
+/// One catalog service instance, as registered and as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceBody {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Service")]
+    pub service: String,
+    #[serde(rename = "Tags", default, deserialize_with = "null_as_default")]
+    pub tags: Vec<String>,
+    #[serde(rename = "Address")]
+    pub address: String,
+    #[serde(rename = "Port")]
+    pub port: u16,
+    #[serde(rename = "Meta", default, deserialize_with = "null_as_default")]
+    pub meta: BTreeMap<String, String>,
+}
+
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A KV entry.
+#[derive(Debug, Clone)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub modify_index: u64,
+}
+
+#[derive(Deserialize)]
+struct RawKv {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Value")]
+    value: Option<String>,
+    #[serde(rename = "ModifyIndex")]
+    modify_index: u64,
+}
+
+impl RawKv {
+    fn decode(self) -> KvEntry {
+        KvEntry {
+            value: self
+                .value
+                .and_then(|v| B64.decode(v).ok())
+                .unwrap_or_default(),
+            key: self.key,
+            modify_index: self.modify_index,
+        }
+    }
+}
+
+/// One operation of a `/v1/txn` transaction.
+#[derive(Debug, Clone)]
+pub enum TxnOp {
+    /// Write `value` if the key's ModifyIndex is `index` (0: only if absent).
+    KvCas {
+        key: String,
+        value: Vec<u8>,
+        index: u64,
+    },
+    /// Delete if the key's ModifyIndex is `index`.
+    KvDeleteCas { key: String, index: u64 },
+    /// Fail the transaction unless the key's ModifyIndex is `index` (0: unless absent).
+    KvCheck { key: String, index: u64 },
+    /// Register (or replace) a service instance on `node`.
+    ServiceSet { node: String, body: ServiceBody },
+    /// Deregister a service instance from `node` (`service` is its name, required in a txn).
+    ServiceDelete {
+        node: String,
+        id: String,
+        service: String,
+    },
+}
+
+impl TxnOp {
+    fn to_json(&self) -> Value {
+        match self {
+            TxnOp::KvCas { key, value, index } => {
+                json!({"KV": {"Verb": "cas", "Key": key, "Value": B64.encode(value), "Index": index}})
+            }
+            TxnOp::KvDeleteCas { key, index } => {
+                json!({"KV": {"Verb": "delete-cas", "Key": key, "Index": index}})
+            }
+            TxnOp::KvCheck { key, index: 0 } => {
+                json!({"KV": {"Verb": "check-not-exists", "Key": key}})
+            }
+            TxnOp::KvCheck { key, index } => {
+                json!({"KV": {"Verb": "check-index", "Key": key, "Index": index}})
+            }
+            TxnOp::ServiceSet { node, body } => {
+                json!({"Service": {"Verb": "set", "Node": node, "Service": body}})
+            }
+            TxnOp::ServiceDelete { node, id, service } => {
+                json!({"Service": {"Verb": "delete", "Node": node, "Service": {"ID": id, "Service": service}}})
+            }
+        }
+    }
+}
+
+/// How a transaction went.
+#[derive(Debug)]
+pub enum TxnOutcome {
+    /// Committed; the new ModifyIndex of every KV key written.
+    Committed(BTreeMap<String, u64>),
+    /// Rolled back: a check-and-set or check failed (another writer was first).
+    Conflict(String),
+}
+
+/// The Consul HTTP API.
+#[derive(Debug, Clone)]
+pub struct ConsulClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+impl ConsulClient {
+    pub fn new(args: &ConsulArgs) -> Result<Self, Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = reqwest::Url::parse(&args.address)
+            .map_err(|e| Error::Config(format!("--consul-address {:?}: {e}", args.address)))?;
+        let host = url.host_str().ok_or_else(|| {
+            Error::Config(format!("--consul-address {:?} has no host", args.address))
+        })?;
+        let base = match url.port() {
+            Some(port) => format!("{}://{host}:{port}", url.scheme()),
+            None => format!("{}://{host}", url.scheme()),
+        };
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = &args.ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::Config(format!("--consul-ca {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| Error::Config(format!("--consul-ca {}: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            token: args.token.clone(),
+            token_file: args.token_file.clone(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn token(&self) -> Option<String> {
+        if let Some(file) = &self.token_file {
+            return std::fs::read_to_string(file)
+                .ok()
+                .map(|t| t.trim().to_owned());
+        }
+        self.token.clone()
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<(StatusCode, String), Error> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(token) = self.token() {
+            req = req.header("X-Consul-Token", token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|source| Error::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|source| Error::Unreachable { url, source })?;
+        match status.as_u16() {
+            403 => Err(Error::PermissionDenied {
+                what: what.to_owned(),
+                message: text.trim().to_owned(),
+            }),
+            400 | 413 | 422 => Err(Error::Invalid {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                message: text.trim().to_owned(),
+            }),
+            500..=599 if text.to_lowercase().contains("invalid") => Err(Error::Invalid {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                message: text.trim().to_owned(),
+            }),
+            500..=599 => Err(Error::Server {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                message: text.trim().to_owned(),
+            }),
+            _ => Ok((status, text)),
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, Error> {
+        serde_json::from_str(text).map_err(|e| Error::Server {
+            what: what.to_owned(),
+            status: 200,
+            message: format!("unreadable reply: {e}"),
+        })
+    }
+
+    /// Creates our synthetic node if missing; an existing node is left as it is
+    /// (`SkipNodeUpdate`), so its metadata is never wiped.
+    pub async fn ensure_node(
+        &self,
+        node: &str,
+        address: &str,
+        meta: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let body =
+            json!({"Node": node, "Address": address, "NodeMeta": meta, "SkipNodeUpdate": true});
+        self.send(
+            Method::PUT,
+            "/v1/catalog/register",
+            Some(&body),
+            "registering our node",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Registers one instance on `node` outside a transaction (the router's own entry).
+    pub async fn register_service(
+        &self,
+        node: &str,
+        address: &str,
+        body: &ServiceBody,
+    ) -> Result<(), Error> {
+        let req =
+            json!({"Node": node, "Address": address, "SkipNodeUpdate": true, "Service": body});
+        self.send(
+            Method::PUT,
+            "/v1/catalog/register",
+            Some(&req),
+            "registering the router",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every KV entry under `prefix`.
+    pub async fn kv_tree(&self, prefix: &str) -> Result<Vec<KvEntry>, Error> {
+        let (status, text) = self
+            .send(
+                Method::GET,
+                &format!("/v1/kv/{prefix}?recurse=true"),
+                None,
+                "reading our records",
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<RawKv> = Self::parse("reading our records", &text)?;
+        Ok(raw.into_iter().map(RawKv::decode).collect())
+    }
+
+    /// One KV entry, `None` when absent.
+    pub async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, Error> {
+        let (status, text) = self
+            .send(
+                Method::GET,
+                &format!("/v1/kv/{key}"),
+                None,
+                "reading a record",
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let raw: Vec<RawKv> = Self::parse("reading a record", &text)?;
+        Ok(raw.into_iter().next().map(RawKv::decode))
+    }
+
+    /// The instances registered on `node` (empty when the node does not exist).
+    pub async fn node_services(&self, node: &str) -> Result<Vec<ServiceBody>, Error> {
+        #[derive(Deserialize)]
+        struct NodeServices {
+            #[serde(rename = "Services", default)]
+            services: Option<BTreeMap<String, ServiceBody>>,
+        }
+        let (status, text) = self
+            .send(
+                Method::GET,
+                &format!("/v1/catalog/node/{node}"),
+                None,
+                "listing our node",
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND || text.trim() == "null" {
+            return Ok(Vec::new());
+        }
+        let parsed: NodeServices = Self::parse("listing our node", &text)?;
+        Ok(parsed.services.unwrap_or_default().into_values().collect())
+    }
+
+    /// Runs a transaction (at most 64 operations).
+    pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, Error> {
+        let body = Value::Array(ops.iter().map(TxnOp::to_json).collect());
+        let (status, text) = self
+            .send(Method::PUT, "/v1/txn", Some(&body), "a transaction")
+            .await?;
+        if status == StatusCode::CONFLICT {
+            return Ok(TxnOutcome::Conflict(text));
+        }
+        if !status.is_success() {
+            return Err(Error::Server {
+                what: "a transaction".into(),
+                status: status.as_u16(),
+                message: text,
+            });
+        }
+        #[derive(Deserialize)]
+        struct Reply {
+            #[serde(rename = "Results", default)]
+            results: Option<Vec<Value>>,
+        }
+        let reply: Reply = Self::parse("a transaction", &text)?;
+        let mut indexes = BTreeMap::new();
+        for r in reply.results.unwrap_or_default() {
+            if let (Some(key), Some(index)) =
+                (r["KV"]["Key"].as_str(), r["KV"]["ModifyIndex"].as_u64())
+            {
+                indexes.insert(key.to_owned(), index);
+            }
+        }
+        Ok(TxnOutcome::Committed(indexes))
+    }
+}

@@ -1,0 +1,48 @@
+//! The one error type of the Consul publisher.
+
+/// Failures of the Consul projection.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Consul at {url} is unreachable: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error(
+        "Consul denied {what}: {message} (the token needs: node:write on the ksr node, service:write on the environment services and `vulcan`, key:write on the ksr/ KV prefix)"
+    )]
+    PermissionDenied { what: String, message: String },
+    #[error("Consul rejected {what} as invalid (HTTP {status}): {message}")]
+    Invalid {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("Consul failed {what} (HTTP {status}): {message}")]
+    Server {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("record {key} is corrupt: {reason}")]
+    CorruptRecord { key: String, reason: String },
+    #[error("writes kept conflicting with another writer after {attempts} attempts")]
+    Contention { attempts: u32 },
+    #[error(transparent)]
+    Runtime(#[from] ksr_runtime::RuntimeError),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Short, fixed reason for metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Unreachable { .. } => "consul_unreachable",
+            Error::PermissionDenied { .. } => "acl_denied",
+            Error::Invalid { .. } => "invalid_request",
+            Error::Server { .. } => "consul_error",
+            Error::CorruptRecord { .. } => "corrupt_record",
+            Error::Contention { .. } => "contention",
+            Error::Runtime(_) => "runtime",
+            Error::Config(_) => "config",
+        }
+    }
+}

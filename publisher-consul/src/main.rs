@@ -1,0 +1,14 @@
+//! `ksr-publisher-consul`: parse config, start telemetry, run until SIGTERM.
+
+use clap::Parser;
+
+use ksr_publisher_consul::{app, config::Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    ksr_runtime::telemetry::init(&config.log)?;
+    let shutdown = ksr_runtime::shutdown::on_signal();
+    app::run(config, shutdown).await?;
+    Ok(())
+}

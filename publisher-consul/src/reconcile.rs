@@ -1,0 +1,148 @@
+//! Reconciliation: repair drift between the Consul catalog and the stream, on our node only.
+//!
+//! Runs once the consumer has caught up (never mass-deregistering at start-up), then
+//! periodically:
+//! 1. our node and the router's own registration are ensured;
+//! 2. stream pass — the newest event of every subject at or below the consumer's ack floor
+//!    goes through the normal fenced apply (lost records are rebuilt; applied events skip);
+//! 3. catalog pass — the instances on our node are compared with the projection of our name
+//!    records: missing or altered ones are registered again, ones no record wants are
+//!    deregistered, each guarded by a check on its name record so a racing apply wins.
+//!    Other nodes, and other owners' instances of the same service names, are never touched.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::stream::Stream;
+
+use ksr_runtime::consumer::Delivery;
+use ksr_runtime::replay;
+
+use crate::Error;
+use crate::client::{TxnOp, TxnOutcome};
+use crate::layout::Layout;
+use crate::publisher::ConsulProjector;
+
+/// What one reconciliation did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub replayed: u64,
+    pub registered: u64,
+    pub deregistered: u64,
+}
+
+/// Creates our node if missing and (re-)registers the router for `environment`.
+pub async fn ensure_node_and_router(p: &ConsulProjector, environment: &str) -> Result<(), Error> {
+    let target = p.target();
+    p.client()
+        .ensure_node(p.node(), &target.router_address, &target.node_meta())
+        .await?;
+    let router = target.router(environment);
+    let current = p.client().node_services(p.node()).await?;
+    if !current.contains(&router) {
+        p.client()
+            .register_service(p.node(), &target.router_address, &router)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Runs all passes; `ack_floor` is the consumer's acknowledged stream sequence.
+pub async fn reconcile(
+    p: &ConsulProjector,
+    stream: &Stream,
+    ack_floor: u64,
+    environment: &str,
+) -> Result<ReconcileReport, Error> {
+    let mut report = ReconcileReport::default();
+    ensure_node_and_router(p, environment).await?;
+
+    let latest = replay::latest_per_subject(stream, &ksr_proto::subject::all_filter()).await?;
+    let deliveries: Vec<Delivery> = latest
+        .into_iter()
+        .filter(|l| l.seq <= ack_floor)
+        .filter_map(|l| match l.event {
+            Ok(event) => Some(Delivery { seq: l.seq, event }),
+            Err((reason, message)) => {
+                tracing::warn!(
+                    seq = l.seq,
+                    subject = l.subject,
+                    reason,
+                    error = message,
+                    "reconcile: skipping undecodable event"
+                );
+                None
+            }
+        })
+        .collect();
+    for chunk in deliveries.chunks(1000) {
+        report.replayed += p.apply_batch(chunk).await?.applied;
+    }
+
+    let state = p.snapshot().await?;
+    let mut expected = BTreeMap::new();
+    for (id, v) in &state.names {
+        if let Some(record) = &v.value
+            && let Some(body) = p.target().instance(id, record)
+        {
+            expected.insert(id.clone(), (body, v.rev));
+        }
+    }
+    let router_id = Layout::router_id(environment);
+    let actual: BTreeMap<String, _> = p
+        .client()
+        .node_services(p.node())
+        .await?
+        .into_iter()
+        .map(|b| (b.id.clone(), b))
+        .collect();
+    for (id, (body, rev)) in &expected {
+        if actual.get(id) != Some(body) {
+            let ops = vec![
+                TxnOp::KvCheck {
+                    key: p.layout().name_record_key(id),
+                    index: *rev,
+                },
+                TxnOp::ServiceSet {
+                    node: p.node().to_owned(),
+                    body: body.clone(),
+                },
+            ];
+            if matches!(p.client().txn(&ops).await?, TxnOutcome::Committed(_)) {
+                tracing::info!(id, "reconcile registered a missing or altered instance");
+                report.registered += 1;
+            }
+        }
+    }
+    for (id, body) in &actual {
+        if expected.contains_key(id) || *id == router_id {
+            continue;
+        }
+        let rev = state.names.get(id).map(|v| v.rev).unwrap_or(0);
+        let ops = vec![
+            TxnOp::KvCheck {
+                key: p.layout().name_record_key(id),
+                index: rev,
+            },
+            TxnOp::ServiceDelete {
+                node: p.node().to_owned(),
+                id: id.clone(),
+                service: body.service.clone(),
+            },
+        ];
+        if matches!(p.client().txn(&ops).await?, TxnOutcome::Committed(_)) {
+            tracing::info!(
+                id,
+                service = body.service,
+                "reconcile deregistered an orphan instance of ours"
+            );
+            report.deregistered += 1;
+        }
+    }
+    let m = p.metrics();
+    m.repairs.inc_by(report.registered + report.deregistered);
+    m.reconcile_runs.inc();
+    if report != ReconcileReport::default() {
+        tracing::warn!(?report, "reconcile repaired drift");
+    }
+    Ok(report)
+}

@@ -1,0 +1,213 @@
+//! The Consul publisher's test bench: real nats-server and Consul, the real publisher process
+//! code (`app::run`) configured through its real command line.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use clap::Parser;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use ksr_proto::Event;
+use ksr_publisher_consul::{app, config::Config};
+use ksr_runtime::nats::{StreamSettings, ensure_stream};
+use ksr_test_support::{ConsulOptions, ConsulServer, NatsServer, dns, eventually, http_client};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+/// Where the (imaginary) edge router listens: every name must resolve here.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
+
+pub struct Bench {
+    pub nats: NatsServer,
+    pub consul: ConsulServer,
+    pub js: jetstream::Context,
+}
+
+impl Bench {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(ConsulOptions::default()).await
+    }
+
+    pub async fn start_with(options: ConsulOptions) -> anyhow::Result<Self> {
+        let nats = NatsServer::start().await?;
+        let consul = ConsulServer::start_with(options).await?;
+        let js = jetstream::new(async_nats::connect(nats.url()).await?);
+        ensure_stream(&js, &StreamSettings::routes("KSR_ROUTES"), true).await?;
+        Ok(Self { nats, consul, js })
+    }
+
+    pub async fn publish(&self, event: &Event) -> anyhow::Result<u64> {
+        ksr_test_support::events::publish(&self.js, event).await
+    }
+
+    /// Starts a publisher replica; extra command-line flags may be given.
+    pub fn publisher(&self, extra: &[&str]) -> Replica {
+        let admin_port = ksr_test_support::free_ports(1).expect("a free port")[0];
+        let mut args = vec![
+            "ksr-publisher-consul".to_owned(),
+            "--nats-url".into(),
+            self.nats.url(),
+            "--consul-address".into(),
+            self.consul.url(),
+            "--router-address".into(),
+            ROUTER.to_string(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let config = Config::try_parse_from(args).expect("test config parses");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app::run(config, stop.clone()));
+        Replica {
+            admin_port,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// An A query for `name` against Consul's DNS port.
+    pub async fn resolve(&self, name: &str) -> anyhow::Result<dns::Answer> {
+        dns::query_a(self.consul.dns_port(), name).await
+    }
+
+    /// Waits until `name` resolves to the router (or, for `false`, is NXDOMAIN).
+    pub async fn wait_resolves(&self, name: &str, resolves: bool) -> anyhow::Result<()> {
+        eventually(WAIT, || async {
+            let a = self.resolve(name).await?;
+            let ok = if resolves {
+                a.rcode == dns::NOERROR && a.addrs == vec![ROUTER]
+            } else {
+                a.rcode == dns::NXDOMAIN
+            };
+            anyhow::ensure!(ok, "{name}: {a:?}");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let mut req = http_client().get(format!("{}{path}", self.consul.url()));
+        if let Some(t) = self.consul.master_token() {
+            req = req.header("X-Consul-Token", t);
+        }
+        let resp = req.send().await?;
+        if resp.status() == 404 {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(resp.json().await?)
+    }
+
+    /// Our KV records and our node's instances, for byte-level comparisons.
+    pub async fn snapshot(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        if let Some(entries) = self.get_json("/v1/kv/ksr/?recurse=true").await?.as_array() {
+            for e in entries {
+                out.insert(
+                    format!("kv:{}", e["Key"].as_str().unwrap_or_default()),
+                    e["Value"].to_string(),
+                );
+            }
+        }
+        let node = self.get_json("/v1/catalog/node/ksr").await?;
+        if let Some(services) = node["Services"].as_object() {
+            for (id, s) in services {
+                let body = serde_json::json!({
+                    "Service": s["Service"], "Tags": s["Tags"], "Address": s["Address"],
+                    "Port": s["Port"], "Meta": s["Meta"], "ModifyIndex": s["ModifyIndex"],
+                });
+                out.insert(format!("svc:{id}"), body.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The snapshot without ModifyIndexes (for comparing two different Consuls).
+    pub async fn content(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut snap = self.snapshot().await?;
+        for v in snap.values_mut() {
+            if let Ok(mut j) = serde_json::from_str::<serde_json::Value>(v) {
+                if let Some(o) = j.as_object_mut() {
+                    o.remove("ModifyIndex");
+                }
+                *v = j.to_string();
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Waits until every published message is acknowledged, then snapshots.
+    pub async fn settled(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        ksr_test_support::events::wait_consumer_settled(&self.js, "ksr-consul-ksr").await?;
+        self.snapshot().await
+    }
+
+    /// Registers `body` on `node` with the master token (foreign entries in tests).
+    pub async fn register(&self, body: serde_json::Value) -> anyhow::Result<()> {
+        let mut req = http_client()
+            .put(format!("{}/v1/catalog/register", self.consul.url()))
+            .json(&body);
+        if let Some(t) = self.consul.master_token() {
+            req = req.header("X-Consul-Token", t);
+        }
+        let resp = req.send().await?;
+        anyhow::ensure!(resp.status().is_success(), "{}", resp.text().await?);
+        Ok(())
+    }
+
+    /// The instances of Consul service `service` on every node: (node, service ID).
+    pub async fn instances(&self, service: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let list = self
+            .get_json(&format!("/v1/catalog/service/{service}"))
+            .await?;
+        let mut out: Vec<(String, String)> = list
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        (
+                            s["Node"].as_str().unwrap_or_default().to_owned(),
+                            s["ServiceID"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// A running publisher replica; stopped on drop.
+pub struct Replica {
+    pub admin_port: u16,
+    pub stop: CancellationToken,
+    pub task: Option<JoinHandle<Result<(), ksr_publisher_consul::Error>>>,
+}
+
+impl Replica {
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// `/readyz`: (status, body).
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        ksr_test_support::http::get(self.admin_port, "/readyz").await
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
