@@ -211,3 +211,63 @@ impl Drop for Replica {
         }
     }
 }
+
+/// What Consul must hold after `history` (without ModifyIndexes): the newest event per
+/// Service applied to an empty Consul in one pass, through the library directly.
+pub async fn rebuilt_from_latest(
+    history: &[(u64, Event)],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    use ksr_publisher_consul::client::ConsulClient;
+    use ksr_publisher_consul::config::ConsulArgs;
+    use ksr_publisher_consul::layout::Layout;
+    use ksr_publisher_consul::publisher::{ConsulMetrics, ConsulProjector};
+    use ksr_publisher_consul::reconcile::ensure_node_and_router;
+    use ksr_publisher_consul::target::ConsulTarget;
+
+    let bench = Bench::start().await?;
+    let args = ConsulArgs {
+        address: bench.consul.url(),
+        token: None,
+        token_file: None,
+        ca: None,
+    };
+    let target = ConsulTarget {
+        owner: "ksr".into(),
+        router_address: ROUTER.to_string(),
+        router_port: 80,
+    };
+    let registry = ksr_runtime::metrics::MetricsRegistry::new();
+    let p = ConsulProjector::new(
+        ConsulClient::new(&args)?,
+        Layout::new("ksr"),
+        "ksr".into(),
+        target,
+        ConsulMetrics::new(&registry),
+    )
+    .await?;
+    ensure_node_and_router(&p, "test").await?;
+    for chunk in ksr_runtime::consumer::coalesce(history.to_vec()).chunks(500) {
+        p.apply_batch(chunk).await?;
+    }
+    bench.content().await
+}
+
+pub fn assert_same(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
+    if got != want {
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|(k, v)| want.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        panic!(
+            "Consul differs from the rebuild ({} vs {} entries)\nmissing/different: {missing:#?}\nextra/different: {extra:#?}",
+            got.len(),
+            want.len()
+        );
+    }
+}

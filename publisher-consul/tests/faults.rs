@@ -1,0 +1,167 @@
+//! Races, ACLs, restarts and foreign entries: Consul always ends equal to a rebuild.
+
+mod common;
+
+use common::{Bench, ROUTER, WAIT, assert_same, rebuilt_from_latest};
+use ksr_test_support::consul::MASTER_TOKEN;
+use ksr_test_support::events::{added, publish_history};
+use ksr_test_support::{ConsulOptions, eventually};
+
+#[tokio::test]
+async fn two_replicas_racing_on_5000_events_end_identical_to_a_rebuild() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _a = bench.publisher(&["--batch-size", "50"]);
+    let _b = bench.publisher(&["--batch-size", "50"]);
+    let history = publish_history(&bench.js, 5000, 400).await?;
+    bench.settled().await?;
+    let want = rebuilt_from_latest(&history).await?;
+    assert!(
+        want.values().any(|v| v.contains("ksr-clusters")),
+        "history registers names"
+    );
+    assert_same(&bench.content().await?, &want);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consul_restart_in_the_middle_of_a_run_loses_nothing() -> anyhow::Result<()> {
+    let mut bench = Bench::start().await?;
+    let _p = bench.publisher(&["--max-retry-delay", "500ms"]);
+    let mut history = publish_history(&bench.js, 400, 100).await?;
+    bench.consul.stop();
+    history.extend(publish_history(&bench.js, 400, 100).await?);
+    bench.consul.restart().await?;
+    bench.settled().await?;
+    assert_same(
+        &bench.content().await?,
+        &rebuilt_from_latest(&history).await?,
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_acls_a_wrong_token_is_a_clear_error_and_the_events_apply_once_it_is_fixed()
+-> anyhow::Result<()> {
+    let bench = Bench::start_with(ConsulOptions { acl: true }).await?;
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, MASTER_TOKEN)?;
+    let p = bench.publisher(&[
+        "--consul-token-file",
+        token_file.to_str().unwrap_or_default(),
+        "--max-retry-delay",
+        "300ms",
+    ]);
+    bench
+        .publish(&added("east", "default", "first", &["10.0.0.1"]))
+        .await?;
+    bench.settled().await?;
+
+    std::fs::write(&token_file, "00000000-0000-0000-0000-00000000dead")?;
+    bench
+        .publish(&added("east", "default", "second", &["10.0.0.2"]))
+        .await?;
+    let reason = eventually(WAIT, || async {
+        let (status, body) = p
+            .readyz()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+        anyhow::ensure!(status == 503, "still ready: {body}");
+        Ok(body)
+    })
+    .await?;
+    assert!(
+        reason.contains("ACL not found") && reason.contains("denied"),
+        "{reason}"
+    );
+    let metrics = ksr_test_support::http::get(p.admin_port, "/metrics")
+        .await
+        .map(|r| r.1)
+        .unwrap_or_default();
+    assert!(
+        metrics.contains(r#"ksr_consul_apply_errors_total{reason="acl_denied"}"#),
+        "{metrics}"
+    );
+
+    std::fs::write(&token_file, MASTER_TOKEN)?;
+    eventually(WAIT, || async {
+        let snap = bench.snapshot().await?;
+        anyhow::ensure!(
+            snap.contains_key("svc:second-default.test"),
+            "not yet registered"
+        );
+        Ok(())
+    })
+    .await?;
+    bench.settled().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reconciliation_restores_ours_removes_our_orphans_and_never_touches_foreign_entries()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&["--reconcile-interval", "300ms"]);
+    bench
+        .publish(&added("east", "default", "web", &["10.0.0.1"]))
+        .await?;
+    bench
+        .wait_resolves("web-default.test.service.consul", true)
+        .await?;
+
+    // A foreign node with an instance of our service name, and an orphan on our node.
+    bench
+        .register(serde_json::json!({
+            "Node": "someone-else", "Address": "127.0.0.50",
+            "Service": {"ID": "theirs", "Service": "test", "Tags": ["theirs-x"], "Address": "127.0.0.50", "Port": 8080}
+        }))
+        .await?;
+    bench
+        .register(serde_json::json!({
+            "Node": "ksr", "Address": ROUTER.to_string(), "SkipNodeUpdate": true,
+            "Service": {"ID": "stale-default.test", "Service": "test", "Tags": ["stale-default"], "Address": ROUTER.to_string(), "Port": 80}
+        }))
+        .await?;
+    // Our own instance deleted by hand.
+    let resp = ksr_test_support::http_client()
+        .put(format!("{}/v1/catalog/deregister", bench.consul.url()))
+        .json(&serde_json::json!({"Node": "ksr", "ServiceID": "web-default.test"}))
+        .send()
+        .await?;
+    assert!(resp.status().is_success());
+
+    bench
+        .wait_resolves("web-default.test.service.consul", true)
+        .await?;
+    bench
+        .wait_resolves("stale-default.test.service.consul", false)
+        .await?;
+    let theirs = bench.resolve("theirs-x.test.service.consul").await?;
+    assert_eq!(
+        theirs.addrs,
+        vec![std::net::Ipv4Addr::new(127, 0, 0, 50)],
+        "foreign instance still resolves"
+    );
+    let instances = bench.instances("test").await?;
+    assert!(
+        instances.contains(&("someone-else".into(), "theirs".into())),
+        "{instances:?}"
+    );
+    assert!(
+        instances.contains(&("ksr".into(), "web-default.test".into())),
+        "{instances:?}"
+    );
+    assert!(
+        !instances.iter().any(|(_, id)| id == "stale-default.test"),
+        "{instances:?}"
+    );
+    // Our node keeps its metadata.
+    let node: serde_json::Value = ksr_test_support::http_client()
+        .get(format!("{}/v1/catalog/node/ksr", bench.consul.url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(node["Node"]["Meta"]["ksr-owner"], "ksr");
+    Ok(())
+}
