@@ -4,6 +4,7 @@
 //! release binary under test as a child process, drives it, and prints throughput, latency
 //! percentiles and the child's resident memory. No assertions: figures only.
 
+mod consul;
 mod procs;
 mod report;
 mod vulcand;
@@ -24,6 +25,8 @@ struct Cli {
 enum Bench {
     /// publisher-vulcand: initial projection of N Services, then churn latency.
     Vulcand(vulcand::Args),
+    /// publisher-consul: initial projection of N Services, then publish-to-DNS latency.
+    Consul(consul::Args),
 }
 
 #[tokio::main]
@@ -31,5 +34,6 @@ async fn main() -> anyhow::Result<()> {
     let _ = ksr_test_support::http_client();
     match Cli::parse().bench {
         Bench::Vulcand(args) => vulcand::run(args).await,
+        Bench::Consul(args) => consul::run(args).await,
     }
 }

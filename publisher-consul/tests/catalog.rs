@@ -230,3 +230,32 @@ fn base64_decode(json_string: &str) -> Vec<u8> {
         .decode(s)
         .unwrap_or_default()
 }
+
+#[tokio::test]
+async fn reconciling_a_converged_catalog_changes_nothing() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let p = bench.publisher(&["--reconcile-interval", "200ms"]);
+    ksr_test_support::events::publish_history(&bench.js, 300, 60).await?;
+    let before = bench.settled().await?;
+    let metrics = |port| async move {
+        ksr_test_support::http::get(port, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default()
+    };
+    eventually(WAIT, || async {
+        let m = metrics(p.admin_port).await;
+        let runs = m
+            .lines()
+            .find_map(|l| l.strip_prefix("ksr_consul_reconcile_runs_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        anyhow::ensure!(runs >= 3, "{runs} reconcile runs so far");
+        Ok(())
+    })
+    .await?;
+    let m = metrics(p.admin_port).await;
+    assert!(m.contains("ksr_consul_reconcile_repairs_total 0"), "{m}");
+    assert_eq!(bench.snapshot().await?, before, "no ModifyIndex moved");
+    Ok(())
+}

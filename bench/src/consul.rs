@@ -1,0 +1,177 @@
+//! publisher-consul: 10,000 Services from an empty Consul, then churn latency from publish to
+//! the name answering through Consul DNS.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use ksr_runtime::nats::{StreamSettings, ensure_stream};
+use ksr_test_support::events::added;
+use ksr_test_support::{ConsulServer, NatsServer, dns, wait_until};
+
+use crate::procs::Proc;
+use crate::report::percentiles;
+
+const ROUTER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Services in the initial projection.
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Churn rate, new names per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Churn duration in seconds.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let consul = ConsulServer::start().await?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    ensure_stream(&js, &StreamSettings::routes("KSR_ROUTES"), true).await?;
+    println!(
+        "publisher-consul benchmark: {} Services, then {} new names/s for {} s (Consul 1.8.7 with a data dir)",
+        args.services, args.rate, args.seconds
+    );
+
+    let started = Instant::now();
+    let mut acks = futures::stream::iter(0..args.services)
+        .map(|i| {
+            let js = js.clone();
+            async move {
+                ksr_test_support::events::publish(
+                    &js,
+                    &added(
+                        "east",
+                        &format!("ns{}", i % 50),
+                        &format!("svc{i}"),
+                        &["10.0.0.1"],
+                    ),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(512);
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    println!(
+        "  published {} events in {:.2} s",
+        args.services,
+        started.elapsed().as_secs_f64()
+    );
+
+    let publisher = Proc::spawn(
+        "ksr-publisher-consul",
+        &[
+            "--nats-url".into(),
+            nats.url(),
+            "--consul-address".into(),
+            consul.url(),
+            "--router-address".into(),
+            ROUTER.to_string(),
+            "--admin-addr".into(),
+            "127.0.0.1:0".into(),
+            "--reconcile-interval".into(),
+            "0".into(),
+        ],
+    )?;
+    let t0 = Instant::now();
+    let js2 = js.clone();
+    wait_until("initial projection", Duration::from_secs(300), || {
+        let js = js2.clone();
+        async move {
+            let stream = js.get_stream("KSR_ROUTES").await.ok()?;
+            let mut c: jetstream::consumer::PullConsumer =
+                stream.get_consumer("ksr-consul-ksr").await.ok()?;
+            let info = c.info().await.ok()?;
+            (info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.stream_sequence >= args.services as u64)
+                .then_some(())
+        }
+    })
+    .await?;
+    let initial = t0.elapsed();
+    let (_, body) = ksr_test_support::http::get(consul.http_port(), "/v1/catalog/service/test")
+        .await
+        .unwrap_or_default();
+    let instances = body.matches("\"ServiceID\"").count();
+    let (rss, peak) = publisher.memory_mib();
+    println!(
+        "  initial projection: {} Services ({instances} catalog instances) in {:.2} s from process start = {:.0} Services/s",
+        args.services,
+        initial.as_secs_f64(),
+        args.services as f64 / initial.as_secs_f64()
+    );
+    println!("  publisher RSS after initial projection: {rss:.1} MiB (peak {peak:.1} MiB)");
+    let sample = dns::query_a(consul.dns_port(), "svc7-ns7.test.service.consul").await?;
+    anyhow::ensure!(
+        sample.addrs == vec![ROUTER],
+        "a projected name does not resolve: {sample:?}"
+    );
+    let t = Instant::now();
+    for i in 0..200 {
+        let name = format!("svc{i}-ns{}.test.service.consul", i % 50);
+        dns::query_a(consul.dns_port(), &name).await?;
+    }
+    println!(
+        "  Consul DNS with {instances} instances of one service: {:.2} ms per query (sequential)",
+        t.elapsed().as_secs_f64() * 1000.0 / 200.0
+    );
+
+    // Churn: each change is a new Service. Latency = publish → first DNS answer with the
+    // router, sampled on every 10th name: each Consul DNS query of a tag scans every instance
+    // of the service (~2 ms at 10,000), so probing every name would load Consul more than the
+    // publisher does and measure the probe queue instead.
+    let total = args.rate * args.seconds;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let dns_port = consul.dns_port();
+    let churn_start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        tick.tick().await;
+        let e = added("east", "churn", &format!("new{n}"), &["10.0.0.2"]);
+        let js = js.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            ksr_test_support::events::publish(&js, &e).await.ok()?;
+            if n % 10 != 0 {
+                return None;
+            }
+            let name = format!("new{n}-churn.test.service.consul");
+            while t.elapsed() < Duration::from_secs(30) {
+                if let Ok(a) = dns::query_a(dns_port, &name).await
+                    && a.addrs == vec![ROUTER]
+                {
+                    return Some(Ok(t.elapsed()));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Some(Err(()))
+        }));
+    }
+    let sent_for = churn_start.elapsed();
+    let (mut samples, mut missing) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(Ok(d)) => samples.push(d),
+            Some(Err(())) => missing += 1,
+            None => {}
+        }
+    }
+    println!(
+        "  churn: {total} new names in {:.1} s ({:.0}/s); publish-to-DNS-answer (every 10th name) {}; {missing} never answered",
+        sent_for.as_secs_f64(),
+        total as f64 / sent_for.as_secs_f64(),
+        percentiles(&mut samples)
+    );
+    let (rss, peak) = publisher.memory_mib();
+    println!("  publisher RSS after churn: {rss:.1} MiB (peak {peak:.1} MiB)");
+    Ok(())
+}
