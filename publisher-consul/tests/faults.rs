@@ -165,3 +165,68 @@ async fn reconciliation_restores_ours_removes_our_orphans_and_never_touches_fore
     assert_eq!(node["Node"]["Meta"]["ksr-owner"], "ksr");
     Ok(())
 }
+
+/// Creates a policy from `rules` and a token holding it; returns the token's secret.
+async fn token_for(bench: &Bench, name: &str, rules: &str) -> anyhow::Result<String> {
+    let http = ksr_test_support::http_client();
+    let url = bench.consul.url();
+    let resp = http
+        .put(format!("{url}/v1/acl/policy"))
+        .header("X-Consul-Token", MASTER_TOKEN)
+        .json(&serde_json::json!({"Name": name, "Rules": rules}))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "policy: {}", resp.text().await?);
+    let token: serde_json::Value = http
+        .put(format!("{url}/v1/acl/token"))
+        .header("X-Consul-Token", MASTER_TOKEN)
+        .json(&serde_json::json!({"Policies": [{"Name": name}]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(token["SecretID"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn the_documented_least_privilege_policies_are_enough() -> anyhow::Result<()> {
+    let bench = Bench::start_with(ConsulOptions { acl: true }).await?;
+    let root = ksr_test_support::workspace_root().join("deploy/consul");
+    let publisher_rules = std::fs::read_to_string(root.join("ksr-publisher-policy.hcl"))?;
+    let dns_rules = std::fs::read_to_string(root.join("dns-read-policy.hcl"))?;
+    let token = token_for(&bench, "ksr-publisher", &publisher_rules).await?;
+    // DNS under default deny: give the anonymous token the documented read policy.
+    let http = ksr_test_support::http_client();
+    token_for(&bench, "dns-read", &dns_rules).await?;
+    let resp = http
+        .put(format!(
+            "{}/v1/acl/token/00000000-0000-0000-0000-000000000002",
+            bench.consul.url()
+        ))
+        .header("X-Consul-Token", MASTER_TOKEN)
+        .json(&serde_json::json!({"Policies": [{"Name": "dns-read"}]}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "anonymous token: {}",
+        resp.text().await?
+    );
+
+    let _p = bench.publisher(&["--consul-token", &token, "--reconcile-interval", "300ms"]);
+    bench
+        .publish(&added("east", "default", "web", &["10.0.0.1"]))
+        .await?;
+    bench
+        .wait_resolves("web-default.test.service.consul", true)
+        .await?;
+    bench
+        .wait_resolves("test.vulcan.service.consul", true)
+        .await?;
+    bench
+        .publish(&ksr_test_support::events::removed("east", "default", "web"))
+        .await?;
+    bench
+        .wait_resolves("web-default.test.service.consul", false)
+        .await
+}
