@@ -13,11 +13,12 @@ pub struct NatsArgs {
     #[arg(
         long = "nats-url",
         env = "KSR_NATS_URL",
+        id = "nats_url",
         default_value = "nats://127.0.0.1:4222"
     )]
     pub url: String,
     /// The JetStream stream that holds the route events.
-    #[arg(long = "stream", env = "KSR_STREAM", default_value = ksr_proto::subject::DEFAULT_STREAM)]
+    #[arg(long = "stream", env = "KSR_STREAM", id = "nats_stream", default_value = ksr_proto::subject::DEFAULT_STREAM)]
     pub stream: String,
     /// NATS credentials file (JWT + NKey), if the server requires one.
     #[arg(long = "nats-creds", env = "KSR_NATS_CREDS", id = "nats_creds")]
@@ -34,6 +35,7 @@ pub struct AdminArgs {
     #[arg(
         long = "admin-addr",
         env = "KSR_ADMIN_ADDR",
+        id = "admin_addr",
         default_value = "127.0.0.1:9090"
     )]
     pub addr: SocketAddr,
@@ -43,10 +45,15 @@ pub struct AdminArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log filter, in `tracing` env-filter syntax.
-    #[arg(long = "log", env = "KSR_LOG", default_value = "info")]
+    #[arg(
+        long = "log",
+        env = "KSR_LOG",
+        id = "log_filter",
+        default_value = "info"
+    )]
     pub filter: String,
     /// `text` for people, `json` for log pipelines.
-    #[arg(long = "log-format", env = "KSR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long = "log-format", env = "KSR_LOG_FORMAT", id = "log_format", default_value = "text", value_parser = ["text", "json"])]
     pub format: String,
 }
 
@@ -54,30 +61,31 @@ pub struct LogArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {
     /// Durable consumer name, shared by every replica of one publisher kind.
-    #[arg(long = "consumer", env = "KSR_CONSUMER")]
+    #[arg(long = "consumer", env = "KSR_CONSUMER", id = "consumer_durable")]
     pub durable: Option<String>,
     /// Most messages taken into one batch.
-    #[arg(long = "batch-size", env = "KSR_BATCH_SIZE", default_value_t = 1000,
+    #[arg(long = "batch-size", env = "KSR_BATCH_SIZE", id = "consumer_batch_size", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// Most unacknowledged messages the consumer hands out (across all replicas).
     #[arg(
         long = "max-ack-pending",
         env = "KSR_MAX_ACK_PENDING",
+        id = "consumer_max_ack_pending",
         default_value_t = 20_000
     )]
     pub max_ack_pending: i64,
     /// How long a delivered message may stay unacknowledged before redelivery.
-    #[arg(long = "ack-wait", env = "KSR_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "ack-wait", env = "KSR_ACK_WAIT", id = "consumer_ack_wait", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
     /// Longest negative-ack delay for transient failures (delays grow exponentially up to it).
-    #[arg(long = "max-retry-delay", env = "KSR_MAX_RETRY_DELAY", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "max-retry-delay", env = "KSR_MAX_RETRY_DELAY", id = "consumer_max_retry_delay", default_value = "30s", value_parser = parse_duration)]
     pub max_retry_delay: Duration,
     /// How often to reconcile the target with the stream (0 disables the periodic pass).
-    #[arg(long = "reconcile-interval", env = "KSR_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long = "reconcile-interval", env = "KSR_RECONCILE_INTERVAL", id = "consumer_reconcile_interval", default_value = "5m", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
     /// How long shutdown may take to finish the batch in hand.
-    #[arg(long = "drain-timeout", env = "KSR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long = "drain-timeout", env = "KSR_DRAIN_TIMEOUT", id = "consumer_drain_timeout", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 }
 

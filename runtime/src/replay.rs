@@ -1,8 +1,8 @@
-//! Reading the stream back: the newest event of every Service subject.
+//! Reading the stream back: every event, or the newest event of every Service subject.
 //!
-//! Used wherever the stream's current state is needed as a whole: the watcher's start-up
-//! diff, the publishers' reconciliation, and `ksrctl`. An ordered (ephemeral) consumer with
-//! `DeliverPolicy::LastPerSubject` delivers one message per subject; it is read until the
+//! Used wherever the stream's state is needed as a whole: the watcher's start-up diff, the
+//! publishers' reconciliation, audits and tests. An ordered (ephemeral) consumer delivers the
+//! messages (`DeliverPolicy::LastPerSubject` for the current state); it is read until the
 //! server reports nothing pending.
 
 use std::time::Duration;
@@ -15,7 +15,7 @@ use ksr_proto::Event;
 
 use crate::RuntimeError;
 
-/// One subject's newest message.
+/// One message read back.
 #[derive(Debug, Clone)]
 pub struct Latest {
     pub seq: u64,
@@ -29,6 +29,20 @@ pub async fn latest_per_subject(
     stream: &Stream,
     filter: &str,
 ) -> Result<Vec<Latest>, RuntimeError> {
+    read(stream, filter, DeliverPolicy::LastPerSubject).await
+}
+
+/// Every message on subjects matching `filter`, in stream order.
+pub async fn all_events(stream: &Stream, filter: &str) -> Result<Vec<Latest>, RuntimeError> {
+    read(stream, filter, DeliverPolicy::All).await
+}
+
+/// The messages `policy` selects on subjects matching `filter`, in stream order.
+pub async fn read(
+    stream: &Stream,
+    filter: &str,
+    policy: DeliverPolicy,
+) -> Result<Vec<Latest>, RuntimeError> {
     let name = stream.cached_info().config.name.clone();
     let err = |message: String| RuntimeError::Stream {
         stream: name.clone(),
@@ -37,7 +51,7 @@ pub async fn latest_per_subject(
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::LastPerSubject,
+            deliver_policy: policy,
             ..Default::default()
         })
         .await

@@ -1,0 +1,94 @@
+//! Wiring of the watcher process: stream check, source, runner, admin server.
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use ksr_runtime::metrics::MetricsRegistry;
+use ksr_runtime::retry::until_ready;
+use ksr_runtime::{Health, admin, nats};
+
+use crate::Error;
+use crate::config::{Config, SourceKind};
+use crate::inventory::Inventory;
+use crate::metrics::WatcherMetrics;
+use crate::normalize::{AddressMode, Normalizer};
+use crate::publish::Publisher;
+use crate::runner::{Runner, RunnerConfig};
+use crate::source;
+
+/// Runs the watcher until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let registry = MetricsRegistry::new();
+    let health = Health::new("starting");
+    let metrics = WatcherMetrics::new(&registry);
+    let (_, admin_task) = admin::serve(
+        config.admin.addr,
+        health.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    let client = nats::connect(&config.nats, &format!("ksr-watcher-{}", config.cluster)).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut settings = nats::StreamSettings::routes(&config.nats.stream);
+    settings.max_age = config.stream_max_age;
+    let Some(stream) = until_ready(&shutdown, &health, "stream", || {
+        nats::ensure_stream(&js, &settings, config.create_stream)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+
+    let watch_slices = config.address_mode == AddressMode::Endpoints;
+    let events = match config.source {
+        SourceKind::Files => {
+            let dir = config.manifests.clone().ok_or_else(|| {
+                Error::Config("--manifests is required with --source files".into())
+            })?;
+            source::files::source(dir, config.manifests_poll).boxed()
+        }
+        SourceKind::Kubernetes => {
+            let Some(client) = until_ready(&shutdown, &health, "kubernetes", || {
+                source::kube::client(&config.kube)
+            })
+            .await
+            else {
+                return Ok(());
+            };
+            source::kube::source(client, &config.selector, watch_slices).boxed()
+        }
+    };
+    let runner = Runner::new(
+        RunnerConfig {
+            cluster: config.cluster.clone(),
+            selector: config.selector.clone(),
+            window: config.coalesce_window,
+        },
+        Inventory::new(
+            watch_slices,
+            config.namespaces.clone(),
+            config.exclude_namespaces.clone(),
+        ),
+        Normalizer {
+            environment: config.environment.clone(),
+            domain: config.domain.clone(),
+            mode: config.address_mode,
+            node_addresses: config.node_addresses.clone(),
+        },
+        Publisher::new(
+            js,
+            stream,
+            &config.cluster,
+            &config.observer,
+            metrics.clone(),
+        ),
+        metrics,
+        health,
+    );
+    tracing::info!(cluster = config.cluster, source = ?config.source, selector = config.selector, "watching");
+    let result = runner.run(events, shutdown).await;
+    let _ = admin_task.await;
+    result
+}

@@ -1,0 +1,170 @@
+//! Command-line and environment configuration of `ksr-watcher`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use ksr_runtime::config::{AdminArgs, LogArgs, NatsArgs, parse_duration};
+
+use crate::normalize::AddressMode;
+use crate::source::kube::KubeArgs;
+
+/// Where Services are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// The Kubernetes API (kubeconfig, in-cluster service account, or --kube-url).
+    Kubernetes,
+    /// A directory of Service / EndpointSlice manifests (--manifests).
+    Files,
+}
+
+/// Watches labelled Services and publishes their routes to the JetStream stream.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ksr-watcher", version, about)]
+pub struct Config {
+    /// This cluster's name (a DNS label); it prefixes every subject and Msg-Id.
+    #[arg(long = "cluster", env = "KSR_CLUSTER", value_parser = parse_label)]
+    pub cluster: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Create the stream when missing (otherwise wait for it).
+    #[arg(long = "create-stream", env = "KSR_CREATE_STREAM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_stream: bool,
+    /// How long the stream keeps events (0: forever, the default — the stream is the audit log).
+    #[arg(long = "stream-max-age", env = "KSR_STREAM_MAX_AGE", default_value = "0", value_parser = parse_duration)]
+    pub stream_max_age: Duration,
+    /// Where Services come from.
+    #[arg(
+        long = "source",
+        env = "KSR_SOURCE",
+        value_enum,
+        default_value = "kubernetes"
+    )]
+    pub source: SourceKind,
+    /// Manifest directory for `--source files`.
+    #[arg(
+        long = "manifests",
+        env = "KSR_MANIFESTS",
+        required_if_eq("source", "files")
+    )]
+    pub manifests: Option<PathBuf>,
+    /// How often the manifest directory is checked for changes.
+    #[arg(long = "manifests-poll", env = "KSR_MANIFESTS_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub manifests_poll: Duration,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Label selector of routed Services (vulcaningress's KUBE_SELECTOR; URL-encoded values
+    /// such as `type%3Dingress` are accepted).
+    #[arg(long = "selector", env = "KUBE_SELECTOR", default_value = "type=ingress", value_parser = parse_selector)]
+    pub selector: String,
+    /// Only these namespaces (comma-separated; default: all).
+    #[arg(long = "namespaces", env = "KSR_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Never these namespaces (comma-separated).
+    #[arg(
+        long = "exclude-namespaces",
+        env = "KSR_EXCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub exclude_namespaces: Vec<String>,
+    /// The environment part of hostnames (vulcaningress's ENVIRONMENT_NAME).
+    #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_label)]
+    pub environment: String,
+    /// The domain part of hostnames (vulcaningress's DOMAIN).
+    #[arg(long = "domain", env = "DOMAIN", default_value = "service.consul", value_parser = parse_domain)]
+    pub domain: String,
+    /// Where traffic goes: the clusterIP, the ready endpoints, or node addresses at the nodePort.
+    #[arg(
+        long = "address-mode",
+        env = "KSR_ADDRESS_MODE",
+        value_enum,
+        default_value = "cluster-ip"
+    )]
+    pub address_mode: AddressMode,
+    /// Node addresses for `--address-mode node-port` (comma-separated).
+    #[arg(
+        long = "node-addresses",
+        env = "KSR_NODE_ADDRESSES",
+        value_delimiter = ',',
+        required_if_eq("address_mode", "node-port")
+    )]
+    pub node_addresses: Vec<IpAddr>,
+    /// Changes to one Service within this window are published as one event.
+    #[arg(long = "coalesce-window", env = "KSR_COALESCE_WINDOW", default_value = "50ms", value_parser = parse_duration)]
+    pub coalesce_window: Duration,
+    /// Who observes (recorded in every event): vulcaningress's POD_NAME.
+    #[arg(long = "observer", env = "POD_NAME", default_value = "ksr-watcher")]
+    pub observer: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+fn parse_label(s: &str) -> Result<String, String> {
+    ksr_proto::names::validate_cluster(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    ksr_proto::names::validate_domain(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_selector(s: &str) -> Result<String, String> {
+    let decoded = s
+        .replace("%3D", "=")
+        .replace("%3d", "=")
+        .replace("%2C", ",")
+        .replace("%2c", ",")
+        .replace("%21", "!");
+    if decoded.trim().is_empty() {
+        return Err("the selector must not be empty: it decides which Services are routed".into());
+    }
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn vulcaningress_environment_names_still_work() {
+        let c = Config::try_parse_from(["x", "--cluster", "east", "--selector", "type%3Dingress"])
+            .unwrap();
+        assert_eq!(c.selector, "type=ingress");
+    }
+
+    #[test]
+    fn invalid_values_name_their_flag() {
+        for (args, flag) in [
+            (vec!["x", "--cluster", "East.1"], "--cluster"),
+            (
+                vec!["x", "--cluster", "e", "--domain", "bad..domain"],
+                "--domain",
+            ),
+            (
+                vec!["x", "--cluster", "e", "--source", "files"],
+                "--manifests",
+            ),
+            (
+                vec!["x", "--cluster", "e", "--address-mode", "node-port"],
+                "--node-addresses",
+            ),
+        ] {
+            let err = Config::try_parse_from(args).unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The watcher's metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use ksr_proto::EventKind;
+use ksr_runtime::metrics::MetricsRegistry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Counters and histograms of the watcher (`ksr_watcher_*`).
+#[derive(Debug, Clone)]
+pub struct WatcherMetrics {
+    published: Family<KindLabel, Counter>,
+    rejections: Family<ReasonLabel, Counter>,
+    pub publish_seconds: Histogram,
+    pub conflicts: Counter,
+    pub source_errors: Counter,
+    pub relists: Counter,
+    pub publish_errors: Counter,
+    pub services: Gauge,
+}
+
+impl WatcherMetrics {
+    pub fn new(registry: &MetricsRegistry) -> Self {
+        let m = Self {
+            published: Family::default(),
+            rejections: Family::default(),
+            publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            conflicts: Counter::default(),
+            source_errors: Counter::default(),
+            relists: Counter::default(),
+            publish_errors: Counter::default(),
+            services: Gauge::default(),
+        };
+        registry.register(|r| {
+            let r = r.sub_registry_with_prefix("watcher");
+            r.register(
+                "events_published",
+                "Events published, by kind",
+                m.published.clone(),
+            );
+            r.register(
+                "rejections",
+                "Service changes not published as routes, by reason",
+                m.rejections.clone(),
+            );
+            r.register(
+                "publish_duration_seconds",
+                "Time from publish to the stream's ack",
+                m.publish_seconds.clone(),
+            );
+            r.register(
+                "publish_conflicts",
+                "Publishes that found another writer first (wrong last sequence)",
+                m.conflicts.clone(),
+            );
+            r.register(
+                "publish_errors",
+                "Publishes that failed (NATS unavailable); retried after a re-diff",
+                m.publish_errors.clone(),
+            );
+            r.register(
+                "source_errors",
+                "Errors from the source (watch restarts, failed lists, unreadable manifests)",
+                m.source_errors.clone(),
+            );
+            r.register(
+                "relists",
+                "Full lists started (start-up, 410 Gone, manifest changes)",
+                m.relists.clone(),
+            );
+            r.register(
+                "services",
+                "Routed Services this watcher knows in the stream",
+                m.services.clone(),
+            );
+        });
+        m
+    }
+
+    pub fn published(&self, kind: EventKind) {
+        self.published
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}

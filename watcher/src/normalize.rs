@@ -1,0 +1,242 @@
+//! Normalization: a Service (and its EndpointSlices) → the route state the contract publishes.
+//!
+//! Rules (kept from vulcaningress, see DESIGN.md): hostname `<name|host>-<namespace>.<env>.<domain>`
+//! where the `host` annotation replaces only the name; `path` annotation as vulcand PathRegexp
+//! (default `/.*`); backends by address mode. Anything that cannot be routed safely is a
+//! [`Rejection`] with a fixed reason (a metric label) and a message for the log.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort as K8sPort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use ksr_proto::{Backend, RouteState, ServicePort, names, route};
+
+/// Annotation replacing the name part of the hostname.
+pub const HOST_ANNOTATION: &str = "host";
+/// Annotation with the vulcand PathRegexp.
+pub const PATH_ANNOTATION: &str = "path";
+/// Annotation choosing the Service port (by name or number).
+pub const PORT_ANNOTATION: &str = "port";
+/// The EndpointSlice label naming its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Where traffic for a Service goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AddressMode {
+    /// The Service's clusterIP and chosen port (as vulcaningress did).
+    ClusterIp,
+    /// The ready addresses of the Service's EndpointSlices, at the chosen port's target port.
+    Endpoints,
+    /// The configured node addresses at the chosen port's nodePort.
+    NodePort,
+}
+
+/// Why a Service is not published as a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Fixed, metric-safe reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn reject(reason: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// The normalization settings of one watcher.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    pub environment: String,
+    pub domain: String,
+    pub mode: AddressMode,
+    /// Node addresses for `node-port` mode.
+    pub node_addresses: Vec<IpAddr>,
+}
+
+impl Normalizer {
+    /// The route of `svc`, given the EndpointSlices that belong to it.
+    pub fn route(&self, svc: &Service, slices: &[&EndpointSlice]) -> Result<RouteState, Rejection> {
+        let meta = &svc.metadata;
+        let name = meta.name.as_deref().unwrap_or_default();
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
+        let annotations = meta.annotations.clone().unwrap_or_default();
+        let host = annotations.get(HOST_ANNOTATION).map(|h| h.trim());
+        let label = names::host_label(name, host, namespace).map_err(|e| {
+            let reason = if host.is_some()
+                && names::validate_host_annotation(host.unwrap_or_default()).is_err()
+            {
+                "invalid_host_annotation"
+            } else {
+                "hostname_too_long"
+            };
+            reject(reason, e.to_string())
+        })?;
+        let path = annotations
+            .get(PATH_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| route::DEFAULT_PATH.to_owned());
+        route::validate_path(&path)
+            .map_err(|e| reject("invalid_path_annotation", e.to_string()))?;
+
+        let spec = svc.spec.clone().unwrap_or_default();
+        let k8s_ports = spec.ports.clone().unwrap_or_default();
+        let chosen = choose_port(
+            &k8s_ports,
+            annotations.get(PORT_ANNOTATION).map(String::as_str),
+        )?;
+        let backends = match self.mode {
+            AddressMode::ClusterIp => {
+                if spec.type_.as_deref() == Some("ExternalName") {
+                    return Err(reject(
+                        "external_name",
+                        "an ExternalName Service has no cluster IP to route to",
+                    ));
+                }
+                let ip = spec.cluster_ip.as_deref().unwrap_or_default();
+                if ip.is_empty() || ip == "None" {
+                    return Err(reject(
+                        "headless",
+                        "a headless Service has no cluster IP (use --address-mode endpoints)",
+                    ));
+                }
+                let ip = IpAddr::from_str(ip).map_err(|_| {
+                    reject(
+                        "invalid_cluster_ip",
+                        format!("clusterIP {ip:?} is not an IP address"),
+                    )
+                })?;
+                vec![Backend {
+                    ip,
+                    port: port_u16(chosen.port)?,
+                    ready: true,
+                }]
+            }
+            AddressMode::Endpoints => endpoint_backends(&chosen, slices)?,
+            AddressMode::NodePort => {
+                let node_port = chosen
+                    .node_port
+                    .ok_or_else(|| reject("no_node_port", "the chosen port has no nodePort (Service type is not NodePort/LoadBalancer)"))?;
+                let port = port_u16(node_port)?;
+                self.node_addresses
+                    .iter()
+                    .map(|ip| Backend {
+                        ip: *ip,
+                        port,
+                        ready: true,
+                    })
+                    .collect()
+            }
+        };
+        let mut state = RouteState {
+            label,
+            environment: self.environment.clone(),
+            domain: self.domain.clone(),
+            path,
+            ports: k8s_ports
+                .iter()
+                .filter_map(|p| {
+                    Some(ServicePort {
+                        name: p.name.clone().unwrap_or_default(),
+                        port: u16::try_from(p.port).ok()?,
+                        protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    })
+                })
+                .collect(),
+            backends,
+            host_since: 0,
+            route_since: 0,
+        };
+        state.normalize();
+        state
+            .validate()
+            .map_err(|e| reject("invalid_route", e.to_string()))?;
+        Ok(state)
+    }
+}
+
+fn port_u16(p: i32) -> Result<u16, Rejection> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| reject("invalid_port", format!("port {p} is out of range")))
+}
+
+/// The port the `port` annotation names (by name or number), else the first one.
+fn choose_port(ports: &[K8sPort], wanted: Option<&str>) -> Result<K8sPort, Rejection> {
+    let Some(wanted) = wanted.map(str::trim) else {
+        return ports
+            .first()
+            .cloned()
+            .ok_or_else(|| reject("no_ports", "the Service has no ports"));
+    };
+    ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(wanted) || p.port.to_string() == wanted)
+        .cloned()
+        .ok_or_else(|| {
+            reject(
+                "invalid_port_annotation",
+                format!("port annotation {wanted:?} names no port of the Service"),
+            )
+        })
+}
+
+/// Ready and not-ready addresses of the slices, at the target port of the chosen port.
+fn endpoint_backends(
+    chosen: &K8sPort,
+    slices: &[&EndpointSlice],
+) -> Result<Vec<Backend>, Rejection> {
+    let mut out = Vec::new();
+    for slice in slices {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or_default() == chosen.name.as_deref().unwrap_or_default()
+            })
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        let port = port_u16(port)?;
+        for ep in &slice.endpoints {
+            // The API says a missing `ready` condition means ready.
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            for addr in &ep.addresses {
+                if let Ok(ip) = IpAddr::from_str(addr) {
+                    out.push(Backend { ip, port, ready });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `labels` match a `k=v,k2=v2` / `k!=v` / `k` selector (the subset the watcher uses
+/// to filter manifests; the apiserver does this for the Kubernetes source).
+pub fn selector_matches(
+    selector: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                labels.get(k.trim()).map(String::as_str) != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                labels.get(k.trim()).map(String::as_str) == Some(v.trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                !labels.contains_key(k.trim())
+            } else {
+                labels.contains_key(term)
+            }
+        })
+}

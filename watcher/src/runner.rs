@@ -1,0 +1,272 @@
+//! The watcher loop: source events → inventory → desired routes → stream, with coalescing.
+//!
+//! Changes mark Services dirty; every `window` the dirty Services are diffed against what the
+//! stream says and the differences published (many subjects at once). Endpoint churn within a
+//! window becomes one event. After every completed full list (start-up, relist after 410
+//! Gone) every Service of the list and every subject the stream knows for this cluster is
+//! diffed, so Services deleted while the watcher was down or during a watch gap are removed.
+//! Nothing is published before the first full list completes. When publishing fails (NATS
+//! down) the affected Services stay dirty and the stream's state is re-read before the next
+//! attempt, so nothing buffered is ever lost.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use tokio_util::sync::CancellationToken;
+
+use ksr_proto::{RouteState, ServiceKey};
+use ksr_runtime::Health;
+
+use crate::Error;
+use crate::inventory::{Inventory, ObjKey, SourceEvent};
+use crate::metrics::WatcherMetrics;
+use crate::normalize::{Normalizer, selector_matches};
+use crate::publish::{Known, Origin, Publisher};
+
+/// How many subjects are published concurrently.
+const CONCURRENCY: usize = 256;
+
+/// What the watcher wants the stream to say about one Service.
+enum Desired {
+    Route(RouteState, Origin),
+    Absent(Origin),
+    /// Not routable; the last published state (if any) stays.
+    Rejected,
+}
+
+/// Settings of the loop.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub cluster: String,
+    pub selector: String,
+    pub window: Duration,
+}
+
+/// The watcher loop.
+#[derive(Debug)]
+pub struct Runner {
+    config: RunnerConfig,
+    inventory: Inventory,
+    normalizer: Normalizer,
+    publisher: Publisher,
+    known: HashMap<ServiceKey, Known>,
+    metrics: WatcherMetrics,
+    health: Health,
+}
+
+fn origin_of(svc: &Service) -> Origin {
+    let manager = svc
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
+        .and_then(|f| f.manager.clone());
+    Origin {
+        resource_version: svc.metadata.resource_version.clone().unwrap_or_default(),
+        manager,
+    }
+}
+
+impl Runner {
+    pub fn new(
+        config: RunnerConfig,
+        inventory: Inventory,
+        normalizer: Normalizer,
+        publisher: Publisher,
+        metrics: WatcherMetrics,
+        health: Health,
+    ) -> Self {
+        Self {
+            config,
+            inventory,
+            normalizer,
+            publisher,
+            known: HashMap::new(),
+            metrics,
+            health,
+        }
+    }
+
+    fn service_key(&self, key: &ObjKey) -> ServiceKey {
+        ServiceKey::new(&self.config.cluster, &key.0, &key.1)
+    }
+
+    fn desired(&self, key: &ObjKey) -> Desired {
+        let Some(svc) = self.inventory.service(key) else {
+            return Desired::Absent(Origin::default());
+        };
+        let origin = origin_of(svc);
+        let labels = svc.metadata.labels.clone().unwrap_or_default();
+        if !selector_matches(&self.config.selector, &labels) {
+            return Desired::Absent(origin);
+        }
+        match self.normalizer.route(svc, &self.inventory.slices_of(key)) {
+            Ok(route) => Desired::Route(route, origin),
+            Err(rejection) => {
+                self.metrics.rejected(rejection.reason);
+                tracing::warn!(
+                    cluster = self.config.cluster,
+                    namespace = key.0,
+                    service = key.1,
+                    reason = rejection.reason,
+                    error = rejection.message,
+                    "Service not routed"
+                );
+                Desired::Rejected
+            }
+        }
+    }
+
+    /// Runs until `shutdown` or the source ends.
+    pub async fn run(
+        mut self,
+        source: impl Stream<Item = SourceEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        self.health.set_not_ready("reading the stream");
+        let Some(known) =
+            ksr_runtime::retry::until_ready(&shutdown, &self.health, "stream state", || {
+                self.publisher.load()
+            })
+            .await
+        else {
+            return Ok(());
+        };
+        self.known = known;
+        self.health.set_not_ready("waiting for the first full list");
+        let mut source = std::pin::pin!(source);
+        let mut dirty: BTreeSet<ObjKey> = BTreeSet::new();
+        let mut full = false;
+        let mut reload = false;
+        let mut ready = false;
+        let mut tick = tokio::time::interval(self.config.window);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                event = source.next() => {
+                    let Some(event) = event else {
+                        return Err(Error::Source("the source ended".into()));
+                    };
+                    match &event {
+                        SourceEvent::Error(e) => {
+                            self.metrics.source_errors.inc();
+                            tracing::warn!(cluster = self.config.cluster, error = e, "source error; it retries");
+                        }
+                        SourceEvent::Init(_) => {
+                            self.metrics.relists.inc();
+                        }
+                        _ => {}
+                    }
+                    let outcome = self.inventory.apply(event);
+                    dirty.extend(outcome.dirty);
+                    full |= outcome.resynced;
+                }
+                _ = tick.tick() => {
+                    if !self.inventory.synced() || (!full && dirty.is_empty() && !reload) {
+                        continue;
+                    }
+                    if reload {
+                        match self.publisher.load().await {
+                            Ok(known) => {
+                                self.known = known;
+                                reload = false;
+                                full = true;
+                            }
+                            Err(e) => {
+                                self.health.set_not_ready(format!("stream: {e}"));
+                                continue;
+                            }
+                        }
+                    }
+                    let mut keys = std::mem::take(&mut dirty);
+                    if std::mem::take(&mut full) {
+                        keys.extend(self.inventory.service_keys().cloned());
+                        keys.extend(self.known.keys().map(|k| (k.namespace.clone(), k.name.clone())));
+                    }
+                    let failed = self.flush(keys).await;
+                    if failed.is_empty() {
+                        if !ready {
+                            ready = true;
+                            tracing::info!(cluster = self.config.cluster, services = self.known.len(), "first full list published");
+                        }
+                        self.health.set_ready();
+                    } else {
+                        self.health.set_not_ready(format!("{} Services could not be published yet", failed.len()));
+                        dirty.extend(failed);
+                        reload = true;
+                    }
+                    let routed = self.known.values().filter(|k| k.event.as_ref().is_some_and(|e| e.route().is_some())).count();
+                    self.metrics.services.set(routed as i64);
+                }
+            }
+        }
+    }
+
+    /// Publishes the differences for `keys`; returns the keys that failed.
+    async fn flush(&mut self, keys: BTreeSet<ObjKey>) -> Vec<ObjKey> {
+        let jobs: Vec<Job> = keys
+            .into_iter()
+            .filter_map(|obj| {
+                let key = self.service_key(&obj);
+                let (route, origin) = match self.desired(&obj) {
+                    Desired::Route(r, o) => (Some(r), o),
+                    Desired::Absent(o) => (None, o),
+                    Desired::Rejected => return None,
+                };
+                let known = self.known.get(&key).cloned();
+                // Cheap pre-check: most keys of a full diff are unchanged.
+                self.publisher
+                    .change_for(&key, route.as_ref(), known.as_ref(), &origin)?;
+                Some(Job {
+                    obj,
+                    key,
+                    route,
+                    origin,
+                    known,
+                })
+            })
+            .collect();
+        let publisher = &self.publisher;
+        let results: Vec<(Job, Result<Option<Known>, Error>)> = futures::stream::iter(jobs)
+            .map(|job| async move {
+                let r = publisher
+                    .sync(&job.key, job.route.as_ref(), job.known.clone(), &job.origin)
+                    .await;
+                (job, r)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut failed = Vec::new();
+        for (job, r) in results {
+            match r {
+                Ok(Some(known)) => {
+                    self.known.insert(job.key, known);
+                }
+                Ok(None) => {
+                    self.known.remove(&job.key);
+                }
+                Err(e) => {
+                    self.metrics.publish_errors.inc();
+                    tracing::warn!(cluster = job.key.cluster, namespace = job.key.namespace, service = job.key.name, error = %e, "publish failed; will retry");
+                    failed.push(job.obj);
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// One Service whose stream state must change.
+struct Job {
+    obj: ObjKey,
+    key: ServiceKey,
+    route: Option<RouteState>,
+    origin: Origin,
+    known: Option<Known>,
+}

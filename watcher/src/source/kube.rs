@@ -1,0 +1,81 @@
+//! The Kubernetes source: kube-runtime watchers on Services (label-selected) and, in
+//! `endpoints` mode, EndpointSlices. Errors are stream items (the watcher retries with
+//! kube-runtime's default backoff); 410 Gone leads to a relist (`Init`…`InitDone`).
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::Error;
+use crate::inventory::{Kind, Resource, SourceEvent};
+use crate::normalize::SERVICE_NAME_LABEL;
+
+/// How to reach the apiserver.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeArgs {
+    /// The apiserver URL, overriding kubeconfig / in-cluster discovery (no credentials are
+    /// added: for a local proxy such as `kubectl proxy`, or tests).
+    #[arg(long = "kube-url", env = "KSR_KUBE_URL", id = "kube_url")]
+    pub url: Option<String>,
+}
+
+/// A client from `--kube-url`, else from KUBECONFIG / ~/.kube/config / the in-cluster
+/// service account (bearer token, CA verification on).
+pub async fn client(args: &KubeArgs) -> Result<kube::Client, Error> {
+    match &args.url {
+        Some(url) => {
+            let uri = url
+                .parse()
+                .map_err(|e| Error::Config(format!("--kube-url {url:?}: {e}")))?;
+            kube::Client::try_from(kube::Config::new(uri)).map_err(|e| Error::Source(e.to_string()))
+        }
+        None => kube::Client::try_default()
+            .await
+            .map_err(|e| Error::Source(format!("no Kubernetes configuration: {e}"))),
+    }
+}
+
+fn events<K, F>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    kind: Kind,
+    wrap: F,
+) -> impl Stream<Item = SourceEvent>
+where
+    F: Fn(K) -> Resource + Copy,
+{
+    stream.map(move |r| match r {
+        Ok(watcher::Event::Init) => SourceEvent::Init(kind),
+        Ok(watcher::Event::InitApply(o)) => SourceEvent::InitApply(wrap(o)),
+        Ok(watcher::Event::InitDone) => SourceEvent::InitDone(kind),
+        Ok(watcher::Event::Apply(o)) => SourceEvent::Apply(wrap(o)),
+        Ok(watcher::Event::Delete(o)) => SourceEvent::Delete(wrap(o)),
+        Err(e) => SourceEvent::Error(e.to_string()),
+    })
+}
+
+/// Services matching `selector` in all namespaces (filtered later by the allow/deny lists),
+/// merged with their EndpointSlices when `watch_slices`.
+pub fn source(
+    client: kube::Client,
+    selector: &str,
+    watch_slices: bool,
+) -> impl Stream<Item = SourceEvent> {
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().labels(selector),
+    )
+    .default_backoff();
+    let services = events(services, Kind::Services, |s| Resource::Service(Box::new(s)));
+    let slices = watch_slices.then(|| {
+        let api = Api::<EndpointSlice>::all(client);
+        let stream =
+            watcher(api, watcher::Config::default().labels(SERVICE_NAME_LABEL)).default_backoff();
+        events(stream, Kind::Slices, |s| Resource::Slice(Box::new(s)))
+    });
+    futures::stream::select(
+        services.boxed(),
+        futures::stream::iter(slices).flatten().boxed(),
+    )
+}

@@ -1,0 +1,259 @@
+//! The watcher over a manifest directory, against a real nats-server: exactly one event per
+//! real change, nothing for no-ops, rejections with reasons, removals after downtime.
+
+mod common;
+
+use common::{Bench, service};
+use ksr_proto::EventKind::{Added, Removed, Updated};
+use ksr_test_support::eventually;
+
+#[tokio::test]
+async fn create_update_delete_of_a_labelled_service_gives_exactly_one_event_each()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    bench.write(
+        "web",
+        &service(
+            "default",
+            "webtest1",
+            "10.96.0.10",
+            &[("path", "/mycontext/.*")],
+        ),
+    );
+    // Unlabelled Services are never published.
+    bench.write(
+        "other",
+        &service("default", "plain", "10.96.0.11", &[]).replace("type: ingress", "app: plain"),
+    );
+    let w = bench.watcher(&[]);
+    w.ready().await?;
+    bench.wait_events(&[(Added, "default/webtest1")]).await?;
+
+    // A relist where webtest1 is unchanged (another file changed) publishes nothing; a
+    // real change publishes once.
+    let before = w.relists().await;
+    bench.write(
+        "other",
+        &service("default", "plain", "10.96.0.12", &[]).replace("type: ingress", "app: plain"),
+    );
+    w.relisted_since(before).await?;
+    bench.wait_events(&[(Added, "default/webtest1")]).await?;
+    bench.write(
+        "web",
+        &service(
+            "default",
+            "webtest1",
+            "10.96.0.10",
+            &[("path", "/mycontext/.*")],
+        ),
+    );
+    bench.write(
+        "web",
+        &service(
+            "default",
+            "webtest1",
+            "10.96.0.10",
+            &[("path", "/other/.*"), ("host", "myapp")],
+        ),
+    );
+    bench
+        .wait_events(&[(Added, "default/webtest1"), (Updated, "default/webtest1")])
+        .await?;
+    let events = bench.full_events().await?;
+    let route = events[1].1.route().expect("updated carries the route");
+    assert_eq!(route.hostname(), "myapp-default.test.service.consul");
+    assert_eq!(route.path, "/other/.*");
+    assert_eq!(route.backends.len(), 1);
+    assert_eq!(route.backends[0].ip.to_string(), "10.96.0.10");
+    assert_eq!(route.backends[0].port, 80);
+    // The hostname changed: a new claim begins.
+    assert_eq!((route.host_since, route.route_since), (0, 0));
+
+    bench.remove("web");
+    bench
+        .wait_events(&[
+            (Added, "default/webtest1"),
+            (Updated, "default/webtest1"),
+            (Removed, "default/webtest1"),
+        ])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn each_invalid_annotation_is_rejected_with_its_reason_and_the_rest_flows()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let long = "a".repeat(60);
+    bench.write(
+        "bad-path",
+        &service("default", "badpath", "10.96.0.1", &[("path", "/a`b")]),
+    );
+    bench.write(
+        "bad-regex",
+        &service(
+            "default",
+            "badregex",
+            "10.96.0.2",
+            &[("path", "/(unclosed")],
+        ),
+    );
+    bench.write(
+        "bad-host",
+        &service(
+            "default",
+            "badhost",
+            "10.96.0.3",
+            &[("host", "myapp.mydomain.com")],
+        ),
+    );
+    bench.write("long", &service("default", &long, "10.96.0.4", &[]));
+    bench.write("headless", &service("default", "headless", "None", &[]));
+    bench.write(
+        "bad-port",
+        &service("default", "badport", "10.96.0.6", &[("port", "metrics")]),
+    );
+    bench.write("good", &service("default", "good", "10.96.0.5", &[]));
+    let w = bench.watcher(&[]);
+    w.ready().await?;
+    bench.wait_events(&[(Added, "default/good")]).await?;
+    let metrics = w.metrics().await;
+    for reason in [
+        "invalid_path_annotation",
+        "invalid_host_annotation",
+        "hostname_too_long",
+        "headless",
+        "invalid_port_annotation",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "ksr_watcher_rejections_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} missing in\n{metrics}"
+        );
+    }
+    // A later invalid edit of a routed Service keeps its last valid route.
+    bench.write(
+        "good",
+        &service("default", "good", "10.96.0.5", &[("path", "bad`")]),
+    );
+    eventually(common::WAIT, || async {
+        let m = w.metrics().await;
+        anyhow::ensure!(
+            m.contains("ksr_watcher_rejections_total{reason=\"invalid_path_annotation\"} 2")
+                || m.contains("invalid_path_annotation\"} 3"),
+            "{m}"
+        );
+        Ok(())
+    })
+    .await?;
+    bench.wait_events(&[(Added, "default/good")]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_deleted_while_the_watcher_is_down_is_removed_once_after_restart()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    bench.write("a", &service("default", "a", "10.96.0.1", &[]));
+    bench.write("b", &service("default", "b", "10.96.0.2", &[]));
+    let w = bench.watcher(&[]);
+    w.ready().await?;
+    // Both are published in one flush, concurrently: order between subjects is free.
+    bench
+        .wait_events_unordered(&[(Added, "default/a"), (Added, "default/b")])
+        .await?;
+    w.shutdown().await?;
+
+    bench.remove("b");
+    let w = bench.watcher(&[]);
+    w.ready().await?;
+    eventually(common::WAIT, || async {
+        let got = bench.events().await?;
+        anyhow::ensure!(
+            got.len() == 3 && got[2] == (Removed, "default/b".to_owned()),
+            "{got:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    // A second restart publishes nothing new.
+    w.shutdown().await?;
+    let w = bench.watcher(&[]);
+    w.ready().await?;
+    assert_eq!(bench.events().await?.len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreadable_source_at_start_up_removes_nothing() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    bench.write("a", &service("default", "a", "10.96.0.1", &[]));
+    let w = bench.watcher(&[]);
+    w.ready().await?;
+    bench.wait_events(&[(Added, "default/a")]).await?;
+    w.shutdown().await?;
+
+    // The directory is gone: no list, so no removal, and not ready.
+    std::fs::rename(bench.manifests(), bench.dir.path().join("moved"))?;
+    let w = bench.watcher(&[]);
+    eventually(common::WAIT, || async {
+        let m = w.metrics().await;
+        anyhow::ensure!(
+            m.contains("ksr_watcher_source_errors_total")
+                && !m.contains("ksr_watcher_source_errors_total 0"),
+            "{m}"
+        );
+        Ok(())
+    })
+    .await?;
+    let (status, _) = ksr_test_support::http::get(w.admin_port, "/readyz")
+        .await
+        .unwrap_or_default();
+    assert_eq!(status, 503);
+    assert_eq!(bench.events().await?.len(), 1);
+
+    // Back: the list completes and still nothing changes.
+    std::fs::rename(bench.dir.path().join("moved"), bench.manifests())?;
+    w.ready().await?;
+    assert_eq!(bench.events().await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_replicas_for_one_cluster_produce_the_same_stream_as_one() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    for i in 0..20 {
+        bench.write(
+            &format!("s{i}"),
+            &service("team", &format!("s{i}"), &format!("10.96.1.{i}"), &[]),
+        );
+    }
+    let a = bench.watcher(&[]);
+    let b = bench.watcher(&["--observer", "replica-b"]);
+    a.ready().await?;
+    b.ready().await?;
+    for i in 0..10 {
+        bench.write(
+            &format!("s{i}"),
+            &service("team", &format!("s{i}"), &format!("10.96.2.{i}"), &[]),
+        );
+    }
+    for i in 10..15 {
+        bench.remove(&format!("s{i}"));
+    }
+    eventually(common::WAIT, || async {
+        let got = bench.events().await?;
+        let count = |k| got.iter().filter(|(kind, _)| *kind == k).count();
+        anyhow::ensure!(
+            (count(Added), count(Updated), count(Removed)) == (20, 10, 5),
+            "{got:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    // Settled: each subject's history is exactly one Added, then at most one change.
+    let got = bench.events().await?;
+    assert_eq!(got.len(), 35, "{got:?}");
+    Ok(())
+}
