@@ -77,9 +77,10 @@ impl Bench {
             self.nats.url(),
             "--admin-addr".into(),
             format!("127.0.0.1:{admin_port}"),
-            "--coalesce-window".into(),
-            "20ms".into(),
         ];
+        if !extra.contains(&"--coalesce-window") {
+            args.extend(["--coalesce-window".into(), "20ms".into()]);
+        }
         args.extend(source.iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from(args).expect("test config parses");

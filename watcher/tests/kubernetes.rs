@@ -1,0 +1,287 @@
+//! The watcher against a fake apiserver speaking the real list/watch protocol (bookmarks,
+//! 410 Gone, dropped connections, failing lists) and a real nats-server.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Bench, WAIT};
+use ksr_proto::EventKind::{Added, Removed, Updated};
+use ksr_test_support::apiserver::{FakeApiServer, Resource};
+use ksr_test_support::eventually;
+use serde_json::{Value, json};
+
+fn svc(ns: &str, name: &str, ip: &str, annotations: Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns, "labels": {"type": "ingress"}, "annotations": annotations},
+           "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+fn slice(ns: &str, service: &str, name: &str, endpoints: &[(&str, bool)]) -> Value {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}}))
+        .collect();
+    json!({"metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "http", "port": 8080}]})
+}
+
+fn kube_watcher(bench: &Bench, api: &FakeApiServer, extra: &[&str]) -> common::Replica {
+    bench.watcher_with(&["--source", "kubernetes", "--kube-url", api.url()], extra)
+}
+
+/// The stream's current state: namespace/name → backend addresses "ip:port(ready)".
+async fn stream_state(bench: &Bench) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let stream = bench.js.get_stream("KSR_ROUTES").await?;
+    let latest = ksr_runtime::replay::latest_per_subject(&stream, "ksr.routes.>").await?;
+    Ok(latest
+        .into_iter()
+        .filter_map(|l| l.event.ok())
+        .filter_map(|e| {
+            let r = e.route()?;
+            let b = r
+                .backends
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{}:{}{}",
+                        b.ip,
+                        b.port,
+                        if b.ready { "" } else { "(not ready)" }
+                    )
+                })
+                .collect();
+            Some((format!("{}/{}", e.key.namespace, e.key.name), b))
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn a_labelled_service_is_published_updated_and_removed_exactly_once() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    api.apply(
+        Resource::Services,
+        svc(
+            "default",
+            "webtest1",
+            "10.96.0.10",
+            json!({"path": "/mycontext/.*"}),
+        ),
+    );
+    let mut plain = svc("default", "plain", "10.96.0.11", json!({}));
+    plain["metadata"]["labels"] = json!({"app": "plain"});
+    api.apply(Resource::Services, plain);
+    let w = kube_watcher(&bench, &api, &[]);
+    w.ready().await?;
+    bench.wait_events(&[(Added, "default/webtest1")]).await?;
+
+    // A no-op update (new resourceVersion, an unrelated annotation) publishes nothing.
+    api.apply(
+        Resource::Services,
+        svc(
+            "default",
+            "webtest1",
+            "10.96.0.10",
+            json!({"path": "/mycontext/.*", "note": "x"}),
+        ),
+    );
+    api.apply(
+        Resource::Services,
+        svc(
+            "default",
+            "webtest1",
+            "10.96.0.10",
+            json!({"path": "/v2/.*"}),
+        ),
+    );
+    bench
+        .wait_events(&[(Added, "default/webtest1"), (Updated, "default/webtest1")])
+        .await?;
+    api.delete(Resource::Services, "default", "webtest1");
+    bench
+        .wait_events(&[
+            (Added, "default/webtest1"),
+            (Updated, "default/webtest1"),
+            (Removed, "default/webtest1"),
+        ])
+        .await?;
+    let (_, watches) = api.requests(Resource::Services);
+    assert!(watches >= 1, "the watcher watched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn endpoints_mode_publishes_addresses_with_readiness_and_coalesces_churn()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    api.apply(
+        Resource::Services,
+        svc("shop", "web", "10.96.0.20", json!({})),
+    );
+    api.apply(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "web",
+            "web-abc",
+            &[("10.1.0.1", true), ("10.1.0.2", false)],
+        ),
+    );
+    let w = kube_watcher(
+        &bench,
+        &api,
+        &["--address-mode", "endpoints", "--coalesce-window", "400ms"],
+    );
+    w.ready().await?;
+    bench.wait_events(&[(Added, "shop/web")]).await?;
+    assert_eq!(
+        stream_state(&bench).await?["shop/web"],
+        vec!["10.1.0.1:8080", "10.1.0.2:8080(not ready)"]
+    );
+
+    // Five endpoint changes in quick succession: one event.
+    for i in 3..8 {
+        let eps: Vec<(String, bool)> = (1..=i).map(|n| (format!("10.1.0.{n}"), true)).collect();
+        let refs: Vec<(&str, bool)> = eps.iter().map(|(ip, r)| (ip.as_str(), *r)).collect();
+        api.apply(
+            Resource::EndpointSlices,
+            slice("shop", "web", "web-abc", &refs),
+        );
+    }
+    bench
+        .wait_events(&[(Added, "shop/web"), (Updated, "shop/web")])
+        .await?;
+    assert_eq!(stream_state(&bench).await?["shop/web"].len(), 7);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_410_mid_watch_relists_and_the_stream_ends_equal_to_the_cluster() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    for i in 0..5 {
+        api.apply(
+            Resource::Services,
+            svc("team", &format!("s{i}"), &format!("10.96.1.{i}"), json!({})),
+        );
+    }
+    let w = kube_watcher(&bench, &api, &[]);
+    w.ready().await?;
+    eventually(WAIT, || async {
+        anyhow::ensure!(stream_state(&bench).await?.len() == 5);
+        Ok(())
+    })
+    .await?;
+    let (lists_before, _) = api.requests(Resource::Services);
+
+    // The watch ends, changes happen, and history is compacted: the re-watch gets 410 and the
+    // watcher relists; the Service deleted in the gap is removed, the changed one updated.
+    api.drop_watches();
+    api.delete(Resource::Services, "team", "s1");
+    api.apply(
+        Resource::Services,
+        svc("team", "s2", "10.96.9.9", json!({})),
+    );
+    api.compact();
+    api.drop_watches();
+    eventually(WAIT, || async {
+        let state = stream_state(&bench).await?;
+        anyhow::ensure!(
+            state.len() == 4 && state["team/s2"] == vec!["10.96.9.9:80"],
+            "{state:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    let (lists_after, _) = api.requests(Resource::Services);
+    assert!(
+        lists_after > lists_before,
+        "410 led to a relist ({lists_before} → {lists_after})"
+    );
+    let events = bench.events().await?;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(k, n)| *k == Removed && n == "team/s1")
+            .count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 7, "5 added, 1 removed, 1 updated: {events:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn failing_and_throttled_lists_at_start_up_are_retried_and_remove_nothing()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    api.apply(
+        Resource::Services,
+        svc("default", "a", "10.96.0.1", json!({})),
+    );
+    let w = kube_watcher(&bench, &api, &[]);
+    w.ready().await?;
+    bench.wait_events(&[(Added, "default/a")]).await?;
+    w.shutdown().await?;
+
+    api.fail_lists(1, 500, None);
+    api.fail_lists(1, 429, Some(1));
+    let w = kube_watcher(&bench, &api, &[]);
+    w.ready().await?;
+    let (lists, _) = api.requests(Resource::Services);
+    assert!(lists >= 3, "the failed lists were retried ({lists})");
+    assert_eq!(
+        bench.events().await?,
+        vec![(Added, "default/a".to_owned())],
+        "nothing removed or republished"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropped_watches_and_a_nats_restart_end_with_the_stream_equal_to_the_cluster()
+-> anyhow::Result<()> {
+    let mut bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    for i in 0..10 {
+        api.apply(
+            Resource::Services,
+            svc("team", &format!("s{i}"), &format!("10.96.1.{i}"), json!({})),
+        );
+    }
+    let w = kube_watcher(&bench, &api, &[]);
+    w.ready().await?;
+    api.drop_watches();
+    for i in 0..5 {
+        api.apply(
+            Resource::Services,
+            svc("team", &format!("s{i}"), &format!("10.96.2.{i}"), json!({})),
+        );
+    }
+    api.drop_watches();
+    bench.nats.stop();
+    // Changes while NATS is down are not lost: the watcher re-diffs once it is back.
+    api.delete(Resource::Services, "team", "s9");
+    api.apply(
+        Resource::Services,
+        svc("team", "s8", "10.96.3.8", json!({})),
+    );
+    bench.nats.restart().await?;
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..9 {
+        let ip = match i {
+            0..5 => format!("10.96.2.{i}:80"),
+            8 => "10.96.3.8:80".to_owned(),
+            _ => format!("10.96.1.{i}:80"),
+        };
+        expected.insert(format!("team/s{i}"), vec![ip]);
+    }
+    eventually(WAIT, || async {
+        let state = stream_state(&bench).await?;
+        anyhow::ensure!(state == expected, "{state:#?}");
+        Ok(())
+    })
+    .await
+}
