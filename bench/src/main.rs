@@ -8,6 +8,7 @@ mod consul;
 mod procs;
 mod report;
 mod vulcand;
+mod watcher;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Bench {
     Vulcand(vulcand::Args),
     /// publisher-consul: initial projection of N Services, then publish-to-DNS latency.
     Consul(consul::Args),
+    /// watcher: N Services listed from an apiserver and published.
+    Watcher(watcher::Args),
 }
 
 #[tokio::main]
@@ -35,5 +38,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Vulcand(args) => vulcand::run(args).await,
         Bench::Consul(args) => consul::run(args).await,
+        Bench::Watcher(args) => watcher::run(args).await,
     }
 }

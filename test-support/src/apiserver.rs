@@ -67,6 +67,7 @@ struct Store {
     fail_lists: Vec<(u16, Option<u64>)>,
     lists: HashMap<Resource, usize>,
     watches: HashMap<Resource, usize>,
+    last_list: Option<std::time::Instant>,
 }
 
 #[derive(Clone)]
@@ -211,6 +212,11 @@ impl FakeApiServer {
             .extend(std::iter::repeat_n((status, retry_after), n));
     }
 
+    /// When the last list page was served.
+    pub fn last_list_at(&self) -> Option<std::time::Instant> {
+        self.lock().last_list
+    }
+
     /// How many list requests (pages included) and watch requests `resource` has served.
     pub fn requests(&self, resource: Resource) -> (usize, usize) {
         let s = self.lock();
@@ -326,6 +332,7 @@ fn list(s: &Shared, resource: Resource, selector: &str, q: &HashMap<String, Stri
     } else {
         String::new()
     };
+    store.last_list = Some(std::time::Instant::now());
     let (api_version, kind) = resource.list_kind();
     json_response(
         StatusCode::OK,
