@@ -11,7 +11,8 @@
 //!   ends after `timeoutSeconds`;
 //! - faults: [`FakeApiServer::drop_watches`] ends every open watch, [`FakeApiServer::compact`]
 //!   makes every older resourceVersion too old, [`FakeApiServer::fail_lists`] answers the next
-//!   lists with an error status (and `Retry-After`).
+//!   lists with an error status (and `Retry-After`), [`FakeApiServer::hang_watches`] makes the
+//!   next watches accept the request and then send nothing, ever (no bookmarks either).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -68,6 +69,7 @@ struct Store {
     lists: HashMap<Resource, usize>,
     watches: HashMap<Resource, usize>,
     last_list: Option<std::time::Instant>,
+    hang_watches: usize,
 }
 
 #[derive(Clone)]
@@ -203,6 +205,11 @@ impl FakeApiServer {
         let mut s = self.lock();
         s.compacted = s.rv;
         s.history.clear();
+    }
+
+    /// The next `n` watch requests hang: headers, then silence until the client gives up.
+    pub fn hang_watches(&self, n: usize) {
+        self.lock().hang_watches += n;
     }
 
     /// The next `n` list requests fail with `status` (and `Retry-After: secs` if given).
@@ -374,6 +381,15 @@ fn watch(s: Shared, resource: Resource, selector: String, q: &HashMap<String, St
     {
         let mut store = s.lock();
         *store.watches.entry(resource).or_default() += 1;
+        if store.hang_watches > 0 {
+            store.hang_watches -= 1;
+            // Keep the sender alive forever in a task: the body never ends, never speaks.
+            tokio::spawn(async move {
+                let _keep = tx;
+                std::future::pending::<()>().await;
+            });
+            return body(rx);
+        }
         if from < store.compacted {
             let gone = json!({"type": "ERROR", "object": status(410, "Expired", &format!("too old resource version: {from} ({})", store.compacted))});
             let _ = tx.try_send(line(&gone));

@@ -57,7 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             else {
                 return Ok(());
             };
-            source::kube::source(client, &config.selector, watch_slices).boxed()
+            source::kube::source(client, &config.kube, &config.selector, watch_slices).boxed()
         }
     };
     let runner = Runner::new(

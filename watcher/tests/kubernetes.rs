@@ -285,3 +285,38 @@ async fn dropped_watches_and_a_nats_restart_end_with_the_stream_equal_to_the_clu
     })
     .await
 }
+
+#[tokio::test]
+async fn a_hanging_watch_is_detected_and_re_established() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    api.apply(
+        Resource::Services,
+        svc("default", "a", "10.96.0.1", json!({})),
+    );
+    // A watch silent for longer than timeoutSeconds + 5 s counts as dead.
+    let w = kube_watcher(&bench, &api, &["--watch-timeout", "1"]);
+    w.ready().await?;
+    bench.wait_events(&[(Added, "default/a")]).await?;
+    let (_, watches_before) = api.requests(Resource::Services);
+    api.hang_watches(1);
+    api.drop_watches();
+    // The re-watch hangs; the change below can only arrive once the watcher gives up on it.
+    ksr_test_support::wait_until("the hanging watch", WAIT, || async {
+        (api.requests(Resource::Services).1 > watches_before).then_some(())
+    })
+    .await?;
+    api.apply(
+        Resource::Services,
+        svc("default", "a", "10.96.0.2", json!({})),
+    );
+    bench
+        .wait_events(&[(Added, "default/a"), (Updated, "default/a")])
+        .await?;
+    let (_, watches_after) = api.requests(Resource::Services);
+    assert!(
+        watches_after >= watches_before + 2,
+        "re-watched after the hang ({watches_before} → {watches_after})"
+    );
+    Ok(())
+}

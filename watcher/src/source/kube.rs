@@ -19,6 +19,11 @@ pub struct KubeArgs {
     /// added: for a local proxy such as `kubectl proxy`, or tests).
     #[arg(long = "kube-url", env = "KSR_KUBE_URL", id = "kube_url")]
     pub url: Option<String>,
+    /// Server-side watch timeout in seconds; a watch silent for longer than this plus 5 s
+    /// (no events, no bookmarks) is considered dead and re-established.
+    #[arg(long = "watch-timeout", env = "KSR_WATCH_TIMEOUT", id = "kube_watch_timeout", default_value_t = 290,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub watch_timeout: u32,
 }
 
 /// A client from `--kube-url`, else from KUBECONFIG / ~/.kube/config / the in-cluster
@@ -59,19 +64,20 @@ where
 /// merged with their EndpointSlices when `watch_slices`.
 pub fn source(
     client: kube::Client,
+    args: &KubeArgs,
     selector: &str,
     watch_slices: bool,
 ) -> impl Stream<Item = SourceEvent> {
+    let config = watcher::Config::default().timeout(args.watch_timeout);
     let services = watcher(
         Api::<Service>::all(client.clone()),
-        watcher::Config::default().labels(selector),
+        config.clone().labels(selector),
     )
     .default_backoff();
     let services = events(services, Kind::Services, |s| Resource::Service(Box::new(s)));
     let slices = watch_slices.then(|| {
         let api = Api::<EndpointSlice>::all(client);
-        let stream =
-            watcher(api, watcher::Config::default().labels(SERVICE_NAME_LABEL)).default_backoff();
+        let stream = watcher(api, config.labels(SERVICE_NAME_LABEL)).default_backoff();
         events(stream, Kind::Slices, |s| Resource::Slice(Box::new(s)))
     });
     futures::stream::select(
