@@ -12,8 +12,9 @@ use ksr_runtime::{Health, admin, nats, serve};
 use crate::Error;
 use crate::config::{Config, EtcdArgs};
 use crate::layout::Layout;
-use crate::publisher::{VulcandMetrics, VulcandProjector};
+use crate::publisher::{Sink, VulcandMetrics, VulcandProjector};
 use crate::reconcile;
+use crate::v2::V2Client;
 
 /// Connects to etcd with the configured TLS and credentials.
 pub async fn connect_etcd(args: &EtcdArgs) -> Result<etcd_client::Client, Error> {
@@ -69,7 +70,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     else {
         return Ok(());
     };
-    let layout = Layout::new(&config.vulcand_prefix, &config.owner);
+    let layout = Layout::new(&config.prefix(), &config.owner);
     let metrics = VulcandMetrics::new(&registry);
     let max_ops = config.etcd.max_txn_ops as usize;
     let Some(projector) = until_ready(&shutdown, &health, "etcd state", || {
@@ -78,6 +79,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     .await
     else {
         return Ok(());
+    };
+    let projector = match config.etcd_api.as_str() {
+        "v2" => {
+            let endpoint = config
+                .etcd
+                .endpoint_list()
+                .first()
+                .cloned()
+                .unwrap_or_default();
+            projector.with_sink(Sink::V2(V2Client::new(&endpoint)?))
+        }
+        _ => projector,
     };
 
     let durable = config

@@ -16,14 +16,14 @@ pub struct Config {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub etcd: EtcdArgs,
-    /// vulcand's key prefix, as given to vulcand's -etcdKey (v3 default: `vulcand`, no
-    /// leading slash).
-    #[arg(
-        long = "vulcand-prefix",
-        env = "KSR_VULCAND_PREFIX",
-        default_value = "vulcand"
-    )]
-    pub vulcand_prefix: String,
+    /// vulcand's key prefix, as given to vulcand's -etcdKey (default: `vulcand` for v3, with
+    /// no leading slash; `/vulcand` for v2).
+    #[arg(long = "vulcand-prefix", env = "KSR_VULCAND_PREFIX")]
+    pub vulcand_prefix: Option<String>,
+    /// Which etcd API vulcand reads: `v3` (vulcand ≥ 0.9, `-etcdApiVer=3`) or `v2` (vulcand
+    /// v0.8, the seed's image; etcd 3.4/3.5 must run with `--enable-v2`).
+    #[arg(long = "etcd-api", env = "KSR_ETCD_API", default_value = "v3", value_parser = ["v3", "v2"])]
+    pub etcd_api: String,
     /// Names this installation: prefixes our vulcand ids (`<owner>.<host>.<hash>`) and our
     /// state (`ksr/<owner>/vulcand/`). Two installations sharing one etcd need two owners.
     #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_owner)]
@@ -75,6 +75,17 @@ pub struct EtcdArgs {
     #[arg(long = "etcd-max-txn-ops", env = "KSR_ETCD_MAX_TXN_OPS", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(8..))]
     pub max_txn_ops: u32,
+}
+
+impl Config {
+    /// The vulcand prefix in effect.
+    pub fn prefix(&self) -> String {
+        match (&self.vulcand_prefix, self.etcd_api.as_str()) {
+            (Some(p), _) => p.clone(),
+            (None, "v2") => "/vulcand".into(),
+            (None, _) => "vulcand".into(),
+        }
+    }
 }
 
 impl EtcdArgs {

@@ -17,5 +17,6 @@ pub mod publisher;
 pub mod reconcile;
 pub mod records;
 pub mod store;
+pub mod v2;
 
 pub use error::Error;

@@ -17,7 +17,9 @@ use crate::Error;
 use crate::layout::Layout;
 use crate::plan::{State, Unit, VulcandTarget};
 use crate::projection::KeyOp;
+use crate::records::RouteRecord;
 use crate::store::{self, Write};
+use crate::v2::V2Client;
 
 /// A packed transaction and how its commit went.
 type TxnResult = (Vec<Unit>, Result<Option<u64>, Error>);
@@ -80,9 +82,19 @@ impl VulcandMetrics {
     }
 }
 
+/// Where the vulcand keys are written.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// In the same etcd v3 transaction as our records.
+    V3,
+    /// Through the etcd v2 API, after our records commit (see [`crate::v2`]).
+    V2(V2Client),
+}
+
 /// Projects events into vulcand's etcd keys.
 pub struct VulcandProjector {
     kv: KvClient,
+    sink: Sink,
     target: VulcandTarget,
     max_ops: usize,
     state: Mutex<State>,
@@ -109,6 +121,7 @@ impl VulcandProjector {
         let state = store::load_state(&mut kv.clone(), &layout).await?;
         let p = Self {
             kv,
+            sink: Sink::V3,
             target: VulcandTarget { layout },
             max_ops: max_ops.max(8),
             state: Mutex::new(state),
@@ -116,6 +129,16 @@ impl VulcandProjector {
         };
         p.update_gauges();
         Ok(p)
+    }
+
+    /// Writes the vulcand keys through `sink` instead of etcd v3.
+    pub fn with_sink(mut self, sink: Sink) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    pub fn sink(&self) -> &Sink {
+        &self.sink
     }
 
     pub fn layout(&self) -> &Layout {
@@ -154,9 +177,14 @@ impl VulcandProjector {
     }
 
     /// Transaction size of a unit: (writes, compares), both limited by etcd's max-txn-ops.
-    fn cost(unit: &Unit) -> (usize, usize) {
+    fn cost(&self, unit: &Unit) -> (usize, usize) {
+        let key_ops = if matches!(self.sink, Sink::V3) {
+            unit.ops.len()
+        } else {
+            0
+        };
         (
-            unit.ops.len() + unit.services.len() + unit.names.len(),
+            key_ops + unit.services.len() + unit.names.len(),
             unit.compares.len(),
         )
     }
@@ -169,7 +197,7 @@ impl VulcandProjector {
             let planned = plan(&self.target, &self.lock(), &pending);
             report.stale += planned.stale.len() as u64;
             report.rejected.extend(planned.rejected);
-            let packed = pack(planned.units, self.max_ops, Self::cost);
+            let packed = pack(planned.units, self.max_ops, |u| self.cost(u));
             let results: Vec<TxnResult> = futures::stream::iter(packed.txns)
                 .map(|units| async {
                     let write = self.write_for(&units);
@@ -183,7 +211,12 @@ impl VulcandProjector {
             let mut failure = None;
             for (units, result) in results {
                 match result {
-                    Ok(Some(rev)) => self.settle(&units, rev, &mut report),
+                    Ok(Some(rev)) => {
+                        self.settle(&units, rev, &mut report);
+                        if let Err(e) = self.after_commit(&units, rev).await {
+                            failure = Some(e);
+                        }
+                    }
                     Ok(None) => {
                         self.metrics.compare_retries.inc();
                         retry.extend(units.iter().flat_map(|u| u.seqs.iter().copied()));
@@ -226,7 +259,7 @@ impl VulcandProjector {
             let Some(unit) = planned.units.into_iter().next() else {
                 return Ok(());
             };
-            let (writes, _) = Self::cost(&unit);
+            let (writes, _) = self.cost(&unit);
             let committed = if writes <= self.max_ops {
                 store::commit(
                     &mut self.kv.clone(),
@@ -239,7 +272,7 @@ impl VulcandProjector {
             match committed {
                 Some(rev) => {
                     self.settle(std::slice::from_ref(&unit), rev, report);
-                    return Ok(());
+                    return self.after_commit(std::slice::from_ref(&unit), rev).await;
                 }
                 None => {
                     self.metrics.compare_retries.inc();
@@ -293,10 +326,12 @@ impl VulcandProjector {
             compares: self.compares_of(units),
             ops: Vec::new(),
         };
-        let mut ops: Vec<&KeyOp> = units.iter().flat_map(|u| &u.ops).collect();
-        ops.sort_by_key(|o| o.order());
-        for op in ops {
-            w.key_op(op);
+        if matches!(self.sink, Sink::V3) {
+            let mut ops: Vec<&KeyOp> = units.iter().flat_map(|u| &u.ops).collect();
+            ops.sort_by_key(|o| o.order());
+            for op in ops {
+                w.key_op(op);
+            }
         }
         let layout = self.layout();
         for u in units {
@@ -342,6 +377,57 @@ impl VulcandProjector {
                 tracing::warn!(route = c.id, owner = c.owner, waiting = ?c.waiting, "route conflict: the older claim keeps the route; the others wait");
             }
         }
+    }
+
+    /// With the v2 sink: syncs every route whose record the units changed.
+    async fn after_commit(&self, units: &[Unit], rev: u64) -> Result<(), Error> {
+        let Sink::V2(v2) = &self.sink else {
+            return Ok(());
+        };
+        for u in units {
+            for (id, record) in &u.names {
+                let rev = if record.is_some() { rev } else { 0 };
+                self.sync_v2(v2, id, record.clone(), rev).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes route `id` to v2 from `record` (committed at `rev`), again from the newer record
+    /// while another writer keeps changing it.
+    pub async fn sync_v2(
+        &self,
+        v2: &V2Client,
+        id: &str,
+        mut record: Option<RouteRecord>,
+        mut rev: u64,
+    ) -> Result<(), Error> {
+        let layout = self.layout();
+        for _ in 0..8 {
+            let want = match &record {
+                Some(r) => crate::projection::project(layout, id, r).unwrap_or_default(),
+                None => Default::default(),
+            };
+            v2.sync_route(layout.vulcand_prefix(), id, &want).await?;
+            let fresh = self
+                .kv
+                .clone()
+                .get(layout.route_record_key(id), None)
+                .await?;
+            let (fresh_rev, fresh_record) = match fresh.kvs().first() {
+                Some(kv) => (
+                    u64::try_from(kv.mod_revision()).unwrap_or(0),
+                    serde_json::from_slice::<RouteRecord>(kv.value()).ok(),
+                ),
+                None => (0, None),
+            };
+            if fresh_rev == rev {
+                return Ok(());
+            }
+            record = fresh_record;
+            rev = fresh_rev;
+        }
+        Ok(())
     }
 
     async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {

@@ -21,9 +21,10 @@ use ksr_runtime::consumer::Delivery;
 use ksr_runtime::replay;
 
 use crate::Error;
-use crate::projection::{KeyClass, KeyOp, sort_ops};
-use crate::publisher::VulcandProjector;
+use crate::projection::{KeyOp, sort_ops};
+use crate::publisher::{Sink, VulcandProjector};
 use crate::store::{self, Write};
+use crate::v2::V2Client;
 
 /// What one reconciliation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -83,20 +84,13 @@ pub async fn reconcile(
     Ok(report)
 }
 
-fn class_of(key: &str) -> KeyClass {
-    if key.ends_with("/frontend") {
-        KeyClass::Frontend
-    } else if key.contains("/servers/") {
-        KeyClass::Server
-    } else {
-        KeyClass::Backend
-    }
-}
-
 async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
     let state = projector.snapshot().await?;
     let expected = crate::plan::projection_of(layout, &state);
+    if let Sink::V2(v2) = projector.sink() {
+        return repair_v2(projector, v2, &state, &expected).await;
+    }
     let mut kv = projector.kv();
     let mut actual: HashMap<String, Vec<u8>> = HashMap::new();
     for prefix in [
@@ -124,7 +118,7 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
             let id = layout.id_of_vulcand_key(key).unwrap_or_default().to_owned();
             by_id.entry(id).or_default().push(KeyOp::Delete {
                 key: key.clone(),
-                class: class_of(key),
+                class: crate::v2::class_of(key),
             });
         }
     }
@@ -166,6 +160,56 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
                 }
             }
         }
+    }
+    Ok((puts, deletes))
+}
+
+/// The v2 key pass: every route id of ours whose v2 keys differ from its record is synced.
+async fn repair_v2(
+    projector: &VulcandProjector,
+    v2: &V2Client,
+    state: &crate::plan::State,
+    expected: &crate::projection::Projection,
+) -> Result<(u64, u64), Error> {
+    let layout = projector.layout();
+    let prefix = layout.vulcand_prefix();
+    let mut actual: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for dir in [format!("{prefix}/backends"), format!("{prefix}/frontends")] {
+        for (key, value) in v2.tree(&dir).await? {
+            if let Some(id) = layout.id_of_vulcand_key(&key) {
+                actual.entry(id.to_owned()).or_default().insert(key, value);
+            }
+        }
+    }
+    let mut wanted: BTreeMap<String, crate::projection::Projection> = BTreeMap::new();
+    for (key, v) in expected {
+        if let Some(id) = layout.id_of_vulcand_key(key) {
+            wanted
+                .entry(id.to_owned())
+                .or_default()
+                .insert(key.clone(), v.clone());
+        }
+    }
+    let (mut puts, mut deletes) = (0, 0);
+    let ids: std::collections::BTreeSet<String> =
+        actual.keys().chain(wanted.keys()).cloned().collect();
+    for id in ids {
+        let want = wanted.remove(&id).unwrap_or_default();
+        let have = actual.remove(&id).unwrap_or_default();
+        let changed_puts = want
+            .iter()
+            .filter(|(k, (_, v))| have.get(*k) != Some(v))
+            .count() as u64;
+        let changed_deletes = have.keys().filter(|k| !want.contains_key(*k)).count() as u64;
+        if changed_puts + changed_deletes == 0 {
+            continue;
+        }
+        puts += changed_puts;
+        deletes += changed_deletes;
+        let record = state.names.get(&id).and_then(|v| v.value.clone());
+        let rev = state.names.get(&id).map(|v| v.rev).unwrap_or(0);
+        tracing::info!(id, "reconcile syncs a v2 route that drifted");
+        projector.sync_v2(v2, &id, record, rev).await?;
     }
     Ok((puts, deletes))
 }

@@ -26,8 +26,17 @@ pub struct Bench {
 
 impl Bench {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(ksr_test_support::EtcdOptions::default()).await
+    }
+
+    /// With etcd serving the v2 API too (for vulcand v0.8).
+    pub async fn start_v2() -> anyhow::Result<Self> {
+        Self::start_with(ksr_test_support::EtcdOptions { enable_v2: true }).await
+    }
+
+    pub async fn start_with(options: ksr_test_support::EtcdOptions) -> anyhow::Result<Self> {
         let nats = NatsServer::start().await?;
-        let etcd = EtcdServer::start().await?;
+        let etcd = EtcdServer::start_with(options).await?;
         let js = jetstream::new(async_nats::connect(nats.url()).await?);
         ensure_stream(&js, &StreamSettings::routes("KSR_ROUTES"), true).await?;
         Ok(Self { nats, etcd, js })

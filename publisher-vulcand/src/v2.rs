@@ -1,0 +1,196 @@
+//! etcd v2 sink for vulcand v0.8 (the seed's image), which reads only the v2 API under
+//! `/vulcand`.
+//!
+//! The v2 API has no multi-key transactions, so our fences and claim records stay in etcd v3
+//! (same etcd, 3.4/3.5 with `--enable-v2`; the two keyspaces are separate) and are committed
+//! exactly as in v3 mode. After each commit every route whose record changed is *synced*: its
+//! v2 keys are read, the difference to the record's projection is written in vulcand's order
+//! (deletes frontend → servers → backend, puts backend → servers → frontend), directories left
+//! empty are removed (an empty v2 directory crashes a restarted v0.8), and the record's v3
+//! revision is checked again: if another replica changed the route meanwhile, the sync
+//! repeats from the newer record. Guarantee: per route, v2 converges to the newest committed
+//! record; vulcand may see the previous projection for the moments between the v3 commit and
+//! the v2 writes, and a crash in between leaves the v2 keys behind until the next
+//! reconciliation (at start-up and every `--reconcile-interval`) repairs them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::Error;
+use crate::projection::{KeyClass, KeyOp, Projection, diff};
+
+/// The v2 HTTP API of one etcd.
+#[derive(Debug, Clone)]
+pub struct V2Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    node: Node,
+}
+
+#[derive(Deserialize)]
+struct Node {
+    key: String,
+    #[serde(default)]
+    dir: bool,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    nodes: Vec<Node>,
+}
+
+fn flatten(node: Node, out: &mut BTreeMap<String, String>) {
+    if node.dir {
+        for n in node.nodes {
+            flatten(n, out);
+        }
+    } else if let Some(v) = node.value {
+        out.insert(node.key, v);
+    }
+}
+
+/// The write-order class of a vulcand key.
+pub fn class_of(key: &str) -> KeyClass {
+    if key.ends_with("/frontend") {
+        KeyClass::Frontend
+    } else if key.contains("/servers/") {
+        KeyClass::Server
+    } else {
+        KeyClass::Backend
+    }
+}
+
+impl V2Client {
+    /// `endpoint` is `host:port` or a URL of the etcd client port.
+    pub fn new(endpoint: &str) -> Result<Self, Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = if endpoint.contains("://") {
+            endpoint.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        Ok(Self { http, base })
+    }
+
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::EtcdV2 {
+            url: self.base.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("{}/v2/keys{key}", self.base)
+    }
+
+    /// Every value below `dir` (empty when it does not exist).
+    pub async fn tree(&self, dir: &str) -> Result<BTreeMap<String, String>, Error> {
+        let resp = self
+            .http
+            .get(self.url(dir))
+            .query(&[("recursive", "true")])
+            .send()
+            .await
+            .map_err(|e| self.err(e.to_string()))?;
+        let mut out = BTreeMap::new();
+        match resp.status().as_u16() {
+            404 => Ok(out),
+            200 => {
+                let reply: Reply = resp.json().await.map_err(|e| self.err(e.to_string()))?;
+                flatten(reply.node, &mut out);
+                Ok(out)
+            }
+            s => Err(self.err(format!(
+                "GET {dir}: HTTP {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ))),
+        }
+    }
+
+    async fn put(&self, key: &str, value: &str) -> Result<(), Error> {
+        let resp = self
+            .http
+            .put(self.url(key))
+            .form(&[("value", value)])
+            .send()
+            .await
+            .map_err(|e| self.err(e.to_string()))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.err(format!(
+                "PUT {key}: HTTP {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            )))
+        }
+    }
+
+    async fn delete(&self, key: &str, dir: bool) -> Result<(), Error> {
+        let mut req = self.http.delete(self.url(key));
+        if dir {
+            req = req.query(&[("dir", "true")]);
+        }
+        let resp = req.send().await.map_err(|e| self.err(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        // 404: already gone; 403 errorCode 108: directory not empty (not ours to remove).
+        if (200..300).contains(&status) || status == 404 || (status == 403 && body.contains("108"))
+        {
+            Ok(())
+        } else {
+            Err(self.err(format!("DELETE {key}: HTTP {status}: {body}")))
+        }
+    }
+
+    /// Applies ordered key writes.
+    pub async fn apply(&self, ops: &[KeyOp]) -> Result<(), Error> {
+        for op in ops {
+            match op {
+                KeyOp::Put { key, value, .. } => self.put(key, value).await?,
+                KeyOp::Delete { key, .. } => self.delete(key, false).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The v2 keys of route `id` under `prefix`.
+    pub async fn route_keys(&self, prefix: &str, id: &str) -> Result<Projection, Error> {
+        let mut have = Projection::new();
+        for dir in [
+            format!("{prefix}/backends/{id}"),
+            format!("{prefix}/frontends/{id}"),
+        ] {
+            for (k, v) in self.tree(&dir).await? {
+                have.insert(k.clone(), (class_of(&k), v));
+            }
+        }
+        Ok(have)
+    }
+
+    /// Makes route `id`'s v2 keys equal `want`, then removes its directories left empty.
+    pub async fn sync_route(&self, prefix: &str, id: &str, want: &Projection) -> Result<(), Error> {
+        let have = self.route_keys(prefix, id).await?;
+        self.apply(&diff(&have, want)).await?;
+        let has_servers = want.values().any(|(c, _)| *c == KeyClass::Server);
+        if !has_servers {
+            self.delete(&format!("{prefix}/backends/{id}/servers"), true)
+                .await?;
+        }
+        if want.is_empty() {
+            self.delete(&format!("{prefix}/frontends/{id}"), true)
+                .await?;
+            self.delete(&format!("{prefix}/backends/{id}"), true)
+                .await?;
+        }
+        Ok(())
+    }
+}

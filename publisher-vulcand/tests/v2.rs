@@ -1,0 +1,128 @@
+//! The etcd v2 mode for vulcand v0.8: the same projection under `/vulcand` through the v2 API.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Bench, WAIT};
+use ksr_publisher_vulcand::layout::Layout;
+use ksr_publisher_vulcand::v2::V2Client;
+use ksr_test_support::events::{added, removed};
+use ksr_test_support::eventually;
+
+async fn v2_tree(bench: &Bench) -> anyhow::Result<BTreeMap<String, String>> {
+    Ok(V2Client::new(&bench.etcd.endpoint())?
+        .tree("/vulcand")
+        .await?)
+}
+
+/// Every v2 directory under /vulcand, empty or not.
+async fn v2_dirs(bench: &Bench) -> anyhow::Result<Vec<String>> {
+    let v: serde_json::Value = ksr_test_support::http_client()
+        .get(format!(
+            "{}/v2/keys/vulcand?recursive=true",
+            bench.etcd.url()
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    fn walk(n: &serde_json::Value, out: &mut Vec<String>) {
+        if n["dir"].as_bool() == Some(true) {
+            out.push(n["key"].as_str().unwrap_or_default().to_owned());
+            for c in n["nodes"].as_array().into_iter().flatten() {
+                walk(c, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&v["node"], &mut out);
+    Ok(out)
+}
+
+#[tokio::test]
+async fn v2_mode_writes_the_projection_under_slash_vulcand_and_leaves_no_empty_dirs()
+-> anyhow::Result<()> {
+    let bench = Bench::start_v2().await?;
+    let _p = bench.publisher(&["--etcd-api", "v2"]);
+    let id = Layout::new("/vulcand", "ksr").route_id("web-shop.test.service.consul", "/.*");
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1", "10.0.0.2"]))
+        .await?;
+    let tree = eventually(WAIT, || async {
+        let t = v2_tree(&bench).await?;
+        anyhow::ensure!(t.len() == 4, "{t:#?}");
+        Ok(t)
+    })
+    .await?;
+    let expected: BTreeMap<String, String> = [
+        (format!("/vulcand/backends/{id}/backend"), r#"{"Type":"http"}"#.to_owned()),
+        (format!("/vulcand/backends/{id}/servers/east-10-0-0-1-80"), r#"{"URL":"http://10.0.0.1:80"}"#.to_owned()),
+        (format!("/vulcand/backends/{id}/servers/east-10-0-0-2-80"), r#"{"URL":"http://10.0.0.2:80"}"#.to_owned()),
+        (
+            format!("/vulcand/frontends/{id}/frontend"),
+            format!(r#"{{"Type":"http","BackendId":"{id}","Route":"Host(`web-shop.test.service.consul`) && PathRegexp(`/.*`)"}}"#),
+        ),
+    ]
+    .into();
+    assert_eq!(tree, expected);
+    // Nothing of the projection in the v3 keyspace: only our records.
+    assert!(bench.snapshot("vulcand").await?.is_empty());
+
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.2"]))
+        .await?;
+    eventually(WAIT, || async {
+        let t = v2_tree(&bench).await?;
+        anyhow::ensure!(t.len() == 3, "{t:#?}");
+        Ok(())
+    })
+    .await?;
+    bench.publish(&removed("east", "shop", "web")).await?;
+    eventually(WAIT, || async {
+        let t = v2_tree(&bench).await?;
+        let dirs = v2_dirs(&bench).await?;
+        anyhow::ensure!(
+            t.is_empty() && dirs.iter().all(|d| !d.contains(&id)),
+            "keys {t:#?} dirs {dirs:#?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn v2_reconciliation_restores_our_keys_and_leaves_foreign_ones() -> anyhow::Result<()> {
+    let bench = Bench::start_v2().await?;
+    let _p = bench.publisher(&["--etcd-api", "v2", "--reconcile-interval", "300ms"]);
+    let id = Layout::new("/vulcand", "ksr").route_id("web-shop.test.service.consul", "/.*");
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
+        .await?;
+    let server = format!("/vulcand/backends/{id}/servers/east-10-0-0-1-80");
+    eventually(WAIT, || async {
+        anyhow::ensure!(v2_tree(&bench).await?.contains_key(&server));
+        Ok(())
+    })
+    .await?;
+    let http = ksr_test_support::http_client();
+    http.delete(format!("{}/v2/keys{server}", bench.etcd.url()))
+        .send()
+        .await?;
+    http.put(format!(
+        "{}/v2/keys/vulcand/backends/foreign/backend",
+        bench.etcd.url()
+    ))
+    .form(&[("value", r#"{"Type":"http"}"#)])
+    .send()
+    .await?;
+    eventually(WAIT, || async {
+        let t = v2_tree(&bench).await?;
+        anyhow::ensure!(
+            t.contains_key(&server) && t.contains_key("/vulcand/backends/foreign/backend"),
+            "{t:#?}"
+        );
+        Ok(())
+    })
+    .await
+}
