@@ -8,6 +8,7 @@ pub mod admin;
 pub mod claims;
 pub mod config;
 pub mod consumer;
+pub mod dns;
 mod error;
 pub mod health;
 pub mod metrics;

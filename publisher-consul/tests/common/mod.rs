@@ -71,7 +71,7 @@ impl Bench {
 
     /// An A query for `name` against Consul's DNS port.
     pub async fn resolve(&self, name: &str) -> anyhow::Result<dns::Answer> {
-        dns::query_a(self.consul.dns_port(), name).await
+        Ok(dns::query_a(self.consul.dns_port(), name).await?)
     }
 
     /// Waits until `name` resolves to the router (or, for `false`, is NXDOMAIN).
