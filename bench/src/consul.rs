@@ -5,10 +5,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use ksr_runtime::nats::{StreamSettings, ensure_stream};
 use ksr_test_support::events::added;
-use ksr_test_support::{ConsulServer, NatsServer, dns, wait_until};
+use ksr_test_support::{ConsulServer, NatsServer, dns};
 
 use crate::procs::Proc;
 use crate::report::percentiles;
@@ -38,31 +37,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.services, args.rate, args.seconds
     );
 
-    let started = Instant::now();
-    let mut acks = futures::stream::iter(0..args.services)
-        .map(|i| {
-            let js = js.clone();
-            async move {
-                ksr_test_support::events::publish(
-                    &js,
-                    &added(
-                        "east",
-                        &format!("ns{}", i % 50),
-                        &format!("svc{i}"),
-                        &["10.0.0.1"],
-                    ),
-                )
-                .await
-            }
-        })
-        .buffer_unordered(512);
-    while let Some(r) = acks.next().await {
-        r?;
-    }
+    let events = (0..args.services).map(|i| {
+        added(
+            "east",
+            &format!("ns{}", i % 50),
+            &format!("svc{i}"),
+            &["10.0.0.1"],
+        )
+    });
+    let took = crate::drive::publish_all(&js, events).await?;
     println!(
         "  published {} events in {:.2} s",
         args.services,
-        started.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
 
     let publisher = Proc::spawn(
@@ -81,21 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ],
     )?;
     let t0 = Instant::now();
-    let js2 = js.clone();
-    wait_until("initial projection", Duration::from_secs(300), || {
-        let js = js2.clone();
-        async move {
-            let stream = js.get_stream("KSR_ROUTES").await.ok()?;
-            let mut c: jetstream::consumer::PullConsumer =
-                stream.get_consumer("ksr-consul-ksr").await.ok()?;
-            let info = c.info().await.ok()?;
-            (info.num_pending == 0
-                && info.num_ack_pending == 0
-                && info.delivered.stream_sequence >= args.services as u64)
-                .then_some(())
-        }
-    })
-    .await?;
+    crate::drive::caught_up(&js, "ksr-consul-ksr", args.services as u64).await?;
     let initial = t0.elapsed();
     let (_, body) = ksr_test_support::http::get(consul.http_port(), "/v1/catalog/service/test")
         .await

@@ -5,6 +5,7 @@
 //! percentiles and the child's resident memory. No assertions: figures only.
 
 mod consul;
+mod drive;
 mod procs;
 mod report;
 mod vulcand;

@@ -38,35 +38,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "publisher-vulcand benchmark: {} Services x 3 addresses, churn {}/s for {} s",
         args.services, args.rate, args.seconds
     );
-    let started = Instant::now();
-    let mut acks = futures::stream::iter(0..args.services)
-        .map(|i| {
-            let js = js.clone();
-            async move {
-                let ips = [1, 2, 3].map(|k| format!("10.{}.{}.{k}", i / 250 % 250, i % 250));
-                let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
-                let e = event(
-                    "east",
-                    &format!("ns{}", i % 50),
-                    &format!("svc{i}"),
-                    Change::Added(route(
-                        &format!("svc{i}-ns{}", i % 50),
-                        "test",
-                        "/.*",
-                        &ip_refs,
-                    )),
-                );
-                ksr_test_support::events::publish(&js, &e).await
-            }
-        })
-        .buffer_unordered(512);
-    while let Some(r) = acks.next().await {
-        r?;
-    }
+    let events = (0..args.services).map(|i| {
+        let ips = [1, 2, 3].map(|k| format!("10.{}.{}.{k}", i / 250 % 250, i % 250));
+        let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let ns = format!("ns{}", i % 50);
+        event(
+            "east",
+            &ns,
+            &format!("svc{i}"),
+            Change::Added(route(&format!("svc{i}-{ns}"), "test", "/.*", &ip_refs)),
+        )
+    });
+    let took = crate::drive::publish_all(&js, events).await?;
     println!(
         "  published {} events in {:.2} s",
         args.services,
-        started.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
 
     let admin_port = ksr_test_support::free_ports(1)?[0];
@@ -84,21 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ],
     )?;
     let t0 = Instant::now();
-    let js2 = js.clone();
-    wait_until("initial projection", Duration::from_secs(300), || {
-        let js = js2.clone();
-        async move {
-            let stream = js.get_stream("KSR_ROUTES").await.ok()?;
-            let mut c: jetstream::consumer::PullConsumer =
-                stream.get_consumer("ksr-vulcand-ksr").await.ok()?;
-            let info = c.info().await.ok()?;
-            (info.num_pending == 0
-                && info.num_ack_pending == 0
-                && info.delivered.stream_sequence >= args.services as u64)
-                .then_some(())
-        }
-    })
-    .await?;
+    crate::drive::caught_up(&js, "ksr-vulcand-ksr", args.services as u64).await?;
     let initial = t0.elapsed();
     let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
     let keys = client

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser};
 
-use ksr_runtime::config::{AdminArgs, ConsumerArgs, LogArgs, NatsArgs};
+use ksr_runtime::config::{AdminArgs, ConsumerArgs, LogArgs, NatsArgs, parse_dns_label};
 
 /// Registers kube-service-router's routed Services in the Consul catalog (Consul DNS).
 #[derive(Debug, Clone, Parser)]
@@ -29,14 +29,14 @@ pub struct Config {
     pub router_port: u16,
     /// Environment the router itself is registered for (service `vulcan`, tagged with it);
     /// vulcaningress's ENVIRONMENT_NAME.
-    #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_label)]
+    #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_dns_label)]
     pub environment: String,
     /// Names this installation: our KV prefix is `ksr/<owner>/consul/`.
-    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_label)]
+    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
     pub owner: String,
     /// The synthetic catalog node our registrations live on (default: the owner). One node
     /// per installation: reconciliation only ever touches this node.
-    #[arg(long = "consul-node", env = "KSR_CONSUL_NODE", value_parser = parse_label)]
+    #[arg(long = "consul-node", env = "KSR_CONSUL_NODE", value_parser = parse_dns_label)]
     pub node: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -74,12 +74,6 @@ pub struct ConsulArgs {
     /// CA certificate (PEM) to verify Consul's HTTPS certificate.
     #[arg(long = "consul-ca", env = "KSR_CONSUL_CA", id = "consul_ca")]
     pub ca: Option<PathBuf>,
-}
-
-fn parse_label(s: &str) -> Result<String, String> {
-    ksr_proto::names::validate_cluster(s)
-        .map(|_| s.to_owned())
-        .map_err(|_| format!("{s:?} must be a DNS label (lower-case letters, digits, '-')"))
 }
 
 impl Config {

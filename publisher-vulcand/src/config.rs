@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser};
 
-use ksr_runtime::config::{AdminArgs, ConsumerArgs, LogArgs, NatsArgs};
+use ksr_runtime::config::{AdminArgs, ConsumerArgs, LogArgs, NatsArgs, parse_dns_label};
 
 /// Projects kube-service-router's route events into vulcand's etcd keys.
 #[derive(Debug, Clone, Parser)]
@@ -26,7 +26,7 @@ pub struct Config {
     pub etcd_api: String,
     /// Names this installation: prefixes our vulcand ids (`<owner>.<host>.<hash>`) and our
     /// state (`ksr/<owner>/vulcand/`). Two installations sharing one etcd need two owners.
-    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_owner)]
+    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
     pub owner: String,
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -97,12 +97,6 @@ impl EtcdArgs {
             self.endpoints.clone()
         }
     }
-}
-
-fn parse_owner(s: &str) -> Result<String, String> {
-    ksr_proto::names::validate_cluster(s)
-        .map(|_| s.to_owned())
-        .map_err(|_| format!("{s:?} must be a DNS label (lower-case letters, digits, '-')"))
 }
 
 #[cfg(test)]

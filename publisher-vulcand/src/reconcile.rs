@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_nats::jetstream::stream::Stream;
 
-use ksr_runtime::consumer::Delivery;
 use ksr_runtime::replay;
 
 use crate::Error;
@@ -45,24 +44,7 @@ pub async fn reconcile(
 ) -> Result<ReconcileReport, Error> {
     let started = std::time::Instant::now();
     let mut report = ReconcileReport::default();
-    let latest = replay::latest_per_subject(stream, &ksr_proto::subject::all_filter()).await?;
-    let deliveries: Vec<Delivery> = latest
-        .into_iter()
-        .filter(|l| l.seq <= ack_floor)
-        .filter_map(|l| match l.event {
-            Ok(event) => Some(Delivery { seq: l.seq, event }),
-            Err((reason, message)) => {
-                tracing::warn!(
-                    seq = l.seq,
-                    subject = l.subject,
-                    reason,
-                    error = message,
-                    "reconcile: skipping undecodable event"
-                );
-                None
-            }
-        })
-        .collect();
+    let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
     for chunk in deliveries.chunks(1000) {
         let r = projector.apply_batch(chunk).await?;
         report.replayed += r.applied;

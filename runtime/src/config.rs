@@ -89,6 +89,16 @@ pub struct ConsumerArgs {
     pub drain_timeout: Duration,
 }
 
+/// A clap value parser for names that must be one DNS label (cluster, owner, environment):
+/// lower-case letters, digits and '-', at most 63 bytes.
+pub fn parse_dns_label(s: &str) -> Result<String, String> {
+    ksr_proto::names::validate_cluster(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| {
+            format!("{s:?} must be a DNS label (lower-case letters, digits, '-'; at most 63)")
+        })
+}
+
 /// Parses `250ms`, `10s`, `5m`, `2h`, `7d` (and a bare number of seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -83,3 +83,30 @@ pub async fn read(
     }
     Ok(out)
 }
+
+/// The newest event of every subject at or below `ack_floor` (events a consumer already
+/// acknowledged, so their projection must exist), as deliveries for a fenced re-apply.
+/// Undecodable events are logged with their sequence and skipped.
+pub async fn acknowledged_latest(
+    stream: &Stream,
+    ack_floor: u64,
+) -> Result<Vec<crate::consumer::Delivery>, RuntimeError> {
+    let latest = latest_per_subject(stream, &ksr_proto::subject::all_filter()).await?;
+    Ok(latest
+        .into_iter()
+        .filter(|l| l.seq <= ack_floor)
+        .filter_map(|l| match l.event {
+            Ok(event) => Some(crate::consumer::Delivery { seq: l.seq, event }),
+            Err((reason, message)) => {
+                tracing::warn!(
+                    seq = l.seq,
+                    subject = l.subject,
+                    reason,
+                    error = message,
+                    "reconcile: skipping undecodable event"
+                );
+                None
+            }
+        })
+        .collect())
+}

@@ -16,6 +16,7 @@ pub mod http;
 pub mod nats;
 mod ports;
 mod process;
+pub mod replica;
 pub mod wait;
 
 pub use binaries::{server_binary, workspace_root};
@@ -23,6 +24,7 @@ pub use consul::{ConsulOptions, ConsulServer};
 pub use etcd::{EtcdOptions, EtcdServer};
 pub use nats::NatsServer;
 pub use ports::free_ports;
+pub use replica::Replica;
 pub use wait::{eventually, wait_until};
 
 /// A reqwest client for plain-HTTP loopback calls in tests (installs the ring TLS provider).

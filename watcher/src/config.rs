@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use ksr_runtime::config::{AdminArgs, LogArgs, NatsArgs, parse_duration};
+use ksr_runtime::config::{AdminArgs, LogArgs, NatsArgs, parse_dns_label, parse_duration};
 
 use crate::normalize::AddressMode;
 use crate::source::kube::KubeArgs;
@@ -25,7 +25,7 @@ pub enum SourceKind {
 #[command(name = "ksr-watcher", version, about)]
 pub struct Config {
     /// This cluster's name (a DNS label); it prefixes every subject and Msg-Id.
-    #[arg(long = "cluster", env = "KSR_CLUSTER", value_parser = parse_label)]
+    #[arg(long = "cluster", env = "KSR_CLUSTER", value_parser = parse_dns_label)]
     pub cluster: String,
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -70,7 +70,7 @@ pub struct Config {
     )]
     pub exclude_namespaces: Vec<String>,
     /// The environment part of hostnames (vulcaningress's ENVIRONMENT_NAME).
-    #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_label)]
+    #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_dns_label)]
     pub environment: String,
     /// The domain part of hostnames (vulcaningress's DOMAIN).
     #[arg(long = "domain", env = "DOMAIN", default_value = "service.consul", value_parser = parse_domain)]
@@ -101,12 +101,6 @@ pub struct Config {
     pub admin: AdminArgs,
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-fn parse_label(s: &str) -> Result<String, String> {
-    ksr_proto::names::validate_cluster(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| e.to_string())
 }
 
 fn parse_domain(s: &str) -> Result<String, String> {

@@ -31,12 +31,12 @@ async fn create_update_delete_of_a_labelled_service_gives_exactly_one_event_each
 
     // A relist where webtest1 is unchanged (another file changed) publishes nothing; a
     // real change publishes once.
-    let before = w.relists().await;
+    let before = common::relists(&w).await;
     bench.write(
         "other",
         &service("default", "plain", "10.96.0.12", &[]).replace("type: ingress", "app: plain"),
     );
-    w.relisted_since(before).await?;
+    common::relisted_since(&w, before).await?;
     bench.wait_events(&[(Added, "default/webtest1")]).await?;
     bench.write(
         "web",

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use ksr_proto::Event;
 use ksr_publisher_consul::{app, config::Config};
@@ -60,13 +58,7 @@ impl Bench {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from(args).expect("test config parses");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(app::run(config, stop.clone()));
-        Replica {
-            admin_port,
-            stop,
-            task: Some(task),
-        }
+        Replica::spawn(admin_port, |stop| app::run(config, stop))
     }
 
     /// An A query for `name` against Consul's DNS port.
@@ -181,36 +173,8 @@ impl Bench {
     }
 }
 
-/// A running publisher replica; stopped on drop.
-pub struct Replica {
-    pub admin_port: u16,
-    pub stop: CancellationToken,
-    pub task: Option<JoinHandle<Result<(), ksr_publisher_consul::Error>>>,
-}
-
-impl Replica {
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.await??;
-        }
-        Ok(())
-    }
-
-    /// `/readyz`: (status, body).
-    pub async fn readyz(&self) -> Option<(u16, String)> {
-        ksr_test_support::http::get(self.admin_port, "/readyz").await
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
+/// A running process of the crate under test.
+pub type Replica = ksr_test_support::Replica<ksr_publisher_consul::Error>;
 
 /// What Consul must hold after `history` (without ModifyIndexes): the newest event per
 /// Service applied to an empty Consul in one pass, through the library directly.

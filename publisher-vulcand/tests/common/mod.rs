@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use ksr_proto::Event;
 use ksr_publisher_vulcand::{app, config::Config};
@@ -60,13 +58,7 @@ impl Bench {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from(args).expect("test config parses");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(app::run(config, stop.clone()));
-        Replica {
-            admin_port,
-            stop,
-            task: Some(task),
-        }
+        Replica::spawn(admin_port, |stop| app::run(config, stop))
     }
 
     pub async fn etcd(&self) -> anyhow::Result<etcd_client::Client> {
@@ -104,32 +96,8 @@ impl Bench {
     }
 }
 
-/// A running publisher replica; stopped on drop.
-pub struct Replica {
-    pub admin_port: u16,
-    pub stop: CancellationToken,
-    pub task: Option<JoinHandle<Result<(), ksr_publisher_vulcand::Error>>>,
-}
-
-impl Replica {
-    /// Stops the replica and waits for it to finish (it drains its batch).
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
+/// A running process of the crate under test.
+pub type Replica = ksr_test_support::Replica<ksr_publisher_vulcand::Error>;
 
 /// Waits until `key` under etcd has `value` (or is absent for `None`).
 pub async fn wait_key(bench: &Bench, key: &str, value: Option<&str>) -> anyhow::Result<()> {

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use ksr_proto::{Event, EventKind};
 use ksr_runtime::nats::{StreamSettings, ensure_stream};
@@ -84,13 +82,7 @@ impl Bench {
         args.extend(source.iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from(args).expect("test config parses");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(app::run(config, stop.clone()));
-        Replica {
-            admin_port,
-            stop,
-            task: Some(task),
-        }
+        Replica::spawn(admin_port, |stop| app::run(config, stop))
     }
 
     /// Every event published so far: (kind, namespace/name).
@@ -153,70 +145,8 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
 
-/// A running watcher; stopped on drop.
-pub struct Replica {
-    pub admin_port: u16,
-    pub stop: CancellationToken,
-    pub task: Option<JoinHandle<Result<(), ksr_watcher::Error>>>,
-}
-
-impl Replica {
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.await??;
-        }
-        Ok(())
-    }
-
-    /// Waits until `/readyz` is 200 (the first full list was published).
-    pub async fn ready(&self) -> anyhow::Result<()> {
-        eventually(WAIT, || async {
-            let (status, body) = ksr_test_support::http::get(self.admin_port, "/readyz")
-                .await
-                .ok_or_else(|| anyhow::anyhow!("no answer"))?;
-            anyhow::ensure!(status == 200, "{body}");
-            Ok(())
-        })
-        .await
-    }
-
-    /// `ksr_watcher_relists_total`.
-    pub async fn relists(&self) -> u64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix("ksr_watcher_relists_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Waits until the source has listed more often than `before` and the result was diffed.
-    pub async fn relisted_since(&self, before: u64) -> anyhow::Result<()> {
-        eventually(WAIT, || async {
-            anyhow::ensure!(self.relists().await > before, "no relist yet");
-            Ok(())
-        })
-        .await?;
-        self.ready().await
-    }
-
-    pub async fn metrics(&self) -> String {
-        ksr_test_support::http::get(self.admin_port, "/metrics")
-            .await
-            .map(|r| r.1)
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
+/// A running process of the crate under test.
+pub type Replica = ksr_test_support::Replica<ksr_watcher::Error>;
 
 /// A labelled Service manifest with a clusterIP; `annotations` as YAML lines.
 pub fn service(
@@ -237,4 +167,19 @@ pub fn service(
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    type: ingress{annotations}\nspec:\n  clusterIP: {cluster_ip}\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n"
     )
+}
+
+/// How many full lists the watcher has started.
+pub async fn relists(w: &Replica) -> f64 {
+    w.metric("ksr_watcher_relists_total").await
+}
+
+/// Waits until the watcher has listed more often than `before` and published the result.
+pub async fn relisted_since(w: &Replica, before: f64) -> anyhow::Result<()> {
+    eventually(WAIT, || async {
+        anyhow::ensure!(relists(w).await > before, "no relist yet");
+        Ok(())
+    })
+    .await?;
+    w.ready().await
 }
