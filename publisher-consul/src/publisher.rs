@@ -1,15 +1,15 @@
 //! The Consul projector: applies batches through `/v1/txn` with KV fences.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
+use ksr_runtime::apply::{self, Commit, Store};
 use ksr_runtime::consumer::{ApplyError, ApplyReport, Delivery, Projector};
 use ksr_runtime::metrics::MetricsRegistry;
-use ksr_runtime::plan::{RecordKey, Versioned, pack, plan};
+use ksr_runtime::plan::{RecordKey, Versioned};
 
 use crate::Error;
 use crate::client::{ConsulClient, TxnOp, TxnOutcome};
@@ -18,8 +18,6 @@ use crate::target::{CatalogOp, ConsulTarget, State, Unit};
 
 /// Consul's limit on operations in one transaction.
 pub const MAX_TXN_OPS: usize = 64;
-const CONCURRENCY: usize = 4;
-const MAX_ATTEMPTS: u32 = 32;
 
 /// The Consul publisher's own metrics.
 #[derive(Debug, Clone, Default)]
@@ -78,8 +76,6 @@ pub struct ConsulProjector {
     state: Mutex<State>,
     metrics: ConsulMetrics,
 }
-
-type TxnResult = (Vec<Unit>, Result<TxnOutcome, Error>);
 
 impl ConsulProjector {
     /// Loads our records from Consul KV.
@@ -163,96 +159,10 @@ impl ConsulProjector {
 
     /// Applies a coalesced batch.
     pub async fn apply_batch(&self, batch: &[Delivery]) -> Result<ApplyReport, Error> {
-        let mut pending: Vec<Delivery> = batch.to_vec();
-        let mut report = ApplyReport::default();
-        for _attempt in 0..MAX_ATTEMPTS {
-            let planned = plan(&self.target, &self.lock(), &pending);
-            report.stale += planned.stale.len() as u64;
-            report.rejected.extend(planned.rejected);
-            let packed = pack(planned.units, MAX_TXN_OPS, Self::cost);
-            let results: Vec<TxnResult> = futures::stream::iter(packed.txns)
-                .map(|units| async {
-                    let result = self.commit(&units).await;
-                    (units, result)
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            let mut retry: HashSet<u64> = HashSet::new();
-            // Units too large for one transaction (many Services on one name in one batch)
-            // and transactions Consul refuses as invalid are retried one event at a time.
-            let mut alone: Vec<u64> = packed.oversized.into_iter().flat_map(|u| u.seqs).collect();
-            let mut failure = None;
-            for (units, result) in results {
-                let seqs = units.iter().flat_map(|u| u.seqs.iter().copied());
-                match result {
-                    Ok(TxnOutcome::Committed(indexes)) => {
-                        self.settle(&units, &indexes, &mut report)
-                    }
-                    Ok(TxnOutcome::Conflict(why)) => {
-                        tracing::debug!(why, "transaction conflicted; re-reading its records");
-                        self.metrics.compare_retries.inc();
-                        retry.extend(seqs);
-                        self.refresh(&units).await?;
-                    }
-                    Err(Error::Invalid { .. }) => alone.extend(seqs),
-                    Err(e) => failure = Some(e),
-                }
-            }
-            if let Some(e) = failure {
-                self.update_gauges();
-                return Err(e);
-            }
-            alone.sort_unstable();
-            for seq in alone {
-                if let Some(d) = pending.iter().find(|d| d.seq == seq) {
-                    self.apply_alone(d, &mut report).await?;
-                }
-            }
-            self.update_gauges();
-            if retry.is_empty() {
-                return Ok(report);
-            }
-            pending.retain(|d| retry.contains(&d.seq));
-        }
-        Err(Error::Contention {
-            attempts: MAX_ATTEMPTS,
-        })
+        apply::apply_batch(self, batch).await
     }
 
-    /// Applies one event in its own transaction (it always fits); an event Consul refuses as
-    /// invalid is rejected (terminated), never retried forever.
-    async fn apply_alone(&self, d: &Delivery, report: &mut ApplyReport) -> Result<(), Error> {
-        for _attempt in 0..MAX_ATTEMPTS {
-            let planned = plan(&self.target, &self.lock(), std::slice::from_ref(d));
-            report.stale += planned.stale.len() as u64;
-            report.rejected.extend(planned.rejected);
-            let Some(unit) = planned.units.into_iter().next() else {
-                return Ok(());
-            };
-            let units = [unit];
-            match self.commit(&units).await {
-                Ok(TxnOutcome::Committed(indexes)) => {
-                    self.settle(&units, &indexes, report);
-                    return Ok(());
-                }
-                Ok(TxnOutcome::Conflict(_)) => {
-                    self.metrics.compare_retries.inc();
-                    self.refresh(&units).await?;
-                }
-                Err(e @ Error::Invalid { .. }) => {
-                    report.rejected.push((d.seq, e.to_string()));
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::Contention {
-            attempts: MAX_ATTEMPTS,
-        })
-    }
-
-    async fn commit(&self, units: &[Unit]) -> Result<TxnOutcome, Error> {
+    async fn commit_txn(&self, units: &[Unit]) -> Result<TxnOutcome, Error> {
         let ops = self.txn_ops(units);
         if ops.is_empty() {
             return Ok(TxnOutcome::Committed(BTreeMap::new()));
@@ -418,6 +328,75 @@ pub async fn load_state(client: &ConsulClient, layout: &Layout) -> Result<State,
         }
     }
     Ok(state)
+}
+
+impl Store for ConsulProjector {
+    type T = ConsulTarget;
+    type Committed = BTreeMap<String, u64>;
+    type Error = Error;
+
+    fn target(&self) -> &ConsulTarget {
+        &self.target
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.lock()
+    }
+
+    fn max_ops(&self) -> usize {
+        MAX_TXN_OPS
+    }
+
+    fn cost(&self, unit: &Unit) -> (usize, usize) {
+        ConsulProjector::cost(unit)
+    }
+
+    async fn commit(&self, units: &[Unit]) -> Result<Commit<BTreeMap<String, u64>>, Error> {
+        Ok(match self.commit_txn(units).await? {
+            TxnOutcome::Committed(indexes) => Commit::Committed(indexes),
+            TxnOutcome::Conflict(why) => {
+                tracing::debug!(why, "transaction conflicted; re-reading its records");
+                Commit::Conflict
+            }
+        })
+    }
+
+    /// A single event's unit always fits one transaction (≤ 5 operations).
+    async fn commit_oversized(&self, unit: &Unit) -> Result<Commit<BTreeMap<String, u64>>, Error> {
+        self.commit(std::slice::from_ref(unit)).await
+    }
+
+    fn settle(&self, units: &[Unit], indexes: &BTreeMap<String, u64>, report: &mut ApplyReport) {
+        ConsulProjector::settle(self, units, indexes, report);
+    }
+
+    async fn after_commit(
+        &self,
+        _units: &[Unit],
+        _indexes: &BTreeMap<String, u64>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
+        ConsulProjector::refresh(self, units).await
+    }
+
+    fn conflicted(&self) {
+        self.metrics.compare_retries.inc();
+    }
+
+    fn update_gauges(&self) {
+        ConsulProjector::update_gauges(self);
+    }
+
+    fn is_invalid(&self, error: &Error) -> bool {
+        matches!(error, Error::Invalid { .. })
+    }
+
+    fn contention(&self, attempts: u32) -> Error {
+        Error::Contention { attempts }
+    }
 }
 
 impl Projector for ConsulProjector {

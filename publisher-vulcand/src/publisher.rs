@@ -1,17 +1,16 @@
 //! The vulcand projector: applies batches to etcd with fenced, ordered transactions.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 use etcd_client::KvClient;
-use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use ksr_runtime::consumer::{ApplyError, ApplyReport, Delivery, Projector};
 use ksr_runtime::metrics::MetricsRegistry;
 
-use ksr_runtime::plan::{RecordKey, Versioned, pack, plan};
+use ksr_runtime::apply::{self, Commit, Store};
+use ksr_runtime::plan::{RecordKey, Versioned};
 
 use crate::Error;
 use crate::layout::Layout;
@@ -20,14 +19,6 @@ use crate::projection::KeyOp;
 use crate::records::RouteRecord;
 use crate::store::{self, Write};
 use crate::v2::V2Client;
-
-/// A packed transaction and how its commit went.
-type TxnResult = (Vec<Unit>, Result<Option<u64>, Error>);
-
-/// How many transactions of one batch are in flight at once.
-const CONCURRENCY: usize = 8;
-/// How many times a batch is re-planned after failed compares before it is retried later.
-const MAX_ATTEMPTS: u32 = 32;
 
 /// The vulcand publisher's own metrics.
 #[derive(Debug, Clone, Default)]
@@ -191,98 +182,7 @@ impl VulcandProjector {
 
     /// Applies a coalesced batch; see the crate docs for the guarantees.
     pub async fn apply_batch(&self, batch: &[Delivery]) -> Result<ApplyReport, Error> {
-        let mut pending: Vec<Delivery> = batch.to_vec();
-        let mut report = ApplyReport::default();
-        for _attempt in 0..MAX_ATTEMPTS {
-            let planned = plan(&self.target, &self.lock(), &pending);
-            report.stale += planned.stale.len() as u64;
-            report.rejected.extend(planned.rejected);
-            let packed = pack(planned.units, self.max_ops, |u| self.cost(u));
-            let results: Vec<TxnResult> = futures::stream::iter(packed.txns)
-                .map(|units| async {
-                    let write = self.write_for(&units);
-                    let result = store::commit(&mut self.kv.clone(), write).await;
-                    (units, result)
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            let mut retry: HashSet<u64> = HashSet::new();
-            let mut failure = None;
-            for (units, result) in results {
-                match result {
-                    Ok(Some(rev)) => {
-                        self.settle(&units, rev, &mut report);
-                        if let Err(e) = self.after_commit(&units, rev).await {
-                            failure = Some(e);
-                        }
-                    }
-                    Ok(None) => {
-                        self.metrics.compare_retries.inc();
-                        retry.extend(units.iter().flat_map(|u| u.seqs.iter().copied()));
-                        self.refresh(&units).await?;
-                    }
-                    Err(e) => failure = Some(e),
-                }
-            }
-            if let Some(e) = failure {
-                self.update_gauges();
-                return Err(e);
-            }
-            for unit in packed.oversized {
-                let mut seqs = unit.seqs.clone();
-                seqs.sort_unstable();
-                for seq in seqs {
-                    if let Some(d) = pending.iter().find(|d| d.seq == seq) {
-                        self.apply_alone(d, &mut report).await?;
-                    }
-                }
-            }
-            self.update_gauges();
-            if retry.is_empty() {
-                return Ok(report);
-            }
-            pending.retain(|d| retry.contains(&d.seq));
-        }
-        Err(Error::Contention {
-            attempts: MAX_ATTEMPTS,
-        })
-    }
-
-    /// Applies one event whose unit was too large to share a transaction: alone, and when
-    /// even that exceeds the transaction limit, stepwise (see [`Self::commit_stepwise`]).
-    async fn apply_alone(&self, d: &Delivery, report: &mut ApplyReport) -> Result<(), Error> {
-        for _attempt in 0..MAX_ATTEMPTS {
-            let planned = plan(&self.target, &self.lock(), std::slice::from_ref(d));
-            report.stale += planned.stale.len() as u64;
-            report.rejected.extend(planned.rejected);
-            let Some(unit) = planned.units.into_iter().next() else {
-                return Ok(());
-            };
-            let (writes, _) = self.cost(&unit);
-            let committed = if writes <= self.max_ops {
-                store::commit(
-                    &mut self.kv.clone(),
-                    self.write_for(std::slice::from_ref(&unit)),
-                )
-                .await?
-            } else {
-                self.commit_stepwise(&unit).await?
-            };
-            match committed {
-                Some(rev) => {
-                    self.settle(std::slice::from_ref(&unit), rev, report);
-                    return self.after_commit(std::slice::from_ref(&unit), rev).await;
-                }
-                None => {
-                    self.metrics.compare_retries.inc();
-                    self.refresh(std::slice::from_ref(&unit)).await?;
-                }
-            }
-        }
-        Err(Error::Contention {
-            attempts: MAX_ATTEMPTS,
-        })
+        apply::apply_batch(self, batch).await
     }
 
     /// Writes a unit larger than one transaction: its vulcand writes in chunks (in order),
@@ -443,6 +343,68 @@ impl VulcandProjector {
             self.max_ops,
         )
         .await
+    }
+}
+
+impl Store for VulcandProjector {
+    type T = VulcandTarget;
+    type Committed = u64;
+    type Error = Error;
+
+    fn target(&self) -> &VulcandTarget {
+        &self.target
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.lock()
+    }
+
+    fn max_ops(&self) -> usize {
+        self.max_ops
+    }
+
+    fn cost(&self, unit: &Unit) -> (usize, usize) {
+        VulcandProjector::cost(self, unit)
+    }
+
+    async fn commit(&self, units: &[Unit]) -> Result<Commit<u64>, Error> {
+        let committed = store::commit(&mut self.kv.clone(), self.write_for(units)).await?;
+        Ok(committed.map_or(Commit::Conflict, Commit::Committed))
+    }
+
+    async fn commit_oversized(&self, unit: &Unit) -> Result<Commit<u64>, Error> {
+        Ok(self
+            .commit_stepwise(unit)
+            .await?
+            .map_or(Commit::Conflict, Commit::Committed))
+    }
+
+    fn settle(&self, units: &[Unit], rev: &u64, report: &mut ApplyReport) {
+        VulcandProjector::settle(self, units, *rev, report);
+    }
+
+    async fn after_commit(&self, units: &[Unit], rev: &u64) -> Result<(), Error> {
+        VulcandProjector::after_commit(self, units, *rev).await
+    }
+
+    async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
+        VulcandProjector::refresh(self, units).await
+    }
+
+    fn conflicted(&self) {
+        self.metrics.compare_retries.inc();
+    }
+
+    fn update_gauges(&self) {
+        VulcandProjector::update_gauges(self);
+    }
+
+    fn is_invalid(&self, _error: &Error) -> bool {
+        false
+    }
+
+    fn contention(&self, attempts: u32) -> Error {
+        Error::Contention { attempts }
     }
 }
 

@@ -5,6 +5,7 @@
 //! (multi-cluster fan-in and conflicts) both projections share.
 
 pub mod admin;
+pub mod apply;
 pub mod claims;
 pub mod config;
 pub mod consumer;

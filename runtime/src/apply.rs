@@ -1,0 +1,185 @@
+//! Applying a batch through the planner: the control flow every projection shares.
+//!
+//! Plan against the cached records, pack units into transactions, commit them concurrently,
+//! settle what committed, re-read and re-plan what lost a race, apply alone what did not fit
+//! (or what the target refused as invalid), and give up with a contention error only after
+//! many rounds. What a transaction *is* belongs to the [`Store`].
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::MutexGuard;
+
+use futures::StreamExt;
+
+use crate::consumer::{ApplyReport, Delivery};
+use crate::plan::{StateOf, Target, UnitOf, pack, plan};
+
+/// How many transactions of one batch are in flight at once.
+const CONCURRENCY: usize = 8;
+/// How many rounds a batch is re-planned after lost races before it is retried later.
+pub const MAX_ATTEMPTS: u32 = 32;
+
+/// How a transaction went.
+#[derive(Debug)]
+pub enum Commit<C> {
+    /// Committed; `C` is what the store needs to settle (a revision, new indexes).
+    Committed(C),
+    /// A guarded record changed since it was read: another writer was first.
+    Conflict,
+}
+
+/// A projection target's storage.
+pub trait Store: Sync {
+    type T: Target + Sync;
+    type Committed: Send;
+    type Error: Display + Send;
+
+    fn target(&self) -> &Self::T;
+    /// The cached records.
+    fn state(&self) -> MutexGuard<'_, StateOf<Self::T>>;
+    /// The transaction limit, applied to both measures of [`Store::cost`].
+    fn max_ops(&self) -> usize;
+    /// (writes, compares) of a unit's transaction.
+    fn cost(&self, unit: &UnitOf<Self::T>) -> (usize, usize);
+    /// Commits units as one transaction.
+    fn commit(
+        &self,
+        units: &[UnitOf<Self::T>],
+    ) -> impl Future<Output = Result<Commit<Self::Committed>, Self::Error>> + Send;
+    /// Commits one unit that exceeds the limit on its own.
+    fn commit_oversized(
+        &self,
+        unit: &UnitOf<Self::T>,
+    ) -> impl Future<Output = Result<Commit<Self::Committed>, Self::Error>> + Send;
+    /// Records committed units in the cache and the report.
+    fn settle(
+        &self,
+        units: &[UnitOf<Self::T>],
+        committed: &Self::Committed,
+        report: &mut ApplyReport,
+    );
+    /// Work that follows a commit (e.g. writing a second keyspace).
+    fn after_commit(
+        &self,
+        units: &[UnitOf<Self::T>],
+        committed: &Self::Committed,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Re-reads the records units guarded, after a lost race.
+    fn refresh(
+        &self,
+        units: &[UnitOf<Self::T>],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Counts a lost race.
+    fn conflicted(&self);
+    /// Updates gauges derived from the cache.
+    fn update_gauges(&self);
+    /// Whether the target refused the request itself (retry its events one by one).
+    fn is_invalid(&self, error: &Self::Error) -> bool;
+    /// The error for a batch that kept losing races.
+    fn contention(&self, attempts: u32) -> Self::Error;
+}
+
+fn seqs<M, D, O>(units: &[crate::plan::Unit<M, D, O>]) -> impl Iterator<Item = u64> + '_ {
+    units.iter().flat_map(|u| u.seqs.iter().copied())
+}
+
+/// Applies a coalesced batch (newest event per Service, sorted by sequence).
+pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<ApplyReport, S::Error> {
+    let mut pending: Vec<Delivery> = batch.to_vec();
+    let mut report = ApplyReport::default();
+    for _attempt in 0..MAX_ATTEMPTS {
+        let planned = plan(store.target(), &store.state(), &pending);
+        report.stale += planned.stale.len() as u64;
+        report.rejected.extend(planned.rejected);
+        let packed = pack(planned.units, store.max_ops(), |u| store.cost(u));
+        let results: Vec<_> = futures::stream::iter(packed.txns)
+            .map(|units| async {
+                let result = store.commit(&units).await;
+                (units, result)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut retry: HashSet<u64> = HashSet::new();
+        let mut alone: Vec<u64> = packed
+            .oversized
+            .iter()
+            .flat_map(|u| u.seqs.iter().copied())
+            .collect();
+        let mut failure = None;
+        for (units, result) in results {
+            match result {
+                Ok(Commit::Committed(c)) => {
+                    store.settle(&units, &c, &mut report);
+                    if let Err(e) = store.after_commit(&units, &c).await {
+                        failure = Some(e);
+                    }
+                }
+                Ok(Commit::Conflict) => {
+                    store.conflicted();
+                    retry.extend(seqs(&units));
+                    store.refresh(&units).await?;
+                }
+                Err(e) if store.is_invalid(&e) => alone.extend(seqs(&units)),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            store.update_gauges();
+            return Err(e);
+        }
+        alone.sort_unstable();
+        for seq in alone {
+            if let Some(d) = pending.iter().find(|d| d.seq == seq) {
+                apply_alone(store, d, &mut report).await?;
+            }
+        }
+        store.update_gauges();
+        if retry.is_empty() {
+            return Ok(report);
+        }
+        pending.retain(|d| retry.contains(&d.seq));
+    }
+    Err(store.contention(MAX_ATTEMPTS))
+}
+
+/// Applies one event in a transaction of its own (or, when even that exceeds the limit,
+/// through [`Store::commit_oversized`]); an event the target refuses as invalid is rejected.
+pub async fn apply_alone<S: Store>(
+    store: &S,
+    d: &Delivery,
+    report: &mut ApplyReport,
+) -> Result<(), S::Error> {
+    for _attempt in 0..MAX_ATTEMPTS {
+        let planned = plan(store.target(), &store.state(), std::slice::from_ref(d));
+        report.stale += planned.stale.len() as u64;
+        report.rejected.extend(planned.rejected);
+        let Some(unit) = planned.units.into_iter().next() else {
+            return Ok(());
+        };
+        let (writes, compares) = store.cost(&unit);
+        let units = [unit];
+        let result = if writes > store.max_ops() || compares > store.max_ops() {
+            store.commit_oversized(&units[0]).await
+        } else {
+            store.commit(&units).await
+        };
+        match result {
+            Ok(Commit::Committed(c)) => {
+                store.settle(&units, &c, report);
+                return store.after_commit(&units, &c).await;
+            }
+            Ok(Commit::Conflict) => {
+                store.conflicted();
+                store.refresh(&units).await?;
+            }
+            Err(e) if store.is_invalid(&e) => {
+                report.rejected.push((d.seq, e.to_string()));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(store.contention(MAX_ATTEMPTS))
+}
