@@ -10,7 +10,7 @@ use crate::Error;
 use crate::client::ConsulClient;
 use crate::config::Config;
 use crate::layout::Layout;
-use crate::publisher::{ConsulMetrics, ConsulProjector};
+use crate::publisher::ConsulProjector;
 use crate::reconcile;
 use crate::target::ConsulTarget;
 
@@ -45,7 +45,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         router_port: config.router_port,
     };
     let layout = Layout::new(&config.owner);
-    let metrics = ConsulMetrics::new(&registry);
+    let metrics = crate::publisher::metrics(&registry);
     health.set_not_ready(format!("connecting to Consul at {}", client.base_url()));
     let Some(projector) = until_ready(&shutdown, &health, "consul", || {
         ConsulProjector::new(

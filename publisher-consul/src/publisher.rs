@@ -3,12 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-
 use ksr_runtime::apply::{self, Commit, Store};
 use ksr_runtime::consumer::{ApplyError, ApplyReport, Delivery, Projector};
-use ksr_runtime::metrics::MetricsRegistry;
+use ksr_runtime::metrics::{MetricsRegistry, ProjectionMetrics};
 use ksr_runtime::plan::{RecordKey, Versioned};
 
 use crate::Error;
@@ -19,51 +16,12 @@ use crate::target::{CatalogOp, ConsulTarget, State, Unit};
 /// Consul's limit on operations in one transaction.
 pub const MAX_TXN_OPS: usize = 64;
 
-/// The Consul publisher's own metrics.
-#[derive(Debug, Clone, Default)]
-pub struct ConsulMetrics {
-    pub conflicts: Counter,
-    pub compare_retries: Counter,
-    pub names: Gauge,
-    pub names_in_conflict: Gauge,
-    pub repairs: Counter,
-    pub reconcile_runs: Counter,
-}
+/// The consul publisher's metrics (`ksr_consul_…`).
+pub type ConsulMetrics = ProjectionMetrics;
 
-impl ConsulMetrics {
-    pub fn new(registry: &MetricsRegistry) -> Self {
-        let m = Self::default();
-        registry.register(|r| {
-            let r = r.sub_registry_with_prefix("consul");
-            r.register(
-                "name_conflicts",
-                "Services that claimed a name another namespace owns",
-                m.conflicts.clone(),
-            );
-            r.register(
-                "compare_retries",
-                "Transactions re-planned because another writer changed a record",
-                m.compare_retries.clone(),
-            );
-            r.register("names", "Names registered", m.names.clone());
-            r.register(
-                "names_in_conflict",
-                "Names with Services waiting for them",
-                m.names_in_conflict.clone(),
-            );
-            r.register(
-                "reconcile_repairs",
-                "Catalog entries rewritten or removed by reconciliation",
-                m.repairs.clone(),
-            );
-            r.register(
-                "reconcile_runs",
-                "Completed reconciliation passes",
-                m.reconcile_runs.clone(),
-            );
-        });
-        m
-    }
+/// Registers the consul publisher's metrics.
+pub fn metrics(registry: &MetricsRegistry) -> ConsulMetrics {
+    ProjectionMetrics::new(registry, "consul", "name")
 }
 
 /// Projects events into the Consul catalog.
@@ -129,16 +87,7 @@ impl ConsulProjector {
     }
 
     fn update_gauges(&self) {
-        let s = self.lock();
-        let (mut names, mut conflicted) = (0, 0);
-        for r in s.names.values().filter_map(|v| v.value.as_ref()) {
-            names += 1;
-            if !r.waiting.is_empty() {
-                conflicted += 1;
-            }
-        }
-        self.metrics.names.set(names);
-        self.metrics.names_in_conflict.set(conflicted);
+        self.metrics.observe(&self.lock());
     }
 
     /// Consul counts every operation, the fence checks included.

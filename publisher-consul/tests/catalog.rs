@@ -84,7 +84,7 @@ async fn duplicates_out_of_order_and_replays_leave_the_catalog_unchanged() -> an
     use ksr_publisher_consul::client::ConsulClient;
     use ksr_publisher_consul::config::ConsulArgs;
     use ksr_publisher_consul::layout::Layout;
-    use ksr_publisher_consul::publisher::{ConsulMetrics, ConsulProjector};
+    use ksr_publisher_consul::publisher::ConsulProjector;
     use ksr_publisher_consul::target::ConsulTarget;
     use ksr_runtime::consumer::Delivery;
 
@@ -111,7 +111,7 @@ async fn duplicates_out_of_order_and_replays_leave_the_catalog_unchanged() -> an
             Layout::new("ksr"),
             "ksr".into(),
             target.clone(),
-            ConsulMetrics::new(&registry),
+            ksr_publisher_consul::publisher::metrics(&registry),
         )
         .await
     };

@@ -12,7 +12,7 @@ use ksr_runtime::{Health, admin, nats, serve};
 use crate::Error;
 use crate::config::{Config, EtcdArgs};
 use crate::layout::Layout;
-use crate::publisher::{Sink, VulcandMetrics, VulcandProjector};
+use crate::publisher::{Sink, VulcandProjector};
 use crate::reconcile;
 use crate::v2::V2Client;
 
@@ -71,7 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         return Ok(());
     };
     let layout = Layout::new(&config.prefix(), &config.owner);
-    let metrics = VulcandMetrics::new(&registry);
+    let metrics = crate::publisher::metrics(&registry);
     let max_ops = config.etcd.max_txn_ops as usize;
     let Some(projector) = until_ready(&shutdown, &health, "etcd state", || {
         VulcandProjector::new(etcd.kv_client(), layout.clone(), max_ops, metrics.clone())

@@ -3,11 +3,9 @@
 use std::sync::Mutex;
 
 use etcd_client::KvClient;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 
 use ksr_runtime::consumer::{ApplyError, ApplyReport, Delivery, Projector};
-use ksr_runtime::metrics::MetricsRegistry;
+use ksr_runtime::metrics::{MetricsRegistry, ProjectionMetrics};
 
 use ksr_runtime::apply::{self, Commit, Store};
 use ksr_runtime::plan::{RecordKey, Versioned};
@@ -20,57 +18,12 @@ use crate::records::RouteRecord;
 use crate::store::{self, Write};
 use crate::v2::V2Client;
 
-/// The vulcand publisher's own metrics.
-#[derive(Debug, Clone, Default)]
-pub struct VulcandMetrics {
-    pub conflicts: Counter,
-    pub compare_retries: Counter,
-    pub routes: Gauge,
-    pub routes_in_conflict: Gauge,
-    pub repairs: Counter,
-    pub reconcile_runs: Counter,
-    pub reconcile_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
-}
+/// The vulcand publisher's metrics (`ksr_vulcand_…`).
+pub type VulcandMetrics = ProjectionMetrics;
 
-impl VulcandMetrics {
-    pub fn new(registry: &MetricsRegistry) -> Self {
-        let m = Self::default();
-        registry.register(|r| {
-            let r = r.sub_registry_with_prefix("vulcand");
-            r.register(
-                "route_conflicts",
-                "Services that claimed a host+path another Service owns",
-                m.conflicts.clone(),
-            );
-            r.register(
-                "compare_retries",
-                "Transactions re-planned because another writer changed a record",
-                m.compare_retries.clone(),
-            );
-            r.register("routes", "Routes (frontends) projected", m.routes.clone());
-            r.register(
-                "routes_in_conflict",
-                "Routes with Services waiting for them",
-                m.routes_in_conflict.clone(),
-            );
-            r.register(
-                "reconcile_repairs",
-                "vulcand keys rewritten or removed by reconciliation",
-                m.repairs.clone(),
-            );
-            r.register(
-                "reconcile_runs",
-                "Completed reconciliation passes",
-                m.reconcile_runs.clone(),
-            );
-            r.register(
-                "reconcile_duration_seconds",
-                "Duration of the last reconciliation pass",
-                m.reconcile_seconds.clone(),
-            );
-        });
-        m
-    }
+/// Registers the vulcand publisher's metrics.
+pub fn metrics(registry: &MetricsRegistry) -> VulcandMetrics {
+    ProjectionMetrics::new(registry, "vulcand", "route")
 }
 
 /// Where the vulcand keys are written.
@@ -155,16 +108,7 @@ impl VulcandProjector {
     }
 
     fn update_gauges(&self) {
-        let s = self.lock();
-        let (mut routes, mut conflicted) = (0, 0);
-        for r in s.names.values().filter_map(|v| v.value.as_ref()) {
-            routes += 1;
-            if !r.waiting.is_empty() {
-                conflicted += 1;
-            }
-        }
-        self.metrics.routes.set(routes);
-        self.metrics.routes_in_conflict.set(conflicted);
+        self.metrics.observe(&self.lock());
     }
 
     /// Transaction size of a unit: (writes, compares), both limited by etcd's max-txn-ops.

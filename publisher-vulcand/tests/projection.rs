@@ -121,7 +121,7 @@ async fn duplicates_out_of_order_and_replays_leave_etcd_byte_identical() -> anyh
         kv,
         Layout::new("vulcand", "ksr"),
         128,
-        VulcandMetrics::new(&registry),
+        ksr_publisher_vulcand::publisher::metrics(&registry),
     )
     .await?;
 
@@ -169,7 +169,7 @@ async fn duplicates_out_of_order_and_replays_leave_etcd_byte_identical() -> anyh
         kv,
         Layout::new("vulcand", "ksr"),
         128,
-        VulcandMetrics::new(&registry),
+        ksr_publisher_vulcand::publisher::metrics(&registry),
     )
     .await?;
     let r = p2.apply_batch(&all).await?;

@@ -41,3 +41,84 @@ impl MetricsRegistry {
         out
     }
 }
+
+/// What every projection reports besides the consumer loop (`ksr_<publisher>_…`).
+#[derive(Debug, Clone, Default)]
+pub struct ProjectionMetrics {
+    /// Services that claimed a name another group owns.
+    pub conflicts: prometheus_client::metrics::counter::Counter,
+    /// Transactions re-planned because another writer changed a record.
+    pub compare_retries: prometheus_client::metrics::counter::Counter,
+    /// Names (routes) projected.
+    pub names: prometheus_client::metrics::gauge::Gauge,
+    /// Names with Services waiting for them.
+    pub names_in_conflict: prometheus_client::metrics::gauge::Gauge,
+    /// Target entries rewritten or removed by reconciliation.
+    pub repairs: prometheus_client::metrics::counter::Counter,
+    /// Completed reconciliation passes.
+    pub reconcile_runs: prometheus_client::metrics::counter::Counter,
+    /// Duration of the last reconciliation pass.
+    pub reconcile_seconds:
+        prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ProjectionMetrics {
+    /// Registers `ksr_<publisher>_<noun>s`, `…_<noun>s_in_conflict`, `…_<noun>_conflicts_total`,
+    /// `…_compare_retries_total`, `…_reconcile_repairs_total`, `…_reconcile_runs_total` and
+    /// `…_reconcile_duration_seconds` (noun: `route` for vulcand, `name` for Consul).
+    pub fn new(registry: &MetricsRegistry, publisher: &str, noun: &str) -> Self {
+        let m = Self::default();
+        registry.register(|r| {
+            let r = r.sub_registry_with_prefix(publisher);
+            r.register(
+                format!("{noun}_conflicts"),
+                format!("Services that claimed a {noun} another Service owns"),
+                m.conflicts.clone(),
+            );
+            r.register(
+                "compare_retries",
+                "Transactions re-planned because another writer changed a record",
+                m.compare_retries.clone(),
+            );
+            r.register(
+                format!("{noun}s"),
+                format!("{noun}s projected"),
+                m.names.clone(),
+            );
+            r.register(
+                format!("{noun}s_in_conflict"),
+                format!("{noun}s with Services waiting for them"),
+                m.names_in_conflict.clone(),
+            );
+            r.register(
+                "reconcile_repairs",
+                "Target entries rewritten or removed by reconciliation",
+                m.repairs.clone(),
+            );
+            r.register(
+                "reconcile_runs",
+                "Completed reconciliation passes",
+                m.reconcile_runs.clone(),
+            );
+            r.register(
+                "reconcile_duration_seconds",
+                "Duration of the last reconciliation pass",
+                m.reconcile_seconds.clone(),
+            );
+        });
+        m
+    }
+
+    /// Sets the gauges from the cached records.
+    pub fn observe<M, D>(&self, state: &crate::plan::State<M, D>) {
+        let (mut names, mut conflicted) = (0, 0);
+        for r in state.names.values().filter_map(|v| v.value.as_ref()) {
+            names += 1;
+            if !r.waiting.is_empty() {
+                conflicted += 1;
+            }
+        }
+        self.names.set(names);
+        self.names_in_conflict.set(conflicted);
+    }
+}

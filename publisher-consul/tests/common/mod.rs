@@ -184,7 +184,7 @@ pub async fn rebuilt_from_latest(
     use ksr_publisher_consul::client::ConsulClient;
     use ksr_publisher_consul::config::ConsulArgs;
     use ksr_publisher_consul::layout::Layout;
-    use ksr_publisher_consul::publisher::{ConsulMetrics, ConsulProjector};
+    use ksr_publisher_consul::publisher::ConsulProjector;
     use ksr_publisher_consul::reconcile::ensure_node_and_router;
     use ksr_publisher_consul::target::ConsulTarget;
 
@@ -206,7 +206,7 @@ pub async fn rebuilt_from_latest(
         Layout::new("ksr"),
         "ksr".into(),
         target,
-        ConsulMetrics::new(&registry),
+        ksr_publisher_consul::publisher::metrics(&registry),
     )
     .await?;
     ensure_node_and_router(&p, "test").await?;

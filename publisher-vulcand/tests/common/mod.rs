@@ -138,7 +138,7 @@ pub async fn rebuilt_from_latest(
         client.kv_client(),
         Layout::new("vulcand", "ksr"),
         128,
-        VulcandMetrics::new(&registry),
+        ksr_publisher_vulcand::publisher::metrics(&registry),
     )
     .await?;
     let latest: Vec<Delivery> = coalesce(history.to_vec());
