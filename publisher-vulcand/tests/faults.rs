@@ -2,30 +2,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::{Bench, publish_history, rebuilt_from_latest, route_id, wait_key};
 use ksr_test_support::events::added;
 
-fn assert_same(
-    got: &std::collections::BTreeMap<String, String>,
-    want: &std::collections::BTreeMap<String, String>,
-) {
-    if got != want {
-        let missing: Vec<_> = want
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(v))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = got
-            .iter()
-            .filter(|(k, v)| want.get(*k) != Some(v))
-            .take(5)
-            .collect();
-        panic!(
-            "etcd differs from the rebuild ({} vs {} keys)\nmissing/different: {missing:#?}\nextra/different: {extra:#?}",
-            got.len(),
-            want.len()
-        );
-    }
+fn assert_same(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
+    ksr_test_support::assert_same_entries("etcd", got, want);
 }
 
 #[tokio::test]

@@ -36,3 +36,28 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .expect("reqwest client without TLS settings always builds")
 }
+
+/// Panics with the first differing entries when `got` and `want` differ (`what` names them).
+pub fn assert_same_entries(
+    what: &str,
+    got: &std::collections::BTreeMap<String, String>,
+    want: &std::collections::BTreeMap<String, String>,
+) {
+    if got != want {
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|(k, v)| want.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        panic!(
+            "{what} differs from the rebuild ({} vs {} entries)\nmissing/different: {missing:#?}\nextra/different: {extra:#?}",
+            got.len(),
+            want.len()
+        );
+    }
+}

@@ -217,21 +217,5 @@ pub async fn rebuilt_from_latest(
 }
 
 pub fn assert_same(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
-    if got != want {
-        let missing: Vec<_> = want
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(v))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = got
-            .iter()
-            .filter(|(k, v)| want.get(*k) != Some(v))
-            .take(5)
-            .collect();
-        panic!(
-            "Consul differs from the rebuild ({} vs {} entries)\nmissing/different: {missing:#?}\nextra/different: {extra:#?}",
-            got.len(),
-            want.len()
-        );
-    }
+    ksr_test_support::assert_same_entries("Consul", got, want);
 }
