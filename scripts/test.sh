@@ -19,6 +19,9 @@ cargo fmt --all -- --check
 echo "test: cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The end-to-end tests run the real binaries as separate processes.
+cargo build --workspace --bins --locked
+
 if cargo nextest --version >/dev/null 2>&1; then
   # Doc tests first: nextest does not run them, and its summary should close the output.
   cargo test --workspace --locked --doc --quiet

@@ -15,7 +15,7 @@ pub mod events;
 pub mod http;
 pub mod nats;
 mod ports;
-mod process;
+pub mod process;
 pub mod replica;
 pub mod wait;
 
@@ -24,6 +24,7 @@ pub use consul::{ConsulOptions, ConsulServer};
 pub use etcd::{EtcdOptions, EtcdServer};
 pub use nats::NatsServer;
 pub use ports::free_ports;
+pub use process::Proc;
 pub use replica::Replica;
 pub use wait::{eventually, wait_until};
 
@@ -60,4 +61,21 @@ pub fn assert_same_entries(
             want.len()
         );
     }
+}
+
+/// A binary of this workspace, built next to the running test (`cargo test --workspace` and
+/// `cargo nextest run --workspace` build every package's binaries).
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    Ok(path)
 }

@@ -4,8 +4,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// A child process, killed on drop, its output appended to a log file.
 #[derive(Debug)]
-pub(crate) struct Proc {
+pub struct Proc {
     child: Option<Child>,
     log: PathBuf,
     name: String,
@@ -13,7 +14,7 @@ pub(crate) struct Proc {
 
 impl Proc {
     /// Spawns `cmd`, appending stdout and stderr to `log`.
-    pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -28,7 +29,7 @@ impl Proc {
     }
 
     /// Fails if the process has exited, quoting the end of its log.
-    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(child) = &mut self.child
             && let Some(status) = child.try_wait()?
         {
@@ -43,14 +44,14 @@ impl Proc {
     }
 
     /// The last lines of the process's log.
-    pub(crate) fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// Kills the process and waits for it to be gone.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
