@@ -205,7 +205,7 @@ async fn killing_and_restarting_every_process_during_2000_changes_loses_nothing(
         let (cluster, api) = &apis[(rng % 2) as usize];
         let name = format!("s{}", (rng >> 8) % 40);
         let key = ((*cluster).to_owned(), name.clone());
-        if (rng >> 16) % 5 == 0 {
+        if (rng >> 16).is_multiple_of(5) {
             api.delete(Resource::Services, "default", &name);
             state.remove(&key);
         } else {
@@ -249,7 +249,7 @@ async fn killing_and_restarting_every_process_during_2000_changes_loses_nothing(
                 }
             }
         }
-        if n % 50 == 0 {
+        if n.is_multiple_of(50) {
             tokio::task::yield_now().await;
         }
     }
