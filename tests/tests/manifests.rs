@@ -1,0 +1,274 @@
+//! The Kubernetes manifests under deploy/kubernetes: typed, runnable, and least-privilege.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    ksr_test_support::workspace_root().join("deploy/kubernetes")
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("manifest dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(yaml_files(&path));
+        } else if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn docs(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("readable manifest");
+    serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every base manifest as (kind, object).
+fn base_objects() -> Vec<(String, Value)> {
+    yaml_files(&root().join("base"))
+        .iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()) != Some("kustomization.yaml"))
+        .flat_map(|p| docs(p))
+        .map(|d| (d["kind"].as_str().unwrap_or_default().to_owned(), d))
+        .collect()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
+    serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{}: {e}", doc["metadata"]["name"]))
+}
+
+#[test]
+fn every_base_manifest_is_a_typed_kubernetes_object() {
+    let objects = base_objects();
+    assert!(!objects.is_empty());
+    for (kind, doc) in &objects {
+        match kind.as_str() {
+            "Namespace" => drop(typed::<Namespace>(doc)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(doc)),
+            "ClusterRole" => drop(typed::<ClusterRole>(doc)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc)),
+            "Service" => drop(typed::<Service>(doc)),
+            "StatefulSet" => drop(typed::<StatefulSet>(doc)),
+            "Deployment" => drop(typed::<Deployment>(doc)),
+            other => panic!("unexpected kind {other} in deploy/kubernetes/base"),
+        }
+    }
+}
+
+#[test]
+fn kustomizations_reference_files_and_patches_that_exist() {
+    let base: BTreeSet<(String, String)> = base_objects()
+        .iter()
+        .map(|(k, d)| {
+            (
+                k.clone(),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    for k in yaml_files(&root())
+        .into_iter()
+        .filter(|p| p.ends_with("kustomization.yaml"))
+    {
+        let dir = k.parent().expect("a directory");
+        let doc = &docs(&k)[0];
+        for r in doc["resources"].as_array().into_iter().flatten() {
+            let path = dir.join(r.as_str().unwrap_or_default());
+            assert!(
+                path.exists(),
+                "{} references missing {}",
+                k.display(),
+                path.display()
+            );
+        }
+        for p in doc["patches"].as_array().into_iter().flatten() {
+            let path = dir.join(p["path"].as_str().unwrap_or_default());
+            for patch in docs(&path) {
+                let target = (
+                    patch["kind"].as_str().unwrap_or_default().to_owned(),
+                    patch["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+                assert!(
+                    base.contains(&target),
+                    "{} patches {target:?}, which the base does not have",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// (image-name prefix, args) of every ksr container in base and overlay manifests.
+fn ksr_containers() -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for path in yaml_files(&root()) {
+        for doc in docs(&path) {
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            for c in doc["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let args: Vec<String> = c["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect();
+                if name.starts_with("ksr-") && !args.is_empty() {
+                    out.push((name.clone(), args));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_ksr_container_command_line_is_accepted_by_its_binary() {
+    let containers = ksr_containers();
+    assert!(containers.len() >= 4, "{containers:?}");
+    for (name, args) in containers {
+        let result = match name.as_str() {
+            "ksr-watcher" => ksr_watcher::config::Config::try_parse_from(
+                std::iter::once("ksr-watcher".to_owned()).chain(args.clone()),
+            )
+            .map(drop),
+            "ksr-publisher-vulcand" => ksr_publisher_vulcand::config::Config::try_parse_from(
+                std::iter::once("x".to_owned()).chain(args.clone()),
+            )
+            .map(drop),
+            "ksr-publisher-consul" => ksr_publisher_consul::config::Config::try_parse_from(
+                std::iter::once("x".to_owned()).chain(args.clone()),
+            )
+            .map(drop),
+            other => panic!("unknown ksr workload {other}"),
+        };
+        if let Err(e) = result {
+            panic!("{name} {args:?}:\n{e}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_watcher_role_grants_exactly_the_calls_the_watcher_makes() -> anyhow::Result<()> {
+    use ksr_test_support::apiserver::{FakeApiServer, Resource};
+
+    // What the manifests grant.
+    let objects = base_objects();
+    let role: ClusterRole = typed(
+        &objects
+            .iter()
+            .find(|(k, _)| k == "ClusterRole")
+            .expect("a ClusterRole")
+            .1,
+    );
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.unwrap_or_default() {
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    let binding: ClusterRoleBinding = typed(
+        &objects
+            .iter()
+            .find(|(k, _)| k == "ClusterRoleBinding")
+            .expect("a binding")
+            .1,
+    );
+    let watcher: Deployment = typed(
+        &objects
+            .iter()
+            .find(|(k, d)| k == "Deployment" && d["metadata"]["name"] == "ksr-watcher")
+            .expect("the watcher")
+            .1,
+    );
+    let account = watcher
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.service_account_name)
+        .unwrap_or_default();
+    assert!(
+        binding
+            .subjects
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.name == account),
+        "the binding names the watcher's account"
+    );
+
+    // What the watcher does (endpoints mode watches the most), against the fake apiserver.
+    let nats = ksr_test_support::NatsServer::start().await?;
+    let api = FakeApiServer::start().await?;
+    let admin_port = ksr_test_support::free_ports(1)?[0];
+    let config = ksr_watcher::config::Config::try_parse_from([
+        "ksr-watcher",
+        "--cluster",
+        "c1",
+        "--nats-url",
+        &nats.url(),
+        "--kube-url",
+        api.url(),
+        "--address-mode",
+        "endpoints",
+        "--admin-addr",
+        &format!("127.0.0.1:{admin_port}"),
+    ])?;
+    let w =
+        ksr_test_support::Replica::spawn(admin_port, |stop| ksr_watcher::app::run(config, stop));
+    w.ready().await?;
+    ksr_test_support::wait_until(
+        "watches on both resources",
+        std::time::Duration::from_secs(30),
+        || async {
+            (api.requests(Resource::Services).1 > 0 && api.requests(Resource::EndpointSlices).1 > 0)
+                .then_some(())
+        },
+    )
+    .await?;
+    let mut used = BTreeSet::new();
+    for (resource, group, name) in [
+        (Resource::Services, "", "services"),
+        (
+            Resource::EndpointSlices,
+            "discovery.k8s.io",
+            "endpointslices",
+        ),
+    ] {
+        let (lists, watches) = api.requests(resource);
+        if lists > 0 {
+            used.insert((group.to_owned(), name.to_owned(), "list".to_owned()));
+        }
+        if watches > 0 {
+            used.insert((group.to_owned(), name.to_owned(), "watch".to_owned()));
+        }
+    }
+    assert_eq!(
+        granted, used,
+        "RBAC must grant exactly what the watcher calls"
+    );
+    Ok(())
+}
