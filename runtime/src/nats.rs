@@ -64,6 +64,14 @@ impl StreamSettings {
         }
     }
 
+    /// A per-cluster stream: only `cluster`'s subjects, for sourcing into an aggregate.
+    pub fn cluster(name: &str, cluster: &str) -> Self {
+        Self {
+            subjects: vec![ksr_proto::subject::cluster_filter(cluster)],
+            ..Self::routes(name)
+        }
+    }
+
     fn config(&self) -> stream::Config {
         stream::Config {
             name: self.name.clone(),
@@ -117,7 +125,9 @@ pub async fn ensure_stream(
         .await
         .map_err(|e| err(format!("cannot read info: {e}")))?;
     let cfg = &info.config;
-    for subject in &settings.subjects {
+    // An aggregate that sources per-cluster streams has no subjects of its own.
+    let sourced = cfg.sources.as_ref().is_some_and(|s| !s.is_empty());
+    for subject in settings.subjects.iter().filter(|_| !sourced) {
         if !cfg.subjects.iter().any(|s| s == subject) {
             return Err(err(format!(
                 "does not capture subject {subject} (it has {:?})",

@@ -31,7 +31,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let client = nats::connect(&config.nats, &format!("ksr-watcher-{}", config.cluster)).await?;
     let js = async_nats::jetstream::new(client);
-    let mut settings = nats::StreamSettings::routes(&config.nats.stream);
+    let mut settings = if config.cluster_stream {
+        nats::StreamSettings::cluster(&config.nats.stream, &config.cluster)
+    } else {
+        nats::StreamSettings::routes(&config.nats.stream)
+    };
     settings.max_age = config.stream_max_age;
     let Some(stream) = until_ready(&shutdown, &health, "stream", || {
         nats::ensure_stream(&js, &settings, config.create_stream)

@@ -32,6 +32,10 @@ pub struct Config {
     /// Create the stream when missing (otherwise wait for it).
     #[arg(long = "create-stream", env = "KSR_CREATE_STREAM", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_stream: bool,
+    /// The stream captures only this cluster's subjects (`ksr.routes.<cluster>.>`), so each
+    /// cluster can have its own stream and an aggregate stream sources them all.
+    #[arg(long = "cluster-stream", env = "KSR_CLUSTER_STREAM")]
+    pub cluster_stream: bool,
     /// How long the stream keeps events (0: forever, the default — the stream is the audit log).
     #[arg(long = "stream-max-age", env = "KSR_STREAM_MAX_AGE", default_value = "0", value_parser = parse_duration)]
     pub stream_max_age: Duration,
