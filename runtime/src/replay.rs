@@ -19,6 +19,8 @@ use crate::RuntimeError;
 #[derive(Debug, Clone)]
 pub struct Latest {
     pub seq: u64,
+    /// When the stream stored it, nanoseconds since the Unix epoch.
+    pub published_unix_ns: i64,
     pub subject: String,
     /// The event, or why it could not be decoded (reason label, message).
     pub event: Result<Event, (&'static str, String)>,
@@ -72,8 +74,11 @@ pub async fn read(
         let msg = msg.map_err(|e| err(format!("replay: {e}")))?;
         let info = msg.info().map_err(|e| err(format!("replay: {e}")))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
+        let published_unix_ns =
+            i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         out.push(Latest {
             seq,
+            published_unix_ns,
             subject: msg.subject.to_string(),
             event: crate::consumer::decode_message(&msg),
         });

@@ -1,0 +1,406 @@
+//! The stream as history: filtered events, the routing table at an instant, and diffs.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use ksr_proto::{EventKind, RouteState, ServiceKey, subject};
+use ksr_runtime::replay::Latest;
+
+/// An instant in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// Up to and including this stream sequence.
+    Seq(u64),
+    /// Up to and including this time (ns since the Unix epoch).
+    Time(i64),
+}
+
+impl At {
+    fn includes(&self, record: &Latest) -> bool {
+        match *self {
+            At::Seq(s) => record.seq <= s,
+            At::Time(t) => record.published_unix_ns <= t,
+        }
+    }
+}
+
+/// Parses an instant: a stream sequence (`#123` or digits), an RFC 3339 time, or a time
+/// relative to `now_ns` (`90s`, `15m`, `2h`, `7d` ago).
+pub fn parse_instant(s: &str, now_ns: i64) -> Result<At, String> {
+    let s = s.trim();
+    if let Some(seq) = s
+        .strip_prefix('#')
+        .or(Some(s).filter(|s| s.chars().all(|c| c.is_ascii_digit())))
+    {
+        return seq
+            .parse()
+            .map(At::Seq)
+            .map_err(|_| format!("{s:?} is not a stream sequence"));
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(At::Time(
+            i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+        ));
+    }
+    let relative = ksr_runtime::config::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither a sequence (#123), an RFC 3339 time nor a relative time (2h, 7d)")
+    })?;
+    Ok(At::Time(
+        now_ns - i64::try_from(relative.as_nanos()).unwrap_or(i64::MAX),
+    ))
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+/// RFC 3339 (UTC).
+pub fn format_time(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ns.to_string())
+}
+
+/// `*` and `?` glob matching.
+pub fn glob(pattern: &str, s: &str) -> bool {
+    fn rec(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => rec(&p[1..], s) || (!s.is_empty() && rec(p, &s[1..])),
+            (Some(b'?'), Some(_)) => rec(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => rec(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    rec(pattern.as_bytes(), s.as_bytes())
+}
+
+/// Which events to show.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    /// Service name glob.
+    pub name: Option<String>,
+    pub kinds: Vec<EventKind>,
+    pub since: Option<At>,
+    pub until: Option<At>,
+}
+
+impl Filter {
+    /// The narrowest NATS subject filter for this filter.
+    pub fn subject(&self) -> String {
+        let token = |t: &Option<String>| t.clone().unwrap_or_else(|| "*".into());
+        let mut filter = format!(
+            "{}.{}.{}.>",
+            subject::SUBJECT_PREFIX,
+            token(&self.cluster),
+            token(&self.namespace)
+        );
+        // Trailing `*` tokens before `>` add nothing.
+        while filter.ends_with(".*.>") {
+            filter.truncate(filter.len() - ".*.>".len());
+            filter.push_str(".>");
+        }
+        filter
+    }
+
+    pub fn matches(&self, r: &Latest) -> bool {
+        if let Some(since) = self.since
+            && !match since {
+                At::Seq(s) => r.seq >= s,
+                At::Time(t) => r.published_unix_ns >= t,
+            }
+        {
+            return false;
+        }
+        if let Some(until) = self.until
+            && !until.includes(r)
+        {
+            return false;
+        }
+        let Ok(key) = subject::parse_subject(&r.subject) else {
+            return true; // undecodable subjects are shown (and reported), never hidden
+        };
+        self.cluster.as_ref().is_none_or(|c| *c == key.cluster)
+            && self.namespace.as_ref().is_none_or(|n| *n == key.namespace)
+            && self.name.as_ref().is_none_or(|g| glob(g, &key.name))
+            && (self.kinds.is_empty()
+                || r.event
+                    .as_ref()
+                    .is_ok_and(|e| self.kinds.contains(&e.kind())))
+    }
+}
+
+/// One routed Service in a routing table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Routed {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub host: String,
+    pub path: String,
+    pub backends: Vec<String>,
+    /// Sequence and time of the event that set this state.
+    pub seq: u64,
+    pub since: String,
+}
+
+/// The routing table at `at`, from the stream's records (in stream order). Undecodable
+/// records are skipped (callers report them).
+pub fn state_at(records: &[Latest], at: At) -> BTreeMap<ServiceKey, Routed> {
+    let mut table: BTreeMap<ServiceKey, Routed> = BTreeMap::new();
+    for r in records.iter().filter(|r| at.includes(r)) {
+        let Ok(event) = &r.event else { continue };
+        match event.route() {
+            Some(route) => {
+                table.insert(event.key.clone(), routed(&event.key, route, r));
+            }
+            None => {
+                table.remove(&event.key);
+            }
+        }
+    }
+    table
+}
+
+fn routed(key: &ServiceKey, route: &RouteState, r: &Latest) -> Routed {
+    Routed {
+        cluster: key.cluster.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        host: route.hostname(),
+        path: route.path.clone(),
+        backends: route
+            .ready_backends()
+            .map(|b| std::net::SocketAddr::new(b.ip, b.port).to_string())
+            .collect(),
+        seq: r.seq,
+        since: format_time(r.published_unix_ns),
+    }
+}
+
+/// How a route differs between two instants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "lowercase")]
+pub enum RouteChange {
+    Appeared { route: Routed },
+    Disappeared { route: Routed },
+    Changed { before: Routed, after: Routed },
+}
+
+/// What changed from `before` to `after` (ignoring which event set an unchanged route).
+pub fn diff(
+    before: &BTreeMap<ServiceKey, Routed>,
+    after: &BTreeMap<ServiceKey, Routed>,
+) -> Vec<RouteChange> {
+    let same =
+        |a: &Routed, b: &Routed| a.host == b.host && a.path == b.path && a.backends == b.backends;
+    let mut out = Vec::new();
+    for (k, b) in before {
+        match after.get(k) {
+            None => out.push(RouteChange::Disappeared { route: b.clone() }),
+            Some(a) if !same(a, b) => out.push(RouteChange::Changed {
+                before: b.clone(),
+                after: a.clone(),
+            }),
+            _ => {}
+        }
+    }
+    for (k, a) in after {
+        if !before.contains_key(k) {
+            out.push(RouteChange::Appeared { route: a.clone() });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_parse_as_sequences_times_or_relative_times() {
+        assert_eq!(parse_instant("#42", 0), Ok(At::Seq(42)));
+        assert_eq!(parse_instant("42", 0), Ok(At::Seq(42)));
+        assert_eq!(
+            parse_instant("2h", 10_000_000_000_000),
+            Ok(At::Time(10_000_000_000_000 - 7_200_000_000_000))
+        );
+        assert_eq!(
+            parse_instant("1970-01-01T00:00:01Z", 0),
+            Ok(At::Time(1_000_000_000))
+        );
+        assert!(parse_instant("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn globs_match_names() {
+        assert!(glob("web*", "webtest1"));
+        assert!(glob("w?b", "web"));
+        assert!(!glob("api*", "webtest1"));
+        assert!(glob("*", ""));
+    }
+
+    #[test]
+    fn the_subject_filter_narrows_by_cluster_and_namespace() {
+        let f = Filter {
+            cluster: Some("east".into()),
+            ..Default::default()
+        };
+        assert_eq!(f.subject(), "ksr.routes.east.>");
+        let f = Filter {
+            cluster: Some("east".into()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        };
+        assert_eq!(f.subject(), "ksr.routes.east.shop.>");
+        assert_eq!(Filter::default().subject(), "ksr.routes.>");
+    }
+}
+
+/// One event as `ksrctl events` prints it (stable field names for `--output json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub seq: u64,
+    pub time: String,
+    pub kind: String,
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub backends: Vec<String>,
+    pub resource_version: String,
+    pub observer: String,
+    pub manager: Option<String>,
+}
+
+/// The printable form of a record, or why it cannot be read.
+pub fn event_row(r: &Latest) -> Result<EventRow, String> {
+    let event = r.event.as_ref().map_err(|(reason, message)| {
+        format!(
+            "unreadable event at sequence {} on {} ({reason}): {message}",
+            r.seq, r.subject
+        )
+    })?;
+    let route = event.route();
+    Ok(EventRow {
+        seq: r.seq,
+        time: format_time(r.published_unix_ns),
+        kind: event.kind().to_string(),
+        cluster: event.key.cluster.clone(),
+        namespace: event.key.namespace.clone(),
+        name: event.key.name.clone(),
+        host: route.map(RouteState::hostname),
+        path: route.map(|r| r.path.clone()),
+        backends: route
+            .map(|r| {
+                r.ready_backends()
+                    .map(|b| std::net::SocketAddr::new(b.ip, b.port).to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        resource_version: event.resource_version.clone(),
+        observer: event.observer.clone(),
+        manager: event.manager.clone(),
+    })
+}
+
+/// An aligned text table (first row: header).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let mut widths = vec![0; rows.first().map(Vec::len).unwrap_or(0)];
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Table rows of events.
+pub fn event_table(rows: &[EventRow]) -> String {
+    let mut t = vec![
+        ["SEQ", "TIME", "KIND", "SERVICE", "HOST", "PATH", "BACKENDS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for r in rows {
+        t.push(vec![
+            r.seq.to_string(),
+            r.time.clone(),
+            r.kind.clone(),
+            format!("{}/{}/{}", r.cluster, r.namespace, r.name),
+            r.host.clone().unwrap_or_default(),
+            r.path.clone().unwrap_or_default(),
+            r.backends.join(" "),
+        ]);
+    }
+    table(&t)
+}
+
+/// Table rows of a routing table.
+pub fn state_table(state: &BTreeMap<ServiceKey, Routed>) -> String {
+    let mut t = vec![
+        ["HOST", "PATH", "BACKENDS", "SERVICE", "SEQ", "SINCE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let mut routes: Vec<&Routed> = state.values().collect();
+    routes.sort_by(|a, b| (&a.host, &a.path, &a.cluster).cmp(&(&b.host, &b.path, &b.cluster)));
+    for r in routes {
+        t.push(vec![
+            r.host.clone(),
+            r.path.clone(),
+            r.backends.join(" "),
+            format!("{}/{}/{}", r.cluster, r.namespace, r.name),
+            r.seq.to_string(),
+            r.since.clone(),
+        ]);
+    }
+    table(&t)
+}
+
+/// One line per change: `+` appeared, `-` disappeared, `~` changed.
+pub fn diff_text(changes: &[RouteChange]) -> String {
+    let show = |r: &Routed| {
+        format!(
+            "{} {} [{}] ({}/{}/{})",
+            r.host,
+            r.path,
+            r.backends.join(" "),
+            r.cluster,
+            r.namespace,
+            r.name
+        )
+    };
+    let mut out = String::new();
+    for c in changes {
+        let line = match c {
+            RouteChange::Appeared { route } => format!("+ {}", show(route)),
+            RouteChange::Disappeared { route } => format!("- {}", show(route)),
+            RouteChange::Changed { before, after } => {
+                format!("~ {}  →  {}", show(before), show(after))
+            }
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
