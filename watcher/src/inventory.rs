@@ -76,6 +76,8 @@ struct Store<T> {
 pub struct Inventory {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    /// The slices of each Service (so a Service's slices are found without a scan).
+    slices_by_owner: BTreeMap<ObjKey, BTreeSet<ObjKey>>,
     namespaces: Vec<String>,
     excluded: Vec<String>,
 }
@@ -109,6 +111,7 @@ impl Inventory {
                 synced: !watch_slices,
                 ..Store::default()
             },
+            slices_by_owner: BTreeMap::new(),
             namespaces,
             excluded,
         }
@@ -135,11 +138,43 @@ impl Inventory {
 
     /// The EndpointSlices of a Service.
     pub fn slices_of(&self, key: &ObjKey) -> Vec<&EndpointSlice> {
-        self.slices
-            .live
-            .values()
-            .filter(|s| slice_owner(s).as_ref() == Some(key))
+        self.slices_by_owner
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.live.get(k))
             .collect()
+    }
+
+    /// Puts (or, for `None`, removes) slice `key`, keeping the owner index; returns the owners
+    /// whose slices changed.
+    fn set_slice(&mut self, key: ObjKey, slice: Option<EndpointSlice>) -> Vec<ObjKey> {
+        let mut owners = Vec::new();
+        let old = match slice {
+            Some(s) => {
+                if let Some(owner) = slice_owner(&s) {
+                    self.slices_by_owner
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(key.clone());
+                    owners.push(owner);
+                }
+                self.slices.live.insert(key.clone(), s)
+            }
+            None => self.slices.live.remove(&key),
+        };
+        if let Some(old_owner) = old.as_ref().and_then(slice_owner) {
+            let still =
+                self.slices.live.get(&key).and_then(slice_owner).as_ref() == Some(&old_owner);
+            if !still && let Some(set) = self.slices_by_owner.get_mut(&old_owner) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.slices_by_owner.remove(&old_owner);
+                }
+            }
+            owners.push(old_owner);
+        }
+        owners
     }
 
     /// Applies one source event.
@@ -176,9 +211,17 @@ impl Inventory {
             }
             SourceEvent::InitDone(Kind::Slices) => {
                 let fresh = self.slices.pending.take().unwrap_or_default();
-                out.dirty
-                    .extend(self.slices.live.values().filter_map(slice_owner));
-                out.dirty.extend(fresh.values().filter_map(slice_owner));
+                out.dirty.extend(self.slices_by_owner.keys().cloned());
+                self.slices_by_owner.clear();
+                for (k, s) in &fresh {
+                    if let Some(owner) = slice_owner(s) {
+                        out.dirty.insert(owner.clone());
+                        self.slices_by_owner
+                            .entry(owner)
+                            .or_default()
+                            .insert(k.clone());
+                    }
+                }
                 self.slices.live = fresh;
                 self.slices.synced = true;
                 out.resynced = true;
@@ -199,21 +242,66 @@ impl Inventory {
             SourceEvent::Apply(Resource::Slice(s)) => {
                 let k = key_of(&s.metadata);
                 if self.allowed(&k.0) {
-                    if let Some(old) = self.slices.live.get(&k).and_then(slice_owner) {
-                        out.dirty.insert(old);
-                    }
-                    out.dirty.extend(slice_owner(&s));
-                    self.slices.live.insert(k, *s);
+                    out.dirty.extend(self.set_slice(k, Some(*s)));
                 }
             }
             SourceEvent::Delete(Resource::Slice(s)) => {
                 let k = key_of(&s.metadata);
-                if let Some(old) = self.slices.live.remove(&k) {
-                    out.dirty.extend(slice_owner(&old));
-                }
+                out.dirty.extend(self.set_slice(k, None));
             }
             SourceEvent::Error(_) => {}
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, service: &str) -> Resource {
+        let mut s = EndpointSlice::default();
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.labels = Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into());
+        Resource::Slice(Box::new(s))
+    }
+
+    fn owner(service: &str) -> ObjKey {
+        ("ns".into(), service.into())
+    }
+
+    #[test]
+    fn slices_are_found_through_their_owner_and_follow_moves_deletes_and_relists() {
+        let mut inv = Inventory::new(true, vec![], vec![]);
+        inv.apply(SourceEvent::Init(Kind::Slices));
+        inv.apply(SourceEvent::InitApply(slice("a-1", "a")));
+        inv.apply(SourceEvent::InitApply(slice("a-2", "a")));
+        let out = inv.apply(SourceEvent::InitDone(Kind::Slices));
+        assert!(out.dirty.contains(&owner("a")));
+        assert_eq!(inv.slices_of(&owner("a")).len(), 2);
+
+        // A slice relabelled to another Service moves; both Services are dirty.
+        let out = inv.apply(SourceEvent::Apply(slice("a-2", "b")));
+        assert!(out.dirty.contains(&owner("a")) && out.dirty.contains(&owner("b")));
+        assert_eq!(
+            (
+                inv.slices_of(&owner("a")).len(),
+                inv.slices_of(&owner("b")).len()
+            ),
+            (1, 1)
+        );
+
+        let out = inv.apply(SourceEvent::Delete(slice("a-1", "a")));
+        assert!(out.dirty.contains(&owner("a")));
+        assert!(inv.slices_of(&owner("a")).is_empty());
+
+        // A relist replaces the index: b's slice is gone, c's is new, both dirty.
+        inv.apply(SourceEvent::Init(Kind::Slices));
+        inv.apply(SourceEvent::InitApply(slice("c-1", "c")));
+        let out = inv.apply(SourceEvent::InitDone(Kind::Slices));
+        assert!(out.dirty.contains(&owner("b")) && out.dirty.contains(&owner("c")));
+        assert!(inv.slices_of(&owner("b")).is_empty());
+        assert_eq!(inv.slices_of(&owner("c")).len(), 1);
     }
 }
