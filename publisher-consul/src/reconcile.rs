@@ -2,10 +2,11 @@
 //!
 //! Runs once the consumer has caught up (never mass-deregistering at start-up), then
 //! periodically:
-//! 1. our node and the router's own registration are ensured;
+//! 1. our node is ensured (created if it was removed);
 //! 2. stream pass — the newest event of every subject at or below the consumer's ack floor
 //!    goes through the normal fenced apply (lost records are rebuilt; applied events skip);
-//! 3. catalog pass — the instances on our node are compared with the projection of our name
+//! 3. catalog pass — one listing of our node: the router's own entry is re-registered if
+//!    missing, and the instances on it are compared with the projection of our name
 //!    records: missing or altered ones are registered again, ones no record wants are
 //!    deregistered, each guarded by a check on its name record so a racing apply wins.
 //!    Other nodes, and other owners' instances of the same service names, are never touched.
@@ -17,7 +18,7 @@ use async_nats::jetstream::stream::Stream;
 use ksr_runtime::replay;
 
 use crate::Error;
-use crate::client::{TxnOp, TxnOutcome};
+use crate::client::{ServiceBody, TxnOp, TxnOutcome};
 use crate::layout::Layout;
 use crate::publisher::ConsulProjector;
 
@@ -31,12 +32,27 @@ pub struct ReconcileReport {
 
 /// Creates our node if missing and (re-)registers the router for `environment`.
 pub async fn ensure_node_and_router(p: &ConsulProjector, environment: &str) -> Result<(), Error> {
+    ensure_node(p).await?;
+    let current = p.client().node_services(p.node()).await?;
+    ensure_router(p, environment, &current).await
+}
+
+/// Creates our node if missing (its metadata is never overwritten).
+async fn ensure_node(p: &ConsulProjector) -> Result<(), Error> {
     let target = p.target();
     p.client()
         .ensure_node(p.node(), &target.router_address, &target.node_meta())
-        .await?;
+        .await
+}
+
+/// Registers the router for `environment` unless `current` (our node's instances) has it.
+async fn ensure_router(
+    p: &ConsulProjector,
+    environment: &str,
+    current: &[ServiceBody],
+) -> Result<(), Error> {
+    let target = p.target();
     let router = target.router(environment);
-    let current = p.client().node_services(p.node()).await?;
     if !current.contains(&router) {
         p.client()
             .register_service(p.node(), &target.router_address, &router)
@@ -53,7 +69,7 @@ pub async fn reconcile(
     environment: &str,
 ) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
-    ensure_node_and_router(p, environment).await?;
+    ensure_node(p).await?;
 
     let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
     for chunk in deliveries.chunks(1000) {
@@ -70,13 +86,10 @@ pub async fn reconcile(
         }
     }
     let router_id = Layout::router_id(environment);
-    let actual: BTreeMap<String, _> = p
-        .client()
-        .node_services(p.node())
-        .await?
-        .into_iter()
-        .map(|b| (b.id.clone(), b))
-        .collect();
+    // One listing of our node (it is large: every routed name) serves both checks.
+    let listing = p.client().node_services(p.node()).await?;
+    ensure_router(p, environment, &listing).await?;
+    let actual: BTreeMap<String, _> = listing.into_iter().map(|b| (b.id.clone(), b)).collect();
     for (id, (body, rev)) in &expected {
         if actual.get(id) != Some(body) {
             let ops = vec![
