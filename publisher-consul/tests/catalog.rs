@@ -81,41 +81,10 @@ async fn backend_changes_do_not_rewrite_the_registration() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn duplicates_out_of_order_and_replays_leave_the_catalog_unchanged() -> anyhow::Result<()> {
-    use ksr_publisher_consul::client::ConsulClient;
-    use ksr_publisher_consul::config::ConsulArgs;
-    use ksr_publisher_consul::layout::Layout;
-    use ksr_publisher_consul::publisher::ConsulProjector;
-    use ksr_publisher_consul::target::ConsulTarget;
     use ksr_runtime::consumer::Delivery;
 
     let bench = Bench::start().await?;
-    let args = ConsulArgs {
-        address: bench.consul.url(),
-        token: None,
-        token_file: None,
-        ca: None,
-    };
-    let target = ConsulTarget {
-        owner: "ksr".into(),
-        router_address: ROUTER.to_string(),
-        router_port: 80,
-    };
-    let registry = ksr_runtime::metrics::MetricsRegistry::new();
-    let make = || async {
-        let client = ConsulClient::new(&args)?;
-        client
-            .ensure_node("ksr", &ROUTER.to_string(), &target.node_meta())
-            .await?;
-        ConsulProjector::new(
-            client,
-            Layout::new("ksr"),
-            "ksr".into(),
-            target.clone(),
-            ksr_publisher_consul::publisher::metrics(&registry),
-        )
-        .await
-    };
-    let p = make().await?;
+    let p = bench.projector().await?;
     let history = vec![
         (1, added("east", "a", "web", &["10.0.0.1"])),
         (2, added("east", "b", "api", &["10.0.1.1"])),
@@ -148,7 +117,7 @@ async fn duplicates_out_of_order_and_replays_leave_the_catalog_unchanged() -> an
     }
     let all: Vec<Delivery> = history.iter().map(|(s, e)| d(*s, e)).collect();
     p.apply_batch(&all).await?;
-    let p2 = make().await?;
+    let p2 = bench.projector().await?;
     assert_eq!(p2.apply_batch(&all).await?.stale, 5);
     assert_eq!(
         bench.snapshot().await?,

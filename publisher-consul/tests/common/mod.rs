@@ -176,40 +176,50 @@ impl Bench {
 /// A running process of the crate under test.
 pub type Replica = ksr_test_support::Replica<ksr_publisher_consul::Error>;
 
+impl Bench {
+    /// A projector on this Consul (node and router ensured), through the library directly.
+    pub async fn projector(
+        &self,
+    ) -> anyhow::Result<ksr_publisher_consul::publisher::ConsulProjector> {
+        use ksr_publisher_consul::client::ConsulClient;
+        use ksr_publisher_consul::config::ConsulArgs;
+        use ksr_publisher_consul::layout::Layout;
+        use ksr_publisher_consul::publisher::{ConsulProjector, metrics};
+        use ksr_publisher_consul::reconcile::ensure_node_and_router;
+        use ksr_publisher_consul::target::ConsulTarget;
+
+        let args = ConsulArgs {
+            address: self.consul.url(),
+            token: None,
+            token_file: None,
+            ca: None,
+        };
+        let target = ConsulTarget {
+            owner: "ksr".into(),
+            router_address: ROUTER.to_string(),
+            router_port: 80,
+        };
+        let registry = ksr_runtime::metrics::MetricsRegistry::new();
+        let p = ConsulProjector::new(
+            ConsulClient::new(&args)?,
+            Layout::new("ksr"),
+            "ksr".into(),
+            target,
+            metrics(&registry),
+        )
+        .await?;
+        ensure_node_and_router(&p, "test").await?;
+        Ok(p)
+    }
+}
+
 /// What Consul must hold after `history` (without ModifyIndexes): the newest event per
 /// Service applied to an empty Consul in one pass, through the library directly.
 pub async fn rebuilt_from_latest(
     history: &[(u64, Event)],
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    use ksr_publisher_consul::client::ConsulClient;
-    use ksr_publisher_consul::config::ConsulArgs;
-    use ksr_publisher_consul::layout::Layout;
-    use ksr_publisher_consul::publisher::ConsulProjector;
-    use ksr_publisher_consul::reconcile::ensure_node_and_router;
-    use ksr_publisher_consul::target::ConsulTarget;
-
     let bench = Bench::start().await?;
-    let args = ConsulArgs {
-        address: bench.consul.url(),
-        token: None,
-        token_file: None,
-        ca: None,
-    };
-    let target = ConsulTarget {
-        owner: "ksr".into(),
-        router_address: ROUTER.to_string(),
-        router_port: 80,
-    };
-    let registry = ksr_runtime::metrics::MetricsRegistry::new();
-    let p = ConsulProjector::new(
-        ConsulClient::new(&args)?,
-        Layout::new("ksr"),
-        "ksr".into(),
-        target,
-        ksr_publisher_consul::publisher::metrics(&registry),
-    )
-    .await?;
-    ensure_node_and_router(&p, "test").await?;
+    let p = bench.projector().await?;
     for chunk in ksr_runtime::consumer::coalesce(history.to_vec()).chunks(500) {
         p.apply_batch(chunk).await?;
     }
