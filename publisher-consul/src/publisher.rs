@@ -198,7 +198,7 @@ impl ConsulProjector {
                     },
                     None => Versioned::default(),
                 };
-                s.names.insert(id.clone(), v);
+                s.set_name(id.clone(), v);
             }
             for c in &u.conflicts {
                 self.metrics.conflicts.inc_by(c.waiting.len() as u64);
@@ -232,7 +232,7 @@ impl ConsulProjector {
                             },
                             None => Versioned::default(),
                         };
-                        s.names.insert(id.clone(), v);
+                        s.set_name(id.clone(), v);
                     }
                 }
             }
@@ -265,7 +265,7 @@ pub async fn load_state(client: &ConsulClient, layout: &Layout) -> Result<State,
             }
             Some(RecordKey::Name(id)) => {
                 let value = Some(parse(&entry.key, &entry.value)?);
-                state.names.insert(
+                state.set_name(
                     id,
                     Versioned {
                         rev: entry.modify_index,

@@ -78,7 +78,7 @@ pub async fn reconcile(
 
     let state = p.snapshot().await?;
     let mut expected = BTreeMap::new();
-    for (id, v) in &state.names {
+    for (id, v) in state.names() {
         if let Some(record) = &v.value
             && let Some(body) = p.target().instance(id, record)
         {
@@ -112,7 +112,7 @@ pub async fn reconcile(
         if expected.contains_key(id) || *id == router_id {
             continue;
         }
-        let rev = state.names.get(id).map(|v| v.rev).unwrap_or(0);
+        let rev = state.name(id).0;
         let ops = vec![
             TxnOp::KvCheck {
                 key: p.layout().name_record_key(id),

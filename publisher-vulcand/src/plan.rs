@@ -68,7 +68,7 @@ impl Target for VulcandTarget {
 /// Every route's projection, for reconciliation.
 pub fn projection_of(layout: &Layout, state: &State) -> Projection {
     let mut all = Projection::new();
-    for (id, v) in &state.names {
+    for (id, v) in state.names() {
         if let Some(record) = &v.value
             && let Ok(p) = project(layout, id, record)
         {

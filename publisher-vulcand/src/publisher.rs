@@ -214,7 +214,7 @@ impl VulcandProjector {
                     },
                     None => Versioned::default(),
                 };
-                s.names.insert(id.clone(), v);
+                s.set_name(id.clone(), v);
             }
             for c in &u.conflicts {
                 self.metrics.conflicts.inc_by(c.waiting.len() as u64);

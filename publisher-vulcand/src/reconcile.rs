@@ -107,7 +107,7 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
     let (mut puts, mut deletes) = (0, 0);
     for (id, mut ops) in by_id {
         sort_ops(&mut ops);
-        let rev = state.names.get(&id).map(|v| v.rev).unwrap_or(0);
+        let rev = state.name(&id).0;
         let guard = (layout.route_record_key(&id), rev);
         for chunk in ops.chunks(128) {
             let mut w = Write {
@@ -188,8 +188,8 @@ async fn repair_v2(
         }
         puts += changed_puts;
         deletes += changed_deletes;
-        let record = state.names.get(&id).and_then(|v| v.value.clone());
-        let rev = state.names.get(&id).map(|v| v.rev).unwrap_or(0);
+        let record = state.name(&id).1.cloned();
+        let rev = state.name(&id).0;
         tracing::info!(id, "reconcile syncs a v2 route that drifted");
         projector.sync_v2(v2, &id, record, rev).await?;
     }

@@ -85,7 +85,7 @@ pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Err
     for (key, value, rev) in read_prefix(kv, &routes_prefix).await? {
         let id = key[routes_prefix.len()..].to_owned();
         let value = Some(parse(&key, &value)?);
-        state.names.insert(id, Versioned { rev, value });
+        state.set_name(id, Versioned { rev, value });
     }
     Ok(state)
 }
@@ -150,7 +150,7 @@ pub async fn refresh(
                         },
                         None => Versioned::default(),
                     };
-                    s.names.insert(id.clone(), v);
+                    s.set_name(id.clone(), v);
                 }
             }
         }

@@ -109,16 +109,11 @@ impl ProjectionMetrics {
         m
     }
 
-    /// Sets the gauges from the cached records.
+    /// Sets the gauges from the cached records' counts.
     pub fn observe<M, D>(&self, state: &crate::plan::State<M, D>) {
-        let (mut names, mut conflicted) = (0, 0);
-        for r in state.names.values().filter_map(|v| v.value.as_ref()) {
-            names += 1;
-            if !r.waiting.is_empty() {
-                conflicted += 1;
-            }
-        }
-        self.names.set(names);
-        self.names_in_conflict.set(conflicted);
+        let (names, conflicted) = state.counts();
+        self.names.set(i64::try_from(names).unwrap_or(i64::MAX));
+        self.names_in_conflict
+            .set(i64::try_from(conflicted).unwrap_or(i64::MAX));
     }
 }

@@ -72,7 +72,12 @@ impl<M, D: Clone> NameRecord<M, D> {
 #[derive(Debug, Clone)]
 pub struct State<M, D> {
     pub services: HashMap<ServiceKey, Versioned<ServiceRecord>>,
-    pub names: HashMap<String, Versioned<NameRecord<M, D>>>,
+    /// Written only through [`State::set_name`], which keeps the counts below.
+    names: HashMap<String, Versioned<NameRecord<M, D>>>,
+    /// Names with a record, and those of them with waiting Services (for gauges, kept
+    /// current on every write instead of recounted after every batch).
+    named: usize,
+    in_conflict: usize,
 }
 
 impl<M, D> Default for State<M, D> {
@@ -80,6 +85,8 @@ impl<M, D> Default for State<M, D> {
         Self {
             services: HashMap::new(),
             names: HashMap::new(),
+            named: 0,
+            in_conflict: 0,
         }
     }
 }
@@ -97,6 +104,33 @@ impl<M, D> State<M, D> {
             .get(id)
             .map(|v| (v.rev, v.value.as_ref()))
             .unwrap_or((0, None))
+    }
+
+    /// Every name record (with its revision).
+    pub fn names(&self) -> impl Iterator<Item = (&String, &Versioned<NameRecord<M, D>>)> {
+        self.names.iter()
+    }
+
+    /// Sets a name record (a `None` value: absent), keeping the counts.
+    pub fn set_name(&mut self, id: String, v: Versioned<NameRecord<M, D>>) {
+        fn weight<M, D>(v: &Versioned<NameRecord<M, D>>) -> (usize, usize) {
+            v.value
+                .as_ref()
+                .map_or((0, 0), |r| (1, usize::from(!r.waiting.is_empty())))
+        }
+        let (named, conflicted) = weight(&v);
+        if let Some(old) = self.names.insert(id, v) {
+            let (n, c) = weight(&old);
+            self.named -= n;
+            self.in_conflict -= c;
+        }
+        self.named += named;
+        self.in_conflict += conflicted;
+    }
+
+    /// (names with a record, names with waiting Services).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.named, self.in_conflict)
     }
 }
 
@@ -398,4 +432,34 @@ pub fn pack<M, D, O>(
         }
     }
     packed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(waiting: bool) -> Versioned<NameRecord<(), ()>> {
+        let mut r = NameRecord::new(());
+        if waiting {
+            r.waiting.push("other".into());
+        }
+        Versioned {
+            rev: 1,
+            value: Some(r),
+        }
+    }
+
+    #[test]
+    fn name_counts_follow_every_write() {
+        let mut s: State<(), ()> = State::default();
+        s.set_name("a".into(), record(false));
+        s.set_name("b".into(), record(true));
+        assert_eq!(s.counts(), (2, 1));
+        s.set_name("b".into(), record(false));
+        assert_eq!(s.counts(), (2, 0));
+        s.set_name("a".into(), Versioned::default());
+        assert_eq!(s.counts(), (1, 0));
+        s.set_name("z".into(), Versioned::default());
+        assert_eq!(s.counts(), (1, 0));
+    }
 }
