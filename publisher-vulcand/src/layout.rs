@@ -40,10 +40,6 @@ impl Layout {
         &self.vulcand
     }
 
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
     /// The id of the frontend and backend serving `host` + `path`.
     pub fn route_id(&self, host: &str, path: &str) -> String {
         format!("{}.{host}.{:016x}", self.owner, fnv1a(path.as_bytes()))
@@ -85,10 +81,6 @@ impl Layout {
             .or_else(|| rest.strip_prefix("frontends/"))?;
         let id = rest.split('/').next()?;
         id.starts_with(&format!("{}.", self.owner)).then_some(id)
-    }
-
-    pub fn state_prefix(&self) -> String {
-        format!("{}/", self.state)
     }
 
     pub fn services_prefix(&self) -> String {
