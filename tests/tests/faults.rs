@@ -112,12 +112,10 @@ async fn etcd_routes(etcd: &EtcdServer) -> anyhow::Result<BTreeMap<String, Vec<S
 
 /// The names registered on our node in Consul.
 async fn consul_names(consul: &ConsulServer) -> anyhow::Result<BTreeSet<String>> {
-    let list: serde_json::Value = ksr_test_support::http_client()
-        .get(format!("{}/v1/catalog/service/test", consul.url()))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let (_, body) = ksr_test_support::http::get(consul.http_port(), "/v1/catalog/service/test")
+        .await
+        .ok_or_else(|| anyhow::anyhow!("consul does not answer"))?;
+    let list: serde_json::Value = serde_json::from_str(&body)?;
     Ok(list
         .as_array()
         .into_iter()
