@@ -68,12 +68,17 @@ impl<E: std::error::Error + Send + Sync + 'static> Replica<E> {
 
     /// The value of one unlabelled sample (`name value`), 0 when absent.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        sample(&self.metrics().await, name)
     }
+}
+
+/// The value of one sample (`name value`, labels included in `name`) in a Prometheus text,
+/// 0 when absent.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 impl<E> Drop for Replica<E> {

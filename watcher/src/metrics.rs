@@ -30,6 +30,7 @@ pub struct WatcherMetrics {
     pub relists: Counter,
     pub publish_errors: Counter,
     pub services: Gauge,
+    pub rejected_services: Gauge,
 }
 
 impl WatcherMetrics {
@@ -43,6 +44,7 @@ impl WatcherMetrics {
             relists: Counter::default(),
             publish_errors: Counter::default(),
             services: Gauge::default(),
+            rejected_services: Gauge::default(),
         };
         registry.register(|r| {
             let r = r.sub_registry_with_prefix("watcher");
@@ -53,7 +55,7 @@ impl WatcherMetrics {
             );
             r.register(
                 "rejections",
-                "Service changes not published as routes, by reason",
+                "Evaluations of a selected Service that found it unroutable (every change and relist), by reason",
                 m.rejections.clone(),
             );
             r.register(
@@ -84,7 +86,12 @@ impl WatcherMetrics {
             r.register(
                 "services",
                 "Routed Services this watcher knows in the stream",
-                m.services.clone(),
+                                m.services.clone(),
+            );
+            r.register(
+                "rejected_services",
+                "Selected Services not routed now for a bad spec (see the rejections reasons)",
+                m.rejected_services.clone(),
             );
         });
         m

@@ -22,7 +22,7 @@ use ksr_runtime::Health;
 use crate::Error;
 use crate::inventory::{Inventory, ObjKey, SourceEvent};
 use crate::metrics::WatcherMetrics;
-use crate::normalize::{Normalizer, selector_matches};
+use crate::normalize::{Normalizer, Rejection, selector_matches};
 use crate::publish::{Known, Origin, Publisher};
 
 /// How many subjects are published concurrently.
@@ -33,7 +33,7 @@ enum Desired {
     Route(RouteState, Origin),
     Absent(Origin),
     /// Not routable; the last published state (if any) stays.
-    Rejected,
+    Rejected(Rejection),
 }
 
 /// Settings of the loop.
@@ -52,6 +52,8 @@ pub struct Runner {
     normalizer: Normalizer,
     publisher: Publisher,
     known: HashMap<ServiceKey, Known>,
+    /// Services not routed for a bad spec, with the reason (logged when it changes).
+    rejected: HashMap<ObjKey, &'static str>,
     metrics: WatcherMetrics,
     health: Health,
 }
@@ -85,6 +87,7 @@ impl Runner {
             normalizer,
             publisher,
             known: HashMap::new(),
+            rejected: HashMap::new(),
             metrics,
             health,
         }
@@ -105,19 +108,36 @@ impl Runner {
         }
         match self.normalizer.route(svc, &self.inventory.slices_of(key)) {
             Ok(route) => Desired::Route(route, origin),
-            Err(rejection) => {
-                self.metrics.rejected(rejection.reason);
-                tracing::warn!(
-                    cluster = self.config.cluster,
-                    namespace = key.0,
-                    service = key.1,
-                    reason = rejection.reason,
-                    error = rejection.message,
-                    "Service not routed"
-                );
-                Desired::Rejected
-            }
+            Err(rejection) => Desired::Rejected(rejection),
         }
+    }
+
+    /// Counts and logs a rejection: a warning when a Service becomes unroutable or its
+    /// reason changes, a debug line when a relist finds it still so.
+    fn note_rejected(&mut self, key: ObjKey, rejection: &Rejection) {
+        self.metrics.rejected(rejection.reason);
+        let (cluster, namespace, service) = (&self.config.cluster, &key.0, &key.1);
+        let (reason, error) = (rejection.reason, &rejection.message);
+        if self.rejected.get(&key) == Some(&reason) {
+            tracing::debug!(
+                cluster,
+                namespace,
+                service,
+                reason,
+                error,
+                "Service still not routed"
+            );
+        } else {
+            tracing::warn!(
+                cluster,
+                namespace,
+                service,
+                reason,
+                error,
+                "Service not routed"
+            );
+        }
+        self.rejected.insert(key, reason);
     }
 
     /// Runs until `shutdown` or the source ends.
@@ -209,15 +229,26 @@ impl Runner {
 
     /// Publishes the differences for `keys`; returns the keys that failed.
     async fn flush(&mut self, keys: BTreeSet<ObjKey>) -> Vec<ObjKey> {
-        let jobs: Vec<Job> = keys
+        let mut wanted = Vec::with_capacity(keys.len());
+        for obj in keys {
+            let (route, origin) = match self.desired(&obj) {
+                Desired::Route(r, o) => (Some(r), o),
+                Desired::Absent(o) => (None, o),
+                Desired::Rejected(rejection) => {
+                    self.note_rejected(obj, &rejection);
+                    continue;
+                }
+            };
+            self.rejected.remove(&obj);
+            wanted.push((obj, route, origin));
+        }
+        self.metrics
+            .rejected_services
+            .set(self.rejected.len() as i64);
+        let jobs: Vec<Job> = wanted
             .into_iter()
-            .filter_map(|obj| {
+            .filter_map(|(obj, route, origin)| {
                 let key = self.service_key(&obj);
-                let (route, origin) = match self.desired(&obj) {
-                    Desired::Route(r, o) => (Some(r), o),
-                    Desired::Absent(o) => (None, o),
-                    Desired::Rejected => return None,
-                };
                 let known = self.known.get(&key).cloned();
                 // Cheap pre-check: most keys of a full diff are unchanged.
                 self.publisher
