@@ -7,6 +7,7 @@
 mod consul;
 mod drive;
 mod procs;
+mod replay;
 mod report;
 mod vulcand;
 mod watcher;
@@ -31,6 +32,8 @@ enum Bench {
     Consul(consul::Args),
     /// watcher: N Services listed from an apiserver and published.
     Watcher(watcher::Args),
+    /// ksrctl: `state --at` replaying 1,000,000 events.
+    Replay(replay::Args),
 }
 
 #[tokio::main]
@@ -40,5 +43,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Vulcand(args) => vulcand::run(args).await,
         Bench::Consul(args) => consul::run(args).await,
         Bench::Watcher(args) => watcher::run(args).await,
+        Bench::Replay(args) => replay::run(args).await,
     }
 }

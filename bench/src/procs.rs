@@ -12,6 +12,11 @@ pub struct Proc {
 impl Proc {
     /// Spawns the sibling binary `name` (built in the same target dir as this one).
     pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
+        Self::spawn_with(name, args, Stdio::inherit())
+    }
+
+    /// Spawns `name` with its standard output sent to `stdout`.
+    pub fn spawn_with(name: &str, args: &[String], stdout: Stdio) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let path: PathBuf = exe.with_file_name(name);
         anyhow::ensure!(
@@ -23,6 +28,7 @@ impl Proc {
             .args(args)
             .env("KSR_LOG", "warn")
             .stdin(Stdio::null())
+            .stdout(stdout)
             .spawn()?;
         Ok(Self { child })
     }

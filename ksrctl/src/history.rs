@@ -17,7 +17,8 @@ pub enum At {
 }
 
 impl At {
-    fn includes(&self, record: &Latest) -> bool {
+    /// Whether `record` is at or before this instant.
+    pub fn includes(&self, record: &Latest) -> bool {
         match *self {
             At::Seq(s) => record.seq <= s,
             At::Time(t) => record.published_unix_ns <= t,
@@ -155,19 +156,33 @@ pub struct Routed {
 /// The routing table at `at`, from the stream's records (in stream order). Undecodable
 /// records are skipped (callers report them).
 pub fn state_at(records: &[Latest], at: At) -> BTreeMap<ServiceKey, Routed> {
-    let mut table: BTreeMap<ServiceKey, Routed> = BTreeMap::new();
+    let mut table = Table::default();
     for r in records.iter().filter(|r| at.includes(r)) {
-        let Ok(event) = &r.event else { continue };
+        if let Ok(event) = &r.event {
+            table.apply(r, event);
+        }
+    }
+    table.routes
+}
+
+/// A routing table built event by event (stream order).
+#[derive(Debug, Default)]
+pub struct Table {
+    pub routes: BTreeMap<ServiceKey, Routed>,
+}
+
+impl Table {
+    pub fn apply(&mut self, r: &Latest, event: &ksr_proto::Event) {
         match event.route() {
             Some(route) => {
-                table.insert(event.key.clone(), routed(&event.key, route, r));
+                self.routes
+                    .insert(event.key.clone(), routed(&event.key, route, r));
             }
             None => {
-                table.remove(&event.key);
+                self.routes.remove(&event.key);
             }
         }
     }
-    table
 }
 
 fn routed(key: &ServiceKey, route: &RouteState, r: &Latest) -> Routed {

@@ -2,10 +2,27 @@
 //!
 //! `routes` shows what the edge serves right now: every vulcand route as vulcand reads it
 //! from etcd (host, path, servers) and what Consul DNS answers for its host. `events`,
-//! `state` and `diff` read the stream as history ([`history`]).
+//! `state` and `diff` read the stream as history ([`history`]); `verify` and `rebuild`
+//! compare and repair a target against the stream's current state ([`verify`]); `status`
+//! shows the stream and its consumers ([`status`]).
 
+pub mod changes;
+pub mod cli;
+pub mod commands;
 pub mod history;
+pub mod read;
 pub mod routes;
+pub mod status;
+pub mod targets;
+pub mod verify;
+
+/// How a command ended (besides failing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Clean,
+    /// `verify` found differences (exit status 1).
+    Drift,
+}
 
 /// The one error type of ksrctl's library.
 #[derive(Debug, thiserror::Error)]
@@ -14,4 +31,18 @@ pub enum Error {
     Etcd(#[from] etcd_client::Error),
     #[error("{key}: {reason}")]
     BadKey { key: String, reason: String },
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Stream(#[from] ksr_runtime::RuntimeError),
+    #[error("vulcand: {0}")]
+    Vulcand(#[from] ksr_publisher_vulcand::Error),
+    #[error("Consul: {0}")]
+    Consul(#[from] ksr_publisher_consul::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error("output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("output: {0}")]
+    Json(#[from] serde_json::Error),
 }

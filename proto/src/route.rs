@@ -21,8 +21,33 @@ fn invalid(value: &str, reason: impl Into<String>) -> ProtoError {
     }
 }
 
+/// How many accepted paths each thread remembers (then it forgets them all and starts over).
+const ACCEPTED_MEMO: usize = 4096;
+
+thread_local! {
+    /// Paths already accepted: decoding a long history validates the same few paths over
+    /// and over, and parsing a regexp costs microseconds.
+    static ACCEPTED: std::cell::RefCell<std::collections::HashSet<String>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
 /// Checks that `path` is a non-empty RE2 regexp that can be quoted as a Go raw string.
 pub fn validate_path(path: &str) -> Result<(), ProtoError> {
+    if ACCEPTED.with(|a| a.borrow().contains(path)) {
+        return Ok(());
+    }
+    check_path(path)?;
+    ACCEPTED.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.len() >= ACCEPTED_MEMO {
+            a.clear();
+        }
+        a.insert(path.to_owned());
+    });
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), ProtoError> {
     if path.is_empty() {
         return Err(invalid(path, "must not be empty"));
     }

@@ -332,6 +332,53 @@ impl ConsulClient {
         Ok(parsed.services.unwrap_or_default().into_values().collect())
     }
 
+    /// Every instance of catalog service `service`, on any node, as (node, instance).
+    pub async fn service_instances(
+        &self,
+        service: &str,
+    ) -> Result<Vec<(String, ServiceBody)>, Error> {
+        #[derive(Deserialize)]
+        struct Entry {
+            #[serde(rename = "Node")]
+            node: String,
+            #[serde(rename = "ServiceID")]
+            id: String,
+            #[serde(rename = "ServiceName")]
+            service: String,
+            #[serde(rename = "ServiceTags", default, deserialize_with = "null_as_default")]
+            tags: Vec<String>,
+            #[serde(rename = "ServiceAddress", default)]
+            address: String,
+            #[serde(rename = "ServicePort", default)]
+            port: u16,
+            #[serde(rename = "ServiceMeta", default, deserialize_with = "null_as_default")]
+            meta: BTreeMap<String, String>,
+        }
+        let (_, text) = self
+            .send(
+                Method::GET,
+                &format!("/v1/catalog/service/{service}"),
+                None,
+                "listing a service",
+            )
+            .await?;
+        let entries: Vec<Entry> = Self::parse("listing a service", &text)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let body = ServiceBody {
+                    id: e.id,
+                    service: e.service,
+                    tags: e.tags,
+                    address: e.address,
+                    port: e.port,
+                    meta: e.meta,
+                };
+                (e.node, body)
+            })
+            .collect())
+    }
+
     /// Runs a transaction (at most 64 operations).
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, Error> {
         let body = Value::Array(ops.iter().map(TxnOp::to_json).collect());

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod client;
 pub mod config;
+pub mod drift;
 mod error;
 pub mod layout;
 pub mod publisher;

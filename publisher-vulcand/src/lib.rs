@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod config;
+pub mod drift;
 mod error;
 pub mod layout;
 pub mod plan;

@@ -13,7 +13,7 @@
 //!    apply wins and the next pass looks again. Keys that do not carry our owner prefix are
 //!    never read or written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use async_nats::jetstream::stream::Stream;
 
@@ -74,19 +74,11 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
         return repair_v2(projector, v2, &state, &expected).await;
     }
     let mut kv = projector.kv();
-    let mut actual: HashMap<String, Vec<u8>> = HashMap::new();
-    for prefix in [
-        layout.owned_backends_prefix(),
-        layout.owned_frontends_prefix(),
-    ] {
-        for (key, value, _) in store::read_prefix(&mut kv, &prefix).await? {
-            actual.insert(key, value);
-        }
-    }
+    let actual = crate::drift::live_keys(projector).await?;
     // Per route id: the writes that repair it.
     let mut by_id: BTreeMap<String, Vec<KeyOp>> = BTreeMap::new();
     for (key, (class, value)) in &expected {
-        if actual.get(key).map(Vec::as_slice) != Some(value.as_bytes()) {
+        if actual.get(key) != Some(value) {
             let id = layout.id_of_vulcand_key(key).unwrap_or_default().to_owned();
             by_id.entry(id).or_default().push(KeyOp::Put {
                 key: key.clone(),
@@ -154,13 +146,10 @@ async fn repair_v2(
     expected: &crate::projection::Projection,
 ) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
-    let prefix = layout.vulcand_prefix();
     let mut actual: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for dir in [format!("{prefix}/backends"), format!("{prefix}/frontends")] {
-        for (key, value) in v2.tree(&dir).await? {
-            if let Some(id) = layout.id_of_vulcand_key(&key) {
-                actual.entry(id.to_owned()).or_default().insert(key, value);
-            }
+    for (key, value) in crate::drift::live_keys(projector).await? {
+        if let Some(id) = layout.id_of_vulcand_key(&key) {
+            actual.entry(id.to_owned()).or_default().insert(key, value);
         }
     }
     let mut wanted: BTreeMap<String, crate::projection::Projection> = BTreeMap::new();

@@ -10,6 +10,7 @@ pub mod claims;
 pub mod config;
 pub mod consumer;
 pub mod dns;
+pub mod drift;
 mod error;
 pub mod health;
 pub mod metrics;

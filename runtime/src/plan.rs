@@ -225,6 +225,31 @@ pub struct PlanOutput<M, D, O> {
     pub rejected: Vec<(u64, String)>,
 }
 
+/// The records an empty store holds once `latest` (the newest event per Service, sorted by
+/// sequence) is applied: what a rebuild writes, computed without a store. Events the target
+/// refuses come back with their reason.
+pub fn simulate<T: Target>(target: &T, latest: &[Delivery]) -> (StateOf<T>, Vec<(u64, String)>) {
+    let planned = plan(target, &State::default(), latest);
+    let mut state = State::default();
+    // Units never share a record, so applying them one after the other is the whole story.
+    for unit in planned.units {
+        for (key, record) in unit.services {
+            state.services.insert(
+                key,
+                Versioned {
+                    rev: 1,
+                    value: Some(record),
+                },
+            );
+        }
+        for (id, record) in unit.names {
+            let rev = u64::from(record.is_some());
+            state.set_name(id, Versioned { rev, value: record });
+        }
+    }
+    (state, planned.rejected)
+}
+
 /// Recomputes a record's derived `owner` and `waiting`.
 pub fn refresh_status<T: Target>(record: &mut NameRecord<T::Meta, T::Data>) {
     let (owners, waiting) = record.claims.split(T::group);

@@ -77,6 +77,53 @@ impl ConsulServer {
         self.options.acl.then_some(MASTER_TOKEN)
     }
 
+    /// GET `path` as JSON (Null on 404), with the master token when ACLs are on.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let mut req = crate::http_client().get(format!("{}{path}", self.url()));
+        if let Some(t) = self.master_token() {
+            req = req.header("X-Consul-Token", t);
+        }
+        let resp = req.send().await?;
+        if resp.status() == 404 {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(resp.json().await?)
+    }
+
+    /// The KV records under `ksr/` (`kv:<key>`) and the instances of `node`
+    /// (`svc:<id>`), for byte-level comparisons; `indexes: false` drops the ModifyIndexes
+    /// (to compare two different Consuls).
+    pub async fn contents(
+        &self,
+        node: &str,
+        indexes: bool,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Some(entries) = self.get_json("/v1/kv/ksr/?recurse=true").await?.as_array() {
+            for e in entries {
+                // Values are the records (base64); their ModifyIndex lives outside them.
+                out.insert(
+                    format!("kv:{}", e["Key"].as_str().unwrap_or_default()),
+                    e["Value"].to_string(),
+                );
+            }
+        }
+        let services = self.get_json(&format!("/v1/catalog/node/{node}")).await?;
+        if let Some(services) = services["Services"].as_object() {
+            for (id, s) in services {
+                let mut body = serde_json::json!({
+                    "Service": s["Service"], "Tags": s["Tags"], "Address": s["Address"],
+                    "Port": s["Port"], "Meta": s["Meta"],
+                });
+                if indexes {
+                    body["ModifyIndex"] = s["ModifyIndex"].clone();
+                }
+                out.insert(format!("svc:{id}"), body.to_string());
+            }
+        }
+        Ok(out)
+    }
+
     /// Kills Consul (as a crash would); data stays for [`restart`](Self::restart).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {

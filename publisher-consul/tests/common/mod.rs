@@ -82,53 +82,17 @@ impl Bench {
     }
 
     async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let mut req = http_client().get(format!("{}{path}", self.consul.url()));
-        if let Some(t) = self.consul.master_token() {
-            req = req.header("X-Consul-Token", t);
-        }
-        let resp = req.send().await?;
-        if resp.status() == 404 {
-            return Ok(serde_json::Value::Null);
-        }
-        Ok(resp.json().await?)
+        self.consul.get_json(path).await
     }
 
     /// Our KV records and our node's instances, for byte-level comparisons.
     pub async fn snapshot(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        if let Some(entries) = self.get_json("/v1/kv/ksr/?recurse=true").await?.as_array() {
-            for e in entries {
-                out.insert(
-                    format!("kv:{}", e["Key"].as_str().unwrap_or_default()),
-                    e["Value"].to_string(),
-                );
-            }
-        }
-        let node = self.get_json("/v1/catalog/node/ksr").await?;
-        if let Some(services) = node["Services"].as_object() {
-            for (id, s) in services {
-                let body = serde_json::json!({
-                    "Service": s["Service"], "Tags": s["Tags"], "Address": s["Address"],
-                    "Port": s["Port"], "Meta": s["Meta"], "ModifyIndex": s["ModifyIndex"],
-                });
-                out.insert(format!("svc:{id}"), body.to_string());
-            }
-        }
-        Ok(out)
+        self.consul.contents("ksr", true).await
     }
 
     /// The snapshot without ModifyIndexes (for comparing two different Consuls).
     pub async fn content(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        let mut snap = self.snapshot().await?;
-        for v in snap.values_mut() {
-            if let Ok(mut j) = serde_json::from_str::<serde_json::Value>(v) {
-                if let Some(o) = j.as_object_mut() {
-                    o.remove("ModifyIndex");
-                }
-                *v = j.to_string();
-            }
-        }
-        Ok(snap)
+        self.consul.contents("ksr", false).await
     }
 
     /// Waits until every published message is acknowledged, then snapshots.

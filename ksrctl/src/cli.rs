@@ -1,0 +1,258 @@
+//! `ksrctl`'s command line.
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use ksr_runtime::config::parse_dns_label;
+
+#[derive(Debug, Parser)]
+#[command(name = "ksrctl", version, about = "kube-service-router operator tool")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the event stream is.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// NATS server URL.
+    #[arg(
+        long = "nats-url",
+        env = "KSR_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// The stream holding the route events.
+    #[arg(long = "stream", env = "KSR_STREAM", default_value = "KSR_ROUTES")]
+    pub stream: String,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line, stable field names (for jq).
+    Json,
+    /// `events` only: what each event changed versus the previous event of its Service.
+    Diff,
+}
+
+/// `--output`, defaulting to a table on a terminal and JSON lines when piped.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// table, json or (events) diff [default: table on a terminal, json otherwise].
+    #[arg(long = "output", short = 'o', env = "KSR_OUTPUT", value_enum)]
+    pub output: Option<Output>,
+}
+
+impl OutputArgs {
+    pub fn resolve(&self) -> Output {
+        use std::io::IsTerminal;
+        self.output.unwrap_or(if std::io::stdout().is_terminal() {
+            Output::Table
+        } else {
+            Output::Json
+        })
+    }
+}
+
+/// Which events to show.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Only this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Only this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Service name glob (`web*`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only these kinds; repeatable.
+    #[arg(long, value_parser = ["added", "updated", "removed"])]
+    pub kind: Vec<String>,
+    /// From this instant (`#seq`, RFC 3339 time, or `2h`/`7d` ago).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Up to this instant.
+    #[arg(long, conflicts_with = "follow")]
+    pub until: Option<String>,
+}
+
+/// How to reach vulcand's etcd, and whose keys to look at.
+#[derive(Debug, Clone, Args)]
+pub struct VulcandTargetArgs {
+    #[command(flatten)]
+    pub etcd: ksr_publisher_vulcand::config::EtcdArgs,
+    /// vulcand's key prefix (default: `vulcand` for v3, `/vulcand` for v2).
+    #[arg(long = "vulcand-prefix", env = "KSR_VULCAND_PREFIX")]
+    pub prefix: Option<String>,
+    /// Which etcd API vulcand reads: v3 or v2.
+    #[arg(long = "etcd-api", env = "KSR_ETCD_API", default_value = "v3", value_parser = ["v3", "v2"])]
+    pub etcd_api: String,
+    /// The installation (publisher `--owner`) whose keys are checked or written.
+    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
+    pub owner: String,
+    /// The publisher's durable consumer, for its lag (default: ksr-vulcand-<owner>).
+    #[arg(long = "durable", env = "KSR_DURABLE")]
+    pub durable: Option<String>,
+}
+
+/// How to reach Consul, and whose registrations to look at.
+#[derive(Debug, Clone, Args)]
+pub struct ConsulTargetArgs {
+    #[command(flatten)]
+    pub consul: ksr_publisher_consul::config::ConsulArgs,
+    /// The edge router's address, as the publisher registers it.
+    #[arg(
+        long = "router-address",
+        env = "KSR_ROUTER_ADDRESS",
+        default_value = "127.0.0.1"
+    )]
+    pub router_address: IpAddr,
+    /// The edge router's HTTP port.
+    #[arg(long = "router-port", env = "KSR_ROUTER_PORT", default_value_t = 80)]
+    pub router_port: u16,
+    /// The environment the router is registered for.
+    #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_dns_label)]
+    pub environment: String,
+    /// The installation (publisher `--owner`) whose registrations are checked or written.
+    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
+    pub owner: String,
+    /// The publisher's catalog node (default: the owner).
+    #[arg(long = "consul-node", env = "KSR_CONSUL_NODE", value_parser = parse_dns_label)]
+    pub node: Option<String>,
+    /// The publisher's durable consumer, for its lag (default: ksr-consul-<owner>).
+    #[arg(long = "durable", env = "KSR_DURABLE")]
+    pub durable: Option<String>,
+}
+
+/// A projection target.
+#[derive(Debug, Subcommand)]
+pub enum Target {
+    /// vulcand's keys in etcd.
+    Vulcand {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        target: VulcandTargetArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// The Consul catalog.
+    Consul {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        target: ConsulTargetArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The routes vulcand serves (from etcd) and what Consul DNS answers for each host.
+    Routes {
+        /// etcd endpoint (host:port).
+        #[arg(
+            long = "etcd-endpoints",
+            env = "KSR_ETCD_ENDPOINTS",
+            default_value = "127.0.0.1:2379"
+        )]
+        etcd: String,
+        /// vulcand's key prefix.
+        #[arg(
+            long = "vulcand-prefix",
+            env = "KSR_VULCAND_PREFIX",
+            default_value = "vulcand"
+        )]
+        prefix: String,
+        /// Consul's DNS address.
+        #[arg(
+            long = "consul-dns",
+            env = "KSR_CONSUL_DNS",
+            default_value = "127.0.0.1:8600"
+        )]
+        consul_dns: SocketAddr,
+        /// Keep watching and print the table again whenever it changes (until Ctrl-C).
+        #[arg(long, env = "KSR_WATCH")]
+        watch: bool,
+    },
+    /// The history of routing changes, filtered.
+    Events {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Newest first (default: oldest first).
+        #[arg(long, conflicts_with = "follow")]
+        newest_first: bool,
+        /// After the history, keep printing new events as they are stored (until Ctrl-C).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// The complete routing table at an instant (default: now), from the stream alone.
+    State {
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// `#seq`, RFC 3339 time, or `2h`/`7d` ago.
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Routes that appeared, disappeared or changed between two instants.
+    Diff {
+        #[command(flatten)]
+        stream: StreamArgs,
+        from: String,
+        to: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Compares a target with the stream's current state; exits 1 on drift.
+    Verify {
+        #[command(subcommand)]
+        target: Target,
+    },
+    /// Writes the stream's current state into a target through the publishers' fenced apply.
+    Rebuild {
+        /// Print what would change, change nothing.
+        #[arg(long, global = true)]
+        dry_run: bool,
+        #[command(subcommand)]
+        target: Target,
+    },
+    /// The stream, its consumers' lag, and each cluster's last event.
+    Status {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn follow_and_newest_first_exclude_each_other() {
+        let err = Cli::try_parse_from(["ksrctl", "events", "--follow", "--newest-first"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--newest-first"), "{err}");
+    }
+}

@@ -1,0 +1,120 @@
+//! Reading the stream for an audit: progress on a terminal, unreadable events reported
+//! (with their sequence) and skipped, early stop.
+
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::stream::Stream;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use ksr_proto::Event;
+use ksr_runtime::replay::{Latest, Replay};
+
+use crate::Error;
+use crate::cli::StreamArgs;
+
+/// Connects and finds the stream (an unknown stream is named in the error).
+pub async fn open(args: &StreamArgs) -> Result<(async_nats::jetstream::Context, Stream), Error> {
+    let client = async_nats::connect(args.nats_url.as_str())
+        .await
+        .map_err(|e| Error::Nats(format!("{}: {e}", args.nats_url)))?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream(&args.stream)
+        .await
+        .map_err(|e| Error::Nats(format!("stream {:?}: {e}", args.stream)))?;
+    Ok((js, stream))
+}
+
+/// A progress bar on standard error when it is a terminal; nothing otherwise. Cleared when
+/// dropped (also when Ctrl-C drops the command).
+#[derive(Debug)]
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    pub fn new(total: u64, what: &str) -> Self {
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {human_pos}/{human_len} events ({per_sec}, {eta})",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_owned());
+        Self(bar)
+    }
+
+    pub fn set(&self, done: u64) {
+        self.0.set_position(done);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Reports an unreadable event on standard error.
+pub fn report_unreadable(seq: u64, subject: &str, reason: &str, message: &str) {
+    eprintln!(
+        "ksrctl: skipping unreadable event at sequence {seq} on {subject} ({reason}): {message}"
+    );
+}
+
+/// Feeds every readable message `policy` selects on `filter` to `f`, in stream order,
+/// until `f` breaks or the messages present at the start are read. Returns the sequence of
+/// the last message read (0 when none).
+pub async fn each(
+    stream: &Stream,
+    filter: &str,
+    policy: DeliverPolicy,
+    what: &str,
+    mut f: impl FnMut(&Latest, &Event) -> ControlFlow<()>,
+) -> Result<u64, Error> {
+    let mut replay = Replay::open(stream, filter, policy).await?;
+    let progress = Progress::new(replay.total(), what);
+    let (mut read, mut last) = (0u64, 0u64);
+    while let Some(record) = replay.next().await? {
+        read += 1;
+        if read.is_multiple_of(4096) {
+            progress.set(read);
+        }
+        last = record.seq;
+        match &record.event {
+            Ok(event) => {
+                if f(&record, event).is_break() {
+                    break;
+                }
+            }
+            Err((reason, message)) => {
+                report_unreadable(record.seq, &record.subject, reason, message)
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// The newest readable event of every Service, as deliveries for planning.
+pub async fn latest(stream: &Stream) -> Result<Vec<ksr_runtime::consumer::Delivery>, Error> {
+    let mut out = Vec::new();
+    each(
+        stream,
+        &ksr_proto::subject::all_filter(),
+        DeliverPolicy::LastPerSubject,
+        "reading the current state",
+        |r, e| {
+            out.push(ksr_runtime::consumer::Delivery {
+                seq: r.seq,
+                event: e.clone(),
+            });
+            ControlFlow::Continue(())
+        },
+    )
+    .await?;
+    Ok(out)
+}
