@@ -8,7 +8,7 @@ bash scripts/setup.sh >/dev/null
 export PROTOC="$root/.servers/bin/protoc"
 cargo build --release --workspace --bins --locked
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(watcher vulcand consul)
+[ ${#benches[@]} -gt 0 ] || benches=(watcher vulcand consul replay)
 for b in "${benches[@]}"; do
   target/release/ksr-bench "$b"
 done

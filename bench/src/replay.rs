@@ -125,4 +125,3 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

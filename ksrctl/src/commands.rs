@@ -148,16 +148,18 @@ async fn events(
 /// The routing table at `at`, read up to that instant only.
 async fn table_at(stream: &async_nats::jetstream::stream::Stream, at: At) -> Result<Table, Error> {
     let mut table = Table::default();
-    read::each(
+    read::each_owned(
         stream,
         &ksr_proto::subject::all_filter(),
         DeliverPolicy::All,
         "replaying",
-        |r, e| {
-            if !at.includes(r) {
+        |r| {
+            if !at.includes(&r) {
                 return ControlFlow::Break(());
             }
-            table.apply(r, e);
+            if let Ok(event) = r.event {
+                table.apply(r.seq, r.published_unix_ns, event);
+            }
             ControlFlow::Continue(())
         },
     )
@@ -231,7 +233,7 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
                 .transpose()?
                 .unwrap_or(At::Seq(u64::MAX));
             let (_, s) = read::open(&stream).await?;
-            print_state(&table_at(&s, at).await?.routes, output)?;
+            print_state(&table_at(&s, at).await?.routes(), output)?;
             Ok(Outcome::Clean)
         }
         Command::Diff {
@@ -245,25 +247,28 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             // One pass: the table at `from` is copied when the replay passes it.
             let mut table = Table::default();
             let mut before: Option<BTreeMap<ServiceKey, history::Routed>> = None;
-            read::each(
+            read::each_owned(
                 &s,
                 &ksr_proto::subject::all_filter(),
                 DeliverPolicy::All,
                 "replaying",
-                |r, e| {
-                    if before.is_none() && !from.includes(r) {
-                        before = Some(table.routes.clone());
+                |r| {
+                    if before.is_none() && !from.includes(&r) {
+                        before = Some(table.routes());
                     }
-                    if !to.includes(r) {
+                    if !to.includes(&r) {
                         return ControlFlow::Break(());
                     }
-                    table.apply(r, e);
+                    if let Ok(event) = r.event {
+                        table.apply(r.seq, r.published_unix_ns, event);
+                    }
                     ControlFlow::Continue(())
                 },
             )
             .await?;
-            let before = before.unwrap_or_else(|| table.routes.clone());
-            let changes = history::diff(&before, &table.routes);
+            let after = table.routes();
+            let before = before.unwrap_or_else(|| after.clone());
+            let changes = history::diff(&before, &after);
             let mut out = std::io::stdout().lock();
             if output.resolve() == Output::Json {
                 for c in &changes {

@@ -1,10 +1,10 @@
 //! The stream as history: filtered events, the routing table at an instant, and diffs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use ksr_proto::{EventKind, RouteState, ServiceKey, subject};
+use ksr_proto::{Event, EventKind, RouteState, ServiceKey, subject};
 use ksr_runtime::replay::Latest;
 
 /// An instant in the history.
@@ -159,33 +159,44 @@ pub fn state_at(records: &[Latest], at: At) -> BTreeMap<ServiceKey, Routed> {
     let mut table = Table::default();
     for r in records.iter().filter(|r| at.includes(r)) {
         if let Ok(event) = &r.event {
-            table.apply(r, event);
+            table.apply(r.seq, r.published_unix_ns, event.clone());
         }
     }
-    table.routes
+    table.routes()
 }
 
-/// A routing table built event by event (stream order).
-#[derive(Debug, Default)]
+/// A routing table built event by event (stream order). Events are kept as they came and
+/// rendered only at the end: a replay of a million events formats only the survivors.
+#[derive(Debug, Default, Clone)]
 pub struct Table {
-    pub routes: BTreeMap<ServiceKey, Routed>,
+    /// Per Service: sequence, store time and the event that set its route.
+    entries: HashMap<ServiceKey, (u64, i64, Event)>,
 }
 
 impl Table {
-    pub fn apply(&mut self, r: &Latest, event: &ksr_proto::Event) {
-        match event.route() {
-            Some(route) => {
-                self.routes
-                    .insert(event.key.clone(), routed(&event.key, route, r));
-            }
-            None => {
-                self.routes.remove(&event.key);
-            }
+    pub fn apply(&mut self, seq: u64, published_unix_ns: i64, event: Event) {
+        if event.route().is_none() {
+            self.entries.remove(&event.key);
+        } else if let Some(slot) = self.entries.get_mut(&event.key) {
+            *slot = (seq, published_unix_ns, event);
+        } else {
+            self.entries
+                .insert(event.key.clone(), (seq, published_unix_ns, event));
         }
+    }
+
+    /// The routing table.
+    pub fn routes(&self) -> BTreeMap<ServiceKey, Routed> {
+        self.entries
+            .iter()
+            .filter_map(|(key, (seq, ns, event))| {
+                Some((key.clone(), routed(key, event.route()?, *seq, *ns)))
+            })
+            .collect()
     }
 }
 
-fn routed(key: &ServiceKey, route: &RouteState, r: &Latest) -> Routed {
+fn routed(key: &ServiceKey, route: &RouteState, seq: u64, published_unix_ns: i64) -> Routed {
     Routed {
         cluster: key.cluster.clone(),
         namespace: key.namespace.clone(),
@@ -196,8 +207,8 @@ fn routed(key: &ServiceKey, route: &RouteState, r: &Latest) -> Routed {
             .ready_backends()
             .map(|b| std::net::SocketAddr::new(b.ip, b.port).to_string())
             .collect(),
-        seq: r.seq,
-        since: format_time(r.published_unix_ns),
+        seq,
+        since: format_time(published_unix_ns),
     }
 }
 

@@ -76,6 +76,21 @@ pub async fn each(
     what: &str,
     mut f: impl FnMut(&Latest, &Event) -> ControlFlow<()>,
 ) -> Result<u64, Error> {
+    each_owned(stream, filter, policy, what, |record| match &record.event {
+        Ok(event) => f(&record, event),
+        Err(_) => ControlFlow::Continue(()),
+    })
+    .await
+}
+
+/// [`each`], handing over each readable record (its `event` is `Ok`).
+pub async fn each_owned(
+    stream: &Stream,
+    filter: &str,
+    policy: DeliverPolicy,
+    what: &str,
+    mut f: impl FnMut(Latest) -> ControlFlow<()>,
+) -> Result<u64, Error> {
     let mut replay = Replay::open(stream, filter, policy).await?;
     let progress = Progress::new(replay.total(), what);
     let (mut read, mut last) = (0u64, 0u64);
@@ -85,15 +100,10 @@ pub async fn each(
             progress.set(read);
         }
         last = record.seq;
-        match &record.event {
-            Ok(event) => {
-                if f(&record, event).is_break() {
-                    break;
-                }
-            }
-            Err((reason, message)) => {
-                report_unreadable(record.seq, &record.subject, reason, message)
-            }
+        if let Err((reason, message)) = &record.event {
+            report_unreadable(record.seq, &record.subject, reason, message);
+        } else if f(record).is_break() {
+            break;
         }
     }
     Ok(last)
