@@ -1,6 +1,6 @@
 //! `ksrctl`'s command line.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -105,19 +105,8 @@ pub struct VulcandTargetArgs {
 pub struct ConsulTargetArgs {
     #[command(flatten)]
     pub consul: ksr_publisher_consul::config::ConsulArgs,
-    /// The edge router's address, as the publisher registers it.
-    #[arg(
-        long = "router-address",
-        env = "KSR_ROUTER_ADDRESS",
-        default_value = "127.0.0.1"
-    )]
-    pub router_address: IpAddr,
-    /// The edge router's HTTP port.
-    #[arg(long = "router-port", env = "KSR_ROUTER_PORT", default_value_t = 80)]
-    pub router_port: u16,
-    /// The environment the router is registered for.
-    #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_dns_label)]
-    pub environment: String,
+    #[command(flatten)]
+    pub router: ksr_publisher_consul::config::RouterArgs,
     /// The installation (publisher `--owner`) whose registrations are checked or written.
     #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
     pub owner: String,

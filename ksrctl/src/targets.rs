@@ -12,11 +12,8 @@ use crate::cli::{ConsulTargetArgs, VulcandTargetArgs};
 /// The vulcand projector of installation `--owner` (our records loaded from etcd).
 pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error> {
     let etcd = ksr_publisher_vulcand::app::connect_etcd(&args.etcd).await?;
-    let prefix = match (&args.prefix, args.etcd_api.as_str()) {
-        (Some(p), _) => p.clone(),
-        (None, "v2") => "/vulcand".into(),
-        (None, _) => "vulcand".into(),
-    };
+    let prefix =
+        ksr_publisher_vulcand::config::vulcand_prefix(args.prefix.as_deref(), &args.etcd_api);
     let layout = ksr_publisher_vulcand::layout::Layout::new(&prefix, &args.owner);
     let metrics = ksr_publisher_vulcand::publisher::metrics(&MetricsRegistry::new());
     let projector = VulcandProjector::new(
@@ -44,11 +41,7 @@ pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error
 /// The Consul projector of installation `--owner` (our records loaded from Consul KV).
 pub async fn consul(args: &ConsulTargetArgs) -> Result<ConsulProjector, Error> {
     let client = ksr_publisher_consul::client::ConsulClient::new(&args.consul)?;
-    let target = ksr_publisher_consul::target::ConsulTarget {
-        owner: args.owner.clone(),
-        router_address: args.router_address.to_string(),
-        router_port: args.router_port,
-    };
+    let target = args.router.target(&args.owner);
     Ok(ConsulProjector::new(
         client,
         ksr_publisher_consul::layout::Layout::new(&args.owner),

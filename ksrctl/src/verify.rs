@@ -51,7 +51,7 @@ async fn find(target: &Target) -> Result<Found, Error> {
             let latest = read::latest(&s).await?;
             let projector = targets::consul(target).await?;
             let drift =
-                ksr_publisher_consul::drift::drift(&projector, &latest, &target.environment)
+                ksr_publisher_consul::drift::drift(&projector, &latest, &target.router.environment)
                     .await?;
             let durable = target
                 .durable
@@ -164,14 +164,14 @@ pub async fn rebuild(target: &Target, dry_run: bool) -> Result<Outcome, Error> {
             let projector = targets::consul(target).await?;
             ksr_publisher_consul::reconcile::ensure_node_and_router(
                 &projector,
-                &target.environment,
+                &target.router.environment,
             )
             .await?;
             let r = ksr_publisher_consul::reconcile::reconcile(
                 &projector,
                 &s,
                 u64::MAX,
-                &target.environment,
+                &target.router.environment,
             )
             .await?;
             format!(

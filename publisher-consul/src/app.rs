@@ -12,7 +12,6 @@ use crate::config::Config;
 use crate::layout::Layout;
 use crate::publisher::ConsulProjector;
 use crate::reconcile;
-use crate::target::ConsulTarget;
 
 /// Runs the publisher until `shutdown` is cancelled; the batch in hand is finished first.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -39,11 +38,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         return Ok(());
     };
 
-    let target = ConsulTarget {
-        owner: config.owner.clone(),
-        router_address: config.router_address.to_string(),
-        router_port: config.router_port,
-    };
+    let target = config.router.target(&config.owner);
     let layout = Layout::new(&config.owner);
     let metrics = crate::publisher::metrics(&registry);
     health.set_not_ready(format!("connecting to Consul at {}", client.base_url()));
@@ -60,7 +55,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     else {
         return Ok(());
     };
-    let environment = config.environment.clone();
+    let environment = config.router.environment.clone();
     if until_ready(&shutdown, &health, "consul node", || {
         reconcile::ensure_node_and_router(&projector, &environment)
     })

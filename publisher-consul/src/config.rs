@@ -17,6 +17,24 @@ pub struct Config {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub consul: ConsulArgs,
+    #[command(flatten)]
+    pub router: RouterArgs,
+    /// Names this installation: our KV prefix is `ksr/<owner>/consul/`.
+    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
+    pub owner: String,
+    /// The synthetic catalog node our registrations live on (default: the owner). One node
+    /// per installation: reconciliation only ever touches this node.
+    #[arg(long = "consul-node", env = "KSR_CONSUL_NODE", value_parser = parse_dns_label)]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The edge router every routed name resolves to, and the environment it serves.
+#[derive(Debug, Clone, Args)]
+pub struct RouterArgs {
     /// The edge router's address: every routed name resolves to it.
     #[arg(
         long = "router-address",
@@ -31,17 +49,17 @@ pub struct Config {
     /// vulcaningress's ENVIRONMENT_NAME.
     #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_dns_label)]
     pub environment: String,
-    /// Names this installation: our KV prefix is `ksr/<owner>/consul/`.
-    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
-    pub owner: String,
-    /// The synthetic catalog node our registrations live on (default: the owner). One node
-    /// per installation: reconciliation only ever touches this node.
-    #[arg(long = "consul-node", env = "KSR_CONSUL_NODE", value_parser = parse_dns_label)]
-    pub node: Option<String>,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
+}
+
+impl RouterArgs {
+    /// The planning target of installation `owner`.
+    pub fn target(&self, owner: &str) -> crate::target::ConsulTarget {
+        crate::target::ConsulTarget {
+            owner: owner.to_owned(),
+            router_address: self.router_address.to_string(),
+            router_port: self.router_port,
+        }
+    }
 }
 
 /// How to reach Consul.

@@ -80,11 +80,17 @@ pub struct EtcdArgs {
 impl Config {
     /// The vulcand prefix in effect.
     pub fn prefix(&self) -> String {
-        match (&self.vulcand_prefix, self.etcd_api.as_str()) {
-            (Some(p), _) => p.clone(),
-            (None, "v2") => "/vulcand".into(),
-            (None, _) => "vulcand".into(),
-        }
+        vulcand_prefix(self.vulcand_prefix.as_deref(), &self.etcd_api)
+    }
+}
+
+/// vulcand's key prefix: `explicit`, or the default of `etcd_api` (`vulcand` for v3,
+/// `/vulcand` for v2).
+pub fn vulcand_prefix(explicit: Option<&str>, etcd_api: &str) -> String {
+    match (explicit, etcd_api) {
+        (Some(p), _) => p.to_owned(),
+        (None, "v2") => "/vulcand".into(),
+        (None, _) => "vulcand".into(),
     }
 }
 
