@@ -1,6 +1,7 @@
 //! ksrctl's replay: `ksrctl state --at` over a stream of 1,000,000 events (two clusters,
 //! Services added, updated many times and sometimes removed), timed end to end as an operator
-//! runs it (release binary, output discarded), plus the bare in-process read-and-decode rate.
+//! runs it (release binary, output discarded): from the stream's first event, then from
+//! checkpoints (`ksrctl checkpoint`, also timed); plus the bare in-process read-and-decode rate.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -87,41 +88,102 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         decoded as f64 / t.as_secs_f64()
     );
 
-    // As an operator runs it: the release binary, output to /dev/null.
+    // As an operator runs it: the release binary, output to /dev/null. First from the
+    // stream's first event, then after `ksrctl checkpoint` from the nearest checkpoint.
+    let url = nats.url();
+    let at_last = format!("#{}", args.events);
+    let at_odd = format!("#{}", args.events * 654_321 / 1_000_000);
+    let ksrctl = |label: &str, args: Vec<String>, covered: u64| {
+        let label = label.to_owned();
+        async move {
+            let (t, peak) = timed_ksrctl(&args).await?;
+            println!(
+                "  ksrctl {label}: {:.2} s{} (process start included), peak RSS {peak:.1} MiB",
+                t.as_secs_f64(),
+                if covered > 0 {
+                    format!(
+                        " for {covered} events = {:.0} events/s",
+                        covered as f64 / t.as_secs_f64()
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            anyhow::Ok(())
+        }
+    };
+    let state = |at: &str, extra: &[&str]| {
+        let mut a: Vec<String> = ["state", "--nats-url", &url, "--at", at, "--output", "json"]
+            .map(String::from)
+            .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    ksrctl(
+        "state --at <last> --no-checkpoints",
+        state(&at_last, &["--no-checkpoints"]),
+        args.events,
+    )
+    .await?;
+    ksrctl(
+        "state --at <middle> --no-checkpoints",
+        state(&format!("#{}", args.events / 2), &["--no-checkpoints"]),
+        args.events / 2,
+    )
+    .await?;
+    ksrctl(
+        "checkpoint (every 100,000 events)",
+        ["checkpoint", "--nats-url", &url]
+            .map(String::from)
+            .to_vec(),
+        args.events,
+    )
+    .await?;
+    let bucket = js
+        .get_stream("OBJ_KSR_CHECKPOINTS")
+        .await?
+        .info()
+        .await?
+        .state
+        .clone();
+    println!(
+        "  checkpoint bucket: {:.1} MiB stored in {} messages (chunks and metadata)",
+        bucket.bytes as f64 / 1048576.0,
+        bucket.messages
+    );
+    // Each answer: the nearest checkpoint, then the events after it (at most --every).
     for (label, upto) in [
-        ("state --at <last seq>", args.events),
-        ("state --at <middle seq>", args.events / 2),
+        ("<last>", args.events),
+        ("<last - 1>", args.events - 1),
+        ("<0.654321 of the way>", at_odd[1..].parse::<u64>()?),
     ] {
-        let at = format!("#{upto}");
-        let started = Instant::now();
-        let mut p = Proc::spawn_with(
-            "ksrctl",
-            &[
-                "state".into(),
-                "--nats-url".into(),
-                nats.url(),
-                "--at".into(),
-                at,
-                "--output".into(),
-                "json".into(),
-            ],
-            Stdio::null(),
-        )?;
-        let mut peak = 0.0f64;
-        let status = loop {
-            if let Some(status) = p.child.try_wait()? {
-                break status;
-            }
-            peak = peak.max(p.memory_mib().1);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let t = started.elapsed();
-        anyhow::ensure!(status.success(), "ksrctl {label} failed: {status}");
-        println!(
-            "  ksrctl {label}: {:.2} s for {upto} events = {:.0} events/s (process start included), peak RSS {peak:.1} MiB",
-            t.as_secs_f64(),
-            upto as f64 / t.as_secs_f64()
-        );
+        let replayed = upto % 100_000;
+        ksrctl(
+            &format!(
+                "state --at {label} #{upto} from checkpoints (checkpoint #{} + {replayed} events replayed)",
+                upto - replayed
+            ),
+            state(&format!("#{upto}"), &[]),
+            upto,
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// Runs the release `ksrctl` with `args` (output discarded): wall time and peak RSS.
+async fn timed_ksrctl(args: &[String]) -> anyhow::Result<(Duration, f64)> {
+    let started = Instant::now();
+    let mut p = Proc::spawn_with("ksrctl", args, Stdio::null())?;
+    let mut peak = 0.0f64;
+    let status = loop {
+        if let Some(status) = p.child.try_wait()? {
+            break status;
+        }
+        peak = peak.max(p.memory_mib().1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let t = started.elapsed();
+    anyhow::ensure!(status.success(), "ksrctl {args:?} failed: {status}");
+    Ok((t, peak))
 }

@@ -74,6 +74,8 @@ for i in 1 2; do
     --router-address 127.0.0.1 --router-port 8181 --admin-addr "127.0.0.1:$((base + 13 + i))"
 done
 for p in 10 11 12 13 14 15; do wait_http $((base + p)) /readyz "process on admin port $((base + p))"; done
+# After the watchers are ready: the stream exists.
+start checkpointer "$target/ksrctl" checkpoint --follow --every 1000 --nats-url "nats://127.0.0.1:$nats_port"
 
 cat <<INFO
 
@@ -83,6 +85,7 @@ kube-service-router is running on loopback:
   consul       http://127.0.0.1:$consul_http    DNS on 127.0.0.1:$consul_dns (dig @127.0.0.1 -p $consul_dns myapp-default.test.service.consul)
   watchers     east, west (manifests in deploy/local/east and deploy/local/west)
   publishers   2 × vulcand, 2 × consul; admin ports $((base + 10))–$((base + 15)) serve /livez /readyz /metrics
+  checkpointer ksrctl checkpoint --follow (routing-table checkpoints every 1,000 events)
 Edit, add or delete a manifest and watch the table change. Ctrl-C stops everything.
 
 INFO

@@ -28,6 +28,28 @@ pub struct StreamArgs {
     pub stream: String,
 }
 
+/// Where routing-table checkpoints are kept (written by `ksrctl checkpoint`).
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointArgs {
+    /// Object store bucket holding the routing-table checkpoints.
+    #[arg(
+        long = "checkpoint-bucket",
+        env = "KSR_CHECKPOINT_BUCKET",
+        default_value = "KSR_CHECKPOINTS"
+    )]
+    pub bucket: String,
+}
+
+/// How a history read finds its starting point.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub checkpoints: CheckpointArgs,
+    /// Replay from the stream's first event, ignoring checkpoints.
+    #[arg(long = "no-checkpoints", env = "KSR_NO_CHECKPOINTS")]
+    pub no_checkpoints: bool,
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -193,16 +215,42 @@ pub enum Command {
         #[arg(long)]
         at: Option<String>,
         #[command(flatten)]
+        replay: ReplayArgs,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// Routes that appeared, disappeared or changed between two instants.
     Diff {
         #[command(flatten)]
         stream: StreamArgs,
+        /// The earlier instant (`#seq`, RFC 3339 time, or `2h`/`7d` ago).
         from: String,
+        /// The later instant.
         to: String,
         #[command(flatten)]
+        replay: ReplayArgs,
+        #[command(flatten)]
         output: OutputArgs,
+    },
+    /// Stores the routing table every N events, so `state --at` and `diff` replay only the
+    /// events after the nearest checkpoint.
+    Checkpoint {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        checkpoints: CheckpointArgs,
+        /// A checkpoint every this many stream sequences.
+        #[arg(
+            long = "every",
+            env = "KSR_CHECKPOINT_EVERY",
+            default_value_t = 100_000,
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        every: u64,
+        /// After catching up, keep writing checkpoints as events arrive (until Ctrl-C or
+        /// SIGTERM).
+        #[arg(long, short = 'f', env = "KSR_FOLLOW")]
+        follow: bool,
     },
     /// Compares a target with the stream's current state; exits 1 on drift.
     Verify {

@@ -1,7 +1,7 @@
 //! Running one command: reading, folding and printing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -10,9 +10,10 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use ksr_proto::{Event, ServiceKey};
 use ksr_runtime::replay::Replay;
 
-use crate::cli::{Command, FilterArgs, Output};
-use crate::history::{self, At, EventRow, Filter, Table};
-use crate::{Error, Outcome, changes, read, routes, status, verify};
+use crate::checkpoints::{self, Replayed};
+use crate::cli::{Command, FilterArgs, Output, ReplayArgs};
+use crate::history::{self, At, EventRow, Filter};
+use crate::{Error, Outcome, changes, checkpointer, read, routes, status, verify};
 
 fn instant(s: &str) -> Result<At, Error> {
     history::parse_instant(s, history::now_ns()).map_err(Error::Usage)
@@ -38,6 +39,8 @@ struct EventPrinter {
     output: Output,
     /// The previous event of each Service, for the diff output.
     previous: HashMap<ServiceKey, Event>,
+    /// Column widths of the table output.
+    widths: Vec<usize>,
 }
 
 impl EventPrinter {
@@ -48,11 +51,14 @@ impl EventPrinter {
                 let lines = changes::changes(self.previous.get(&event.key), event);
                 changes::block(row, &lines)
             }
-            Output::Table => history::event_table(std::slice::from_ref(row))
-                .lines()
-                .nth(1)
-                .map(|l| format!("{l}\n"))
-                .unwrap_or_default(),
+            // Live rows (`--follow`) line up with the table printed before them.
+            Output::Table => {
+                let cells = history::event_cells(row);
+                for (w, c) in self.widths.iter_mut().zip(&cells) {
+                    *w = (*w).max(c.chars().count());
+                }
+                history::line(&cells, &self.widths)
+            }
         })
     }
 
@@ -75,6 +81,7 @@ async fn events(
     let mut printer = EventPrinter {
         output,
         previous: HashMap::new(),
+        widths: Vec::new(),
     };
     // Rows are kept (for alignment and ordering); diff blocks need the previous event of
     // each Service even when it is outside the range shown.
@@ -110,8 +117,10 @@ async fn events(
     }
     let mut out = std::io::stdout().lock();
     if output == Output::Table {
-        let rows: Vec<EventRow> = shown.into_iter().map(|(r, _)| r).collect();
-        write!(out, "{}", history::event_table(&rows))?;
+        let mut cells = vec![history::event_header()];
+        cells.extend(shown.iter().map(|(r, _)| history::event_cells(r)));
+        printer.widths = history::widths(&cells);
+        write!(out, "{}", history::table(&cells))?;
     } else {
         for (_, text) in &shown {
             out.write_all(text.as_bytes())?;
@@ -145,26 +154,52 @@ async fn events(
     Ok(Outcome::Clean)
 }
 
-/// The routing table at `at`, read up to that instant only.
-async fn table_at(stream: &async_nats::jetstream::stream::Stream, at: At) -> Result<Table, Error> {
-    let mut table = Table::default();
-    read::each_owned(
+/// Applies the events from `replayed.next` on, up to `at` (unreadable ones reported).
+async fn replay_until(
+    stream: &async_nats::jetstream::stream::Stream,
+    replayed: &mut Replayed,
+    at: At,
+) -> Result<(), Error> {
+    if let At::Seq(s) = at
+        && replayed.next > s
+    {
+        return Ok(());
+    }
+    let read = read::each_owned(
         stream,
         &ksr_proto::subject::all_filter(),
-        DeliverPolicy::All,
+        DeliverPolicy::ByStartSequence {
+            start_sequence: replayed.next,
+        },
         "replaying",
         |r| {
             if !at.includes(&r) {
                 return ControlFlow::Break(());
             }
-            if let Ok(event) = r.event {
-                table.apply(r.seq, r.published_unix_ns, event);
-            }
+            replayed.apply(r);
             ControlFlow::Continue(())
         },
     )
     .await?;
-    Ok(table)
+    if read > 200_000 && std::io::stderr().is_terminal() {
+        eprintln!(
+            "ksrctl: replayed {read} events; `ksrctl checkpoint` would let this start from a \
+             nearby checkpoint"
+        );
+    }
+    Ok(())
+}
+
+/// The routing table at `at`: the nearest checkpoint, then the events after it.
+async fn table_at(
+    js: &async_nats::jetstream::Context,
+    stream: &async_nats::jetstream::stream::Stream,
+    args: &ReplayArgs,
+    at: At,
+) -> Result<Replayed, Error> {
+    let mut replayed = checkpoints::start(js, stream, args, at).await;
+    replay_until(stream, &mut replayed, at).await?;
+    Ok(replayed)
 }
 
 fn print_state(state: &BTreeMap<ServiceKey, history::Routed>, output: Output) -> Result<(), Error> {
@@ -222,7 +257,12 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             let filter = filter_of(&filter)?;
             events(&stream, filter, output.resolve(), newest_first, follow).await
         }
-        Command::State { stream, at, output } => {
+        Command::State {
+            stream,
+            at,
+            replay,
+            output,
+        } => {
             let output = output.resolve();
             if output == Output::Diff {
                 return Err(Error::Usage("--output diff is for `events`".into()));
@@ -232,43 +272,41 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
                 .map(instant)
                 .transpose()?
                 .unwrap_or(At::Seq(u64::MAX));
-            let (_, s) = read::open(&stream).await?;
-            print_state(&table_at(&s, at).await?.routes(), output)?;
+            let (js, s) = read::open(&stream).await?;
+            print_state(
+                &table_at(&js, &s, &replay, at).await?.table.routes(),
+                output,
+            )?;
             Ok(Outcome::Clean)
         }
         Command::Diff {
             stream,
             from,
             to,
+            replay,
             output,
         } => {
             let (from, to) = (instant(&from)?, instant(&to)?);
-            let (_, s) = read::open(&stream).await?;
-            // One pass: the table at `from` is copied when the replay passes it.
-            let mut table = Table::default();
-            let mut before: Option<BTreeMap<ServiceKey, history::Routed>> = None;
-            read::each_owned(
-                &s,
-                &ksr_proto::subject::all_filter(),
-                DeliverPolicy::All,
-                "replaying",
-                |r| {
-                    if before.is_none() && !from.includes(&r) {
-                        before = Some(table.routes());
-                    }
-                    if !to.includes(&r) {
-                        return ControlFlow::Break(());
-                    }
-                    if let Ok(event) = r.event {
-                        table.apply(r.seq, r.published_unix_ns, event);
-                    }
-                    ControlFlow::Continue(())
-                },
-            )
-            .await?;
-            let after = table.routes();
-            let before = before.unwrap_or_else(|| after.clone());
-            let changes = history::diff(&before, &after);
+            let reversed = match (from, to) {
+                (At::Seq(a), At::Seq(b)) => a > b,
+                (At::Time(a), At::Time(b)) => a > b,
+                _ => false,
+            };
+            if reversed {
+                return Err(Error::Usage("FROM is later than TO".into()));
+            }
+            let (js, s) = read::open(&stream).await?;
+            let mut replayed = table_at(&js, &s, &replay, from).await?;
+            let before = replayed.table.routes();
+            // On from a checkpoint past `from` when there is one, from `from` otherwise.
+            if let Some((meta, nearer)) = checkpoints::nearest(&js, &s, &replay, to).await
+                && nearer.next > replayed.next
+            {
+                checkpoints::announce(&meta, &nearer, &replay.checkpoints.bucket, replayed.next);
+                replayed = nearer;
+            }
+            replay_until(&s, &mut replayed, to).await?;
+            let changes = history::diff(&before, &replayed.table.routes());
             let mut out = std::io::stdout().lock();
             if output.resolve() == Output::Json {
                 for c in &changes {
@@ -279,6 +317,12 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             }
             Ok(Outcome::Clean)
         }
+        Command::Checkpoint {
+            stream,
+            checkpoints,
+            every,
+            follow,
+        } => checkpointer::run(&stream, &checkpoints, every, follow).await,
         Command::Verify { target } => verify::verify(&target).await,
         Command::Rebuild { dry_run, target } => verify::rebuild(&target, dry_run).await,
         Command::Status { stream, output } => {

@@ -185,6 +185,28 @@ impl Table {
         }
     }
 
+    /// How many Services are routed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every routed Service's event, with its sequence and store time, in Service order.
+    pub fn entries(&self) -> Vec<(u64, i64, &Event)> {
+        let mut out: Vec<(&ServiceKey, u64, i64, &Event)> = self
+            .entries
+            .iter()
+            .map(|(key, (seq, ns, event))| (key, *seq, *ns, event))
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out.into_iter()
+            .map(|(_, seq, ns, e)| (seq, ns, e))
+            .collect()
+    }
+
     /// The routing table.
     pub fn routes(&self) -> BTreeMap<ServiceKey, Routed> {
         self.entries
@@ -267,6 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn later_lines_line_up_with_a_table_printed_before_them() {
+        let rows = vec![
+            vec!["SEQ".to_owned(), "KIND".to_owned(), "HOST".to_owned()],
+            vec!["9".to_owned(), "added".to_owned(), "a.test".to_owned()],
+        ];
+        let printed = table(&rows);
+        let later = line(
+            &["10".to_owned(), "added".to_owned(), "b.test".to_owned()],
+            &widths(&rows),
+        );
+        let column = |l: &str| l.find(".test").expect("a host");
+        assert_eq!(column(printed.lines().nth(1).unwrap()), column(&later));
+    }
+
+    #[test]
     fn globs_match_names() {
         assert!(glob("web*", "webtest1"));
         assert!(glob("w?b", "web"));
@@ -339,46 +376,53 @@ pub fn event_row(r: &Latest) -> Result<EventRow, String> {
     })
 }
 
-/// An aligned text table (first row: header).
-pub fn table(rows: &[Vec<String>]) -> String {
+/// Column widths that align `rows`.
+pub fn widths(rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths = vec![0; rows.first().map(Vec::len).unwrap_or(0)];
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    widths
+}
+
+/// One line of an aligned table.
+pub fn line(row: &[String], widths: &[usize]) -> String {
+    let cells: Vec<String> = row
+        .iter()
+        .zip(widths)
+        .map(|(c, w)| format!("{c:<w$}"))
+        .collect();
+    let mut out = cells.join("  ").trim_end().to_owned();
+    out.push('\n');
     out
 }
 
-/// Table rows of events.
-pub fn event_table(rows: &[EventRow]) -> String {
-    let mut t = vec![
-        ["SEQ", "TIME", "KIND", "SERVICE", "HOST", "PATH", "BACKENDS"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for r in rows {
-        t.push(vec![
-            r.seq.to_string(),
-            r.time.clone(),
-            r.kind.clone(),
-            format!("{}/{}/{}", r.cluster, r.namespace, r.name),
-            r.host.clone().unwrap_or_default(),
-            r.path.clone().unwrap_or_default(),
-            r.backends.join(" "),
-        ]);
-    }
-    table(&t)
+/// An aligned text table (first row: header).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let widths = widths(rows);
+    rows.iter().map(|row| line(row, &widths)).collect()
+}
+
+/// The header of the events table.
+pub fn event_header() -> Vec<String> {
+    ["SEQ", "TIME", "KIND", "SERVICE", "HOST", "PATH", "BACKENDS"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The cells of one event in the events table.
+pub fn event_cells(r: &EventRow) -> Vec<String> {
+    vec![
+        r.seq.to_string(),
+        r.time.clone(),
+        r.kind.clone(),
+        format!("{}/{}/{}", r.cluster, r.namespace, r.name),
+        r.host.clone().unwrap_or_default(),
+        r.path.clone().unwrap_or_default(),
+        r.backends.join(" "),
+    ]
 }
 
 /// Table rows of a routing table.

@@ -7,6 +7,8 @@
 //! shows the stream and its consumers ([`status`]).
 
 pub mod changes;
+pub mod checkpointer;
+pub mod checkpoints;
 pub mod cli;
 pub mod commands;
 pub mod history;
@@ -39,6 +41,8 @@ pub enum Error {
     Vulcand(#[from] ksr_publisher_vulcand::Error),
     #[error("Consul: {0}")]
     Consul(#[from] ksr_publisher_consul::Error),
+    #[error("checkpoints: {0}")]
+    Checkpoint(String),
     #[error("{0}")]
     Usage(String),
     #[error("output: {0}")]

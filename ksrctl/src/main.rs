@@ -1,4 +1,4 @@
-//! `ksrctl`: parse the command line, run one command, stop cleanly on Ctrl-C.
+//! `ksrctl`: parse the command line, run one command, stop cleanly on Ctrl-C or SIGTERM.
 
 use std::process::ExitCode;
 
@@ -33,5 +33,17 @@ async fn main() -> ExitCode {
             eprintln!("ksrctl: interrupted");
             ExitCode::from(130)
         }
+        // `checkpoint --follow` runs as a Deployment: SIGTERM is its normal end.
+        () = terminated() => ExitCode::SUCCESS,
+    }
+}
+
+/// Resolves on SIGTERM (never, where it cannot be listened for).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
     }
 }

@@ -51,6 +51,11 @@ impl Progress {
     pub fn set(&self, done: u64) {
         self.0.set_position(done);
     }
+
+    /// Runs `f` (which prints) with the bar hidden.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.0.suspend(f)
+    }
 }
 
 impl Drop for Progress {
@@ -83,7 +88,8 @@ pub async fn each(
     .await
 }
 
-/// [`each`], handing over each readable record (its `event` is `Ok`).
+/// [`each`], handing over every record, readable or not. An unreadable record is
+/// reported unless `f` stops at it (it lies beyond the range read).
 pub async fn each_owned(
     stream: &Stream,
     filter: &str,
@@ -100,10 +106,14 @@ pub async fn each_owned(
             progress.set(read);
         }
         last = record.seq;
-        if let Err((reason, message)) = &record.event {
-            report_unreadable(record.seq, &record.subject, reason, message);
-        } else if f(record).is_break() {
+        let unreadable = record.event.as_ref().err().map(|(reason, message)| {
+            (record.seq, record.subject.clone(), *reason, message.clone())
+        });
+        if f(record).is_break() {
             break;
+        }
+        if let Some((seq, subject, reason, message)) = unreadable {
+            report_unreadable(seq, &subject, reason, &message);
         }
     }
     Ok(last)

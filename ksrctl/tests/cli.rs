@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use common::{Stream, ksrctl};
+use common::{Stream, ksrctl, publish_junk};
 use ksr_proto::Change;
-use ksr_test_support::events::{added, event, publish, publish_raw, removed, route};
+use ksr_test_support::events::{added, event, publish, removed, route};
 
 async fn scripted(s: &Stream) -> anyhow::Result<()> {
     publish(&s.js, &added("east", "default", "web", &["10.0.0.1"])).await?;
@@ -30,14 +30,7 @@ async fn scripted(s: &Stream) -> anyhow::Result<()> {
         ),
     )
     .await?;
-    publish_raw(
-        &s.js,
-        "ksr.routes.east.default.junk",
-        "added",
-        "east",
-        b"junk".to_vec(),
-    )
-    .await?;
+    publish_junk(&s.js).await?;
     Ok(())
 }
 

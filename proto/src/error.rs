@@ -25,6 +25,8 @@ pub enum ProtoError {
     InvalidPath { value: String, reason: String },
     #[error("invalid event: {0}")]
     InvalidEvent(String),
+    #[error("unreadable checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 impl ProtoError {
@@ -40,6 +42,7 @@ impl ProtoError {
             ProtoError::InvalidName { .. } => "invalid_name",
             ProtoError::InvalidPath { .. } => "invalid_path",
             ProtoError::InvalidEvent(_) => "invalid_event",
+            ProtoError::Checkpoint(_) => "checkpoint",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! builds [`Event`]s and encodes them, the publishers and `ksrctl` decode them. The payload is
 //! bincode 2.0.1 inside a small versioned envelope ([`codec`]); bincode never leaks out of here.
 
+pub mod checkpoint;
 pub mod codec;
 mod error;
 pub mod model;

@@ -146,7 +146,7 @@ fn ksr_containers() -> Vec<(String, Vec<String>)> {
 #[test]
 fn every_ksr_container_command_line_is_accepted_by_its_binary() {
     let containers = ksr_containers();
-    assert!(containers.len() >= 4, "{containers:?}");
+    assert!(containers.len() >= 5, "{containers:?}");
     for (name, args) in containers {
         let result = match name.as_str() {
             "ksr-watcher" => ksr_watcher::config::Config::try_parse_from(
@@ -159,6 +159,10 @@ fn every_ksr_container_command_line_is_accepted_by_its_binary() {
             .map(drop),
             "ksr-publisher-consul" => ksr_publisher_consul::config::Config::try_parse_from(
                 std::iter::once("x".to_owned()).chain(args.clone()),
+            )
+            .map(drop),
+            "ksr-checkpointer" => ksrctl::cli::Cli::try_parse_from(
+                std::iter::once("ksrctl".to_owned()).chain(args.clone()),
             )
             .map(drop),
             other => panic!("unknown ksr workload {other}"),

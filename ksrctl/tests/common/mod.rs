@@ -33,6 +33,18 @@ pub async fn ksrctl(args: &[&str]) -> anyhow::Result<Run> {
     })
 }
 
+/// Publishes an undecodable message on `ksr.routes.east.default.junk`.
+pub async fn publish_junk(js: &jetstream::Context) -> anyhow::Result<u64> {
+    ksr_test_support::events::publish_raw(
+        js,
+        "ksr.routes.east.default.junk",
+        "added",
+        "east",
+        b"junk".to_vec(),
+    )
+    .await
+}
+
 pub struct Stream {
     pub nats: NatsServer,
     pub js: jetstream::Context,

@@ -1,0 +1,117 @@
+//! `ksrctl checkpoint`: catches up with the stream from the newest checkpoint, stores the
+//! routing table every N stream sequences, and with `--follow` keeps doing so as events come.
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+
+use ksr_runtime::replay::Replay;
+
+use crate::checkpoints::{Checkpoints, Replayed};
+use crate::cli::{CheckpointArgs, StreamArgs};
+use crate::{Error, Outcome, read};
+
+/// The first checkpoint sequence after `done` (a multiple of `every`).
+pub fn next_boundary(done: u64, every: u64) -> u64 {
+    (done / every + 1).saturating_mul(every)
+}
+
+pub async fn run(
+    stream_args: &StreamArgs,
+    args: &CheckpointArgs,
+    every: u64,
+    follow: bool,
+) -> Result<Outcome, Error> {
+    let (js, stream) = read::open(stream_args).await?;
+    let checkpoints = Checkpoints::create(&js, &args.bucket, &stream).await?;
+    let (ours, stale) = checkpoints.list().await?;
+    if !stale.is_empty() {
+        checkpoints.delete(&stale).await?;
+        println!(
+            "deleted {} checkpoints of an earlier stream named {}",
+            stale.len(),
+            stream_args.stream
+        );
+    }
+    // Resume from the newest checkpoint that loads (an unreadable one is rewritten).
+    let mut replayed = Replayed::start();
+    for meta in ours.iter().rev() {
+        match checkpoints.load(meta).await {
+            Ok(r) => {
+                replayed = r;
+                break;
+            }
+            Err(e) => eprintln!("ksrctl: ignoring checkpoint {e}"),
+        }
+    }
+    let last = stream.cached_info().state.last_sequence;
+    let mut boundary = next_boundary(replayed.next - 1, every);
+    if !follow && boundary > last {
+        println!(
+            "checkpoints up to date: next at #{boundary}, the stream is at #{last} ({} in bucket {})",
+            ours.len(),
+            checkpoints.bucket()
+        );
+        return Ok(Outcome::Clean);
+    }
+    let filter = ksr_proto::subject::all_filter();
+    let mut replay = if follow {
+        Replay::follow(&stream, &filter, replayed.next).await?
+    } else {
+        Replay::open(
+            &stream,
+            &filter,
+            DeliverPolicy::ByStartSequence {
+                start_sequence: replayed.next,
+            },
+        )
+        .await?
+    };
+    let progress = read::Progress::new(last.saturating_sub(replayed.next - 1), "checkpointing");
+    let (first, mut read) = (replayed.next, 0u64);
+    while let Some(record) = replay.next().await? {
+        read += 1;
+        if read.is_multiple_of(4096) {
+            progress.set(read);
+        }
+        let (seq, published) = (record.seq, record.published_unix_ns);
+        if let Err((reason, message)) = &record.event {
+            read::report_unreadable(seq, &record.subject, reason, message);
+        }
+        replayed.apply(record);
+        if seq < boundary {
+            continue;
+        }
+        let bytes = checkpoints.write(seq, published, &replayed).await?;
+        progress.suspend(|| {
+            println!(
+                "checkpoint #{seq}: {} routed Services, {:.1} KiB",
+                replayed.table.len(),
+                bytes as f64 / 1024.0
+            );
+        });
+        boundary = next_boundary(seq, every);
+        if !follow && boundary > last {
+            break;
+        }
+    }
+    drop(progress);
+    if !follow {
+        println!(
+            "replayed #{first}..#{} ({read} events); next checkpoint at #{boundary}",
+            replayed.next - 1
+        );
+    }
+    Ok(Outcome::Clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_fall_on_multiples_of_every() {
+        assert_eq!(next_boundary(0, 100), 100);
+        assert_eq!(next_boundary(99, 100), 100);
+        assert_eq!(next_boundary(100, 100), 200);
+        assert_eq!(next_boundary(u64::MAX - 1, 100), u64::MAX);
+    }
+}
