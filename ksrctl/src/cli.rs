@@ -265,10 +265,12 @@ pub enum Command {
         #[command(subcommand)]
         target: Target,
     },
-    /// The stream, its consumers' lag, and each cluster's last event.
+    /// The stream, its consumers' lag, each cluster's last event, the newest checkpoint.
     Status {
         #[command(flatten)]
         stream: StreamArgs,
+        #[command(flatten)]
+        checkpoints: CheckpointArgs,
         #[command(flatten)]
         output: OutputArgs,
     },

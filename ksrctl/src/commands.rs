@@ -325,9 +325,13 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
         } => checkpointer::run(&stream, &checkpoints, every, follow).await,
         Command::Verify { target } => verify::verify(&target).await,
         Command::Rebuild { dry_run, target } => verify::rebuild(&target, dry_run).await,
-        Command::Status { stream, output } => {
-            let (_, mut s) = read::open(&stream).await?;
-            let st = status::read(&mut s).await?;
+        Command::Status {
+            stream,
+            checkpoints,
+            output,
+        } => {
+            let (js, mut s) = read::open(&stream).await?;
+            let st = status::read(&js, &mut s, &checkpoints.bucket).await?;
             if output.resolve() == Output::Json {
                 println!("{}", serde_json::to_string(&st)?);
             } else {

@@ -1,4 +1,5 @@
-//! `ksrctl status`: the stream, its durable consumers, and each cluster's last event.
+//! `ksrctl status`: the stream, its durable consumers, each cluster's last event, and the
+//! newest routing-table checkpoint.
 
 use std::collections::BTreeMap;
 
@@ -48,11 +49,23 @@ pub struct ClusterStatus {
     pub last_time: Option<String>,
 }
 
+/// The routing-table checkpoints of the stream (this incarnation of it).
+#[derive(Debug, Serialize)]
+pub struct CheckpointStatus {
+    pub bucket: String,
+    /// Whether the bucket exists.
+    pub exists: bool,
+    pub count: u64,
+    pub newest_seq: Option<u64>,
+    pub newest_time: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub stream: StreamStatus,
     pub consumers: Vec<ConsumerStatus>,
     pub clusters: Vec<ClusterStatus>,
+    pub checkpoints: CheckpointStatus,
 }
 
 fn ns(t: time::OffsetDateTime) -> String {
@@ -60,7 +73,11 @@ fn ns(t: time::OffsetDateTime) -> String {
 }
 
 /// Reads the status (a handful of API calls, no replay).
-pub async fn read(stream: &mut async_nats::jetstream::stream::Stream) -> Result<Status, Error> {
+pub async fn read(
+    js: &async_nats::jetstream::Context,
+    stream: &mut async_nats::jetstream::stream::Stream,
+    bucket: &str,
+) -> Result<Status, Error> {
     let nats = |e: &dyn std::fmt::Display| Error::Nats(e.to_string());
     let info = stream.info().await.map_err(|e| nats(&e))?.clone();
     let s = &info.state;
@@ -116,10 +133,34 @@ pub async fn read(stream: &mut async_nats::jetstream::stream::Stream) -> Result<
             last_time: last.map(|m| ns(m.time)),
         });
     }
+    let mut checkpoints = CheckpointStatus {
+        bucket: bucket.to_owned(),
+        exists: false,
+        count: 0,
+        newest_seq: None,
+        newest_time: None,
+    };
+    // The checkpoints are an accelerator: a bucket that cannot be read is a warning here.
+    let listed = match crate::checkpoints::Checkpoints::open(js, bucket, stream).await {
+        Ok(Some(c)) => c.list().await.map(|(ours, _)| Some(ours)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(Some(ours)) => {
+            checkpoints.exists = true;
+            checkpoints.count = ours.len() as u64;
+            checkpoints.newest_seq = ours.last().map(|m| m.seq);
+            checkpoints.newest_time = ours.last().map(|m| format_time(m.published_unix_ns));
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("ksrctl: {e}"),
+    }
     Ok(Status {
         stream: status_stream,
         consumers,
         clusters,
+        checkpoints,
     })
 }
 
@@ -177,5 +218,17 @@ pub fn render(s: &Status) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    let c = &s.checkpoints;
+    out.push_str(&match (c.exists, c.newest_seq, &c.newest_time) {
+        (true, Some(seq), Some(at)) => format!(
+            "\ncheckpoints (bucket {}): {}, newest #{seq} of {at}\n",
+            c.bucket, c.count
+        ),
+        _ => format!(
+            "\ncheckpoints (bucket {}): none; `ksrctl checkpoint` makes `state --at` and `diff` \
+             start near their instant\n",
+            c.bucket
+        ),
+    });
     out
 }

@@ -96,6 +96,16 @@ async fn state_at_and_diff_from_checkpoints_equal_a_replay_from_the_first_event(
         assert!(run.stdout.contains(&format!("checkpoint {seq}")), "{run:?}");
     }
     assert_eq!(names(&s).await?.len(), 4);
+    let status = ksrctl(&["status", "--nats-url", &s.nats.url(), "-o", "json"]).await?;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout)?;
+    assert_eq!(
+        (
+            &status["checkpoints"]["count"],
+            &status["checkpoints"]["newest_seq"]
+        ),
+        (&serde_json::json!(4), &serde_json::json!(40)),
+        "{status}"
+    );
 
     for at in ["#3", "#10", "#15", "#33", "#41", "#500"] {
         let (fast, full) = (state(&s, at, true).await?, state(&s, at, false).await?);
