@@ -65,14 +65,23 @@ pub async fn run(
         )
         .await?
     };
-    let progress = read::Progress::new(last.saturating_sub(replayed.next - 1), "checkpointing");
+    // A bar for the catch-up only: a follower drops it once it has read what was there.
+    let mut progress = Some(read::Progress::new(
+        last.saturating_sub(replayed.next - 1),
+        "checkpointing",
+    ));
     let (first, mut read) = (replayed.next, 0u64);
     while let Some(record) = replay.next().await? {
         read += 1;
-        if read.is_multiple_of(4096) {
-            progress.set(read);
+        if let Some(bar) = &progress
+            && read.is_multiple_of(4096)
+        {
+            bar.set(read);
         }
         let (seq, published) = (record.seq, record.published_unix_ns);
+        if seq >= last {
+            progress = None;
+        }
         if let Err((reason, message)) = &record.event {
             read::report_unreadable(seq, &record.subject, reason, message);
         }
@@ -81,13 +90,15 @@ pub async fn run(
             continue;
         }
         let bytes = checkpoints.write(seq, published, &replayed).await?;
-        progress.suspend(|| {
-            println!(
-                "checkpoint #{seq}: {} routed Services, {:.1} KiB",
-                replayed.table.len(),
-                bytes as f64 / 1024.0
-            );
-        });
+        let line = format!(
+            "checkpoint #{seq}: {} routed Services, {:.1} KiB",
+            replayed.table.len(),
+            bytes as f64 / 1024.0
+        );
+        match &progress {
+            Some(bar) => bar.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
         boundary = next_boundary(seq, every);
         if !follow && boundary > last {
             break;

@@ -163,6 +163,12 @@ async fn state_at_and_diff_from_checkpoints_equal_a_replay_from_the_first_event(
         state(&s, "#50", true).await?.stdout,
         state(&s, "#50", false).await?.stdout
     );
+    // Now (no --at), with the newest checkpoint on the stream's last event.
+    let url = s.nats.url();
+    let now = ksrctl(&["state", "--nats-url", &url, "-o", "json"]).await?;
+    assert_eq!(now.code, 0, "{now:?}");
+    assert!(now.stderr.contains("checkpoint #50"), "{now:?}");
+    assert_eq!(now.stdout, state(&s, "#50", false).await?.stdout);
     Ok(())
 }
 
