@@ -7,6 +7,7 @@ use ksr_runtime::replay::Replay;
 
 use crate::checkpoints::{Checkpoints, Replayed};
 use crate::cli::{CheckpointArgs, StreamArgs};
+use crate::history::At;
 use crate::{Error, Outcome, read};
 
 /// The first checkpoint sequence after `done` (a multiple of `every`).
@@ -22,9 +23,9 @@ pub async fn run(
 ) -> Result<Outcome, Error> {
     let (js, stream) = read::open(stream_args).await?;
     let checkpoints = Checkpoints::create(&js, &args.bucket, &stream).await?;
-    let (ours, stale) = checkpoints.list().await?;
+    let stale = checkpoints.stale();
     if !stale.is_empty() {
-        checkpoints.delete(&stale).await?;
+        checkpoints.delete(stale).await?;
         println!(
             "deleted {} checkpoints of an earlier stream named {}",
             stale.len(),
@@ -32,22 +33,16 @@ pub async fn run(
         );
     }
     // Resume from the newest checkpoint that loads (an unreadable one is rewritten).
-    let mut replayed = Replayed::start();
-    for meta in ours.iter().rev() {
-        match checkpoints.load(meta).await {
-            Ok(r) => {
-                replayed = r;
-                break;
-            }
-            Err(e) => eprintln!("ksrctl: ignoring checkpoint {e}"),
-        }
-    }
+    let mut replayed = checkpoints
+        .nearest(At::Seq(u64::MAX), 0)
+        .await
+        .map_or_else(Replayed::start, |(_, r)| r);
     let last = stream.cached_info().state.last_sequence;
     let mut boundary = next_boundary(replayed.next - 1, every);
     if !follow && boundary > last {
         println!(
             "checkpoints up to date: next at #{boundary}, the stream is at #{last} ({} in bucket {})",
-            ours.len(),
+            checkpoints.listed().len(),
             checkpoints.bucket()
         );
         return Ok(Outcome::Clean);

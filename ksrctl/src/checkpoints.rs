@@ -83,6 +83,11 @@ pub struct Checkpoints {
     bucket: String,
     stream: String,
     created_unix_ns: i64,
+    /// This incarnation's checkpoints, oldest first, as listed when opened.
+    listed: Vec<Meta>,
+    /// Checkpoints of earlier incarnations of the same stream name (void: their sequences
+    /// restarted).
+    stale: Vec<String>,
 }
 
 impl std::fmt::Debug for Checkpoints {
@@ -91,6 +96,7 @@ impl std::fmt::Debug for Checkpoints {
             .field("bucket", &self.bucket)
             .field("stream", &self.stream)
             .field("created_unix_ns", &self.created_unix_ns)
+            .field("listed", &self.listed.len())
             .finish_non_exhaustive()
     }
 }
@@ -100,14 +106,14 @@ fn is_not_found(message: &str) -> bool {
 }
 
 impl Checkpoints {
-    /// The checkpoints of `stream` in `bucket`; `None` when the bucket does not exist.
+    /// The checkpoints of `stream` in `bucket`, listed; `None` when the bucket does not exist.
     pub async fn open(
         js: &jetstream::Context,
         bucket: &str,
         stream: &Stream,
     ) -> Result<Option<Self>, Error> {
         match js.get_object_store(bucket).await {
-            Ok(store) => Ok(Some(Self::new(store, bucket, stream))),
+            Ok(store) => Ok(Some(Self::new(store, bucket, stream).await?)),
             Err(e) if is_not_found(&format!("{e:?}")) => Ok(None),
             Err(e) => Err(Error::Checkpoint(format!("bucket {bucket:?}: {e}"))),
         }
@@ -132,21 +138,35 @@ impl Checkpoints {
             })
             .await
             .map_err(|e| Error::Checkpoint(format!("cannot create bucket {bucket:?}: {e}")))?;
-        Ok(Self::new(store, bucket, stream))
+        Self::new(store, bucket, stream).await
     }
 
-    fn new(store: ObjectStore, bucket: &str, stream: &Stream) -> Self {
+    async fn new(store: ObjectStore, bucket: &str, stream: &Stream) -> Result<Self, Error> {
         let info = stream.cached_info();
-        Self {
+        let mut found = Self {
             store,
             bucket: bucket.to_owned(),
             stream: info.config.name.clone(),
             created_unix_ns: i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX),
-        }
+            listed: Vec::new(),
+            stale: Vec::new(),
+        };
+        found.list().await?;
+        Ok(found)
     }
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// This incarnation's checkpoints, oldest first.
+    pub fn listed(&self) -> &[Meta] {
+        &self.listed
+    }
+
+    /// Checkpoints of earlier streams of the same name.
+    pub fn stale(&self) -> &[String] {
+        &self.stale
     }
 
     fn prefix(&self) -> String {
@@ -157,9 +177,7 @@ impl Checkpoints {
         format!("{}{seq:020}", self.prefix())
     }
 
-    /// This incarnation's checkpoints, oldest first, and the names of the checkpoints of
-    /// earlier incarnations of the same stream name (void: their sequences restarted).
-    pub async fn list(&self) -> Result<(Vec<Meta>, Vec<String>), Error> {
+    async fn list(&mut self) -> Result<(), Error> {
         let err = |e: String| Error::Checkpoint(format!("listing bucket {:?}: {e}", self.bucket));
         let infos: Vec<object_store::ObjectInfo> = tokio::time::timeout(
             Duration::from_secs(30),
@@ -190,7 +208,8 @@ impl Checkpoints {
             }
         }
         ours.sort_by_key(|m| m.seq);
-        Ok((ours, stale))
+        (self.listed, self.stale) = (ours, stale);
+        Ok(())
     }
 
     /// Reads and checks one checkpoint.
@@ -233,17 +252,22 @@ impl Checkpoints {
         })
     }
 
-    /// The newest checkpoint at or before `at` that loads, skipping (with a warning) any
-    /// that does not.
-    pub async fn nearest(&self, at: At) -> Result<Option<(Meta, Replayed)>, Error> {
-        let (ours, _) = self.list().await?;
-        for meta in ours.into_iter().rev().filter(|m| m.precedes(at)) {
-            match self.load(&meta).await {
-                Ok(progress) => return Ok(Some((meta, progress))),
+    /// The newest checkpoint at or before `at` and past sequence `after` that loads,
+    /// skipping (with a warning) any that does not.
+    pub async fn nearest(&self, at: At, after: u64) -> Option<(&Meta, Replayed)> {
+        for meta in self.listed.iter().rev() {
+            if meta.seq < after {
+                break;
+            }
+            if !meta.precedes(at) {
+                continue;
+            }
+            match self.load(meta).await {
+                Ok(replayed) => return Some((meta, replayed)),
                 Err(e) => eprintln!("ksrctl: ignoring checkpoint {e}"),
             }
         }
-        Ok(None)
+        None
     }
 
     /// Stores the table at `seq` (stored at `published_unix_ns`) as a checkpoint.
@@ -314,40 +338,34 @@ impl Checkpoints {
     }
 }
 
-/// The nearest usable checkpoint at or before `at`, unless `--no-checkpoints`; problems
-/// with the bucket are warnings (the replay then starts earlier), never errors.
-pub async fn nearest(
+/// The checkpoints a history read may start from: none with `--no-checkpoints`; a bucket
+/// that is missing or unreadable is a warning (the replay starts earlier), never an error.
+pub async fn for_reading(
     js: &jetstream::Context,
     stream: &Stream,
     args: &crate::cli::ReplayArgs,
-    at: At,
-) -> Option<(Meta, Replayed)> {
+) -> Option<Checkpoints> {
     if args.no_checkpoints {
         return None;
     }
-    let found = match Checkpoints::open(js, &args.checkpoints.bucket, stream).await {
-        Ok(Some(c)) => c.nearest(at).await,
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
-    };
-    found.unwrap_or_else(|e| {
-        eprintln!("ksrctl: {e}; replaying without checkpoints");
-        None
-    })
+    Checkpoints::open(js, &args.checkpoints.bucket, stream)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("ksrctl: {e}; replaying without checkpoints");
+            None
+        })
 }
 
-/// Says on standard error that a replay starts from checkpoint `meta`, and reports its
-/// unreadable events from sequence `reported_from` on, as a replay would have.
-pub fn announce(meta: &Meta, replayed: &Replayed, bucket: &str, reported_from: u64) {
+/// The nearest usable checkpoint at or before `at` and past sequence `after`, said on
+/// standard error with its unreadable events from `after` on (as a replay would report them).
+pub async fn resume(source: Option<&Checkpoints>, at: At, after: u64) -> Option<Replayed> {
+    let source = source?;
+    let (meta, replayed) = source.nearest(at, after).await?;
     eprintln!(
-        "ksrctl: starting from checkpoint #{} (bucket {bucket})",
-        meta.seq
+        "ksrctl: starting from checkpoint #{} (bucket {})",
+        meta.seq, source.bucket
     );
-    for u in replayed
-        .unreadable
-        .iter()
-        .filter(|u| u.seq >= reported_from)
-    {
+    for u in replayed.unreadable.iter().filter(|u| u.seq >= after) {
         crate::read::report_unreadable(u.seq, &u.subject, &u.reason, &u.message);
     }
     if replayed.unreadable_unlisted > 0 {
@@ -356,20 +374,5 @@ pub fn announce(meta: &Meta, replayed: &Replayed, bucket: &str, reported_from: u
             replayed.unreadable_unlisted, meta.seq
         );
     }
-}
-
-/// Where a replay up to `at` starts: the nearest usable checkpoint, or the first event.
-pub async fn start(
-    js: &jetstream::Context,
-    stream: &Stream,
-    args: &crate::cli::ReplayArgs,
-    at: At,
-) -> Replayed {
-    match nearest(js, stream, args, at).await {
-        Some((meta, replayed)) => {
-            announce(&meta, &replayed, &args.checkpoints.bucket, 0);
-            replayed
-        }
-        None => Replayed::start(),
-    }
+    Some(replayed)
 }

@@ -10,8 +10,8 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use ksr_proto::{Event, ServiceKey};
 use ksr_runtime::replay::Replay;
 
-use crate::checkpoints::{self, Replayed};
-use crate::cli::{Command, FilterArgs, Output, ReplayArgs};
+use crate::checkpoints::{self, Checkpoints, Replayed};
+use crate::cli::{Command, FilterArgs, Output};
 use crate::history::{self, At, EventRow, Filter};
 use crate::{Error, Outcome, changes, checkpointer, read, routes, status, verify};
 
@@ -192,12 +192,13 @@ async fn replay_until(
 
 /// The routing table at `at`: the nearest checkpoint, then the events after it.
 async fn table_at(
-    js: &async_nats::jetstream::Context,
     stream: &async_nats::jetstream::stream::Stream,
-    args: &ReplayArgs,
+    source: Option<&Checkpoints>,
     at: At,
 ) -> Result<Replayed, Error> {
-    let mut replayed = checkpoints::start(js, stream, args, at).await;
+    let mut replayed = checkpoints::resume(source, at, 0)
+        .await
+        .unwrap_or_else(Replayed::start);
     replay_until(stream, &mut replayed, at).await?;
     Ok(replayed)
 }
@@ -273,8 +274,9 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
                 .transpose()?
                 .unwrap_or(At::Seq(u64::MAX));
             let (js, s) = read::open(&stream).await?;
+            let source = checkpoints::for_reading(&js, &s, &replay).await;
             print_state(
-                &table_at(&js, &s, &replay, at).await?.table.routes(),
+                &table_at(&s, source.as_ref(), at).await?.table.routes(),
                 output,
             )?;
             Ok(Outcome::Clean)
@@ -296,13 +298,11 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
                 return Err(Error::Usage("FROM is later than TO".into()));
             }
             let (js, s) = read::open(&stream).await?;
-            let mut replayed = table_at(&js, &s, &replay, from).await?;
+            let source = checkpoints::for_reading(&js, &s, &replay).await;
+            let mut replayed = table_at(&s, source.as_ref(), from).await?;
             let before = replayed.table.routes();
             // On from a checkpoint past `from` when there is one, from `from` otherwise.
-            if let Some((meta, nearer)) = checkpoints::nearest(&js, &s, &replay, to).await
-                && nearer.next > replayed.next
-            {
-                checkpoints::announce(&meta, &nearer, &replay.checkpoints.bucket, replayed.next);
+            if let Some(nearer) = checkpoints::resume(source.as_ref(), to, replayed.next).await {
                 replayed = nearer;
             }
             replay_until(&s, &mut replayed, to).await?;

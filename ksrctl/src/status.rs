@@ -141,13 +141,9 @@ pub async fn read(
         newest_time: None,
     };
     // The checkpoints are an accelerator: a bucket that cannot be read is a warning here.
-    let listed = match crate::checkpoints::Checkpoints::open(js, bucket, stream).await {
-        Ok(Some(c)) => c.list().await.map(|(ours, _)| Some(ours)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
-    };
-    match listed {
-        Ok(Some(ours)) => {
+    match crate::checkpoints::Checkpoints::open(js, bucket, stream).await {
+        Ok(Some(c)) => {
+            let ours = c.listed();
             checkpoints.exists = true;
             checkpoints.count = ours.len() as u64;
             checkpoints.newest_seq = ours.last().map(|m| m.seq);

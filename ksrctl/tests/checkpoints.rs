@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use async_nats::jetstream::object_store::ObjectStore;
 use futures::TryStreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use common::{Run, Stream, ksrctl, publish_junk};
+use common::{Run, Running, Stream, ksrctl, publish_junk};
 use ksr_proto::Change;
 use ksr_test_support::events::{added, event, publish, removed, route};
 
@@ -238,26 +234,11 @@ async fn damaged_and_stale_checkpoints_are_skipped_never_believed() -> anyhow::R
 async fn checkpoint_follow_writes_as_events_arrive_until_sigterm() -> anyhow::Result<()> {
     let s = Stream::start().await?;
     history(&s, 1, 4).await?;
-    let mut child = tokio::process::Command::new(ksr_test_support::workspace_binary("ksrctl")?)
-        .args([
-            "checkpoint",
-            "--follow",
-            "--every",
-            "5",
-            "--nats-url",
-            &s.nats.url(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let url = s.nats.url();
+    let mut run = Running::spawn(&["checkpoint", "--follow", "--every", "5", "--nats-url", &url])?;
     history(&s, 5, 6).await?;
     for want in ["checkpoint #5:", "checkpoint #10:"] {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .map_err(|_| anyhow::anyhow!("no {want} within 30 s"))??
-            .unwrap_or_default();
+        let line = run.line().await?;
         assert!(line.starts_with(want), "{line}");
     }
     assert_eq!(
@@ -265,11 +246,6 @@ async fn checkpoint_follow_writes_as_events_arrive_until_sigterm() -> anyhow::Re
         state(&s, "#10", false).await?.stdout
     );
 
-    let pid = child.id().expect("running").to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()?;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
-    assert_eq!(status.code(), Some(0), "SIGTERM is a normal stop");
+    assert_eq!(run.stop("TERM").await?, Some(0), "SIGTERM is a normal stop");
     Ok(())
 }

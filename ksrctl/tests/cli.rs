@@ -3,12 +3,7 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-use common::{Stream, ksrctl, publish_junk};
+use common::{Running, Stream, ksrctl, publish_junk};
 use ksr_proto::Change;
 use ksr_test_support::events::{added, event, publish, removed, route};
 
@@ -63,53 +58,33 @@ async fn events_diff_shows_what_each_event_changed_and_reports_the_unreadable_on
     Ok(())
 }
 
-type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
-
-/// The next line ksrctl prints (30 s at most).
-async fn next(lines: &mut Lines) -> anyhow::Result<String> {
-    tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .map_err(|_| anyhow::anyhow!("no line within 30 s"))??
-        .ok_or_else(|| anyhow::anyhow!("ksrctl ended"))
-}
-
 #[tokio::test]
 async fn events_follow_prints_new_events_until_ctrl_c() -> anyhow::Result<()> {
     let s = Stream::start().await?;
     scripted(&s).await?;
-    let mut child = tokio::process::Command::new(ksr_test_support::workspace_binary("ksrctl")?)
-        .args([
-            "events",
-            "--follow",
-            "--cluster",
-            "west",
-            "--nats-url",
-            &s.nats.url(),
-            "-o",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let url = s.nats.url();
+    let mut run = Running::spawn(&[
+        "events",
+        "--follow",
+        "--cluster",
+        "west",
+        "--nats-url",
+        &url,
+        "-o",
+        "json",
+    ])?;
 
-    let history: serde_json::Value = serde_json::from_str(&next(&mut lines).await?)?;
+    let history: serde_json::Value = serde_json::from_str(&run.line().await?)?;
     assert_eq!(history["name"], "api");
     publish(&s.js, &added("east", "default", "other", &["10.0.0.9"])).await?;
     publish(&s.js, &removed("west", "shop", "api")).await?;
-    let live: serde_json::Value = serde_json::from_str(&next(&mut lines).await?)?;
+    let live: serde_json::Value = serde_json::from_str(&run.line().await?)?;
     assert_eq!(
         (live["kind"].as_str(), live["name"].as_str()),
         (Some("removed"), Some("api"))
     );
 
-    let pid = child.id().expect("running").to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()?;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
-    assert_eq!(status.code(), Some(130), "Ctrl-C ends it cleanly");
+    assert_eq!(run.stop("INT").await?, Some(130), "Ctrl-C ends it cleanly");
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Stream, consul_publisher, etcd_contents, ksrctl, register, vulcand_publisher};
+use common::{Stream, consul_publisher, ksrctl, register, vulcand_publisher};
 use ksr_test_support::events::{publish_history, wait_consumer_settled};
 use ksr_test_support::{ConsulServer, EtcdServer, assert_same_entries};
 
@@ -15,7 +15,7 @@ async fn verify_finds_a_hand_deleted_etcd_key_and_rebuild_restores_what_the_publ
     let _publisher = vulcand_publisher(&s.nats, &live);
     publish_history(&s.js, 600, 60).await?;
     wait_consumer_settled(&s.js, "ksr-vulcand-ksr").await?;
-    let published = etcd_contents(&live).await?;
+    let published = live.contents("").await?;
     let url = s.nats.url();
     let verify = |etcd: String| {
         let url = url.clone();
@@ -52,7 +52,7 @@ async fn verify_finds_a_hand_deleted_etcd_key_and_rebuild_restores_what_the_publ
     ])
     .await?;
     assert_eq!(rebuilt.code, 0, "{rebuilt:?}");
-    assert_same_entries("etcd", &etcd_contents(&empty).await?, &published);
+    assert_same_entries("etcd", &empty.contents("").await?, &published);
 
     // A key deleted by hand is drift; a dry run shows the repair and changes nothing.
     let key = published
@@ -87,7 +87,7 @@ async fn verify_finds_a_hand_deleted_etcd_key_and_rebuild_restores_what_the_publ
     assert_eq!(dry.code, 0, "{dry:?}");
     assert!(dry.stdout.contains(&format!("put     {key}")), "{dry:?}");
     assert!(
-        !etcd_contents(&live).await?.contains_key(&key),
+        !live.contents("").await?.contains_key(&key),
         "a dry run writes nothing"
     );
 
@@ -103,7 +103,7 @@ async fn verify_finds_a_hand_deleted_etcd_key_and_rebuild_restores_what_the_publ
     .await?;
     assert_eq!(repaired.code, 0, "{repaired:?}");
     assert!(repaired.stdout.contains("rewrote 1 keys"), "{repaired:?}");
-    assert_same_entries("etcd", &etcd_contents(&live).await?, &published);
+    assert_same_entries("etcd", &live.contents("").await?, &published);
     assert_eq!(verify(live.endpoint()).await?.code, 0);
     Ok(())
 }

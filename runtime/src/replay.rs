@@ -92,7 +92,29 @@ impl Replay {
         filter: &str,
         policy: DeliverPolicy,
     ) -> Result<Self, RuntimeError> {
+        Self::start(stream, filter, policy, false).await
+    }
+
+    /// Every message from stream sequence `from` on, then each new one as it is stored,
+    /// without end.
+    pub async fn follow(stream: &Stream, filter: &str, from: u64) -> Result<Self, RuntimeError> {
+        let policy = DeliverPolicy::ByStartSequence {
+            start_sequence: from.max(1),
+        };
+        Self::start(stream, filter, policy, true).await
+    }
+
+    async fn start(
+        stream: &Stream,
+        filter: &str,
+        policy: DeliverPolicy,
+        follow: bool,
+    ) -> Result<Self, RuntimeError> {
         let name = stream.cached_info().config.name.clone();
+        let err = |what: &str, e: &dyn std::fmt::Display| RuntimeError::Stream {
+            stream: name.clone(),
+            message: format!("{what}: {e}"),
+        };
         let consumer = stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: unique_inbox(),
@@ -101,64 +123,21 @@ impl Replay {
                 ..Default::default()
             })
             .await
-            .map_err(|e| RuntimeError::Stream {
-                stream: name.clone(),
-                message: format!("cannot create a replay consumer: {e}"),
-            })?;
+            .map_err(|e| err("cannot create a replay consumer", &e))?;
+        // A bounded replay with nothing to read ends at once, without subscribing.
         let total = consumer.cached_info().num_pending;
-        let messages = if total == 0 {
+        let messages = if total == 0 && !follow {
             None
         } else {
-            Some(
-                consumer
-                    .messages()
-                    .await
-                    .map_err(|e| RuntimeError::Stream {
-                        stream: name.clone(),
-                        message: format!("cannot replay: {e}"),
-                    })?,
-            )
+            let messages = consumer.messages().await;
+            Some(messages.map_err(|e| err("cannot replay", &e))?)
         };
         Ok(Self {
             stream: name,
-            total,
-            done: total == 0,
-            follow: false,
+            total: if follow { 0 } else { total },
+            done: total == 0 && !follow,
+            follow,
             messages,
-        })
-    }
-
-    /// Every message from stream sequence `from` on, then each new one as it is stored,
-    /// without end.
-    pub async fn follow(stream: &Stream, filter: &str, from: u64) -> Result<Self, RuntimeError> {
-        let name = stream.cached_info().config.name.clone();
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: unique_inbox(),
-                filter_subject: filter.to_owned(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| RuntimeError::Stream {
-                stream: name.clone(),
-                message: format!("cannot create a follow consumer: {e}"),
-            })?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| RuntimeError::Stream {
-                stream: name.clone(),
-                message: format!("cannot follow: {e}"),
-            })?;
-        Ok(Self {
-            stream: name,
-            total: 0,
-            done: false,
-            follow: true,
-            messages: Some(messages),
         })
     }
 

@@ -49,6 +49,27 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
+    /// Every key under `prefix` with its value (v3 API), for key-by-key comparisons.
+    pub async fn contents(
+        &self,
+        prefix: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let mut client = etcd_client::Client::connect([self.endpoint()], None).await?;
+        let resp = client
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect())
+    }
+
     /// `http://127.0.0.1:<port>`, for the v2 HTTP API.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)

@@ -72,18 +72,9 @@ fn expected(clusters: &BTreeMap<(String, String), String>) -> BTreeMap<String, V
 
 /// What etcd says: host → sorted server URLs (only routes with a frontend).
 async fn etcd_routes(etcd: &EtcdServer) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
-    let all = client
-        .get(
-            "vulcand/",
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await?;
     let mut hosts: BTreeMap<String, String> = BTreeMap::new();
     let mut servers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for kv in all.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let value = String::from_utf8_lossy(kv.value()).into_owned();
+    for (key, value) in etcd.contents("vulcand/").await? {
         let parts: Vec<&str> = key.split('/').collect();
         match parts.as_slice() {
             ["vulcand", "frontends", id, "frontend"] => {

@@ -3,10 +3,12 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use ksr_runtime::nats::{StreamSettings, ensure_stream};
 use ksr_test_support::{ConsulServer, EtcdServer, NatsServer, Replica};
@@ -43,6 +45,44 @@ pub async fn publish_junk(js: &jetstream::Context) -> anyhow::Result<u64> {
         b"junk".to_vec(),
     )
     .await
+}
+
+/// A long-running `ksrctl` (`--follow`), read line by line.
+pub struct Running {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Running {
+    pub fn spawn(args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(ksr_test_support::workspace_binary("ksrctl")?)
+            .args(args)
+            .env_remove("KSR_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        Ok(Self { child, lines })
+    }
+
+    /// The next line it prints (30 s at most).
+    pub async fn line(&mut self) -> anyhow::Result<String> {
+        tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+            .await
+            .map_err(|_| anyhow::anyhow!("no line within 30 s"))??
+            .ok_or_else(|| anyhow::anyhow!("ksrctl ended"))
+    }
+
+    /// Sends `signal` (`INT`, `TERM`) and returns the exit code.
+    pub async fn stop(mut self, signal: &str) -> anyhow::Result<Option<i32>> {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()?;
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        Ok(status.code())
+    }
 }
 
 pub struct Stream {
@@ -95,24 +135,6 @@ pub fn consul_publisher(
     ])
     .expect("test config parses");
     Replica::spawn(admin, |stop| ksr_publisher_consul::app::run(config, stop))
-}
-
-/// Every key and value in `etcd`.
-pub async fn etcd_contents(etcd: &EtcdServer) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
-    let resp = client
-        .get("", Some(etcd_client::GetOptions::new().with_prefix()))
-        .await?;
-    Ok(resp
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            )
-        })
-        .collect())
 }
 
 /// Registers `body` in Consul's catalog by hand (as an operator or another tool would).

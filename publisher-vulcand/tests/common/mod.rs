@@ -67,20 +67,7 @@ impl Bench {
 
     /// Every key and value under `prefix`.
     pub async fn snapshot(&self, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
-        let mut client = self.etcd().await?;
-        let resp = client
-            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                )
-            })
-            .collect())
+        self.etcd.contents(prefix).await
     }
 
     /// The vulcand keys (not our state), once the consumer has no pending messages and the
@@ -145,18 +132,5 @@ pub async fn rebuilt_from_latest(
     for chunk in latest.chunks(500) {
         p.apply_batch(chunk).await?;
     }
-    let mut client = client;
-    let resp = client
-        .get("", Some(etcd_client::GetOptions::new().with_prefix()))
-        .await?;
-    Ok(resp
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            )
-        })
-        .collect())
+    etcd.contents("").await
 }
