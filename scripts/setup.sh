@@ -6,11 +6,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${KSR_SERVERS_DIR:-$root/.servers}"
-apt_dir="$dest/.apt"
 
-# Pinned upstream versions and the suite each comes from. The Debian revision (binNMU
-# suffixes such as +b3) is resolved at download time, because Debian rebuilds packages and
-# drops old revisions; the upstream version must match the pin exactly or setup fails.
+# Pinned upstream versions and the suite each comes from (see lib/debs.sh).
 # name|suite|upstream version
 PACKAGES=(
   "nats-server|trixie|2.10.27"
@@ -45,54 +42,9 @@ if have_all; then
   exit 0
 fi
 
-command -v apt-get >/dev/null || { echo "setup: apt-get is required (Debian)"; exit 1; }
-command -v dpkg >/dev/null || { echo "setup: dpkg is required (Debian)"; exit 1; }
-
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
-cat >"$apt_dir/sources.list" <<SRC
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian trixie main
-deb http://deb.debian.org/debian bullseye main
-SRC
-: >"$apt_dir/preferences"
-APT_OPTS=(
-  -o "Dir::Etc::SourceList=$apt_dir/sources.list"
-  -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::Etc::Preferences=$apt_dir/preferences"
-  -o "Dir::Etc::PreferencesParts=/dev/null"
-  -o "Dir::State::Lists=$apt_dir/lists"
-  -o "Dir::Cache=$apt_dir/cache"
-  -o "Dir::State::Status=/dev/null"
-  -o "APT::Get::List-Cleanup=0"
-  -o "Acquire::Retries=3"
-  -o "APT::Sandbox::User=root"
-)
-if [ ! -f "$apt_dir/lists/.updated" ]; then
-  echo "setup: apt-get update (private lists in $apt_dir)"
-  apt-get "${APT_OPTS[@]}" -q update >/dev/null
-  touch "$apt_dir/lists/.updated"
-fi
-
-cd "$apt_dir/debs"
-for spec in "${PACKAGES[@]}"; do
-  IFS='|' read -r name suite version <<<"$spec"
-  if ! ls "${name}_${version}"[-+]*.deb >/dev/null 2>&1; then
-    full=$(apt-cache "${APT_OPTS[@]}" madison "$name" \
-      | awk -F'|' -v s=" $suite/" -v v="$version" '
-          index($3, s) { gsub(/ /, "", $2); split($2, a, /[-+~]/); sub(/^[0-9]+:/, "", a[1]);
-                         if (a[1] == v) { print $2; exit } }')
-    if [ -z "$full" ]; then
-      echo "setup: $name $version not found in Debian $suite; available:" >&2
-      apt-cache "${APT_OPTS[@]}" madison "$name" >&2 || true
-      exit 1
-    fi
-    echo "setup: downloading $name=$full ($suite)"
-    apt-get "${APT_OPTS[@]}" -q download "$name=$full" >/dev/null
-  fi
-done
-for deb in *.deb; do
-  dpkg -x "$deb" "$dest"
-done
+# shellcheck source=lib/debs.sh
+source "$root/scripts/lib/debs.sh"
+fetch_debs "$dest" "${PACKAGES[@]}"
 # protoc needs its shared libraries, unpacked beside it: a wrapper sets the library path.
 mkdir -p "$dest/bin"
 for b in "${BINARIES[@]}"; do ln -sf "../$b" "$dest/bin/$(basename "$b")"; done

@@ -6,7 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 if ! command -v cargo >/dev/null; then
-  echo "test: cargo is required (Rust >= 1.88; https://rustup.rs)" >&2
+  echo "test: cargo is required (Rust >= 1.89; https://rustup.rs)" >&2
   exit 1
 fi
 

@@ -23,6 +23,12 @@ pub enum ProtoError {
     },
     #[error("invalid path {value:?}: {reason}")]
     InvalidPath { value: String, reason: String },
+    #[error("invalid path {value:?}: Go's regexp refuses it: {source}")]
+    PathSyntax {
+        value: String,
+        #[source]
+        source: crate::goregexp::SyntaxError,
+    },
     #[error("invalid event: {0}")]
     InvalidEvent(String),
     #[error("unreadable checkpoint: {0}")]
@@ -40,7 +46,7 @@ impl ProtoError {
             ProtoError::TrailingBytes { .. } => "trailing_bytes",
             ProtoError::Encode(_) => "encode",
             ProtoError::InvalidName { .. } => "invalid_name",
-            ProtoError::InvalidPath { .. } => "invalid_path",
+            ProtoError::InvalidPath { .. } | ProtoError::PathSyntax { .. } => "invalid_path",
             ProtoError::InvalidEvent(_) => "invalid_event",
             ProtoError::Checkpoint(_) => "checkpoint",
         }

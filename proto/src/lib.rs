@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod codec;
 mod error;
+pub mod goregexp;
 pub mod model;
 pub mod names;
 pub mod route;

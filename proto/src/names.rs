@@ -95,6 +95,21 @@ pub fn validate_domain(value: &str) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// A full hostname as vulcand matches it: lower-case RFC 1123 labels joined by dots, at most
+/// 253 bytes (vulcand lower-cases the request's host, so an upper-case route never matches).
+pub fn validate_hostname(value: &str) -> Result<(), ProtoError> {
+    if value.len() > MAX_DNS_NAME {
+        return Err(invalid("hostname", value, "must be at most 253 bytes"));
+    }
+    for label in value.split('.') {
+        check_dns1123_label("hostname", label).map_err(|e| match e {
+            ProtoError::InvalidName { reason, .. } => invalid("hostname", value, reason),
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
 /// Builds the hostname label `<name|host>-<namespace>` and checks it fits in one DNS label.
 pub fn host_label(
     name: &str,

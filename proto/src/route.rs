@@ -1,13 +1,14 @@
 //! vulcand route rules: which path regexps are safe to write, and the route expression itself.
 //!
-//! vulcand parses routes as Go expressions and compiles `PathRegexp` with Go's RE2 `regexp`.
-//! We quote arguments as Go raw strings (backticks), so a backtick can never be quoted safely;
-//! control characters are refused too. The regexp must parse as RE2: we parse it with
-//! `regex-syntax` and additionally refuse the Rust-only syntax RE2 lacks.
-
-use regex_syntax::ast::{self, Ast, Visitor};
+//! vulcand parses a route as a Go expression and compiles `PathRegexp` with Go's `regexp`
+//! (Perl flags); one frontend it cannot parse stops every vulcand that starts afterwards. A
+//! path is accepted exactly when Go accepts it ([`goregexp`], proven against Go itself), and
+//! when it can be quoted as a Go raw string (no backtick, no control character, no byte
+//! order mark) and can match a request (no white space at either end).
 
 use crate::ProtoError;
+use crate::goregexp;
+use crate::names;
 
 /// The path a Service gets when it has no `path` annotation.
 pub const DEFAULT_PATH: &str = "/.*";
@@ -21,38 +22,19 @@ fn invalid(value: &str, reason: impl Into<String>) -> ProtoError {
     }
 }
 
-/// How many accepted paths each thread remembers (then it forgets them all and starts over).
-const ACCEPTED_MEMO: usize = 4096;
-
-thread_local! {
-    /// Paths already accepted: decoding a long history validates the same few paths over
-    /// and over, and parsing a regexp costs microseconds.
-    static ACCEPTED: std::cell::RefCell<std::collections::HashSet<String>> =
-        std::cell::RefCell::new(std::collections::HashSet::new());
-}
-
-/// Checks that `path` is a non-empty RE2 regexp that can be quoted as a Go raw string.
+/// Checks that `path` is a non-empty Go regexp that can be quoted as a Go raw string.
 pub fn validate_path(path: &str) -> Result<(), ProtoError> {
-    if ACCEPTED.with(|a| a.borrow().contains(path)) {
-        return Ok(());
-    }
-    check_path(path)?;
-    ACCEPTED.with(|a| {
-        let mut a = a.borrow_mut();
-        if a.len() >= ACCEPTED_MEMO {
-            a.clear();
-        }
-        a.insert(path.to_owned());
-    });
-    Ok(())
-}
-
-fn check_path(path: &str) -> Result<(), ProtoError> {
     if path.is_empty() {
         return Err(invalid(path, "must not be empty"));
     }
     if path.len() > MAX_PATH {
         return Err(invalid(path, format!("must be at most {MAX_PATH} bytes")));
+    }
+    if path.trim() != path {
+        return Err(invalid(
+            path,
+            "has white space at its start or end, so no request path can match it",
+        ));
     }
     if path.contains('`') {
         return Err(invalid(
@@ -63,65 +45,35 @@ fn check_path(path: &str) -> Result<(), ProtoError> {
     if path.chars().any(char::is_control) {
         return Err(invalid(path, "contains a control character"));
     }
-    let ast = ast::parse::Parser::new()
-        .parse(path)
-        .map_err(|e| invalid(path, format!("not a valid regexp: {}", e.kind())))?;
-    ast::visit(&ast, Re2Only).map_err(|reason| invalid(path, reason))?;
-    regex_syntax::hir::translate::Translator::new()
-        .translate(path, &ast)
-        .map_err(|e| invalid(path, format!("not a valid regexp: {}", e.kind())))?;
-    Ok(())
+    if path.contains('\u{feff}') {
+        return Err(invalid(
+            path,
+            "contains a byte order mark, which Go refuses inside a route",
+        ));
+    }
+    goregexp::check(path).map_err(|source| ProtoError::PathSyntax {
+        value: path.to_owned(),
+        source,
+    })
 }
 
-/// Refuses the syntax `regex-syntax` accepts but Go's RE2 does not.
-struct Re2Only;
-
-impl Visitor for Re2Only {
-    type Output = ();
-    type Err = String;
-
-    fn finish(self) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn visit_pre(&mut self, ast: &Ast) -> Result<(), String> {
-        if let Ast::Repetition(rep) = ast
-            && let ast::RepetitionKind::Range(range) = &rep.op.kind
-        {
-            let max = match *range {
-                ast::RepetitionRange::Exactly(n) | ast::RepetitionRange::AtLeast(n) => n,
-                ast::RepetitionRange::Bounded(_, n) => n,
-            };
-            if max > 1000 {
-                return Err("repetition count over 1000 is not a valid RE2 regexp".into());
-            }
-        }
-        if let Ast::Assertion(a) = ast {
-            use ast::AssertionKind::*;
-            match a.kind {
-                StartLine | EndLine | StartText | EndText | WordBoundary | NotWordBoundary => {}
-                _ => return Err("uses a word-boundary form that RE2 does not support".into()),
-            }
-        }
-        Ok(())
-    }
-
-    fn visit_class_set_binary_op_pre(&mut self, _op: &ast::ClassSetBinaryOp) -> Result<(), String> {
-        Err("uses a class set operation (&&, --, ~~) that RE2 does not support".into())
-    }
+/// Whether `path` looks escaped twice, as people write it after migrating from
+/// vulcaningress: it built routes with Go *interpreted* strings, so `/v1/\\d+` meant
+/// `/v1/\d+` there, while here (raw strings) it means a literal backslash followed by `d`.
+/// Accepted (a literal backslash is legal), but worth a warning.
+pub fn looks_double_escaped(path: &str) -> bool {
+    path.as_bytes().windows(3).any(|w| {
+        w[0] == b'\\' && w[1] == b'\\' && b"dDsSwWbBpPnrtfvx.*+?()[]{}|^$/".contains(&w[2])
+    })
 }
 
 /// The vulcand route expression: `Host(`host`) && PathRegexp(`path`)`.
 ///
-/// Callers must have validated `path` (and the host is built from validated labels); the
-/// function re-checks the quoting rule so an unquotable string can never be emitted.
+/// Both arguments are checked here, so an expression vulcand cannot parse can never be
+/// built: the host must be a lower-case DNS name, the path a valid [`validate_path`].
 pub fn route_expression(host: &str, path: &str) -> Result<String, ProtoError> {
+    names::validate_hostname(host)?;
     validate_path(path)?;
-    if host.contains('`') || host.chars().any(char::is_control) || host.is_empty() {
-        return Err(ProtoError::InvalidEvent(format!(
-            "host {host:?} cannot be quoted"
-        )));
-    }
     Ok(format!("Host(`{host}`) && PathRegexp(`{path}`)"))
 }
 
@@ -148,10 +100,11 @@ mod tests {
             ("", "empty"),
             ("/a`b", "backtick"),
             ("/a\nb", "control"),
-            ("/(unclosed", "regexp"),
-            ("/[a-z&&b]", "class set"),
-            (r"/\<word", "word-boundary"),
-            ("/x{5000}", "regexp"),
+            ("/(unclosed", "missing closing )"),
+            ("/x{5000}", "invalid repeat count"),
+            ("/static/**", "invalid nested repetition operator"),
+            (" /api", "white space"),
+            ("/api\u{feff}", "byte order mark"),
         ] {
             let err = validate_path(bad).unwrap_err();
             assert!(err.to_string().contains(why), "{bad:?}: {err}");
@@ -165,5 +118,15 @@ mod tests {
             "Host(`web-default.test.service.consul`) && PathRegexp(`/.*`)"
         );
         assert!(route_expression("h", "/`").is_err());
+        assert!(route_expression("Web.example.com", "/").is_err());
+        assert!(route_expression("a b", "/").is_err());
+    }
+
+    #[test]
+    fn double_escapes_from_vulcaningress_are_spotted() {
+        assert!(looks_double_escaped(r"/v1/\\d+"));
+        assert!(looks_double_escaped(r"/a\\.b"));
+        assert!(!looks_double_escaped(r"/v1/\d+"));
+        assert!(!looks_double_escaped("/.*"));
     }
 }

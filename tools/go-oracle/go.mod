@@ -1,0 +1,3 @@
+module ksr.local/go-oracle
+
+go 1.15
