@@ -22,6 +22,8 @@ struct Found {
     /// Entries that are not ours (other Consul nodes); reported, never changed.
     foreign: Vec<Drift>,
     refused: Vec<(u64, String)>,
+    /// vulcand frontends of ours that vulcand could not load (key, reason).
+    unloadable: Vec<(String, String)>,
     services: usize,
     lag: Option<(String, u64)>,
 }
@@ -32,16 +34,17 @@ async fn find(target: &Target) -> Result<Found, Error> {
             let (_, s) = read::open(stream).await?;
             let latest = read::latest(&s).await?;
             let projector = targets::vulcand(target).await?;
-            let (ours, refused) = ksr_publisher_vulcand::drift::drift(&projector, &latest).await?;
+            let report = ksr_publisher_vulcand::drift::drift(&projector, &latest).await?;
             let durable = target
                 .durable
                 .clone()
                 .unwrap_or_else(|| format!("ksr-vulcand-{}", target.owner));
             let lag = targets::lag(&s, &durable).await.map(|n| (durable, n));
             Ok(Found {
-                ours,
+                ours: report.drift,
                 foreign: Vec::new(),
-                refused,
+                refused: report.refused,
+                unloadable: report.unloadable,
                 services: latest.len(),
                 lag,
             })
@@ -62,6 +65,7 @@ async fn find(target: &Target) -> Result<Found, Error> {
                 ours: drift.ours,
                 foreign: drift.foreign,
                 refused: drift.refused,
+                unloadable: Vec::new(),
                 services: latest.len(),
                 lag,
             })
@@ -78,6 +82,15 @@ fn output_of(target: &Target) -> Output {
 fn print_refused(refused: &[(u64, String)]) {
     for (seq, reason) in refused {
         eprintln!("ksrctl: the event at sequence {seq} can never be written: {reason}");
+    }
+}
+
+fn print_unloadable(unloadable: &[(String, String)]) {
+    for (key, reason) in unloadable {
+        eprintln!(
+            "ksrctl: vulcand cannot load {key} and refuses to start while it is in etcd: {reason} \
+             (`ksrctl rebuild vulcand` or the publisher's reconciliation removes it)"
+        );
     }
 }
 
@@ -119,12 +132,15 @@ pub async fn verify(target: &Target) -> Result<Outcome, Error> {
         )?;
     }
     print_refused(&found.refused);
+    print_unloadable(&found.unloadable);
     print_lag(&found);
-    Ok(if found.ours.is_empty() && found.foreign.is_empty() {
-        Outcome::Clean
-    } else {
-        Outcome::Drift
-    })
+    Ok(
+        if found.ours.is_empty() && found.foreign.is_empty() && found.unloadable.is_empty() {
+            Outcome::Clean
+        } else {
+            Outcome::Drift
+        },
+    )
 }
 
 /// `ksrctl rebuild [--dry-run]`.

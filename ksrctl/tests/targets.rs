@@ -209,3 +209,39 @@ async fn verify_finds_hand_added_consul_instances_and_rebuild_equals_the_live_pu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn verify_reports_a_frontend_of_ours_that_vulcand_cannot_load() -> anyhow::Result<()> {
+    let s = Stream::start().await?;
+    let etcd = EtcdServer::start().await?;
+    // As an older ksr wrote it: vulcand refuses to start while it is there.
+    let id = ksr_publisher_vulcand::layout::Layout::new("vulcand", "ksr")
+        .route_id("gamma-default.test.service.consul", "/static/**");
+    let key = format!("vulcand/frontends/{id}/frontend");
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    client
+        .put(
+            key.as_str(),
+            format!(
+                r#"{{"Type":"http","BackendId":"{id}","Route":"Host(`gamma-default.test.service.consul`) && PathRegexp(`/static/**`)"}}"#
+            ),
+            None,
+        )
+        .await?;
+    let run = ksrctl(&[
+        "verify",
+        "vulcand",
+        "--nats-url",
+        &s.nats.url(),
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+    ])
+    .await?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("vulcand cannot load {key}"))
+            && run.stderr.contains("invalid nested repetition operator"),
+        "{run:?}"
+    );
+    Ok(())
+}

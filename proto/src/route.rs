@@ -77,6 +77,24 @@ pub fn route_expression(host: &str, path: &str) -> Result<String, ProtoError> {
     Ok(format!("Host(`{host}`) && PathRegexp(`{path}`)"))
 }
 
+/// Reads back a route expression: Ok((host, path)) when it is exactly what
+/// [`route_expression`] builds for a valid host and path (so vulcand can load it), an error
+/// saying why not otherwise. Used to audit frontends already in etcd.
+pub fn parse_route_expression(expr: &str) -> Result<(String, String), ProtoError> {
+    let not_ours = || {
+        ProtoError::InvalidEvent(format!(
+            "route {expr:?} is not of the form Host(`host`) && PathRegexp(`path`)"
+        ))
+    };
+    let rest = expr.strip_prefix("Host(`").ok_or_else(not_ours)?;
+    let (host, rest) = rest.split_once("`) && PathRegexp(`").ok_or_else(not_ours)?;
+    let path = rest.strip_suffix("`)").ok_or_else(not_ours)?;
+    if route_expression(host, path)? != expr {
+        return Err(not_ours());
+    }
+    Ok((host.to_owned(), path.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +138,19 @@ mod tests {
         assert!(route_expression("h", "/`").is_err());
         assert!(route_expression("Web.example.com", "/").is_err());
         assert!(route_expression("a b", "/").is_err());
+    }
+
+    #[test]
+    fn route_expressions_read_back_only_when_vulcand_can_load_them() {
+        let expr = route_expression("web-default.test.service.consul", "/api/.*").unwrap();
+        assert_eq!(
+            parse_route_expression(&expr).unwrap(),
+            ("web-default.test.service.consul".into(), "/api/.*".into())
+        );
+        let bad = "Host(`gamma-default.test.service.consul`) && PathRegexp(`/static/**`)";
+        let err = parse_route_expression(bad).unwrap_err();
+        assert!(err.to_string().contains("nested repetition"), "{err}");
+        assert!(parse_route_expression("Path(`/`)").is_err());
     }
 
     #[test]

@@ -46,16 +46,52 @@ pub fn expected_keys(projector: &VulcandProjector, state: &State) -> BTreeMap<St
         .collect()
 }
 
+/// Frontends of ours that vulcand could not load, with the reason: one of them in etcd stops
+/// every vulcand that starts afterwards. Older versions of ksr could write such routes.
+pub fn unloadable(live: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Frontend {
+        #[serde(rename = "Route")]
+        route: String,
+    }
+    live.iter()
+        .filter(|(key, _)| key.ends_with("/frontend"))
+        .filter_map(|(key, value)| {
+            let reason = match serde_json::from_str::<Frontend>(value) {
+                Ok(f) => ksr_proto::route::parse_route_expression(&f.route)
+                    .err()?
+                    .to_string(),
+                Err(e) => format!("not a vulcand frontend: {e}"),
+            };
+            Some((key.clone(), reason))
+        })
+        .collect()
+}
+
+/// What `ksrctl verify vulcand` reports.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// How our keys differ from the stream's projection.
+    pub drift: Vec<Drift>,
+    /// Events vulcand can never route (seq, reason).
+    pub refused: Vec<(u64, String)>,
+    /// Frontends of ours in etcd that vulcand could not load (key, reason).
+    pub unloadable: Vec<(String, String)>,
+}
+
 /// How etcd differs from `latest` (the newest event of every Service in the stream)
-/// applied to an empty etcd, with the events vulcand can never route (seq, reason).
-pub async fn drift(
-    projector: &VulcandProjector,
-    latest: &[Delivery],
-) -> Result<(Vec<Drift>, Vec<(u64, String)>), Error> {
+/// applied to an empty etcd, with the events vulcand can never route and the frontends it
+/// could not load.
+pub async fn drift(projector: &VulcandProjector, latest: &[Delivery]) -> Result<Report, Error> {
     let target = VulcandTarget {
         layout: projector.layout().clone(),
     };
     let (state, refused) = ksr_runtime::plan::simulate(&target, latest);
     let expected = expected_keys(projector, &state);
-    Ok((compare(&expected, &live_keys(projector).await?), refused))
+    let live = live_keys(projector).await?;
+    Ok(Report {
+        drift: compare(&expected, &live),
+        refused,
+        unloadable: unloadable(&live),
+    })
 }

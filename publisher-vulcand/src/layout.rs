@@ -4,13 +4,15 @@
 //! <vulcand>/backends/<id>/backend            {"Type":"http"}
 //! <vulcand>/backends/<id>/servers/<sid>      {"URL":"http://ip:port"}
 //! <vulcand>/frontends/<id>/frontend          {"Type":"http","BackendId":"<id>","Route":"..."}
-//! ksr/<owner>/vulcand/services/<cluster>/<namespace>/<name>   fence: applied seq + route id
-//! ksr/<owner>/vulcand/routes/<id>                             claims, owner, waiting Services
+//! ksr/<owner>/vulcand/services/<cluster>/<namespace>/<name>   fence: applied seq + host id
+//! ksr/<owner>/vulcand/hosts/<host id>                         claims, owner, waiting Services
 //! ```
 //!
-//! Ids are `<owner>.<hostname>.<16 hex digest of the path>`: readable in vulcand's API,
+//! Route ids are `<owner>.<hostname>.<16 hex digest of the path>`: readable in vulcand's API,
 //! unique per host+path, and prefixed with the owner so reconciliation can tell our keys from
-//! foreign ones (and from another installation's) by prefix alone.
+//! foreign ones (and from another installation's) by prefix alone. A host id is a route id
+//! without the digest, `<owner>.<hostname>`: the records are per hostname, because a
+//! hostname belongs to one namespace.
 
 use std::net::SocketAddr;
 
@@ -38,6 +40,27 @@ impl Layout {
 
     pub fn vulcand_prefix(&self) -> &str {
         &self.vulcand
+    }
+
+    /// The id of the record of `host`.
+    pub fn host_id(&self, host: &str) -> String {
+        format!("{}.{host}", self.owner)
+    }
+
+    /// The host id a route id belongs to.
+    pub fn host_id_of<'a>(&self, route_id: &'a str) -> &'a str {
+        route_id
+            .rsplit_once('.')
+            .map_or(route_id, |(host_id, _)| host_id)
+    }
+
+    /// The host id a fence written before host records names (a route id: the host id, a dot
+    /// and 16 hex digits), None for anything else.
+    pub fn host_of_legacy_claim<'a>(&self, claim: &'a str) -> Option<&'a str> {
+        let (host, digest) = claim.rsplit_once('.')?;
+        let ours = host.starts_with(&self.owner) && host[self.owner.len()..].starts_with('.');
+        (ours && digest.len() == 16 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then_some(host)
     }
 
     /// The id of the frontend and backend serving `host` + `path`.
@@ -87,7 +110,16 @@ impl Layout {
         format!("{}/services/", self.state)
     }
 
-    pub fn routes_prefix(&self) -> String {
+    pub fn hosts_prefix(&self) -> String {
+        format!("{}/hosts/", self.state)
+    }
+
+    pub fn host_record_key(&self, id: &str) -> String {
+        format!("{}/hosts/{id}", self.state)
+    }
+
+    /// Where records of older versions (one per host + path) lived; migrated at start-up.
+    pub fn legacy_routes_prefix(&self) -> String {
         format!("{}/routes/", self.state)
     }
 
@@ -96,10 +128,6 @@ impl Layout {
             "{}/services/{}/{}/{}",
             self.state, key.cluster, key.namespace, key.name
         )
-    }
-
-    pub fn route_record_key(&self, id: &str) -> String {
-        format!("{}/routes/{id}", self.state)
     }
 }
 
@@ -128,6 +156,15 @@ mod tests {
             None
         );
         assert_ne!(id, l.route_id("web-default.test.service.consul", "/api"));
+        assert_eq!(
+            l.host_id_of(&id),
+            l.host_id("web-default.test.service.consul")
+        );
+        assert_eq!(l.host_of_legacy_claim(&id), Some(l.host_id_of(&id)));
+        assert_eq!(
+            l.host_of_legacy_claim(&l.host_id("web-default.test.service.consul")),
+            None
+        );
     }
 
     #[test]

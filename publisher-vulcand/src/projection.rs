@@ -1,11 +1,11 @@
-//! The pure projection: a route record → the exact vulcand keys and JSON values.
+//! The pure projection: a host record → the exact vulcand keys and JSON values.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::layout::Layout;
-use crate::records::RouteRecord;
+use crate::records::HostRecord;
 
 /// Write order class of a vulcand key: backends before servers before frontends (deletes in
 /// reverse), as vulcand requires.
@@ -46,44 +46,48 @@ fn json(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// The keys a route record projects to; empty when nobody claims it.
-pub fn project(layout: &Layout, id: &str, record: &RouteRecord) -> Result<Projection, String> {
+/// The keys a host record projects to: one backend, its servers and one frontend per path
+/// routed under the hostname (see [`crate::plan::routes`]); empty when nobody claims it.
+pub fn project(layout: &Layout, record: &HostRecord) -> Projection {
     let mut out = Projection::new();
-    let (owners, _) = crate::plan::split(record);
-    if owners.is_empty() {
-        return Ok(out);
-    }
-    let route = ksr_proto::route::route_expression(&record.meta.host, &record.meta.path)
-        .map_err(|e| e.to_string())?;
-    out.insert(
-        layout.backend_key(id),
-        (KeyClass::Backend, json(&BackendValue { kind: "http" })),
-    );
-    for claim in owners {
-        for addr in &claim.data {
-            out.insert(
-                layout.server_key(id, &Layout::server_id(&claim.cluster, addr)),
-                (
-                    KeyClass::Server,
-                    json(&ServerValue {
-                        url: format!("http://{addr}"),
-                    }),
-                ),
-            );
+    let host = &record.meta.host;
+    for (path, owners) in crate::plan::routes(record).paths {
+        // Never written when vulcand could not load it (records of older versions may hold
+        // such a path; reconciliation then removes its keys).
+        let Ok(route) = ksr_proto::route::route_expression(host, path) else {
+            continue;
+        };
+        let id = layout.route_id(host, path);
+        out.insert(
+            layout.backend_key(&id),
+            (KeyClass::Backend, json(&BackendValue { kind: "http" })),
+        );
+        for claim in owners {
+            for addr in &claim.data.backends {
+                out.insert(
+                    layout.server_key(&id, &Layout::server_id(&claim.cluster, addr)),
+                    (
+                        KeyClass::Server,
+                        json(&ServerValue {
+                            url: format!("http://{addr}"),
+                        }),
+                    ),
+                );
+            }
         }
+        out.insert(
+            layout.frontend_key(&id),
+            (
+                KeyClass::Frontend,
+                json(&FrontendValue {
+                    kind: "http",
+                    backend_id: &id,
+                    route: &route,
+                }),
+            ),
+        );
     }
-    out.insert(
-        layout.frontend_key(id),
-        (
-            KeyClass::Frontend,
-            json(&FrontendValue {
-                kind: "http",
-                backend_id: id,
-                route: &route,
-            }),
-        ),
-    );
-    Ok(out)
+    out
 }
 
 /// One write to a vulcand key.

@@ -14,7 +14,7 @@ use crate::Error;
 use crate::layout::Layout;
 use crate::plan::{State, Unit, VulcandTarget};
 use crate::projection::KeyOp;
-use crate::records::RouteRecord;
+use crate::records::HostRecord;
 use crate::store::{self, Write};
 use crate::v2::V2Client;
 
@@ -23,7 +23,7 @@ pub type VulcandMetrics = ProjectionMetrics;
 
 /// Registers the vulcand publisher's metrics.
 pub fn metrics(registry: &MetricsRegistry) -> VulcandMetrics {
-    ProjectionMetrics::new(registry, "vulcand", "route")
+    ProjectionMetrics::new(registry, "vulcand", "host")
 }
 
 /// Where the vulcand keys are written.
@@ -184,8 +184,8 @@ impl VulcandProjector {
             }
             for (id, record) in &u.names {
                 match record {
-                    Some(r) => w.put_json(layout.route_record_key(id), r),
-                    None => w.delete(layout.route_record_key(id)),
+                    Some(r) => w.put_json(layout.host_record_key(id), r),
+                    None => w.delete(layout.host_record_key(id)),
                 }
             }
         }
@@ -218,50 +218,74 @@ impl VulcandProjector {
             }
             for c in &u.conflicts {
                 self.metrics.conflicts.inc_by(c.waiting.len() as u64);
-                tracing::warn!(route = c.id, owner = c.owner, waiting = ?c.waiting, "route conflict: the older claim keeps the route; the others wait");
+                tracing::warn!(host = c.id, owner = c.owner, waiting = ?c.waiting, "hostname conflict: the owning namespace keeps the hostname (and the older claim each path); the others wait");
             }
         }
     }
 
-    /// With the v2 sink: syncs every route whose record the units changed.
+    /// With the v2 sink: syncs every hostname whose record the units changed.
     async fn after_commit(&self, units: &[Unit], rev: u64) -> Result<(), Error> {
         let Sink::V2(v2) = &self.sink else {
             return Ok(());
         };
+        let layout = self.layout();
         for u in units {
             for (id, record) in &u.names {
                 let rev = if record.is_some() { rev } else { 0 };
-                self.sync_v2(v2, id, record.clone(), rev).await?;
+                // Routes the unit removed are no longer in the record: name them.
+                let touched = u
+                    .ops
+                    .iter()
+                    .filter_map(|op| layout.id_of_vulcand_key(op.key()))
+                    .filter(|route| layout.host_id_of(route) == id)
+                    .map(str::to_owned)
+                    .collect();
+                self.sync_v2(v2, id, record.clone(), rev, touched).await?;
             }
         }
         Ok(())
     }
 
-    /// Writes route `id` to v2 from `record` (committed at `rev`), again from the newer record
-    /// while another writer keeps changing it.
+    /// Writes hostname `id`'s routes to v2 from `record` (committed at `rev`), again from the
+    /// newer record while another writer keeps changing it. `routes` names route ids that
+    /// must be synced even when the record no longer projects them.
     pub async fn sync_v2(
         &self,
         v2: &V2Client,
         id: &str,
-        mut record: Option<RouteRecord>,
+        mut record: Option<HostRecord>,
         mut rev: u64,
+        mut routes: std::collections::BTreeSet<String>,
     ) -> Result<(), Error> {
         let layout = self.layout();
         for _ in 0..8 {
             let want = match &record {
-                Some(r) => crate::projection::project(layout, id, r).unwrap_or_default(),
+                Some(r) => crate::projection::project(layout, r),
                 None => Default::default(),
             };
-            v2.sync_route(layout.vulcand_prefix(), id, &want).await?;
+            let mut by_route: std::collections::BTreeMap<String, crate::projection::Projection> =
+                routes
+                    .iter()
+                    .map(|r| (r.clone(), Default::default()))
+                    .collect();
+            for (key, v) in want {
+                if let Some(route) = layout.id_of_vulcand_key(&key) {
+                    routes.insert(route.to_owned());
+                    by_route.entry(route.to_owned()).or_default().insert(key, v);
+                }
+            }
+            for (route, want) in &by_route {
+                v2.sync_route(layout.vulcand_prefix(), route, want).await?;
+            }
             let fresh = self
                 .kv
                 .clone()
-                .get(layout.route_record_key(id), None)
+                .get(layout.host_record_key(id), None)
                 .await?;
             let (fresh_rev, fresh_record) = match fresh.kvs().first() {
                 Some(kv) => (
                     u64::try_from(kv.mod_revision()).unwrap_or(0),
-                    serde_json::from_slice::<RouteRecord>(kv.value()).ok(),
+                    serde_json::from_slice::<HostRecord>(kv.value()).ok(),
                 ),
                 None => (0, None),
             };

@@ -99,8 +99,8 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
     let (mut puts, mut deletes) = (0, 0);
     for (id, mut ops) in by_id {
         sort_ops(&mut ops);
-        let rev = state.name(&id).0;
-        let guard = (layout.route_record_key(&id), rev);
+        let host = layout.host_id_of(&id);
+        let guard = (layout.host_record_key(host), state.name(host).0);
         for chunk in ops.chunks(128) {
             let mut w = Write {
                 compares: vec![guard.clone()],
@@ -164,6 +164,8 @@ async fn repair_v2(
     let (mut puts, mut deletes) = (0, 0);
     let ids: std::collections::BTreeSet<String> =
         actual.keys().chain(wanted.keys()).cloned().collect();
+    // Route ids that drifted, by hostname (one sync per host record).
+    let mut drifted: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     for id in ids {
         let want = wanted.remove(&id).unwrap_or_default();
         let have = actual.remove(&id).unwrap_or_default();
@@ -177,10 +179,16 @@ async fn repair_v2(
         }
         puts += changed_puts;
         deletes += changed_deletes;
-        let record = state.name(&id).1.cloned();
-        let rev = state.name(&id).0;
-        tracing::info!(id, "reconcile syncs a v2 route that drifted");
-        projector.sync_v2(v2, &id, record, rev).await?;
+        drifted
+            .entry(layout.host_id_of(&id).to_owned())
+            .or_default()
+            .insert(id);
+    }
+    for (host, routes) in drifted {
+        let record = state.name(&host).1.cloned();
+        let rev = state.name(&host).0;
+        tracing::info!(host, ?routes, "reconcile syncs v2 routes that drifted");
+        projector.sync_v2(v2, &host, record, rev, routes).await?;
     }
     Ok((puts, deletes))
 }

@@ -1,4 +1,9 @@
-//! Our own state in etcd: per-Service fences and per-route claim records.
+//! Our own state in etcd: per-Service fences and per-hostname claim records.
+//!
+//! A hostname belongs to one namespace (DESIGN.md): so the unit of ownership, and the record,
+//! is the hostname. Each Service's claim on it carries the path it routes and its ready
+//! backends; which namespace owns the hostname, and which Service owns each path under it,
+//! are derived from the claims alone ([`crate::plan`]).
 
 use std::net::SocketAddr;
 
@@ -8,15 +13,40 @@ use ksr_runtime::claims::Claim;
 use ksr_runtime::plan::NameRecord;
 pub use ksr_runtime::plan::ServiceRecord;
 
-/// What a vulcand route is: a hostname and a path regexp.
+/// What a host record is about: one hostname as vulcand matches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteMeta {
+pub struct HostMeta {
     pub host: String,
-    pub path: String,
 }
 
-/// One Service's claim on a route; its data is the Service's ready backends.
-pub type RouteClaim = Claim<Vec<SocketAddr>>;
+/// What one Service routes on a hostname.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathClaim {
+    /// The vulcand PathRegexp.
+    pub path: String,
+    /// Stream sequence at which the Service's continuous claim on hostname + path began
+    /// (the claim's own `since` is the one on the hostname).
+    pub path_since: u64,
+    /// The Service's ready backends.
+    pub backends: Vec<SocketAddr>,
+}
 
-/// Everything about one vulcand route (host + path): who claims it, who owns it, who waits.
-pub type RouteRecord = NameRecord<RouteMeta, Vec<SocketAddr>>;
+/// One Service's claim on a hostname.
+pub type HostClaim = Claim<PathClaim>;
+
+/// Everything about one hostname: who claims it (with which path), who owns it, who waits.
+pub type HostRecord = NameRecord<HostMeta, PathClaim>;
+
+/// Records of ksr before hostnames were owned by one namespace (one record per host + path,
+/// under `ksr/<owner>/vulcand/routes/`): read once, to migrate them ([`crate::store`]).
+pub mod legacy {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RouteMeta {
+        pub host: String,
+        pub path: String,
+    }
+
+    pub type RouteRecord = NameRecord<RouteMeta, Vec<SocketAddr>>;
+}

@@ -9,6 +9,7 @@ use crate::Error;
 use crate::layout::Layout;
 use crate::plan::State;
 use crate::projection::KeyOp;
+use crate::records::ServiceRecord;
 
 const PAGE: i64 = 2000;
 
@@ -69,8 +70,9 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, E
     })
 }
 
-/// Loads all our records.
+/// Loads all our records (migrating those of older versions first).
 pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Error> {
+    migrate_legacy(kv, layout).await?;
     let mut state = State::default();
     let services_prefix = layout.services_prefix();
     for (key, value, rev) in read_prefix(kv, &services_prefix).await? {
@@ -78,16 +80,119 @@ pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Err
             tracing::warn!(key, "ignoring a record key that does not name a Service");
             continue;
         };
-        let value = Some(parse(&key, &value)?);
+        let value = Some(service_record(layout, parse(&key, &value)?));
         state.services.insert(service, Versioned { rev, value });
     }
-    let routes_prefix = layout.routes_prefix();
-    for (key, value, rev) in read_prefix(kv, &routes_prefix).await? {
-        let id = key[routes_prefix.len()..].to_owned();
+    let hosts_prefix = layout.hosts_prefix();
+    for (key, value, rev) in read_prefix(kv, &hosts_prefix).await? {
+        let id = key[hosts_prefix.len()..].to_owned();
         let value = Some(parse(&key, &value)?);
         state.set_name(id, Versioned { rev, value });
     }
     Ok(state)
+}
+
+/// Turns the records of versions before hostnames were owned by one namespace (one record per
+/// host + path) into host records: the claims of every route of a hostname join its record
+/// (each claim's age on the route becomes its age on the hostname), and the old records go,
+/// per hostname in one transaction guarded by compares, so replicas starting together
+/// migrate once. Then each Service's fence is pointed at its host record. Route ids, and so
+/// the vulcand keys, do not change; where two namespaces shared a hostname, the next
+/// reconciliation applies the ownership rule. A crash half-way is harmless: the rest is
+/// migrated at the next start, and a fence still naming a route id only means the planner
+/// finds no record to leave.
+async fn migrate_legacy(kv: &mut KvClient, layout: &Layout) -> Result<(), Error> {
+    use std::collections::BTreeMap;
+
+    use ksr_runtime::plan::refresh_status;
+
+    use crate::plan::VulcandTarget;
+    use crate::records::{HostMeta, HostRecord, PathClaim, legacy};
+
+    for _ in 0..8 {
+        let old = read_prefix(kv, &layout.legacy_routes_prefix()).await?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            records = old.len(),
+            "migrating route records to host records"
+        );
+        let mut hosts: BTreeMap<String, (HostRecord, Vec<(String, u64)>)> = BTreeMap::new();
+        for (key, value, rev) in old {
+            let record: legacy::RouteRecord = match parse(&key, &value) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(key, error = %e, "unreadable route record left in place");
+                    continue;
+                }
+            };
+            let id = layout.host_id(&record.meta.host);
+            let (host, guards) = hosts.entry(id).or_insert_with(|| {
+                (
+                    HostRecord::new(HostMeta {
+                        host: record.meta.host.clone(),
+                    }),
+                    Vec::new(),
+                )
+            });
+            for c in record.claims.iter() {
+                let data = PathClaim {
+                    path: record.meta.path.clone(),
+                    path_since: c.since,
+                    backends: c.data.clone(),
+                };
+                host.claims.upsert(&c.key(), c.seq, c.since, data);
+            }
+            guards.push((key, rev));
+        }
+        let mut raced = false;
+        for (id, (mut record, guards)) in hosts {
+            refresh_status::<VulcandTarget>(&mut record);
+            let mut w = Write::default();
+            let key = layout.host_record_key(&id);
+            w.compares.push((key.clone(), 0));
+            for (old, rev) in &guards {
+                w.compares.push((old.clone(), *rev));
+                w.delete(old.clone());
+            }
+            w.put_json(key, &record);
+            if commit(kv, w).await?.is_none() {
+                raced = true;
+            }
+        }
+        if !raced {
+            break;
+        }
+    }
+    // Fences naming a route id now name its host.
+    let prefix = layout.services_prefix();
+    for (key, value, rev) in read_prefix(kv, &prefix).await? {
+        let Ok(fence) = parse::<crate::records::ServiceRecord>(&key, &value) else {
+            continue;
+        };
+        let fixed = service_record(layout, fence.clone());
+        if fixed != fence {
+            let mut w = Write::default();
+            w.compares.push((key.clone(), rev));
+            w.put_json(key, &fixed);
+            commit(kv, w).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A fence as read: one written before host records names a route id, which stands for its
+/// hostname's record (also where a migration was interrupted before the fences).
+fn service_record(layout: &Layout, mut fence: ServiceRecord) -> ServiceRecord {
+    if let Some(host) = fence
+        .claim
+        .as_deref()
+        .and_then(|c| layout.host_of_legacy_claim(c))
+    {
+        fence.claim = Some(host.to_owned());
+    }
+    fence
 }
 
 fn parse_service_key(rest: &str) -> Option<ServiceKey> {
@@ -100,7 +205,7 @@ fn parse_service_key(rest: &str) -> Option<ServiceKey> {
 pub fn record_key(layout: &Layout, key: &RecordKey) -> String {
     match key {
         RecordKey::Service(s) => layout.service_record_key(s),
-        RecordKey::Name(id) => layout.route_record_key(id),
+        RecordKey::Name(id) => layout.host_record_key(id),
     }
 }
 
@@ -136,7 +241,10 @@ pub async fn refresh(
                     let v = match found {
                         Some((value, rev)) => Versioned {
                             rev,
-                            value: Some(parse(&record_key(layout, key), &value)?),
+                            value: Some(service_record(
+                                layout,
+                                parse(&record_key(layout, key), &value)?,
+                            )),
                         },
                         None => Versioned::default(),
                     };

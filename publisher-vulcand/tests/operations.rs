@@ -50,8 +50,8 @@ async fn admin_endpoints_report_liveness_readiness_and_metrics() -> anyhow::Resu
     for line in [
         r#"ksr_vulcand_events_applied_total{kind="added"} 1"#,
         r#"ksr_vulcand_events_terminated_total{reason="truncated"} 1"#,
-        "ksr_vulcand_routes 1",
-        "ksr_vulcand_routes_in_conflict 0",
+        "ksr_vulcand_hosts 1",
+        "ksr_vulcand_hosts_in_conflict 0",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }

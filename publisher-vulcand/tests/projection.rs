@@ -225,11 +225,11 @@ async fn one_service_in_two_clusters_fans_in_and_each_removal_removes_only_its_s
 }
 
 #[tokio::test]
-async fn conflicting_services_keep_the_older_claim_and_the_waiting_one_takes_over()
--> anyhow::Result<()> {
+async fn a_hostname_belongs_to_the_first_namespace_and_passes_on_when_it_goes() -> anyhow::Result<()>
+{
     let bench = Bench::start().await?;
     let _p = bench.publisher(&[]);
-    // `a` in namespace `b-c` and `a-b` in namespace `c` both produce `a-b-c`.
+    // `a` in namespace `b-c` and `host: a-b` in namespace `c` both produce `a-b-c`.
     let first = event(
         "east",
         "b-c",
@@ -242,26 +242,47 @@ async fn conflicting_services_keep_the_older_claim_and_the_waiting_one_takes_ove
         "a-b",
         Change::Added(route("a-b-c", "test", "/.*", &["10.0.0.2"])),
     );
-    bench.publish(&first).await?;
-    bench.publish(&second).await?;
-    let id = route_id("a-b-c.test.service.consul", "/.*");
-    let keys = bench.settled_vulcand().await?;
-    let servers: Vec<&String> = keys.keys().filter(|k| k.contains("/servers/")).collect();
-    assert_eq!(
-        servers,
-        vec![&format!("vulcand/backends/{id}/servers/east-10-0-0-1-80")]
+    // The same namespace's hostname with a path nobody else claims: still not theirs.
+    let sneaky = event(
+        "east",
+        "c",
+        "admin",
+        Change::Added(route("a-b-c", "test", "/admin.*", &["10.0.0.3"])),
     );
+    // Another Service of the owning namespace on another path: routed.
+    let sibling = event(
+        "east",
+        "b-c",
+        "api",
+        Change::Added(route("a-b-c", "test", "/api/.*", &["10.0.0.4"])),
+    );
+    for ev in [&first, &second, &sneaky, &sibling] {
+        bench.publish(ev).await?;
+    }
+    let host = "a-b-c.test.service.consul";
+    let (id, api) = (route_id(host, "/.*"), route_id(host, "/api/.*"));
+    let keys = bench.settled_vulcand().await?;
+    let servers: std::collections::BTreeSet<&String> =
+        keys.keys().filter(|k| k.contains("/servers/")).collect();
+    let want = [
+        format!("vulcand/backends/{id}/servers/east-10-0-0-1-80"),
+        format!("vulcand/backends/{api}/servers/east-10-0-0-4-80"),
+    ];
+    assert_eq!(servers, want.iter().collect());
+    assert!(!keys.keys().any(|k| k.contains(&route_id(host, "/admin.*"))));
 
-    // The status is readable under our prefix.
+    // The status is readable under our prefix: the owner and who waits.
     let record = bench
-        .snapshot(&format!("ksr/ksr/vulcand/routes/{id}"))
+        .snapshot(&format!("ksr/ksr/vulcand/hosts/ksr.{host}"))
         .await?;
     let record: serde_json::Value =
-        serde_json::from_str(record.values().next().expect("route record"))?;
-    assert_eq!(record["owner"], "b-c/a");
-    assert_eq!(record["waiting"], serde_json::json!(["c/a-b"]));
+        serde_json::from_str(record.values().next().expect("host record"))?;
+    assert_eq!(record["owner"], "b-c");
+    assert_eq!(record["waiting"], serde_json::json!(["c"]));
 
+    // The owner's claims go: namespace `c` takes the hostname, both of its paths.
     bench.publish(&removed("east", "b-c", "a")).await?;
+    bench.publish(&removed("east", "b-c", "api")).await?;
     wait_key(
         &bench,
         &format!("vulcand/backends/{id}/servers/east-10-0-0-2-80"),
@@ -269,7 +290,114 @@ async fn conflicting_services_keep_the_older_claim_and_the_waiting_one_takes_ove
     )
     .await?;
     let keys = bench.settled_vulcand().await?;
+    assert_eq!(keys.len(), 6, "{keys:#?}");
+    assert!(keys.contains_key(&format!(
+        "vulcand/frontends/{}/frontend",
+        route_id(host, "/admin.*")
+    )));
+    Ok(())
+}
+
+#[tokio::test]
+async fn within_a_namespace_the_older_claim_keeps_the_path_and_the_other_takes_over()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&[]);
+    let one = event(
+        "east",
+        "shop",
+        "web",
+        Change::Added(route("web-shop", "test", "/.*", &["10.0.0.1"])),
+    );
+    let two = event(
+        "east",
+        "shop",
+        "web2",
+        Change::Added(route("web-shop", "test", "/.*", &["10.0.0.2"])),
+    );
+    bench.publish(&one).await?;
+    bench.publish(&two).await?;
+    let id = route_id("web-shop.test.service.consul", "/.*");
+    let keys = bench.settled_vulcand().await?;
     assert_eq!(keys.len(), 3, "{keys:#?}");
+    assert!(keys.contains_key(&format!("vulcand/backends/{id}/servers/east-10-0-0-1-80")));
+    let record = bench
+        .snapshot("ksr/ksr/vulcand/hosts/ksr.web-shop.test.service.consul")
+        .await?;
+    let record: serde_json::Value =
+        serde_json::from_str(record.values().next().expect("host record"))?;
+    assert_eq!(record["waiting"], serde_json::json!(["shop/web2 on /.*"]));
+    bench.publish(&removed("east", "shop", "web")).await?;
+    wait_key(
+        &bench,
+        &format!("vulcand/backends/{id}/servers/east-10-0-0-2-80"),
+        Some(r#"{"URL":"http://10.0.0.2:80"}"#),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn records_of_the_previous_version_are_migrated_and_the_keys_stay() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let host = "web-shop.test.service.consul";
+    let id = route_id(host, "/.*");
+    let mut etcd = bench.etcd().await?;
+    // What the previous version left: a route record, a fence naming the route id, the keys.
+    let claim = serde_json::json!([{"cluster": "east", "namespace": "shop", "name": "web",
+        "since": 1, "seq": 1, "data": ["10.0.0.1:80"]}]);
+    let record = serde_json::json!({"host": host, "path": "/.*", "claims": claim,
+        "owner": "shop/web", "waiting": []});
+    etcd.put(
+        format!("ksr/ksr/vulcand/routes/{id}"),
+        record.to_string(),
+        None,
+    )
+    .await?;
+    etcd.put(
+        "ksr/ksr/vulcand/services/east/shop/web",
+        serde_json::json!({"seq": 1, "claim": id}).to_string(),
+        None,
+    )
+    .await?;
+    let before = [
+        (
+            format!("vulcand/backends/{id}/backend"),
+            r#"{"Type":"http"}"#.to_owned(),
+        ),
+        (
+            format!("vulcand/backends/{id}/servers/east-10-0-0-1-80"),
+            r#"{"URL":"http://10.0.0.1:80"}"#.to_owned(),
+        ),
+        (
+            format!("vulcand/frontends/{id}/frontend"),
+            frontend(&id, host, "/.*"),
+        ),
+    ];
+    for (k, v) in &before {
+        etcd.put(k.as_str(), v.as_str(), None).await?;
+    }
+
+    let _p = bench.publisher(&[]);
+    bench
+        .publish(&added("east", "other", "api", &["10.0.0.9"]))
+        .await?;
+    let state = eventually(WAIT, || async {
+        let s = bench.snapshot("ksr/").await?;
+        anyhow::ensure!(!s.keys().any(|k| k.contains("/routes/")), "{s:#?}");
+        Ok(s)
+    })
+    .await?;
+    let fence: serde_json::Value =
+        serde_json::from_str(&state["ksr/ksr/vulcand/services/east/shop/web"])?;
+    assert_eq!(fence["claim"], format!("ksr.{host}"));
+    let keys = bench.settled_vulcand().await?;
+    for (k, v) in &before {
+        assert_eq!(keys.get(k), Some(v), "{k}");
+    }
+    // The migrated Service still goes away when it is removed.
+    bench.publish(&removed("east", "shop", "web")).await?;
+    wait_key(&bench, &format!("vulcand/frontends/{id}/frontend"), None).await?;
     Ok(())
 }
 

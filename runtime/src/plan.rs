@@ -160,6 +160,19 @@ pub trait Target {
     fn group(key: &ServiceKey) -> Self::Group;
     /// How a group is shown in `owner` / `waiting`.
     fn group_label(key: &ServiceKey) -> String;
+    /// The owner and the waiting claims of a record, as shown to operators (and counted as
+    /// conflicts when new): by default the owning group and every other group.
+    fn status(record: &NameRecord<Self::Meta, Self::Data>) -> (Option<String>, Vec<String>) {
+        let (owners, waiting) = record.claims.split(Self::group);
+        let owner = owners.first().map(|c| Self::group_label(&c.key()));
+        let mut w: Vec<String> = waiting
+            .iter()
+            .map(|c| Self::group_label(&c.key()))
+            .collect();
+        w.sort();
+        w.dedup();
+        (owner, w)
+    }
     /// The target writes that turn the projection of `before` into that of `after`.
     fn ops(
         &self,
@@ -252,13 +265,9 @@ pub fn simulate<T: Target>(target: &T, latest: &[Delivery]) -> (StateOf<T>, Vec<
 
 /// Recomputes a record's derived `owner` and `waiting`.
 pub fn refresh_status<T: Target>(record: &mut NameRecord<T::Meta, T::Data>) {
-    let (owners, waiting) = record.claims.split(T::group);
-    let owner = owners.first().map(|c| T::group_label(&c.key()));
-    let mut w: Vec<String> = waiting.iter().map(|c| T::group_label(&c.key())).collect();
-    w.sort();
-    w.dedup();
+    let (owner, waiting) = T::status(record);
     record.owner = owner;
-    record.waiting = w;
+    record.waiting = waiting;
 }
 
 /// An event newer than its Service's fence.
