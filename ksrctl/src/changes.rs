@@ -111,6 +111,7 @@ mod tests {
                 .collect(),
             host_since: 0,
             route_since: 0,
+            full_host: None,
         };
         Event {
             key: ServiceKey::new("east", "default", "web"),

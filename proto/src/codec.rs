@@ -15,11 +15,13 @@ use bincode::config;
 
 use crate::ProtoError;
 use crate::model::Event;
+use crate::v1::EventV1;
 
 /// Magic bytes that open every event.
 pub const MAGIC: [u8; 2] = *b"KS";
-/// The schema version this build writes.
-pub const SCHEMA_VERSION: u16 = 1;
+/// The newest schema version this build writes (and every older one it decodes). An event
+/// is written at the oldest version that can carry it ([`version_for`]).
+pub const SCHEMA_VERSION: u16 = 2;
 /// Envelope header length.
 pub const HEADER_LEN: usize = 4;
 /// The largest payload we decode; anything larger is refused before allocating.
@@ -29,14 +31,28 @@ fn bincode_config() -> impl config::Config {
     config::standard().with_limit::<MAX_PAYLOAD>()
 }
 
-/// Validates and encodes an event at the current schema version.
+/// The schema version `event` is written at: 1 unless it needs version 2 (a full hostname),
+/// so consumers of the previous release keep reading everything it can represent.
+pub fn version_for(event: &Event) -> u16 {
+    if event.route().is_some_and(|r| r.full_host.is_some()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Validates and encodes an event at [`version_for`] it.
 pub fn encode(event: &Event) -> Result<Vec<u8>, ProtoError> {
     event.validate()?;
+    let version = version_for(event);
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&SCHEMA_VERSION.to_le_bytes());
-    bincode::encode_into_std_write(event, &mut out, bincode_config())
-        .map_err(|e| ProtoError::Encode(e.to_string()))?;
+    out.extend_from_slice(&version.to_le_bytes());
+    let written = match EventV1::of(event) {
+        Some(v1) if version == 1 => bincode::encode_into_std_write(v1, &mut out, bincode_config()),
+        _ => bincode::encode_into_std_write(event, &mut out, bincode_config()),
+    };
+    written.map_err(|e| ProtoError::Encode(e.to_string()))?;
     Ok(out)
 }
 
@@ -60,7 +76,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, ProtoError> {
     let version = peek_version(bytes)?;
     let payload = &bytes[HEADER_LEN..];
     let event = match version {
-        1 => decode_payload::<Event>(1, payload)?,
+        1 => decode_payload::<EventV1>(1, payload)?.into(),
+        2 => decode_payload::<Event>(2, payload)?,
         found => {
             return Err(ProtoError::UnknownVersion {
                 found,

@@ -12,6 +12,7 @@ pub mod model;
 pub mod names;
 pub mod route;
 pub mod subject;
+mod v1;
 
 pub use codec::{decode, encode};
 pub use error::ProtoError;

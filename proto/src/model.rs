@@ -93,12 +93,35 @@ pub struct RouteState {
     pub host_since: u64,
     /// The same for the hostname together with the path (the vulcand route).
     pub route_since: u64,
+    /// A full hostname from the `host` annotation, under a domain the administrator allows
+    /// (`--allowed-host-domains`): then it is the hostname, and `label` is its first label.
+    /// Events without one are written as schema version 1.
+    pub full_host: Option<String>,
 }
 
 impl RouteState {
-    /// `<label>.<environment>.<domain>`, lower case.
+    /// The hostname vulcand routes: the full hostname, else `<label>.<environment>.<domain>`.
     pub fn hostname(&self) -> String {
-        format!("{}.{}.{}", self.label, self.environment, self.domain)
+        match &self.full_host {
+            Some(h) => h.clone(),
+            None => format!("{}.{}.{}", self.label, self.environment, self.domain),
+        }
+    }
+
+    /// The Consul name (tag, service) this route registers, if its hostname is one Consul
+    /// DNS answers: `<tag>.<environment>.<domain>` with a one-label tag. A full hostname
+    /// elsewhere is routed by vulcand only.
+    pub fn consul_name(&self) -> Option<(&str, &str)> {
+        match &self.full_host {
+            None => Some((&self.label, &self.environment)),
+            Some(h) => {
+                let rest = h.strip_prefix(self.label.as_str())?.strip_prefix('.')?;
+                let domain = rest
+                    .strip_prefix(self.environment.as_str())?
+                    .strip_prefix('.')?;
+                (domain == self.domain).then_some((&self.label, &self.environment))
+            }
+        }
     }
 
     /// Sorts and de-duplicates ports and backends so equal states encode to equal bytes.
@@ -156,6 +179,15 @@ impl RouteState {
         names::validate_host_label(&self.label)?;
         names::validate_environment(&self.environment)?;
         names::validate_domain(&self.domain)?;
+        if let Some(host) = &self.full_host {
+            names::validate_hostname(host)?;
+            if host.split('.').next() != Some(self.label.as_str()) || !host.contains('.') {
+                return Err(ProtoError::InvalidEvent(format!(
+                    "label {:?} is not the first label of the full hostname {host:?}",
+                    self.label
+                )));
+            }
+        }
         route::validate_path(&self.path)?;
         if self.backends.iter().any(|b| b.port == 0) {
             return Err(ProtoError::InvalidEvent("backend port 0".into()));

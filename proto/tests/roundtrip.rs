@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use ksr_proto::{Backend, Change, Event, RouteState, ServiceKey, ServicePort, codec, names, route};
 use proptest::prelude::*;
 
+mod common;
+
 fn label() -> impl Strategy<Value = String> {
     "[a-z]([-a-z0-9]{0,20}[a-z0-9])?"
 }
@@ -34,9 +36,12 @@ fn route_state() -> impl Strategy<Value = RouteState> {
         prop::collection::vec(backend(), 0..16),
         any::<u64>(),
         any::<u64>(),
+        proptest::option::of("[a-z]([a-z0-9-]{0,10}[a-z0-9])?\\.example\\.(com|org)"),
     )
         .prop_map(
-            |(label, environment, path, ports, backends, host_since, route_since)| {
+            |(label, environment, path, ports, backends, host_since, route_since, domain)| {
+                // A full hostname (schema version 2) starts with the label.
+                let full_host = domain.map(|d| format!("{label}.{d}"));
                 let mut r = RouteState {
                     label,
                     environment,
@@ -53,6 +58,7 @@ fn route_state() -> impl Strategy<Value = RouteState> {
                     backends,
                     host_since,
                     route_since,
+                    full_host,
                 };
                 r.normalize();
                 r
@@ -145,6 +151,7 @@ fn claims_continue_while_the_hostname_and_path_stay() {
         backends: vec![],
         host_since: 0,
         route_since: 0,
+        full_host: None,
     };
     // First event (seq 5) begins both claims.
     let mut next = base.clone();
@@ -165,4 +172,20 @@ fn claims_continue_while_the_hostname_and_path_stay() {
     fresh.host_since = 3;
     fresh.continue_claims(None);
     assert_eq!((fresh.host_since, fresh.route_since), (0, 0));
+}
+
+#[test]
+fn a_full_hostname_is_a_consul_name_only_under_the_consul_domain() {
+    let mut r = common::webtest1_route();
+    assert_eq!(r.consul_name(), Some(("webtest1-default", "test")));
+    r.label = "myapp".into();
+    r.full_host = Some("myapp.mydomain.com".into());
+    assert_eq!(r.hostname(), "myapp.mydomain.com");
+    assert_eq!(r.consul_name(), None);
+    r.full_host = Some("myapp.test.service.consul".into());
+    assert_eq!(r.consul_name(), Some(("myapp", "test")));
+    r.full_host = Some("myapp.x.test.service.consul".into());
+    assert_eq!(r.consul_name(), None);
+    r.full_host = Some("other.mydomain.com".into());
+    assert!(r.validate().is_err(), "the label must be the first label");
 }

@@ -90,15 +90,19 @@ impl Target for ConsulTarget {
     type Op = CatalogOp;
 
     fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, String> {
+        // A full hostname outside the Consul domain is routed by vulcand only.
         let Some(route) = d.event.route() else {
+            return Ok(None);
+        };
+        let Some((label, environment)) = route.consul_name() else {
             return Ok(None);
         };
         // Both parts are validated DNS labels (the codec checks every event).
         Ok(Some(Desired {
-            id: Layout::name_id(&route.label, &route.environment),
+            id: Layout::name_id(label, environment),
             meta: NameMeta {
-                environment: route.environment.clone(),
-                label: route.label.clone(),
+                environment: environment.to_owned(),
+                label: label.to_owned(),
             },
             data: (),
             since: route.host_claimed_since(d.seq),

@@ -58,6 +58,32 @@ async fn an_added_service_resolves_to_the_router_and_disappears_after_removal() 
 }
 
 #[tokio::test]
+async fn a_full_hostname_registers_only_under_the_consul_domain() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&[]);
+    let mut elsewhere = route("myapp", "test", "/.*", &["10.0.0.1"]);
+    elsewhere.full_host = Some("myapp.mydomain.com".into());
+    let mut consul = route("api", "test", "/.*", &["10.0.0.2"]);
+    consul.full_host = Some("api.test.service.consul".into());
+    bench
+        .publish(&event("east", "default", "a", Change::Added(elsewhere)))
+        .await?;
+    bench
+        .publish(&event("east", "default", "b", Change::Added(consul)))
+        .await?;
+    bench.wait_resolves("api.test.service.consul", true).await?;
+    let snap = bench.settled().await?;
+    let mut instances: Vec<&String> = snap.keys().filter(|k| k.starts_with("svc:")).collect();
+    instances.sort();
+    assert_eq!(instances.len(), 2, "the router and api only: {instances:?}");
+    assert!(
+        !instances.iter().any(|k| k.contains("myapp")),
+        "{instances:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn backend_changes_do_not_rewrite_the_registration() -> anyhow::Result<()> {
     let bench = Bench::start().await?;
     let _p = bench.publisher(&[]);

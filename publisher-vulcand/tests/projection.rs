@@ -299,6 +299,24 @@ async fn a_hostname_belongs_to_the_first_namespace_and_passes_on_when_it_goes() 
 }
 
 #[tokio::test]
+async fn a_full_hostname_is_routed_exactly() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&[]);
+    let mut r = route("myapp", "test", "/.*", &["10.0.0.1"]);
+    r.full_host = Some("myapp.mydomain.com".into());
+    bench
+        .publish(&event("east", "default", "web", Change::Added(r)))
+        .await?;
+    let id = route_id("myapp.mydomain.com", "/.*");
+    wait_key(
+        &bench,
+        &format!("vulcand/frontends/{id}/frontend"),
+        Some(&frontend(&id, "myapp.mydomain.com", "/.*")),
+    )
+    .await
+}
+
+#[tokio::test]
 async fn within_a_namespace_the_older_claim_keeps_the_path_and_the_other_takes_over()
 -> anyhow::Result<()> {
     let bench = Bench::start().await?;

@@ -26,6 +26,7 @@ pub fn route(label: &str, env: &str, path: &str, ips: &[&str]) -> RouteState {
             .collect(),
         host_since: 0,
         route_since: 0,
+        full_host: None,
     };
     r.normalize();
     r
@@ -78,10 +79,9 @@ pub async fn publish_raw(
     payload: Vec<u8>,
 ) -> anyhow::Result<u64> {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        subject::HEADER_SCHEMA,
-        codec::SCHEMA_VERSION.to_string().as_str(),
-    );
+    // The version the envelope says (raw payloads may not carry a valid one: say 1).
+    let version = codec::peek_version(&payload).unwrap_or(1);
+    headers.insert(subject::HEADER_SCHEMA, version.to_string().as_str());
     headers.insert(subject::HEADER_KIND, kind);
     headers.insert(subject::HEADER_CLUSTER, cluster);
     let id = format!(

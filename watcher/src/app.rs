@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             domain: config.domain.clone(),
             mode: config.address_mode,
             node_addresses: config.node_addresses.clone(),
+            allowed_host_domains: config.allowed_host_domains.clone(),
         },
         Publisher::new(
             js,

@@ -79,6 +79,16 @@ pub struct Config {
     /// The domain part of hostnames (vulcaningress's DOMAIN).
     #[arg(long = "domain", env = "DOMAIN", default_value = "service.consul", value_parser = parse_domain)]
     pub domain: String,
+    /// Domains under which a `host` annotation may be a full hostname, routed exactly
+    /// (comma-separated, e.g. `mydomain.com,example.org`; default: none, so `host` is only
+    /// ever the first label). Ownership of such a hostname follows the same rule as any other.
+    #[arg(
+        long = "allowed-host-domains",
+        env = "KSR_ALLOWED_HOST_DOMAINS",
+        value_delimiter = ',',
+        value_parser = parse_domain
+    )]
+    pub allowed_host_domains: Vec<String>,
     /// Where traffic goes: the clusterIP, the ready endpoints, or node addresses at the nodePort.
     #[arg(
         long = "address-mode",

@@ -24,6 +24,7 @@ pub struct ReasonLabel {
 pub struct WatcherMetrics {
     published: Family<KindLabel, Counter>,
     rejections: Family<ReasonLabel, Counter>,
+    path_warnings: Family<ReasonLabel, Counter>,
     pub publish_seconds: Histogram,
     pub conflicts: Counter,
     pub source_errors: Counter,
@@ -38,6 +39,7 @@ impl WatcherMetrics {
         let m = Self {
             published: Family::default(),
             rejections: Family::default(),
+            path_warnings: Family::default(),
             publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             conflicts: Counter::default(),
             source_errors: Counter::default(),
@@ -57,6 +59,12 @@ impl WatcherMetrics {
                 "rejections",
                 "Evaluations of a selected Service that found it unroutable (every change and relist), by reason",
                 m.rejections.clone(),
+            );
+            r.register(
+                "path_warnings",
+                "Routed Services whose path annotation looks wrong (double_escape: `\\\\d` \
+                 where vulcaningress users meant `\\d`), counted when first seen",
+                m.path_warnings.clone(),
             );
             r.register(
                 "publish_duration_seconds",
@@ -102,6 +110,12 @@ impl WatcherMetrics {
             .get_or_create(&KindLabel {
                 kind: kind.as_str(),
             })
+            .inc();
+    }
+
+    pub fn path_warning(&self, reason: &'static str) {
+        self.path_warnings
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

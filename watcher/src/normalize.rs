@@ -56,6 +56,8 @@ pub struct Normalizer {
     pub mode: AddressMode,
     /// Node addresses for `node-port` mode.
     pub node_addresses: Vec<IpAddr>,
+    /// Domains under which a `host` annotation may be a full hostname (empty: none).
+    pub allowed_host_domains: Vec<String>,
 }
 
 impl Normalizer {
@@ -66,19 +68,30 @@ impl Normalizer {
         let namespace = meta.namespace.as_deref().unwrap_or("default");
         let annotations = meta.annotations.clone().unwrap_or_default();
         let host = annotations.get(HOST_ANNOTATION).map(|h| h.trim());
-        let label = names::host_label(name, host, namespace).map_err(|e| {
-            let reason = if host.is_some()
-                && names::validate_host_annotation(host.unwrap_or_default()).is_err()
-            {
-                "invalid_host_annotation"
-            } else {
-                "hostname_too_long"
-            };
-            reject(reason, e.to_string())
-        })?;
+        let (label, full_host) = match host {
+            Some(h) if h.contains('.') => {
+                let full = self.full_host(h)?;
+                let first = full.split('.').next().unwrap_or_default().to_owned();
+                (first, Some(full))
+            }
+            _ => {
+                let label = names::host_label(name, host, namespace).map_err(|e| {
+                    let reason = if host.is_some()
+                        && names::validate_host_annotation(host.unwrap_or_default()).is_err()
+                    {
+                        "invalid_host_annotation"
+                    } else {
+                        "hostname_too_long"
+                    };
+                    reject(reason, e.to_string())
+                })?;
+                (label, None)
+            }
+        };
+        // Trimmed like the host: a path with white space at either end can never match.
         let path = annotations
             .get(PATH_ANNOTATION)
-            .cloned()
+            .map(|p| p.trim().to_owned())
             .unwrap_or_else(|| route::DEFAULT_PATH.to_owned());
         route::validate_path(&path)
             .map_err(|e| reject("invalid_path_annotation", e.to_string()))?;
@@ -150,12 +163,41 @@ impl Normalizer {
             backends,
             host_since: 0,
             route_since: 0,
+            full_host,
         };
         state.normalize();
         state
             .validate()
             .map_err(|e| reject("invalid_route", e.to_string()))?;
         Ok(state)
+    }
+}
+
+impl Normalizer {
+    /// A `host` annotation that is a full hostname: allowed only under an allowed domain.
+    fn full_host(&self, host: &str) -> Result<String, Rejection> {
+        names::validate_hostname(host)
+            .map_err(|e| reject("invalid_host_annotation", e.to_string()))?;
+        let allowed = self.allowed_host_domains.iter().any(|d| {
+            host == d
+                || host
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|r| r.ends_with('.'))
+        });
+        if allowed {
+            return Ok(host.to_owned());
+        }
+        let domains = if self.allowed_host_domains.is_empty() {
+            "none are allowed (--allowed-host-domains)".to_owned()
+        } else {
+            format!("allowed domains: {}", self.allowed_host_domains.join(", "))
+        };
+        Err(reject(
+            "host_domain_not_allowed",
+            format!(
+                "host annotation {host:?} is a full hostname outside the allowed domains; {domains}"
+            ),
+        ))
     }
 }
 

@@ -257,7 +257,7 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         headers.insert(
             subject::HEADER_SCHEMA,
-            codec::SCHEMA_VERSION.to_string().as_str(),
+            codec::version_for(event).to_string().as_str(),
         );
         headers.insert(subject::HEADER_KIND, event.kind().as_str());
         headers.insert(subject::HEADER_CLUSTER, self.cluster.as_str());

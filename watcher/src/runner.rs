@@ -54,6 +54,8 @@ pub struct Runner {
     known: HashMap<ServiceKey, Known>,
     /// Services not routed for a bad spec, with the reason (logged when it changes).
     rejected: HashMap<ObjKey, &'static str>,
+    /// Services whose path looks escaped twice, with that path (warned once per path).
+    double_escaped: HashMap<ObjKey, String>,
     metrics: WatcherMetrics,
     health: Health,
 }
@@ -88,6 +90,7 @@ impl Runner {
             publisher,
             known: HashMap::new(),
             rejected: HashMap::new(),
+            double_escaped: HashMap::new(),
             metrics,
             health,
         }
@@ -138,6 +141,29 @@ impl Runner {
             );
         }
         self.rejected.insert(key, reason);
+    }
+
+    /// Warns (once per path) about a path that looks escaped twice: routed as written, which
+    /// is not what the same annotation meant to vulcaningress.
+    fn note_double_escape(&mut self, key: &ObjKey, path: Option<&str>) {
+        let Some(path) = path.filter(|p| ksr_proto::route::looks_double_escaped(p)) else {
+            self.double_escaped.remove(key);
+            return;
+        };
+        if self.double_escaped.get(key).map(String::as_str) == Some(path) {
+            return;
+        }
+        self.metrics.path_warning("double_escape");
+        tracing::warn!(
+            cluster = self.config.cluster,
+            namespace = key.0,
+            service = key.1,
+            path,
+            "path annotation looks escaped twice (`\\\\d` matches a backslash and `d`); \
+             vulcaningress read it as a Go interpreted string, ksr routes it as written: \
+             write `\\d` for a digit"
+        );
+        self.double_escaped.insert(key.clone(), path.to_owned());
     }
 
     /// Runs until `shutdown` or the source ends.
@@ -240,6 +266,7 @@ impl Runner {
                 }
             };
             self.rejected.remove(&obj);
+            self.note_double_escape(&obj, route.as_ref().map(|r| r.path.as_str()));
             wanted.push((obj, route, origin));
         }
         self.metrics

@@ -107,6 +107,10 @@ async fn each_invalid_annotation_is_rejected_with_its_reason_and_the_rest_flows(
             &[("host", "myapp.mydomain.com")],
         ),
     );
+    bench.write(
+        "bad-label",
+        &service("default", "badlabel", "10.96.0.7", &[("host", "Front_End")]),
+    );
     bench.write("long", &service("default", &long, "10.96.0.4", &[]));
     bench.write("headless", &service("default", "headless", "None", &[]));
     bench.write(
@@ -121,6 +125,7 @@ async fn each_invalid_annotation_is_rejected_with_its_reason_and_the_rest_flows(
     for reason in [
         "invalid_path_annotation",
         "invalid_host_annotation",
+        "host_domain_not_allowed",
         "hostname_too_long",
         "headless",
         "invalid_port_annotation",
@@ -132,7 +137,7 @@ async fn each_invalid_annotation_is_rejected_with_its_reason_and_the_rest_flows(
             "{reason} missing in\n{metrics}"
         );
     }
-    assert_eq!(w.metric("ksr_watcher_rejected_services").await, 6.0);
+    assert_eq!(w.metric("ksr_watcher_rejected_services").await, 7.0);
     // A later invalid edit of a routed Service keeps its last valid route.
     bench.write(
         "good",
@@ -140,11 +145,64 @@ async fn each_invalid_annotation_is_rejected_with_its_reason_and_the_rest_flows(
     );
     eventually(common::WAIT, || async {
         let rejected = w.metric("ksr_watcher_rejected_services").await;
-        anyhow::ensure!(rejected == 7.0, "{rejected} Services rejected");
+        anyhow::ensure!(rejected == 8.0, "{rejected} Services rejected");
         Ok(())
     })
     .await?;
     bench.wait_events(&[(Added, "default/good")]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn full_hostnames_route_exactly_under_allowed_domains_and_paths_are_trimmed()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let svc = |name: &str, ip: &str, ann: &[(&str, &str)]| service("default", name, ip, ann);
+    bench.write(
+        "a",
+        &svc("a", "10.96.0.1", &[("host", "myapp.mydomain.com")]),
+    );
+    bench.write(
+        "b",
+        &svc("b", "10.96.0.2", &[("host", "app.teams.example.org")]),
+    );
+    bench.write("c", &svc("c", "10.96.0.3", &[("host", "x.other.net")]));
+    bench.write("d", &svc("d", "10.96.0.4", &[("path", " /api/.* ")]));
+    bench.write("e", &svc("e", "10.96.0.5", &[("path", r"/v1/\\d+")]));
+    let w = bench.watcher(&["--allowed-host-domains", "mydomain.com,example.org"]);
+    w.ready().await?;
+    bench
+        .wait_events_unordered(&[
+            (Added, "default/a"),
+            (Added, "default/b"),
+            (Added, "default/d"),
+            (Added, "default/e"),
+        ])
+        .await?;
+    let events = bench.full_events().await?;
+    let route = |name: &str| {
+        events
+            .iter()
+            .find(|(_, e)| e.key.name == name)
+            .and_then(|(_, e)| e.route().cloned())
+            .expect("routed")
+    };
+    let a = route("a");
+    assert_eq!(a.hostname(), "myapp.mydomain.com");
+    assert_eq!(a.consul_name(), None, "not under the Consul domain");
+    assert_eq!(route("b").hostname(), "app.teams.example.org");
+    assert_eq!(route("d").path, "/api/.*");
+    assert_eq!(route("e").path, r"/v1/\\d+", "routed as written");
+    assert_eq!(
+        w.metric(r#"ksr_watcher_rejections_total{reason="host_domain_not_allowed"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        w.metric(r#"ksr_watcher_path_warnings_total{reason="double_escape"}"#)
+            .await,
+        1.0
+    );
     Ok(())
 }
 

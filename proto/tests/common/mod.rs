@@ -1,4 +1,5 @@
 //! Representative events shared by the golden-vector and property tests.
+#![allow(dead_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -29,6 +30,7 @@ pub fn webtest1_route() -> RouteState {
         ],
         host_since: 0,
         route_since: 0,
+        full_host: None,
     }
 }
 
@@ -90,4 +92,32 @@ pub fn golden_v1() -> Vec<(&'static str, Event)> {
             },
         ),
     ]
+}
+
+/// (file stem, event) for every golden vector of schema version 2: events version 1 cannot
+/// carry (a full hostname from an allowed domain).
+pub fn golden_v2() -> Vec<(&'static str, Event)> {
+    let mut route = webtest1_route();
+    route.label = "myapp".into();
+    route.full_host = Some("myapp.mydomain.com".into());
+    route.host_since = 7;
+    route.route_since = 7;
+    vec![(
+        "v2_added_full_host",
+        Event {
+            key: ServiceKey::new("east", "default", "webtest1"),
+            change: Change::Added(route),
+            resource_version: "22222".into(),
+            observed_unix_ms: 1_780_000_000_000,
+            observer: "ksr-watcher-0".into(),
+            manager: None,
+        },
+    )]
+}
+
+/// Every golden vector with the schema version it must be written at.
+pub fn golden_all() -> Vec<(&'static str, u16, Event)> {
+    let v1 = golden_v1().into_iter().map(|(s, e)| (s, 1, e));
+    v1.chain(golden_v2().into_iter().map(|(s, e)| (s, 2, e)))
+        .collect()
 }
