@@ -6,12 +6,21 @@
 #   proto/tests/golden/go-regexp.tsv    Go's verdict on every pattern of the corpus
 #   proto/tests/golden/go-route.tsv     Go's verdict on whole vulcand route expressions
 #   proto/src/goregexp/names.rs         the \p{...} names every release knows
+#   proto/tests/golden/k8s-selectors.tsv  the apiserver's label-selector parser's verdicts
+#                                        (k8s.io/apimachinery from Debian, newest Go, GOPATH mode)
 # A pattern counts as accepted only when every release accepts it (vulcand binaries were
 # built with old Go). The test command only reads these files; it never needs Go.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${KSR_GO_DIR:-$root/.servers/go}"
+# The label-selector parser of Kubernetes and what it imports, as Debian packages Go source.
+K8S_SOURCES=(
+  "golang-k8s-apimachinery-dev|trixie|0.32.3"
+  "golang-k8s-klog-dev|trixie|2.130.1"
+  "golang-k8s-utils-dev|trixie|0.0"
+  "golang-github-go-logr-logr-dev|trixie|1.4.2"
+)
 # name|suite|upstream version; keep the oldest first and the newest last.
 RELEASES=("1.15|bullseye|1.15.15" "1.24|trixie|1.24.4")
 
@@ -53,6 +62,20 @@ header="# Go's verdicts (${versions[*]}), written by scripts/go-oracle.sh: ok = 
 { echo "$header"; echo "# verdict, host, path, the expression as vulcand receives it"; merge "$work"/route-*; } \
   >"$root/proto/tests/golden/go-route.tsv"
 
+if [ ! -d "$dest/usr/share/gocode/src/k8s.io/apimachinery" ]; then
+  fetch_debs "$dest" "${K8S_SOURCES[@]}"
+fi
+(cd "$root/tools/selector-oracle" \
+  && GO111MODULE=off GOPATH="$dest/usr/share/gocode" GOFLAGS= \
+     "$dest/usr/lib/go-$newest/bin/go" build -o "$work/selector-oracle" .)
+mkdir -p "$root/proto/tests/golden"
+{
+  echo "# k8s.io/apimachinery/pkg/labels ${K8S_SOURCES[0]##*|} with ${versions[-1]}, written by scripts/go-oracle.sh"
+  echo "# sets: $("$work/selector-oracle" sets)"
+  echo "# verdict, selector, indices of the label sets it selects"
+  "$work/selector-oracle" corpus | "$work/selector-oracle" check
+} >"$root/proto/tests/golden/k8s-selectors.tsv"
+
 names="$(cat "$work/names-$newest")"
 for f in "$work"/names-*; do names="$(comm -12 <(echo "$names") "$f")"; done
 {
@@ -66,4 +89,5 @@ for f in "$work"/names-*; do names="$(comm -12 <(echo "$names") "$f")"; done
 
 echo "go-oracle: $(grep -vc '^#' "$root/proto/tests/golden/go-regexp.tsv") patterns," \
   "$(grep -c '^ok' "$root/proto/tests/golden/go-regexp.tsv") accepted by ${versions[*]};" \
-  "$(grep -vc '^#' "$root/proto/tests/golden/go-route.tsv") route expressions"
+  "$(grep -vc '^#' "$root/proto/tests/golden/go-route.tsv") route expressions;" \
+  "$(grep -vc '^#' "$root/proto/tests/golden/k8s-selectors.tsv") label selectors"

@@ -11,6 +11,7 @@ pub mod goregexp;
 pub mod model;
 pub mod names;
 pub mod route;
+pub mod selector;
 pub mod subject;
 mod v1;
 

@@ -25,6 +25,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use ksr_proto::selector::LabelSelector;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
@@ -234,28 +235,17 @@ impl FakeApiServer {
     }
 }
 
-/// Whether `labels` match a label selector.
-pub fn selector_matches(selector: &str, labels: &Value) -> bool {
-    let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
-    selector
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .all(|term| {
-            if let Some((k, v)) = term.split_once("!=") {
-                get(k.trim()) != Some(v.trim())
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                get(k.trim()) == Some(v.trim())
-            } else if let Some(k) = term.strip_prefix('!') {
-                get(k.trim()).is_none()
-            } else {
-                get(term).is_some()
-            }
+/// Whether `object`'s labels match `selector` (parsed as the apiserver parses it).
+fn matches(selector: &LabelSelector, object: &Value) -> bool {
+    let labels: BTreeMap<String, String> = object["metadata"]["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
         })
-}
-
-fn matches(selector: &str, object: &Value) -> bool {
-    selector_matches(selector, &object["metadata"]["labels"])
+        .unwrap_or_default();
+    selector.matches(&labels)
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -272,14 +262,29 @@ async fn slices(State(s): State<Shared>, Query(q): Query<HashMap<String, String>
 }
 
 async fn handle(s: Shared, resource: Resource, q: HashMap<String, String>) -> Response {
-    let selector = q.get("labelSelector").cloned().unwrap_or_default();
+    let text = q.get("labelSelector").cloned().unwrap_or_default();
+    // The apiserver answers 400 BadRequest to a selector it cannot parse.
+    let selector: LabelSelector = match text.parse() {
+        Ok(sel) => sel,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &status(400, "BadRequest", &e.to_string()),
+            );
+        }
+    };
     if q.get("watch").map(String::as_str) == Some("true") {
         return watch(s, resource, selector, &q);
     }
     list(&s, resource, &selector, &q)
 }
 
-fn list(s: &Shared, resource: Resource, selector: &str, q: &HashMap<String, String>) -> Response {
+fn list(
+    s: &Shared,
+    resource: Resource,
+    selector: &LabelSelector,
+    q: &HashMap<String, String>,
+) -> Response {
     let mut store = s.lock();
     *store.lists.entry(resource).or_default() += 1;
     if !store.fail_lists.is_empty() {
@@ -366,7 +371,12 @@ fn line(value: &Value) -> Result<Bytes, Infallible> {
     Ok(Bytes::from(text))
 }
 
-fn watch(s: Shared, resource: Resource, selector: String, q: &HashMap<String, String>) -> Response {
+fn watch(
+    s: Shared,
+    resource: Resource,
+    selector: LabelSelector,
+    q: &HashMap<String, String>,
+) -> Response {
     let from: u64 = q
         .get("resourceVersion")
         .and_then(|v| v.parse().ok())

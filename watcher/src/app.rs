@@ -61,7 +61,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             else {
                 return Ok(());
             };
-            source::kube::source(client, &config.kube, &config.selector, watch_slices).boxed()
+            source::kube::source(client, &config.kube, config.selector.as_str(), watch_slices)
+                .boxed()
         }
     };
     let runner = Runner::new(
@@ -92,7 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         metrics,
         health,
     );
-    tracing::info!(cluster = config.cluster, source = ?config.source, selector = config.selector, "watching");
+    tracing::info!(cluster = config.cluster, source = ?config.source, selector = config.selector.as_str(), "watching");
     let result = runner.run(events, shutdown).await;
     let _ = admin_task.await;
     result

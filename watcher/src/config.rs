@@ -10,6 +10,7 @@ use ksr_runtime::config::{AdminArgs, LogArgs, NatsArgs, parse_dns_label, parse_d
 
 use crate::normalize::AddressMode;
 use crate::source::kube::KubeArgs;
+use ksr_proto::selector::LabelSelector;
 
 /// Where Services are read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,7 +63,7 @@ pub struct Config {
     /// Label selector of routed Services (vulcaningress's KUBE_SELECTOR; URL-encoded values
     /// such as `type%3Dingress` are accepted).
     #[arg(long = "selector", env = "KUBE_SELECTOR", default_value = "type=ingress", value_parser = parse_selector)]
-    pub selector: String,
+    pub selector: LabelSelector,
     /// Only these namespaces (comma-separated; default: all).
     #[arg(long = "namespaces", env = "KSR_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
@@ -123,17 +124,22 @@ fn parse_domain(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn parse_selector(s: &str) -> Result<String, String> {
+fn parse_selector(s: &str) -> Result<LabelSelector, String> {
     let decoded = s
         .replace("%3D", "=")
         .replace("%3d", "=")
         .replace("%2C", ",")
         .replace("%2c", ",")
-        .replace("%21", "!");
+        .replace("%21", "!")
+        .replace("%28", "(")
+        .replace("%29", ")")
+        .replace("%20", " ");
     if decoded.trim().is_empty() {
         return Err("the selector must not be empty: it decides which Services are routed".into());
     }
-    Ok(decoded)
+    decoded
+        .parse()
+        .map_err(|e: ksr_proto::selector::SelectorError| e.to_string())
 }
 
 #[cfg(test)]
@@ -151,7 +157,7 @@ mod tests {
     fn vulcaningress_environment_names_still_work() {
         let c = Config::try_parse_from(["x", "--cluster", "east", "--selector", "type%3Dingress"])
             .unwrap();
-        assert_eq!(c.selector, "type=ingress");
+        assert_eq!(c.selector.as_str(), "type=ingress");
     }
 
     #[test]

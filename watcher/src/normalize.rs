@@ -259,26 +259,3 @@ fn endpoint_backends(
     }
     Ok(out)
 }
-
-/// Whether `labels` match a `k=v,k2=v2` / `k!=v` / `k` selector (the subset the watcher uses
-/// to filter manifests; the apiserver does this for the Kubernetes source).
-pub fn selector_matches(
-    selector: &str,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    selector
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .all(|term| {
-            if let Some((k, v)) = term.split_once("!=") {
-                labels.get(k.trim()).map(String::as_str) != Some(v.trim())
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                labels.get(k.trim()).map(String::as_str) == Some(v.trim())
-            } else if let Some(k) = term.strip_prefix('!') {
-                !labels.contains_key(k.trim())
-            } else {
-                labels.contains_key(term)
-            }
-        })
-}

@@ -22,8 +22,9 @@ use ksr_runtime::Health;
 use crate::Error;
 use crate::inventory::{Inventory, ObjKey, SourceEvent};
 use crate::metrics::WatcherMetrics;
-use crate::normalize::{Normalizer, Rejection, selector_matches};
+use crate::normalize::{Normalizer, Rejection};
 use crate::publish::{Known, Origin, Publisher};
+use ksr_proto::selector::LabelSelector;
 
 /// How many subjects are published concurrently.
 const CONCURRENCY: usize = 256;
@@ -40,7 +41,7 @@ enum Desired {
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub cluster: String,
-    pub selector: String,
+    pub selector: LabelSelector,
     pub window: Duration,
 }
 
@@ -106,7 +107,7 @@ impl Runner {
         };
         let origin = origin_of(svc);
         let labels = svc.metadata.labels.clone().unwrap_or_default();
-        if !selector_matches(&self.config.selector, &labels) {
+        if !self.config.selector.matches(&labels) {
             return Desired::Absent(origin);
         }
         match self.normalizer.route(svc, &self.inventory.slices_of(key)) {

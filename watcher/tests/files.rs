@@ -312,3 +312,37 @@ async fn two_replicas_for_one_cluster_produce_the_same_stream_as_one() -> anyhow
     assert_eq!(got.len(), 35, "{got:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn set_based_selectors_select_manifests_as_kubernetes_does() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let with = |name: &str, labels: &str| {
+        service("default", name, "10.96.0.9", &[]).replace("    type: ingress", labels)
+    };
+    bench.write("a", &with("a", "    tier: web"));
+    bench.write("b", &with("b", "    tier: x"));
+    bench.write("c", &with("c", "    other: web"));
+    let w = bench.watcher(&["--selector", "tier notin (x)"]);
+    w.ready().await?;
+    bench
+        .wait_events_unordered(&[(Added, "default/a"), (Added, "default/c")])
+        .await?;
+    Ok(())
+}
+
+#[test]
+fn an_invalid_selector_is_refused_at_start_naming_the_flag() {
+    use clap::Parser;
+    for bad in ["env in (prod", "type=ingress,", "env IN (prod)", "a=b c"] {
+        let err = ksr_watcher::config::Config::try_parse_from([
+            "ksr-watcher",
+            "--cluster",
+            "east",
+            "--selector",
+            bad,
+        ])
+        .expect_err(bad)
+        .to_string();
+        assert!(err.contains("--selector"), "{bad:?}: {err}");
+    }
+}

@@ -320,3 +320,34 @@ async fn a_hanging_watch_is_detected_and_re_established() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_set_based_selector_is_sent_to_the_apiserver_and_selects_as_kubernetes_does()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    let labelled = |name: &str, labels: Value| {
+        json!({"metadata": {"name": name, "namespace": "default", "labels": labels},
+               "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80}]}})
+    };
+    api.apply(Resource::Services, labelled("prod", json!({"env": "prod"})));
+    api.apply(
+        Resource::Services,
+        labelled("staging", json!({"env": "staging"})),
+    );
+    api.apply(Resource::Services, labelled("dev", json!({"env": "dev"})));
+    api.apply(
+        Resource::Services,
+        labelled("canary", json!({"env": "prod", "canary": "true"})),
+    );
+    let w = kube_watcher(
+        &bench,
+        &api,
+        &["--selector", "env in (prod,staging),!canary"],
+    );
+    w.ready().await?;
+    bench
+        .wait_events_unordered(&[(Added, "default/prod"), (Added, "default/staging")])
+        .await?;
+    Ok(())
+}
