@@ -152,7 +152,7 @@ impl Token {
     }
 
     /// In a list of values, `in` and `notin` are ordinary identifiers.
-    fn as_value(self) -> Token {
+    fn in_values(self) -> Token {
         match self {
             Token::In => Token::Identifier("in".into()),
             Token::NotIn => Token::Identifier("notin".into()),
@@ -248,7 +248,7 @@ impl Parser {
             .get(self.pos)
             .cloned()
             .unwrap_or(Token::End)
-            .as_value()
+            .in_values()
     }
 
     fn consume_raw(&mut self) -> Token {
@@ -258,7 +258,7 @@ impl Parser {
     }
 
     fn consume(&mut self) -> Token {
-        self.consume_raw().as_value()
+        self.consume_raw().in_values()
     }
 
     fn parse(mut self) -> Result<Vec<Requirement>, String> {
