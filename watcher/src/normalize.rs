@@ -39,12 +39,27 @@ pub struct Rejection {
     /// Fixed, metric-safe reason.
     pub reason: &'static str,
     pub message: String,
+    /// An annotation mistake keeps the Service's last good route (the owner can fix the
+    /// annotation without an outage); anything else means the Service is no longer routable
+    /// (ExternalName, headless, no clusterIP, no ports…) and it is removed from the edge.
+    pub keeps_route: bool,
 }
 
+/// An annotation mistake: the last good route stays.
 fn reject(reason: &'static str, message: impl Into<String>) -> Rejection {
     Rejection {
         reason,
         message: message.into(),
+        keeps_route: true,
+    }
+}
+
+/// The Service itself cannot be routed any more: its route is removed.
+fn unroutable(reason: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        message: message.into(),
+        keeps_route: false,
     }
 }
 
@@ -76,14 +91,14 @@ impl Normalizer {
             }
             _ => {
                 let label = names::host_label(name, host, namespace).map_err(|e| {
-                    let reason = if host.is_some()
-                        && names::validate_host_annotation(host.unwrap_or_default()).is_err()
-                    {
-                        "invalid_host_annotation"
-                    } else {
-                        "hostname_too_long"
-                    };
-                    reject(reason, e.to_string())
+                    let host_invalid = host.is_some()
+                        && names::validate_host_annotation(host.unwrap_or_default()).is_err();
+                    match (host_invalid, host.is_some()) {
+                        (true, _) => reject("invalid_host_annotation", e.to_string()),
+                        (false, true) => reject("hostname_too_long", e.to_string()),
+                        // The name and namespace never change: this Service is not routable.
+                        (false, false) => unroutable("hostname_too_long", e.to_string()),
+                    }
                 })?;
                 (label, None)
             }
@@ -102,23 +117,34 @@ impl Normalizer {
             &k8s_ports,
             annotations.get(PORT_ANNOTATION).map(String::as_str),
         )?;
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return Err(unroutable(
+                "external_name",
+                "an ExternalName Service is a DNS alias: it has no addresses to route to",
+            ));
+        }
         let backends = match self.mode {
             AddressMode::ClusterIp => {
-                if spec.type_.as_deref() == Some("ExternalName") {
-                    return Err(reject(
-                        "external_name",
-                        "an ExternalName Service has no cluster IP to route to",
-                    ));
-                }
-                let ip = spec.cluster_ip.as_deref().unwrap_or_default();
-                if ip.is_empty() || ip == "None" {
-                    return Err(reject(
-                        "headless",
-                        "a headless Service has no cluster IP (use --address-mode endpoints)",
-                    ));
-                }
+                let ip = match spec.cluster_ip.as_deref() {
+                    Some("None") => {
+                        return Err(unroutable(
+                            "headless",
+                            "a headless Service (clusterIP: None) has no cluster IP \
+                             (use --address-mode endpoints)",
+                        ));
+                    }
+                    None | Some("") => {
+                        return Err(unroutable(
+                            "no_cluster_ip",
+                            "the Service has no clusterIP yet (a manifest that leaves it to \
+                             the apiserver has none until created): set spec.clusterIP, or use \
+                             --address-mode endpoints",
+                        ));
+                    }
+                    Some(ip) => ip,
+                };
                 let ip = IpAddr::from_str(ip).map_err(|_| {
-                    reject(
+                    unroutable(
                         "invalid_cluster_ip",
                         format!("clusterIP {ip:?} is not an IP address"),
                     )
@@ -133,7 +159,7 @@ impl Normalizer {
             AddressMode::NodePort => {
                 let node_port = chosen
                     .node_port
-                    .ok_or_else(|| reject("no_node_port", "the chosen port has no nodePort (Service type is not NodePort/LoadBalancer)"))?;
+                    .ok_or_else(|| unroutable("no_node_port", "the chosen port has no nodePort (Service type is not NodePort/LoadBalancer)"))?;
                 let port = port_u16(node_port)?;
                 self.node_addresses
                     .iter()
@@ -205,7 +231,7 @@ fn port_u16(p: i32) -> Result<u16, Rejection> {
     u16::try_from(p)
         .ok()
         .filter(|p| *p > 0)
-        .ok_or_else(|| reject("invalid_port", format!("port {p} is out of range")))
+        .ok_or_else(|| unroutable("invalid_port", format!("port {p} is out of range")))
 }
 
 /// The port the `port` annotation names (by name or number), else the first one.
@@ -214,7 +240,7 @@ fn choose_port(ports: &[K8sPort], wanted: Option<&str>) -> Result<K8sPort, Rejec
         return ports
             .first()
             .cloned()
-            .ok_or_else(|| reject("no_ports", "the Service has no ports"));
+            .ok_or_else(|| unroutable("no_ports", "the Service has no ports"));
     };
     ports
         .iter()

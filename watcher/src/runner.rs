@@ -33,8 +33,10 @@ const CONCURRENCY: usize = 256;
 enum Desired {
     Route(RouteState, Origin),
     Absent(Origin),
-    /// Not routable; the last published state (if any) stays.
+    /// An annotation mistake: the last published state (if any) stays.
     Rejected(Rejection),
+    /// No longer routable (ExternalName, headless, no clusterIP…): removed, and reported.
+    Unroutable(Rejection, Origin),
 }
 
 /// Settings of the loop.
@@ -112,7 +114,8 @@ impl Runner {
         }
         match self.normalizer.route(svc, &self.inventory.slices_of(key)) {
             Ok(route) => Desired::Route(route, origin),
-            Err(rejection) => Desired::Rejected(rejection),
+            Err(rejection) if rejection.keeps_route => Desired::Rejected(rejection),
+            Err(rejection) => Desired::Unroutable(rejection, origin),
         }
     }
 
@@ -138,6 +141,7 @@ impl Runner {
                 service,
                 reason,
                 error,
+                keeps_route = rejection.keeps_route,
                 "Service not routed"
             );
         }
@@ -263,6 +267,11 @@ impl Runner {
                 Desired::Absent(o) => (None, o),
                 Desired::Rejected(rejection) => {
                     self.note_rejected(obj, &rejection);
+                    continue;
+                }
+                Desired::Unroutable(rejection, origin) => {
+                    self.note_rejected(obj.clone(), &rejection);
+                    wanted.push((obj, None, origin));
                     continue;
                 }
             };

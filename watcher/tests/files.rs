@@ -346,3 +346,58 @@ fn an_invalid_selector_is_refused_at_start_naming_the_flag() {
         assert!(err.contains("--selector"), "{bad:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_service_that_stops_being_routable_is_removed_but_an_annotation_mistake_keeps_its_route()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    for name in ["ext", "headless", "typo"] {
+        bench.write(name, &service("default", name, "10.96.0.20", &[]));
+    }
+    // Most real manifests leave clusterIP to the apiserver: say that, not "headless".
+    bench.write(
+        "noip",
+        &service("default", "noip", "10.96.0.21", &[]).replace("  clusterIP: 10.96.0.21\n", ""),
+    );
+    let w = bench.watcher(&[]);
+    w.ready().await?;
+    bench
+        .wait_events_unordered(&[
+            (Added, "default/ext"),
+            (Added, "default/headless"),
+            (Added, "default/typo"),
+        ])
+        .await?;
+    assert_eq!(
+        w.metric(r#"ksr_watcher_rejections_total{reason="no_cluster_ip"}"#)
+            .await
+            .min(1.0),
+        1.0
+    );
+    bench.write(
+        "ext",
+        &service("default", "ext", "10.96.0.20", &[])
+            .replace("spec:\n", "spec:\n  type: ExternalName\n  externalName: db.example.org\n"),
+    );
+    bench.write("headless", &service("default", "headless", "None", &[]));
+    bench.write(
+        "typo",
+        &service("default", "typo", "10.96.0.20", &[("path", "/static/**")]),
+    );
+    bench
+        .wait_events_unordered(&[
+            (Added, "default/ext"),
+            (Added, "default/headless"),
+            (Added, "default/typo"),
+            (Removed, "default/ext"),
+            (Removed, "default/headless"),
+        ])
+        .await?;
+    eventually(common::WAIT, || async {
+        let rejected = w.metric("ksr_watcher_rejected_services").await;
+        anyhow::ensure!(rejected == 4.0, "{rejected} Services rejected");
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
