@@ -82,6 +82,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             mode: config.address_mode,
             node_addresses: config.node_addresses.clone(),
             allowed_host_domains: config.allowed_host_domains.clone(),
+            max_event_bytes: config.max_event_bytes as usize,
         },
         Publisher::new(
             js,

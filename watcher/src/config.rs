@@ -90,6 +90,10 @@ pub struct Config {
         value_parser = parse_domain
     )]
     pub allowed_host_domains: Vec<String>,
+    /// The largest event one Service may produce, in bytes (NATS refuses payloads over its
+    /// max_payload, 1 MiB by default); a larger Service is rejected with reason `too_large`.
+    #[arg(long = "max-event-bytes", env = "KSR_MAX_EVENT_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub max_event_bytes: u32,
     /// Where traffic goes: the clusterIP, the ready endpoints, or node addresses at the nodePort.
     #[arg(
         long = "address-mode",

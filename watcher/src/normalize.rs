@@ -73,7 +73,13 @@ pub struct Normalizer {
     pub node_addresses: Vec<IpAddr>,
     /// Domains under which a `host` annotation may be a full hostname (empty: none).
     pub allowed_host_domains: Vec<String>,
+    /// The largest event a Service may produce (bytes, encoded); larger ones are rejected.
+    pub max_event_bytes: usize,
 }
+
+/// The longest cluster name (a DNS label): size checks assume it, so a Service that fits
+/// fits in every cluster.
+const LONGEST_CLUSTER: &str = "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
 impl Normalizer {
     /// The route of `svc`, given the EndpointSlices that belong to it.
@@ -81,6 +87,10 @@ impl Normalizer {
         let meta = &svc.metadata;
         let name = meta.name.as_deref().unwrap_or_default();
         let namespace = meta.namespace.as_deref().unwrap_or("default");
+        // The names become a subject, etcd keys and DNS labels: the rules the codec applies.
+        ksr_proto::ServiceKey::new(LONGEST_CLUSTER, namespace, name)
+            .validate()
+            .map_err(|e| unroutable("invalid_name", e.to_string()))?;
         let annotations = meta.annotations.clone().unwrap_or_default();
         let host = annotations.get(HOST_ANNOTATION).map(|h| h.trim());
         let (label, full_host) = match host {
@@ -192,10 +202,37 @@ impl Normalizer {
             full_host,
         };
         state.normalize();
-        state
-            .validate()
-            .map_err(|e| reject("invalid_route", e.to_string()))?;
-        Ok(state)
+        // Exactly what publishing checks: whatever passes here encodes.
+        let probe = ksr_proto::Event {
+            key: ksr_proto::ServiceKey::new(LONGEST_CLUSTER, namespace, name),
+            change: ksr_proto::Change::Updated(state),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+            observed_unix_ms: i64::MAX,
+            observer: String::new(),
+            manager: None,
+        };
+        let size = ksr_proto::codec::encode(&probe)
+            .map_err(|e| reject("invalid_route", e.to_string()))?
+            .len();
+        if size > self.max_event_bytes {
+            return Err(reject(
+                "too_large",
+                format!(
+                    "its event would be {size} bytes, over --max-event-bytes {} ({} ports, {} \
+                     backends)",
+                    self.max_event_bytes,
+                    k8s_ports.len(),
+                    probe.route().map_or(0, |r| r.backends.len())
+                ),
+            ));
+        }
+        match probe.change {
+            ksr_proto::Change::Updated(state) => Ok(state),
+            _ => Err(reject(
+                "invalid_route",
+                "internal: the probe event changed kind",
+            )),
+        }
     }
 }
 

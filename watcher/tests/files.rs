@@ -376,8 +376,10 @@ async fn a_service_that_stops_being_routable_is_removed_but_an_annotation_mistak
     );
     bench.write(
         "ext",
-        &service("default", "ext", "10.96.0.20", &[])
-            .replace("spec:\n", "spec:\n  type: ExternalName\n  externalName: db.example.org\n"),
+        &service("default", "ext", "10.96.0.20", &[]).replace(
+            "spec:\n",
+            "spec:\n  type: ExternalName\n  externalName: db.example.org\n",
+        ),
     );
     bench.write("headless", &service("default", "headless", "None", &[]));
     bench.write(
@@ -399,5 +401,39 @@ async fn a_service_that_stops_being_routable_is_removed_but_an_annotation_mistak
         Ok(())
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_5000_port_service_is_rejected_as_too_large_while_100_others_flow() -> anyhow::Result<()>
+{
+    let bench = Bench::start().await?;
+    let ports: String = (1..=5000)
+        .map(|p| format!("  - name: p{p}\n    port: {p}\n"))
+        .collect();
+    let huge = service("default", "huge", "10.96.9.9", &[]);
+    let huge = huge[..huge.find("  ports:").expect("ports")].to_owned() + "  ports:\n" + &ports;
+    bench.write("huge", &huge);
+    let mut want = Vec::new();
+    for i in 0..100 {
+        bench.write(
+            &format!("s{i}"),
+            &service("default", &format!("s{i}"), &format!("10.96.1.{i}"), &[]),
+        );
+        want.push(format!("default/s{i}"));
+    }
+    // 5,000 named ports encode to ~60 KiB: over this limit (the default, 256 KiB, is
+    // sized for Services with ~10,000 endpoints).
+    let w = bench.watcher(&["--max-event-bytes", "32768"]);
+    w.ready().await?;
+    let want: Vec<_> = want.iter().map(|n| (Added, n.as_str())).collect();
+    bench.wait_events_unordered(&want).await?;
+    assert_eq!(
+        w.metric(r#"ksr_watcher_rejections_total{reason="too_large"}"#)
+            .await
+            .min(1.0),
+        1.0
+    );
+    assert_eq!(w.metric("ksr_watcher_rejected_services").await, 1.0);
     Ok(())
 }
