@@ -276,3 +276,30 @@ async fn the_watcher_role_grants_exactly_the_calls_the_watcher_makes() -> anyhow
     );
     Ok(())
 }
+
+#[test]
+fn every_etcd_compacts_its_history_and_has_a_backend_quota() {
+    let files = [
+        root().join("base/etcd.yaml"),
+        root().join("overlays/vulcand-v0.8/etcd.yaml"),
+    ];
+    for path in files {
+        let set = docs(&path)
+            .into_iter()
+            .find(|d| d["kind"] == "StatefulSet")
+            .unwrap_or_else(|| panic!("{}: no StatefulSet", path.display()));
+        let command: Vec<String> = set["spec"]["template"]["spec"]["containers"][0]["command"]
+            .as_array()
+            .expect("a command")
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        for flag in [
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=1h",
+            "--quota-backend-bytes=2147483648",
+        ] {
+            assert!(command.iter().any(|a| a == flag), "{}: no {flag}", path.display());
+        }
+    }
+}
