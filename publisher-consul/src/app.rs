@@ -55,6 +55,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     else {
         return Ok(());
     };
+    let projector = projector.with_policy(config.consumer.policy);
     let environment = config.router.environment.clone();
     if until_ready(&shutdown, &health, "consul node", || {
         reconcile::ensure_node_and_router(&projector, &environment)

@@ -27,6 +27,7 @@ pub fn metrics(registry: &MetricsRegistry) -> ConsulMetrics {
 /// Projects events into the Consul catalog.
 #[derive(Debug)]
 pub struct ConsulProjector {
+    policy: ksr_runtime::config::Policy,
     client: ConsulClient,
     layout: Layout,
     node: String,
@@ -52,6 +53,7 @@ impl ConsulProjector {
             target,
             state: Mutex::new(state),
             metrics,
+            policy: ksr_runtime::config::Policy::Sync,
         };
         p.update_gauges();
         Ok(p)
@@ -59,6 +61,16 @@ impl ConsulProjector {
 
     pub fn client(&self) -> &ConsulClient {
         &self.client
+    }
+
+    /// Applies `policy` (`upsert-only`: never delete).
+    pub fn with_policy(mut self, policy: ksr_runtime::config::Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> ksr_runtime::config::Policy {
+        self.policy
     }
 
     pub fn layout(&self) -> &Layout {
@@ -345,6 +357,10 @@ impl Store for ConsulProjector {
 
     fn contention(&self, attempts: u32) -> Error {
         Error::Contention { attempts }
+    }
+
+    fn policy(&self) -> ksr_runtime::config::Policy {
+        self.policy
     }
 }
 

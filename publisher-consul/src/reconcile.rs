@@ -108,8 +108,13 @@ pub async fn reconcile(
             }
         }
     }
+    let upsert_only = p.policy() == ksr_runtime::config::Policy::UpsertOnly;
     for (id, body) in &actual {
         if expected.contains_key(id) || *id == router_id {
+            continue;
+        }
+        if upsert_only {
+            tracing::debug!(id, "orphan instance kept: --policy upsert-only never deletes");
             continue;
         }
         let rev = state.name(id).0;

@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     else {
         return Ok(());
     };
+    let projector = projector.with_policy(config.consumer.policy);
     let projector = match config.etcd_api.as_str() {
         "v2" => {
             let endpoint = config

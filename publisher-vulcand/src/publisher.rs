@@ -37,6 +37,7 @@ pub enum Sink {
 
 /// Projects events into vulcand's etcd keys.
 pub struct VulcandProjector {
+    policy: ksr_runtime::config::Policy,
     kv: KvClient,
     sink: Sink,
     target: VulcandTarget,
@@ -70,6 +71,7 @@ impl VulcandProjector {
             max_ops: max_ops.max(8),
             state: Mutex::new(state),
             metrics,
+            policy: ksr_runtime::config::Policy::Sync,
         };
         p.update_gauges();
         Ok(p)
@@ -83,6 +85,16 @@ impl VulcandProjector {
 
     pub fn sink(&self) -> &Sink {
         &self.sink
+    }
+
+    /// Applies `policy` (`upsert-only`: never delete).
+    pub fn with_policy(mut self, policy: ksr_runtime::config::Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> ksr_runtime::config::Policy {
+        self.policy
     }
 
     pub fn layout(&self) -> &Layout {
@@ -373,6 +385,10 @@ impl Store for VulcandProjector {
 
     fn contention(&self, attempts: u32) -> Error {
         Error::Contention { attempts }
+    }
+
+    fn policy(&self) -> ksr_runtime::config::Policy {
+        self.policy
     }
 }
 

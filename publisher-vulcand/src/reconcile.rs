@@ -87,8 +87,9 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
             });
         }
     }
+    let upsert_only = projector.policy() == ksr_runtime::config::Policy::UpsertOnly;
     for key in actual.keys() {
-        if !expected.contains_key(key) {
+        if !expected.contains_key(key) && !upsert_only {
             let id = layout.id_of_vulcand_key(key).unwrap_or_default().to_owned();
             by_id.entry(id).or_default().push(KeyOp::Delete {
                 key: key.clone(),
@@ -174,7 +175,9 @@ async fn repair_v2(
             .filter(|(k, (_, v))| have.get(*k) != Some(v))
             .count() as u64;
         let changed_deletes = have.keys().filter(|k| !want.contains_key(*k)).count() as u64;
-        if changed_puts + changed_deletes == 0 {
+        // upsert-only: a route whose only drift is keys to delete is left alone.
+        let upsert_only = projector.policy() == ksr_runtime::config::Policy::UpsertOnly;
+        if changed_puts == 0 && (changed_deletes == 0 || upsert_only) {
             continue;
         }
         puts += changed_puts;

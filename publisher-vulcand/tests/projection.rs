@@ -460,3 +460,29 @@ async fn a_service_with_more_backends_than_one_transaction_holds_is_projected_wh
     assert_eq!(keys.len(), 12);
     Ok(())
 }
+
+#[tokio::test]
+async fn upsert_only_never_deletes_and_counts_what_it_skipped() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let p = bench.publisher(&["--policy", "upsert-only", "--reconcile-interval", "200ms"]);
+    bench
+        .publish(&added("east", "default", "web", &["10.0.0.1"]))
+        .await?;
+    assert_eq!(bench.settled_vulcand().await?.len(), 3);
+    bench.publish(&removed("east", "default", "web")).await?;
+    bench
+        .publish(&added("east", "default", "after", &["10.0.0.2"]))
+        .await?;
+    let keys = bench.settled_vulcand().await?;
+    assert_eq!(keys.len(), 6, "the removed Service is still routed: {keys:#?}");
+    eventually(WAIT, || async {
+        let skipped = p.metric("ksr_vulcand_removals_skipped_total").await;
+        let runs = p.metric("ksr_vulcand_reconcile_runs_total").await;
+        anyhow::ensure!(skipped == 1.0 && runs >= 2.0, "skipped {skipped}, runs {runs}");
+        Ok(())
+    })
+    .await?;
+    // Reconciliation does not delete either.
+    assert_eq!(bench.snapshot("vulcand/").await?, keys);
+    Ok(())
+}

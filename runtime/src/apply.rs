@@ -12,6 +12,7 @@ use std::sync::MutexGuard;
 
 use futures::StreamExt;
 
+use crate::config::Policy;
 use crate::consumer::{ApplyReport, Delivery};
 use crate::plan::{StateOf, Target, UnitOf, pack, plan};
 
@@ -78,6 +79,10 @@ pub trait Store: Sync {
     fn is_invalid(&self, error: &Self::Error) -> bool;
     /// The error for a batch that kept losing races.
     fn contention(&self, attempts: u32) -> Self::Error;
+    /// Whether removals are applied ([`Policy::UpsertOnly`]: never).
+    fn policy(&self) -> Policy {
+        Policy::Sync
+    }
 }
 
 fn seqs<M, D, O>(units: &[crate::plan::Unit<M, D, O>]) -> impl Iterator<Item = u64> + '_ {
@@ -86,8 +91,13 @@ fn seqs<M, D, O>(units: &[crate::plan::Unit<M, D, O>]) -> impl Iterator<Item = u
 
 /// Applies a coalesced batch (newest event per Service, sorted by sequence).
 pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<ApplyReport, S::Error> {
-    let mut pending: Vec<Delivery> = batch.to_vec();
     let mut report = ApplyReport::default();
+    let mut pending: Vec<Delivery> = batch.to_vec();
+    if store.policy() == Policy::UpsertOnly {
+        let before = pending.len();
+        pending.retain(|d| d.event.route().is_some());
+        report.skipped_removals = (before - pending.len()) as u64;
+    }
     for _attempt in 0..MAX_ATTEMPTS {
         let planned = plan(store.target(), &store.state(), &pending);
         report.stale += planned.stale.len() as u64;

@@ -57,9 +57,23 @@ pub struct LogArgs {
     pub format: String,
 }
 
+/// What a publisher may do to its target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Apply every event: add, update and remove (the default).
+    #[default]
+    Sync,
+    /// Never delete: `Removed` events are acknowledged and counted but not applied, and
+    /// reconciliation never deletes orphans (a cautious roll-out, as external-dns offers).
+    UpsertOnly,
+}
+
 /// How a publisher consumes the stream.
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {
+    /// `sync` applies removals; `upsert-only` never deletes from the target.
+    #[arg(long = "policy", env = "KSR_POLICY", id = "consumer_policy", value_enum, default_value = "sync")]
+    pub policy: Policy,
     /// Durable consumer name, shared by every replica of one publisher kind.
     #[arg(long = "consumer", env = "KSR_CONSUMER", id = "consumer_durable")]
     pub durable: Option<String>,

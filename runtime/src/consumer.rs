@@ -46,6 +46,8 @@ pub struct ApplyReport {
     pub stale: u64,
     /// Events that can never be applied (stream sequence, reason): terminated, not retried.
     pub rejected: Vec<(u64, String)>,
+    /// Removals acknowledged without being applied (`--policy upsert-only`).
+    pub skipped_removals: u64,
 }
 
 /// A failed apply: transient failures are retried by redelivery.
@@ -87,6 +89,7 @@ struct ReasonLabel {
 pub struct ConsumerMetrics {
     applied: Family<KindLabel, Counter>,
     stale: Counter,
+    removals_skipped: Counter,
     terminated: Family<ReasonLabel, Counter>,
     apply_errors: Family<ReasonLabel, Counter>,
     apply_seconds: Histogram,
@@ -101,6 +104,7 @@ impl ConsumerMetrics {
         let m = Self {
             applied: Family::default(),
             stale: Counter::default(),
+            removals_skipped: Counter::default(),
             terminated: Family::default(),
             apply_errors: Family::default(),
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -119,6 +123,11 @@ impl ConsumerMetrics {
                 "events_stale",
                 "Events skipped: the target already had a newer sequence",
                 m.stale.clone(),
+            );
+            r.register(
+                "removals_skipped",
+                "Removed events acknowledged but not applied (--policy upsert-only)",
+                m.removals_skipped.clone(),
             );
             r.register(
                 "events_terminated",
@@ -291,7 +300,8 @@ async fn process_batch<P: Projector>(
         Ok(report) => {
             health.set_ready();
             for d in &deliveries {
-                if !report.rejected.iter().any(|(s, _)| *s == d.seq) {
+                let skipped = report.skipped_removals > 0 && d.event.route().is_none();
+                if !skipped && !report.rejected.iter().any(|(s, _)| *s == d.seq) {
                     metrics
                         .applied
                         .get_or_create(&KindLabel {
@@ -301,6 +311,7 @@ async fn process_batch<P: Projector>(
                 }
             }
             metrics.stale.inc_by(report.stale);
+            metrics.removals_skipped.inc_by(report.skipped_removals);
             let now_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i128)
