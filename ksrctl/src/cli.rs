@@ -265,6 +265,15 @@ pub enum Command {
         #[command(subcommand)]
         target: Target,
     },
+    /// Releases the removals a watcher of CLUSTER holds back (its mass-removal guard): use it
+    /// when the Services really are gone.
+    ConfirmRemovals {
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// The cluster whose watcher holds removals.
+        #[arg(long = "cluster", value_parser = ksr_runtime::config::parse_dns_label)]
+        cluster: String,
+    },
     /// The stream, its consumers' lag, each cluster's last event, the newest checkpoint.
     Status {
         #[command(flatten)]

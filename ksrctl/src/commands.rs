@@ -323,6 +323,7 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             every,
             follow,
         } => checkpointer::run(&stream, &checkpoints, every, follow).await,
+        Command::ConfirmRemovals { stream, cluster } => confirm_removals(&stream, &cluster).await,
         Command::Verify { target } => verify::verify(&target).await,
         Command::Rebuild { dry_run, target } => verify::rebuild(&target, dry_run).await,
         Command::Status {
@@ -340,4 +341,33 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             Ok(Outcome::Clean)
         }
     }
+}
+
+/// Asks the watchers of `cluster` to publish the removals they hold back.
+async fn confirm_removals(
+    stream: &crate::cli::StreamArgs,
+    cluster: &str,
+) -> Result<Outcome, Error> {
+    let client = async_nats::connect(stream.nats_url.as_str())
+        .await
+        .map_err(|e| Error::Nats(format!("{}: {e}", stream.nats_url)))?;
+    let subject = ksr_proto::subject::confirm_removals_subject(cluster);
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.request(subject, Vec::new().into()),
+    )
+    .await
+    .map_err(|_| {
+        Error::Nats(format!(
+            "no watcher of cluster {cluster} answered within 10 s"
+        ))
+    })?
+    .map_err(|e| Error::Nats(format!("no watcher of cluster {cluster} answered: {e}")))?;
+    let released = String::from_utf8_lossy(&reply.payload).into_owned();
+    if released == "0" {
+        println!("the watcher of cluster {cluster} holds no removals");
+    } else {
+        println!("the watcher of cluster {cluster} publishes the {released} removals it held");
+    }
+    Ok(Outcome::Clean)
 }

@@ -28,6 +28,12 @@ pub fn cluster_filter(cluster: &str) -> String {
     format!("{SUBJECT_PREFIX}.{cluster}.>")
 }
 
+/// Where a watcher of `cluster` listens for an operator's confirmation of held removals
+/// (core NATS request/reply; `ksrctl confirm-removals`).
+pub fn confirm_removals_subject(cluster: &str) -> String {
+    format!("ksr.control.{cluster}.confirm-removals")
+}
+
 /// All event subjects: `ksr.routes.>`.
 pub fn all_filter() -> String {
     format!("{SUBJECT_PREFIX}.>")

@@ -114,7 +114,10 @@ pub async fn reconcile(
             continue;
         }
         if upsert_only {
-            tracing::debug!(id, "orphan instance kept: --policy upsert-only never deletes");
+            tracing::debug!(
+                id,
+                "orphan instance kept: --policy upsert-only never deletes"
+            );
             continue;
         }
         let rev = state.name(id).0;

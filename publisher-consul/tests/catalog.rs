@@ -262,14 +262,20 @@ async fn upsert_only_keeps_a_removed_name_resolvable() -> anyhow::Result<()> {
     bench
         .publish(&added("east", "default", "web", &["10.0.0.1"]))
         .await?;
-    bench.wait_resolves("web-default.test.service.consul", true).await?;
+    bench
+        .wait_resolves("web-default.test.service.consul", true)
+        .await?;
     bench.publish(&removed("east", "default", "web")).await?;
     bench
         .publish(&added("east", "default", "after", &["10.0.0.2"]))
         .await?;
-    bench.wait_resolves("after-default.test.service.consul", true).await?;
+    bench
+        .wait_resolves("after-default.test.service.consul", true)
+        .await?;
     bench.settled().await?;
-    bench.wait_resolves("web-default.test.service.consul", true).await?;
+    bench
+        .wait_resolves("web-default.test.service.consul", true)
+        .await?;
     eventually(WAIT, || async {
         let skipped = p.metric("ksr_consul_removals_skipped_total").await;
         anyhow::ensure!(skipped == 1.0, "skipped {skipped}");

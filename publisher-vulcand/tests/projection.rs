@@ -474,11 +474,18 @@ async fn upsert_only_never_deletes_and_counts_what_it_skipped() -> anyhow::Resul
         .publish(&added("east", "default", "after", &["10.0.0.2"]))
         .await?;
     let keys = bench.settled_vulcand().await?;
-    assert_eq!(keys.len(), 6, "the removed Service is still routed: {keys:#?}");
+    assert_eq!(
+        keys.len(),
+        6,
+        "the removed Service is still routed: {keys:#?}"
+    );
     eventually(WAIT, || async {
         let skipped = p.metric("ksr_vulcand_removals_skipped_total").await;
         let runs = p.metric("ksr_vulcand_reconcile_runs_total").await;
-        anyhow::ensure!(skipped == 1.0 && runs >= 2.0, "skipped {skipped}, runs {runs}");
+        anyhow::ensure!(
+            skipped == 1.0 && runs >= 2.0,
+            "skipped {skipped}, runs {runs}"
+        );
         Ok(())
     })
     .await?;

@@ -72,7 +72,13 @@ pub enum Policy {
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {
     /// `sync` applies removals; `upsert-only` never deletes from the target.
-    #[arg(long = "policy", env = "KSR_POLICY", id = "consumer_policy", value_enum, default_value = "sync")]
+    #[arg(
+        long = "policy",
+        env = "KSR_POLICY",
+        id = "consumer_policy",
+        value_enum,
+        default_value = "sync"
+    )]
     pub policy: Policy,
     /// Durable consumer name, shared by every replica of one publisher kind.
     #[arg(long = "consumer", env = "KSR_CONSUMER", id = "consumer_durable")]

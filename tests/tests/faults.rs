@@ -152,6 +152,10 @@ async fn killing_and_restarting_every_process_during_2000_changes_loses_nothing(
                 api.url().into(),
                 "--admin-addr".into(),
                 "127.0.0.1:0".into(),
+                // Kills here are real downtime with real deletions (up to half of a 40-name
+                // cluster in one step): not the mass removal the guard exists for, which has
+                // its own tests (watcher/tests/kubernetes.rs).
+                "--allow-mass-removal".into(),
             ],
         )?);
     }

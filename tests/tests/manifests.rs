@@ -299,7 +299,11 @@ fn every_etcd_compacts_its_history_and_has_a_backend_quota() {
             "--auto-compaction-retention=1h",
             "--quota-backend-bytes=2147483648",
         ] {
-            assert!(command.iter().any(|a| a == flag), "{}: no {flag}", path.display());
+            assert!(
+                command.iter().any(|a| a == flag),
+                "{}: no {flag}",
+                path.display()
+            );
         }
     }
 }

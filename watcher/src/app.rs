@@ -9,11 +9,12 @@ use ksr_runtime::{Health, admin, nats};
 
 use crate::Error;
 use crate::config::{Config, SourceKind};
+use crate::guard::RemovalGuard;
 use crate::inventory::Inventory;
 use crate::metrics::WatcherMetrics;
 use crate::normalize::{AddressMode, Normalizer};
 use crate::publish::Publisher;
-use crate::runner::{Runner, RunnerConfig};
+use crate::runner::{Confirmation, Runner, RunnerConfig};
 use crate::source;
 
 /// Runs the watcher until `shutdown` is cancelled.
@@ -30,6 +31,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     .await?;
 
     let client = nats::connect(&config.nats, &format!("ksr-watcher-{}", config.cluster)).await?;
+    let confirmations = listen_for_confirmations(client.clone(), &config.cluster).await?;
     let js = async_nats::jetstream::new(client);
     let mut settings = if config.cluster_stream {
         nats::StreamSettings::cluster(&config.nats.stream, &config.cluster)
@@ -70,6 +72,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             cluster: config.cluster.clone(),
             selector: config.selector.clone(),
             window: config.coalesce_window,
+            guard: RemovalGuard {
+                max: config.max_removals,
+                percent: config.max_removal_percent,
+                allow: config.allow_mass_removal,
+            },
         },
         Inventory::new(
             watch_slices,
@@ -95,7 +102,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         health,
     );
     tracing::info!(cluster = config.cluster, source = ?config.source, selector = config.selector.as_str(), "watching");
-    let result = runner.run(events, shutdown).await;
+    let result = runner.run(events, confirmations, shutdown).await;
     let _ = admin_task.await;
     result
+}
+
+/// Answers `ksrctl confirm-removals` (core NATS request/reply on
+/// `ksr.control.<cluster>.confirm-removals`): hands each request to the runner and replies
+/// with how many held removals it releases.
+async fn listen_for_confirmations(
+    client: async_nats::Client,
+    cluster: &str,
+) -> Result<tokio::sync::mpsc::Receiver<Confirmation>, Error> {
+    let mut requests = client
+        .subscribe(ksr_proto::subject::confirm_removals_subject(cluster))
+        .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(msg) = requests.next().await {
+            let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+            if tx.send(reply_tx).await.is_err() {
+                break;
+            }
+            let released = reply_rx.await.unwrap_or(0);
+            if let Some(reply) = msg.reply {
+                let _ = client.publish(reply, released.to_string().into()).await;
+            }
+        }
+    });
+    Ok(rx)
 }

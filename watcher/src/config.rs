@@ -110,6 +110,17 @@ pub struct Config {
         required_if_eq("address_mode", "node-port")
     )]
     pub node_addresses: Vec<IpAddr>,
+    /// Removals one full diff (start-up, relist) may always publish; beyond this count and
+    /// `--max-removal-percent`, removals wait for `ksrctl confirm-removals`.
+    #[arg(long = "max-removals", env = "KSR_MAX_REMOVALS", default_value_t = 5)]
+    pub max_removals: usize,
+    /// The share of the cluster's routed Services (percent) one full diff may remove beyond
+    /// `--max-removals` without confirmation.
+    #[arg(long = "max-removal-percent", env = "KSR_MAX_REMOVAL_PERCENT", default_value_t = 30, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_removal_percent: u8,
+    /// Publish every removal a full diff finds, however many (no confirmation needed).
+    #[arg(long = "allow-mass-removal", env = "KSR_ALLOW_MASS_REMOVAL")]
+    pub allow_mass_removal: bool,
     /// Changes to one Service within this window are published as one event.
     #[arg(long = "coalesce-window", env = "KSR_COALESCE_WINDOW", default_value = "50ms", value_parser = parse_duration)]
     pub coalesce_window: Duration,

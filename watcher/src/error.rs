@@ -13,4 +13,6 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Runtime(#[from] ksr_runtime::RuntimeError),
+    #[error("NATS subscription: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
 }

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 mod error;
+pub mod guard;
 pub mod inventory;
 pub mod metrics;
 pub mod normalize;

@@ -32,6 +32,7 @@ pub struct WatcherMetrics {
     pub publish_errors: Counter,
     pub services: Gauge,
     pub rejected_services: Gauge,
+    pub held_removals: Gauge,
 }
 
 impl WatcherMetrics {
@@ -47,6 +48,7 @@ impl WatcherMetrics {
             publish_errors: Counter::default(),
             services: Gauge::default(),
             rejected_services: Gauge::default(),
+            held_removals: Gauge::default(),
         };
         registry.register(|r| {
             let r = r.sub_registry_with_prefix("watcher");
@@ -95,6 +97,11 @@ impl WatcherMetrics {
                 "services",
                 "Routed Services this watcher knows in the stream",
                                 m.services.clone(),
+            );
+            r.register(
+                "held_removals",
+                "Removals held back by the mass-removal guard until an operator confirms",
+                m.held_removals.clone(),
             );
             r.register(
                 "rejected_services",

@@ -20,6 +20,7 @@ use ksr_proto::{RouteState, ServiceKey};
 use ksr_runtime::Health;
 
 use crate::Error;
+use crate::guard::RemovalGuard;
 use crate::inventory::{Inventory, ObjKey, SourceEvent};
 use crate::metrics::WatcherMetrics;
 use crate::normalize::{Normalizer, Rejection};
@@ -45,7 +46,11 @@ pub struct RunnerConfig {
     pub cluster: String,
     pub selector: LabelSelector,
     pub window: Duration,
+    pub guard: RemovalGuard,
 }
+
+/// An operator's confirmation of held removals; answered with how many are released.
+pub type Confirmation = tokio::sync::oneshot::Sender<usize>;
 
 /// The watcher loop.
 #[derive(Debug)]
@@ -59,6 +64,10 @@ pub struct Runner {
     rejected: HashMap<ObjKey, &'static str>,
     /// Services whose path looks escaped twice, with that path (warned once per path).
     double_escaped: HashMap<ObjKey, String>,
+    /// Removals the guard holds back until an operator confirms.
+    held: BTreeSet<ObjKey>,
+    /// Set by a confirmation: the next full diff publishes every removal.
+    release: bool,
     metrics: WatcherMetrics,
     health: Health,
 }
@@ -94,6 +103,8 @@ impl Runner {
             known: HashMap::new(),
             rejected: HashMap::new(),
             double_escaped: HashMap::new(),
+            held: BTreeSet::new(),
+            release: false,
             metrics,
             health,
         }
@@ -175,6 +186,7 @@ impl Runner {
     pub async fn run(
         mut self,
         source: impl Stream<Item = SourceEvent>,
+        mut confirmations: tokio::sync::mpsc::Receiver<Confirmation>,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
         self.health.set_not_ready("reading the stream");
@@ -217,6 +229,15 @@ impl Runner {
                     dirty.extend(outcome.dirty);
                     full |= outcome.resynced;
                 }
+                Some(reply) = confirmations.recv() => {
+                    let n = self.held.len();
+                    if n > 0 {
+                        tracing::warn!(cluster = self.config.cluster, removals = n, "an operator confirmed the held removals; publishing them");
+                        self.release = true;
+                        full = true;
+                    }
+                    let _ = reply.send(n);
+                }
                 _ = tick.tick() => {
                     if !self.inventory.synced() || (!full && dirty.is_empty() && !reload) {
                         continue;
@@ -235,17 +256,23 @@ impl Runner {
                         }
                     }
                     let mut keys = std::mem::take(&mut dirty);
-                    if std::mem::take(&mut full) {
+                    let is_full = std::mem::take(&mut full);
+                    if is_full {
                         keys.extend(self.inventory.service_keys().cloned());
                         keys.extend(self.known.keys().map(|k| (k.namespace.clone(), k.name.clone())));
                     }
-                    let failed = self.flush(keys).await;
+                    let failed = self.flush(keys, is_full).await;
+                    self.metrics.held_removals.set(self.held.len() as i64);
                     if failed.is_empty() {
                         if !ready {
                             ready = true;
                             tracing::info!(cluster = self.config.cluster, services = self.known.len(), "first full list published");
                         }
-                        self.health.set_ready();
+                        if self.held.is_empty() {
+                            self.health.set_ready();
+                        } else {
+                            self.health.set_not_ready(self.held_text());
+                        }
                     } else {
                         self.health.set_not_ready(format!("{} Services could not be published yet", failed.len()));
                         dirty.extend(failed);
@@ -258,8 +285,54 @@ impl Runner {
         }
     }
 
+    /// What `/readyz` says while removals are held.
+    fn held_text(&self) -> String {
+        format!(
+            "holding {} removals of cluster {}: more than --max-removals {} and {} % of its routed \
+             Services disappeared in one list (an empty or wrong apiserver, or a selector that \
+             matches nothing?). If they are really gone: ksrctl confirm-removals --cluster {}",
+            self.held.len(),
+            self.config.cluster,
+            self.config.guard.max,
+            self.config.guard.percent,
+            self.config.cluster,
+        )
+    }
+
+    /// Applies the mass-removal guard to the jobs of a flush: a full diff whose removals trip
+    /// it holds them all; later flushes keep holding those until a confirmation.
+    fn hold_removals(&mut self, jobs: Vec<Job>, full: bool) -> Vec<Job> {
+        let (removals, rest): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| j.route.is_none());
+        if full {
+            let routed = self
+                .known
+                .values()
+                .filter(|k| k.event.as_ref().is_some_and(|e| e.route().is_some()))
+                .count();
+            let release = std::mem::take(&mut self.release);
+            if !release && self.config.guard.trips(removals.len(), routed) {
+                if self.held.len() != removals.len() {
+                    tracing::warn!(
+                        cluster = self.config.cluster,
+                        removals = removals.len(),
+                        routed,
+                        "mass removal held back: {}",
+                        "confirm with ksrctl confirm-removals, or restart with --allow-mass-removal"
+                    );
+                }
+                self.held = removals.into_iter().map(|j| j.obj).collect();
+                return rest;
+            }
+            self.held.clear();
+            return rest.into_iter().chain(removals).collect();
+        }
+        let released = removals.into_iter().filter(|j| !self.held.contains(&j.obj));
+        rest.into_iter().chain(released).collect()
+    }
+
     /// Publishes the differences for `keys`; returns the keys that failed.
-    async fn flush(&mut self, keys: BTreeSet<ObjKey>) -> Vec<ObjKey> {
+    async fn flush(&mut self, keys: BTreeSet<ObjKey>, full: bool) -> Vec<ObjKey> {
         let mut wanted = Vec::with_capacity(keys.len());
         for obj in keys {
             let (route, origin) = match self.desired(&obj) {
@@ -299,6 +372,8 @@ impl Runner {
                 })
             })
             .collect();
+        // A Service that comes back is no longer a held removal.
+        let jobs = self.hold_removals(jobs, full);
         let publisher = &self.publisher;
         let results: Vec<(Job, Result<Option<Known>, Error>)> = futures::stream::iter(jobs)
             .map(|job| async move {

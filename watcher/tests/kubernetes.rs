@@ -351,3 +351,78 @@ async fn a_set_based_selector_is_sent_to_the_apiserver_and_selects_as_kubernetes
         .await?;
     Ok(())
 }
+
+/// Runs `ksrctl confirm-removals` (the real binary) against the bench's NATS.
+async fn confirm_removals(bench: &Bench, cluster: &str) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(ksr_test_support::workspace_binary("ksrctl")?)
+        .args([
+            "confirm-removals",
+            "--cluster",
+            cluster,
+            "--nats-url",
+            &bench.nats.url(),
+        ])
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "{out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn a_watcher_restarted_on_an_empty_apiserver_or_a_selector_that_matches_nothing_removes_nothing_until_confirmed()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    let names: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        api.apply(
+            Resource::Services,
+            svc("default", n, "10.96.0.1", json!({})),
+        );
+    }
+    let w = kube_watcher(&bench, &api, &[]);
+    w.ready().await?;
+    let added: Vec<_> = names
+        .iter()
+        .map(|n| (Added, format!("default/{n}")))
+        .collect();
+    let added_ref: Vec<_> = added.iter().map(|(k, n)| (*k, n.as_str())).collect();
+    bench.wait_events_unordered(&added_ref).await?;
+    w.shutdown().await?;
+
+    // A selector that now matches nothing: every Service looks deleted. Nothing is removed.
+    let w = kube_watcher(&bench, &api, &["--selector", "type=ingres"]);
+    eventually(WAIT, || async {
+        let held = w.metric("ksr_watcher_held_removals").await;
+        anyhow::ensure!(held == 10.0, "held {held}");
+        Ok(())
+    })
+    .await?;
+    let (status, text) = w.readyz().await.expect("readyz answers");
+    assert_eq!(status, 503);
+    assert!(
+        text.contains("holding 10 removals") && text.contains("ksrctl confirm-removals"),
+        "{text}"
+    );
+    w.shutdown().await?;
+
+    // An empty apiserver (the same cluster name): held as well, and released on confirmation.
+    let empty = FakeApiServer::start().await?;
+    let w = kube_watcher(&bench, &empty, &[]);
+    eventually(WAIT, || async {
+        let held = w.metric("ksr_watcher_held_removals").await;
+        anyhow::ensure!(held == 10.0, "held {held}");
+        Ok(())
+    })
+    .await?;
+    bench.wait_events_unordered(&added_ref).await?;
+    let said = confirm_removals(&bench, "east").await?;
+    assert!(said.contains("publishes the 10 removals"), "{said}");
+    let mut all = added.clone();
+    all.extend(names.iter().map(|n| (Removed, format!("default/{n}"))));
+    let all_ref: Vec<_> = all.iter().map(|(k, n)| (*k, n.as_str())).collect();
+    bench.wait_events_unordered(&all_ref).await?;
+    w.ready().await?;
+    assert_eq!(w.metric("ksr_watcher_held_removals").await, 0.0);
+    Ok(())
+}
