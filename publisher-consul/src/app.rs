@@ -55,7 +55,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     else {
         return Ok(());
     };
-    let projector = projector.with_policy(config.consumer.policy);
+    let projector = projector
+        .with_policy(config.consumer.policy)
+        .with_health(health.clone());
     let environment = config.router.environment.clone();
     if until_ready(&shutdown, &health, "consul node", || {
         reconcile::ensure_node_and_router(&projector, &environment)

@@ -28,6 +28,7 @@ pub fn metrics(registry: &MetricsRegistry) -> ConsulMetrics {
 #[derive(Debug)]
 pub struct ConsulProjector {
     policy: ksr_runtime::config::Policy,
+    health: ksr_runtime::Health,
     client: ConsulClient,
     layout: Layout,
     node: String,
@@ -54,6 +55,7 @@ impl ConsulProjector {
             state: Mutex::new(state),
             metrics,
             policy: ksr_runtime::config::Policy::Sync,
+            health: ksr_runtime::Health::default(),
         };
         p.update_gauges();
         Ok(p)
@@ -61,6 +63,37 @@ impl ConsulProjector {
 
     pub fn client(&self) -> &ConsulClient {
         &self.client
+    }
+
+    /// Reports through `health` (unreadable records become a warning in `/readyz`).
+    pub fn with_health(self, health: ksr_runtime::Health) -> Self {
+        let p = Self { health, ..self };
+        let corrupt = p.lock().corrupt.clone();
+        p.warn_corrupt(&corrupt);
+        p
+    }
+
+    /// Quarantines in the cache what a fresh load found unreadable, so the events of the
+    /// Services concerned are applied again, and reports it.
+    pub fn quarantine(&self, snapshot: &State) {
+        self.lock().quarantine_from(snapshot);
+        self.warn_corrupt(&snapshot.corrupt);
+    }
+
+    /// Log, gauge and `/readyz` warning for the unreadable records of the last load.
+    fn warn_corrupt(&self, corrupt: &[(RecordKey, String, String)]) {
+        self.metrics.corrupt_records.set(corrupt.len() as i64);
+        if corrupt.is_empty() {
+            self.health.set_warning(None);
+            return;
+        }
+        let keys: Vec<&str> = corrupt.iter().map(|(_, k, _)| k.as_str()).collect();
+        self.health.set_warning(Some(format!(
+            "{} unreadable records under our prefix quarantined ({}); the next write for each \
+             replaces it, `ksrctl rebuild consul` repairs them now",
+            keys.len(),
+            keys.join(", ")
+        )));
     }
 
     /// Applies `policy` (`upsert-only`: never delete).
@@ -230,7 +263,8 @@ impl ConsulProjector {
                         let v = match entry {
                             Some(e) => Versioned {
                                 rev: e.modify_index,
-                                value: Some(parse(&k, &e.value)?),
+                                // Unreadable: held as absent at its revision (quarantine).
+                                value: parse(&k, &e.value).ok(),
                             },
                             None => Versioned::default(),
                         };
@@ -240,7 +274,8 @@ impl ConsulProjector {
                         let v = match entry {
                             Some(e) => Versioned {
                                 rev: e.modify_index,
-                                value: Some(parse(&k, &e.value)?),
+                                // Unreadable: held as absent at its revision (quarantine).
+                                value: parse(&k, &e.value).ok(),
                             },
                             None => Versioned::default(),
                         };
@@ -263,30 +298,32 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, E
 /// Loads all our records from KV.
 pub async fn load_state(client: &ConsulClient, layout: &Layout) -> Result<State, Error> {
     let mut state = State::default();
+    // Quarantined once every fence is loaded (names sort before services).
+    let mut unreadable = Vec::new();
     for entry in client.kv_tree(&layout.state_prefix()).await? {
         match layout.parse_record_key(&entry.key) {
-            Some(RecordKey::Service(key)) => {
-                let value = Some(parse(&entry.key, &entry.value)?);
-                state.services.insert(
-                    key,
-                    Versioned {
-                        rev: entry.modify_index,
-                        value,
-                    },
-                );
-            }
-            Some(RecordKey::Name(id)) => {
-                let value = Some(parse(&entry.key, &entry.value)?);
-                state.set_name(
-                    id,
-                    Versioned {
-                        rev: entry.modify_index,
-                        value,
-                    },
-                );
-            }
+            Some(RecordKey::Service(key)) => match parse(&entry.key, &entry.value) {
+                Ok(record) => {
+                    let value = Some(record);
+                    let rev = entry.modify_index;
+                    state.services.insert(key, Versioned { rev, value });
+                }
+                Err(e) => unreadable.push((RecordKey::Service(key), entry, e)),
+            },
+            Some(RecordKey::Name(id)) => match parse(&entry.key, &entry.value) {
+                Ok(record) => {
+                    let value = Some(record);
+                    let rev = entry.modify_index;
+                    state.set_name(id, Versioned { rev, value });
+                }
+                Err(e) => unreadable.push((RecordKey::Name(id), entry, e)),
+            },
             None => tracing::warn!(key = entry.key, "ignoring an unknown key under our prefix"),
         }
+    }
+    for (record, entry, error) in unreadable {
+        tracing::error!(key = entry.key, error = %error, "unreadable record under our prefix quarantined; the next write for it replaces it (ksrctl rebuild consul repairs it now)");
+        state.quarantine(record, entry.modify_index, entry.key, error.to_string());
     }
     Ok(state)
 }

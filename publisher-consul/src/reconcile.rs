@@ -70,6 +70,9 @@ pub async fn reconcile(
 ) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
     ensure_node(p).await?;
+    // Records that became unreadable are quarantined before the stream pass, so the events
+    // of the Services they concern are applied again and rewrite them.
+    p.quarantine(&p.snapshot().await?);
 
     let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
     for chunk in deliveries.chunks(1000) {

@@ -230,3 +230,68 @@ async fn the_documented_least_privilege_policies_are_enough() -> anyhow::Result<
         .wait_resolves("web-default.test.service.consul", false)
         .await
 }
+
+#[tokio::test]
+async fn a_corrupt_record_is_quarantined_reported_and_repaired_while_the_rest_flows()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let p = bench.publisher(&[]);
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
+        .await?;
+    bench
+        .publish(&added("east", "other", "api", &["10.0.0.2"]))
+        .await?;
+    bench
+        .wait_resolves("web-shop.test.service.consul", true)
+        .await?;
+    bench
+        .wait_resolves("api-other.test.service.consul", true)
+        .await?;
+    bench.settled().await?;
+    p.shutdown().await?;
+
+    let name = "ksr/ksr/consul/names/web-shop.test";
+    let fence = "ksr/ksr/consul/services/east/other/api";
+    for key in [name, fence] {
+        let mut req = ksr_test_support::http_client()
+            .put(format!("{}/v1/kv/{key}", bench.consul.url()))
+            .body("{not json");
+        if let Some(t) = bench.consul.master_token() {
+            req = req.header("X-Consul-Token", t);
+        }
+        anyhow::ensure!(req.send().await?.status().is_success());
+    }
+
+    let p = bench.publisher(&[]);
+    p.ready().await?;
+    let (status, text) = p.readyz().await.expect("readyz answers");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(name) && text.contains(fence), "{text}");
+    bench
+        .publish(&added("east", "third", "new", &["10.0.0.3"]))
+        .await?;
+    bench
+        .wait_resolves("new-third.test.service.consul", true)
+        .await?;
+    // Both names kept resolving, and their records are readable again.
+    bench
+        .wait_resolves("web-shop.test.service.consul", true)
+        .await?;
+    bench
+        .wait_resolves("api-other.test.service.consul", true)
+        .await?;
+    eventually(WAIT, || async {
+        let snap = bench.snapshot().await?;
+        for key in [name, fence] {
+            use base64::Engine;
+            let v = snap.get(&format!("kv:{key}")).cloned().unwrap_or_default();
+            let b64: String = serde_json::from_str(&v)?;
+            let raw = base64::engine::general_purpose::STANDARD.decode(b64)?;
+            serde_json::from_slice::<serde_json::Value>(&raw)
+                .map_err(|e| anyhow::anyhow!("{key} still unreadable: {e}"))?;
+        }
+        Ok(())
+    })
+    .await
+}

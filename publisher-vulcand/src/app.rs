@@ -80,7 +80,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     else {
         return Ok(());
     };
-    let projector = projector.with_policy(config.consumer.policy);
+    let projector = projector
+        .with_policy(config.consumer.policy)
+        .with_health(health.clone());
     let projector = match config.etcd_api.as_str() {
         "v2" => {
             let endpoint = config

@@ -38,6 +38,7 @@ pub enum Sink {
 /// Projects events into vulcand's etcd keys.
 pub struct VulcandProjector {
     policy: ksr_runtime::config::Policy,
+    health: ksr_runtime::Health,
     kv: KvClient,
     sink: Sink,
     target: VulcandTarget,
@@ -72,6 +73,7 @@ impl VulcandProjector {
             state: Mutex::new(state),
             metrics,
             policy: ksr_runtime::config::Policy::Sync,
+            health: ksr_runtime::Health::default(),
         };
         p.update_gauges();
         Ok(p)
@@ -85,6 +87,37 @@ impl VulcandProjector {
 
     pub fn sink(&self) -> &Sink {
         &self.sink
+    }
+
+    /// Reports through `health` (unreadable records become a warning in `/readyz`).
+    pub fn with_health(self, health: ksr_runtime::Health) -> Self {
+        let p = Self { health, ..self };
+        let corrupt = p.lock().corrupt.clone();
+        p.warn_corrupt(&corrupt);
+        p
+    }
+
+    /// Quarantines in the cache what a fresh load found unreadable, so the events of the
+    /// Services concerned are applied again, and reports it.
+    pub fn quarantine(&self, snapshot: &State) {
+        self.lock().quarantine_from(snapshot);
+        self.warn_corrupt(&snapshot.corrupt);
+    }
+
+    /// Log, gauge and `/readyz` warning for the unreadable records of the last load.
+    fn warn_corrupt(&self, corrupt: &[(ksr_runtime::plan::RecordKey, String, String)]) {
+        self.metrics.corrupt_records.set(corrupt.len() as i64);
+        if corrupt.is_empty() {
+            self.health.set_warning(None);
+            return;
+        }
+        let keys: Vec<&str> = corrupt.iter().map(|(_, k, _)| k.as_str()).collect();
+        self.health.set_warning(Some(format!(
+            "{} unreadable records under our prefix quarantined ({}); the next write for each \
+             replaces it, `ksrctl rebuild vulcand` repairs them now",
+            keys.len(),
+            keys.join(", ")
+        )));
     }
 
     /// Applies `policy` (`upsert-only`: never delete).

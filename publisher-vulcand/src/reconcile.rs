@@ -44,6 +44,9 @@ pub async fn reconcile(
 ) -> Result<ReconcileReport, Error> {
     let started = std::time::Instant::now();
     let mut report = ReconcileReport::default();
+    // Records that became unreadable are quarantined before the stream pass, so the events
+    // of the Services they concern are applied again and rewrite them.
+    projector.quarantine(&projector.snapshot().await?);
     let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
     for chunk in deliveries.chunks(1000) {
         let r = projector.apply_batch(chunk).await?;
@@ -88,8 +91,20 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
         }
     }
     let upsert_only = projector.policy() == ksr_runtime::config::Policy::UpsertOnly;
+    // Keys of a hostname whose record is still unreadable are left alone, not deleted.
+    let unreadable: std::collections::HashSet<&str> = state
+        .corrupt
+        .iter()
+        .filter_map(|(r, _, _)| match r {
+            ksr_runtime::plan::RecordKey::Name(id) => Some(id.as_str()),
+            ksr_runtime::plan::RecordKey::Service(_) => None,
+        })
+        .collect();
     for key in actual.keys() {
-        if !expected.contains_key(key) && !upsert_only {
+        let host_unreadable = layout
+            .id_of_vulcand_key(key)
+            .is_some_and(|id| unreadable.contains(layout.host_id_of(id)));
+        if !expected.contains_key(key) && !upsert_only && !host_unreadable {
             let id = layout.id_of_vulcand_key(key).unwrap_or_default().to_owned();
             by_id.entry(id).or_default().push(KeyOp::Delete {
                 key: key.clone(),

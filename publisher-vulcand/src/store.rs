@@ -80,16 +80,37 @@ pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Err
             tracing::warn!(key, "ignoring a record key that does not name a Service");
             continue;
         };
-        let value = Some(service_record(layout, parse(&key, &value)?));
-        state.services.insert(service, Versioned { rev, value });
+        match parse(&key, &value) {
+            Ok(record) => {
+                let value = Some(service_record(layout, record));
+                state.services.insert(service, Versioned { rev, value });
+            }
+            Err(e) => quarantine(&mut state, RecordKey::Service(service), rev, key, e),
+        }
     }
     let hosts_prefix = layout.hosts_prefix();
     for (key, value, rev) in read_prefix(kv, &hosts_prefix).await? {
         let id = key[hosts_prefix.len()..].to_owned();
-        let value = Some(parse(&key, &value)?);
-        state.set_name(id, Versioned { rev, value });
+        match parse(&key, &value) {
+            Ok(record) => state.set_name(
+                id,
+                Versioned {
+                    rev,
+                    value: Some(record),
+                },
+            ),
+            Err(e) => quarantine(&mut state, RecordKey::Name(id), rev, key, e),
+        }
     }
     Ok(state)
+}
+
+/// An unreadable record (a hand edit, a partial restore, another program's format) stops
+/// nothing: it is logged and held as absent, so the next write for it replaces it
+/// ([`State::quarantine`]).
+fn quarantine(state: &mut State, record: RecordKey, rev: u64, key: String, error: Error) {
+    tracing::error!(key, error = %error, "unreadable record under our prefix quarantined; the next write for it replaces it (ksrctl rebuild vulcand repairs it now)");
+    state.quarantine(record, rev, key, error.to_string());
 }
 
 /// Turns the records of versions before hostnames were owned by one namespace (one record per
@@ -238,13 +259,13 @@ pub async fn refresh(
         for (key, found) in fresh {
             match key {
                 RecordKey::Service(service) => {
+                    // An unreadable record is held as absent at its revision (see quarantine).
                     let v = match found {
                         Some((value, rev)) => Versioned {
                             rev,
-                            value: Some(service_record(
-                                layout,
-                                parse(&record_key(layout, key), &value)?,
-                            )),
+                            value: parse(&record_key(layout, key), &value)
+                                .ok()
+                                .map(|r| service_record(layout, r)),
                         },
                         None => Versioned::default(),
                     };
@@ -254,7 +275,7 @@ pub async fn refresh(
                     let v = match found {
                         Some((value, rev)) => Versioned {
                             rev,
-                            value: Some(parse(&record_key(layout, key), &value)?),
+                            value: parse(&record_key(layout, key), &value).ok(),
                         },
                         None => Versioned::default(),
                     };

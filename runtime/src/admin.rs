@@ -50,7 +50,10 @@ pub async fn serve(
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match state.health.status() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(()) => match state.health.warning() {
+            None => (StatusCode::OK, "ready\n".to_owned()),
+            Some(w) => (StatusCode::OK, format!("ready; warning: {w}\n")),
+        },
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),

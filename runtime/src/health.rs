@@ -7,6 +7,8 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     inner: Arc<Mutex<Option<String>>>,
+    /// Shown with a ready answer: something an operator should see that does not stop work.
+    warning: Arc<Mutex<Option<String>>>,
 }
 
 impl Health {
@@ -14,7 +16,19 @@ impl Health {
     pub fn new(reason: &str) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Some(reason.to_owned()))),
+            warning: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Sets (or with `None` clears) the warning shown while ready.
+    pub fn set_warning(&self, warning: Option<String>) {
+        if let Ok(mut g) = self.warning.lock() {
+            *g = warning;
+        }
+    }
+
+    pub fn warning(&self) -> Option<String> {
+        self.warning.lock().ok().and_then(|g| g.clone())
     }
 
     pub fn set_ready(&self) {

@@ -53,6 +53,8 @@ pub struct ProjectionMetrics {
     pub names: prometheus_client::metrics::gauge::Gauge,
     /// Names with Services waiting for them.
     pub names_in_conflict: prometheus_client::metrics::gauge::Gauge,
+    /// Unreadable records found under our prefix at the last load (quarantined).
+    pub corrupt_records: prometheus_client::metrics::gauge::Gauge,
     /// Target entries rewritten or removed by reconciliation.
     pub repairs: prometheus_client::metrics::counter::Counter,
     /// Completed reconciliation passes.
@@ -89,6 +91,11 @@ impl ProjectionMetrics {
                 format!("{noun}s_in_conflict"),
                 format!("{noun}s with Services waiting for them"),
                 m.names_in_conflict.clone(),
+            );
+            r.register(
+                "corrupt_records",
+                "Unreadable records under our prefix at the last load or reconciliation (quarantined)",
+                m.corrupt_records.clone(),
             );
             r.register(
                 "reconcile_repairs",

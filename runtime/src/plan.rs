@@ -72,6 +72,9 @@ impl<M, D: Clone> NameRecord<M, D> {
 #[derive(Debug, Clone)]
 pub struct State<M, D> {
     pub services: HashMap<ServiceKey, Versioned<ServiceRecord>>,
+    /// Records that could not be read at the last load (record, store key, why): held as
+    /// absent with their revision, so the next write for them replaces them.
+    pub corrupt: Vec<(RecordKey, String, String)>,
     /// Written only through [`State::set_name`], which keeps the counts below.
     names: HashMap<String, Versioned<NameRecord<M, D>>>,
     /// Names with a record, and those of them with waiting Services (for gauges, kept
@@ -84,6 +87,7 @@ impl<M, D> Default for State<M, D> {
     fn default() -> Self {
         Self {
             services: HashMap::new(),
+            corrupt: Vec::new(),
             names: HashMap::new(),
             named: 0,
             in_conflict: 0,
@@ -131,6 +135,45 @@ impl<M, D> State<M, D> {
     /// (names with a record, names with waiting Services).
     pub fn counts(&self) -> (usize, usize) {
         (self.named, self.in_conflict)
+    }
+
+    /// Quarantines a record that could not be read (at revision `rev`, stored at `store_key`):
+    /// it is held as absent with its revision, so the next write for it replaces it. The
+    /// fences of Services claiming an unreadable name record are forgotten as well (kept as
+    /// absent with their revisions), so their newest events are applied again — by the
+    /// consumer or the reconciliation's stream pass — and rebuild the name's claims.
+    pub fn quarantine(&mut self, record: RecordKey, rev: u64, store_key: String, why: String) {
+        match &record {
+            RecordKey::Service(key) => {
+                self.services
+                    .insert(key.clone(), Versioned { rev, value: None });
+            }
+            RecordKey::Name(id) => {
+                self.set_name(id.clone(), Versioned { rev, value: None });
+                for fence in self.services.values_mut() {
+                    if fence
+                        .value
+                        .as_ref()
+                        .is_some_and(|r| r.claim.as_deref() == Some(id.as_str()))
+                    {
+                        fence.value = None;
+                    }
+                }
+            }
+        }
+        self.corrupt.retain(|(r, _, _)| *r != record);
+        self.corrupt.push((record, store_key, why));
+    }
+
+    /// Quarantines in this (cached) state what `snapshot` (a fresh load) found unreadable.
+    pub fn quarantine_from(&mut self, snapshot: &State<M, D>) {
+        for (record, key, why) in &snapshot.corrupt {
+            let rev = match record {
+                RecordKey::Service(s) => snapshot.service(s).0,
+                RecordKey::Name(id) => snapshot.name(id).0,
+            };
+            self.quarantine(record.clone(), rev, key.clone(), why.clone());
+        }
     }
 }
 
@@ -183,7 +226,7 @@ pub trait Target {
 }
 
 /// A record a unit read and guards.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKey {
     Service(ServiceKey),
     Name(String),
