@@ -122,6 +122,7 @@ pub async fn each_owned(
 /// The newest readable event of every Service, as deliveries for planning.
 pub async fn latest(stream: &Stream) -> Result<Vec<ksr_runtime::consumer::Delivery>, Error> {
     let mut out = Vec::new();
+    let incarnation = ksr_runtime::nats::incarnation(stream);
     each(
         stream,
         &ksr_proto::subject::all_filter(),
@@ -130,6 +131,7 @@ pub async fn latest(stream: &Stream) -> Result<Vec<ksr_runtime::consumer::Delive
         |r, e| {
             out.push(ksr_runtime::consumer::Delivery {
                 seq: r.seq,
+                incarnation,
                 event: e.clone(),
             });
             ControlFlow::Continue(())

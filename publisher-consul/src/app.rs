@@ -1,5 +1,6 @@
 //! Wiring of the Consul publisher process: connect, check, consume, reconcile, shut down.
 
+use async_nats::jetstream::stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use ksr_runtime::metrics::MetricsRegistry;
@@ -30,13 +31,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let js = async_nats::jetstream::new(nats_client);
     let settings = nats::StreamSettings::routes(&config.nats.stream);
     health.set_not_ready(format!("waiting for stream {}", settings.name));
-    let Some(stream) = until_ready(&shutdown, &health, "stream", || {
-        nats::ensure_stream(&js, &settings, false)
-    })
-    .await
-    else {
-        return Ok(());
-    };
 
     let target = config.router.target(&config.owner);
     let layout = Layout::new(&config.owner);
@@ -73,23 +67,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .durable
         .clone()
         .unwrap_or_else(|| format!("ksr-consul-{}", config.owner));
-    let publisher = serve::Publisher {
-        name: "consul",
-        stream: &stream,
-        durable,
-        args: &config.consumer,
-        projector: &projector,
-        registry: &registry,
-        health: &health,
+    let get_stream = || nats::ensure_stream(&js, &settings, false);
+    let (projector, registry, health_ref, env) =
+        (&projector, &registry, &health, environment.as_str());
+    let consume = |stream: Stream| {
+        let (durable, shutdown) = (durable.clone(), shutdown.clone());
+        let args = &config.consumer;
+        async move {
+            let publisher = serve::Publisher {
+                name: "consul",
+                stream: &stream,
+                durable,
+                args,
+                projector,
+                registry,
+                health: health_ref,
+            };
+            let stream_ref = &stream;
+            let reconcile = |ack_floor| async move {
+                reconcile::reconcile(projector, stream_ref, ack_floor, env)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            serve::consume(publisher, reconcile, &shutdown).await
+        }
     };
-    let (projector_ref, stream_ref, env_ref) = (&projector, &stream, environment.as_str());
-    let reconcile = |ack_floor| async move {
-        reconcile::reconcile(projector_ref, stream_ref, ack_floor, env_ref)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
-    let result = serve::consume(publisher, reconcile, &shutdown).await;
+    let result = serve::follow_stream(&health, &shutdown, get_stream, consume).await;
     let _ = admin_task.await;
     result.map_err(Error::from)
 }

@@ -128,6 +128,7 @@ async fn duplicates_out_of_order_and_replays_leave_the_catalog_unchanged() -> an
     ];
     let d = |seq: u64, e: &ksr_proto::Event| Delivery {
         seq,
+        incarnation: 1,
         event: e.clone(),
     };
     for (seq, e) in &history {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::stream::Stream;
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -57,13 +58,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let js = async_nats::jetstream::new(client);
     let settings = nats::StreamSettings::routes(&config.nats.stream);
     health.set_not_ready(format!("waiting for stream {}", settings.name));
-    let Some(stream) = until_ready(&shutdown, &health, "stream", || {
-        nats::ensure_stream(&js, &settings, false)
-    })
-    .await
-    else {
-        return Ok(());
-    };
 
     health.set_not_ready("connecting to etcd");
     let Some(etcd) = until_ready(&shutdown, &health, "etcd", || connect_etcd(&config.etcd)).await
@@ -101,23 +95,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .durable
         .clone()
         .unwrap_or_else(|| format!("ksr-vulcand-{}", config.owner));
-    let publisher = serve::Publisher {
-        name: "vulcand",
-        stream: &stream,
-        durable,
-        args: &config.consumer,
-        projector: &projector,
-        registry: &registry,
-        health: &health,
+    let get_stream = || nats::ensure_stream(&js, &settings, false);
+    let (projector, registry, health_ref) = (&projector, &registry, &health);
+    let consume = |stream: Stream| {
+        let (durable, shutdown) = (durable.clone(), shutdown.clone());
+        let args = &config.consumer;
+        async move {
+            let publisher = serve::Publisher {
+                name: "vulcand",
+                stream: &stream,
+                durable,
+                args,
+                projector,
+                registry,
+                health: health_ref,
+            };
+            let stream_ref = &stream;
+            let reconcile = |ack_floor| async move {
+                reconcile::reconcile(projector, stream_ref, ack_floor)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            serve::consume(publisher, reconcile, &shutdown).await
+        }
     };
-    let (projector_ref, stream_ref) = (&projector, &stream);
-    let reconcile = |ack_floor| async move {
-        reconcile::reconcile(projector_ref, stream_ref, ack_floor)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
-    let result = serve::consume(publisher, reconcile, &shutdown).await;
+    let result = serve::follow_stream(&health, &shutdown, get_stream, consume).await;
     let _ = admin_task.await;
     result.map_err(Error::from)
 }

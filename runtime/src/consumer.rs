@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Message;
+use async_nats::jetstream::stream::Stream;
 use backon::BackoffBuilder;
 use futures::{FutureExt, StreamExt};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -34,6 +35,9 @@ use crate::metrics::MetricsRegistry;
 pub struct Delivery {
     /// Stream sequence: the fence every projection compares against.
     pub seq: u64,
+    /// Which incarnation of the stream the sequence counts in (its creation time, unix
+    /// nanoseconds; [`crate::nats::incarnation`]): a recreated stream restarts at 1.
+    pub incarnation: u64,
     pub event: Event,
 }
 
@@ -173,11 +177,31 @@ impl ConsumerMetrics {
 pub struct LoopOptions {
     pub batch_size: usize,
     pub max_retry_delay: Duration,
+    /// The incarnation of the stream consumed ([`crate::nats::incarnation`]).
+    pub incarnation: u64,
 }
 
-/// Runs the consumer until `shutdown`; the batch in hand is always finished first.
+/// Whether the consumer (or its stream) is gone, or its stream is another incarnation than
+/// `incarnation`.
+async fn recreated(consumer: &PullConsumer, stream: &Stream, incarnation: u64) -> bool {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as K;
+    if let Err(e) = consumer.get_info().await
+        && matches!(e.kind(), K::NotFound | K::StreamNotFound)
+    {
+        return true;
+    }
+    match stream.get_info().await {
+        Ok(info) => u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0) != incarnation,
+        Err(_) => false,
+    }
+}
+
+/// Runs the consumer until `shutdown`; the batch in hand is always finished first. Returns
+/// [`RuntimeError::StreamRecreated`] when the stream was deleted or created again, so the
+/// caller binds a consumer on the new stream.
 pub async fn run<P: Projector>(
     consumer: PullConsumer,
+    stream: &Stream,
     projector: &P,
     options: &LoopOptions,
     metrics: &ConsumerMetrics,
@@ -196,6 +220,9 @@ pub async fn run<P: Projector>(
         {
             Ok(m) => m,
             Err(e) => {
+                if recreated(&consumer, stream, options.incarnation).await {
+                    return Err(gone(stream, &consumer_name));
+                }
                 health.set_not_ready(format!("cannot pull from consumer {consumer_name}: {e}"));
                 tracing::warn!(consumer = %consumer_name, error = %e, "cannot start pulling; retrying");
                 tokio::select! {
@@ -214,6 +241,9 @@ pub async fn run<P: Projector>(
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     tracing::warn!(consumer = %consumer_name, error = %e, "pull stream error");
+                    if recreated(&consumer, stream, options.incarnation).await {
+                        return Err(gone(stream, &consumer_name));
+                    }
                     continue;
                 }
                 None => continue 'outer,
@@ -229,7 +259,10 @@ pub async fn run<P: Projector>(
                     _ => break,
                 }
             }
-            process_batch(batch, projector, options, metrics, health).await;
+            let verify = || recreated(&consumer, stream, options.incarnation);
+            if process_batch(batch, projector, options, metrics, health, verify).await {
+                return Err(gone(stream, &consumer_name));
+            }
         }
     }
     tracing::info!(consumer = %consumer_name, "consumer stopped");
@@ -250,13 +283,23 @@ pub fn decode_message(msg: &async_nats::Message) -> Result<Event, (&'static str,
     Ok(event)
 }
 
-async fn process_batch<P: Projector>(
+fn gone(stream: &Stream, consumer: &str) -> RuntimeError {
+    RuntimeError::StreamRecreated {
+        stream: stream.cached_info().config.name.clone(),
+        consumer: consumer.to_owned(),
+    }
+}
+
+/// Applies one batch; true when the stream turned out to be another incarnation (then
+/// nothing of the batch is acknowledged).
+async fn process_batch<P: Projector, V: Future<Output = bool>>(
     batch: Vec<Message>,
     projector: &P,
     options: &LoopOptions,
     metrics: &ConsumerMetrics,
     health: &Health,
-) {
+    verify: impl FnOnce() -> V,
+) -> bool {
     let mut decoded: Vec<(u64, Event)> = Vec::with_capacity(batch.len());
     let mut keep: Vec<Message> = Vec::with_capacity(batch.len());
     let mut pending = 0;
@@ -287,9 +330,9 @@ async fn process_batch<P: Projector>(
     }
     metrics.pending.set(pending as i64);
     if decoded.is_empty() {
-        return;
+        return false;
     }
-    let deliveries = coalesce(decoded);
+    let deliveries = coalesce(decoded, options.incarnation);
     metrics.batch_size.observe(deliveries.len() as f64);
     let started = Instant::now();
     let result = projector.apply(&deliveries).await;
@@ -297,6 +340,12 @@ async fn process_batch<P: Projector>(
         .apply_seconds
         .observe(started.elapsed().as_secs_f64());
     match result {
+        // Events look stale when they are, and when the stream was created again behind the
+        // consumer's back (sequences restart at 1): never acknowledge the second kind.
+        Ok(report) if report.stale > 0 && verify().await => {
+            tracing::warn!("the stream was created again: re-binding the consumer");
+            return true;
+        }
         Ok(report) => {
             health.set_ready();
             for d in &deliveries {
@@ -345,6 +394,7 @@ async fn process_batch<P: Projector>(
             }
         }
     }
+    false
 }
 
 /// The redelivery delay after the `delivered`-th failed delivery: exponential from 100 ms,
@@ -362,7 +412,7 @@ pub fn retry_delay(delivered: i64, max: Duration) -> Duration {
 }
 
 /// Keeps the newest event per Service, sorted by sequence.
-pub fn coalesce(events: Vec<(u64, Event)>) -> Vec<Delivery> {
+pub fn coalesce(events: Vec<(u64, Event)>, incarnation: u64) -> Vec<Delivery> {
     let mut by_key: HashMap<ServiceKey, (u64, Event)> = HashMap::with_capacity(events.len());
     for (seq, event) in events {
         match by_key.get(&event.key) {
@@ -374,7 +424,11 @@ pub fn coalesce(events: Vec<(u64, Event)>) -> Vec<Delivery> {
     }
     let mut out: Vec<Delivery> = by_key
         .into_values()
-        .map(|(seq, event)| Delivery { seq, event })
+        .map(|(seq, event)| Delivery {
+            seq,
+            incarnation,
+            event,
+        })
         .collect();
     out.sort_by_key(|d| d.seq);
     out
@@ -402,7 +456,7 @@ mod tests {
         let mut a2 = a1.clone();
         a2.observed_unix_ms = 5;
         let b = ev("b", Change::Removed);
-        let out = coalesce(vec![(12, a2.clone()), (10, a1), (11, b)]);
+        let out = coalesce(vec![(12, a2.clone()), (10, a1), (11, b)], 7);
         assert_eq!(out.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![11, 12]);
         assert_eq!(out[1].event, a2);
     }

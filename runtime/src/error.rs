@@ -12,6 +12,10 @@ pub enum RuntimeError {
     Stream { stream: String, message: String },
     #[error("JetStream consumer {consumer}: {message}")]
     Consumer { consumer: String, message: String },
+    /// The durable consumer (or its stream) was deleted, or the stream was created again:
+    /// the publisher re-reads the stream and binds its consumer anew.
+    #[error("stream {stream} was deleted or created again (consumer {consumer} is gone)")]
+    StreamRecreated { stream: String, consumer: String },
     #[error("admin server on {addr}: {source}")]
     Admin {
         addr: std::net::SocketAddr,

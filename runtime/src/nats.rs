@@ -89,6 +89,13 @@ impl StreamSettings {
     }
 }
 
+/// The incarnation of a stream: its creation time in unix nanoseconds. A stream deleted and
+/// created again restarts its sequences at 1; records fenced by (incarnation, sequence) tell
+/// the two apart, so a recreated stream never looks older than what it replaces.
+pub fn incarnation(stream: &stream::Stream) -> u64 {
+    u64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(0)
+}
+
 /// Gets the stream (creating it when `create` and missing) and checks that the server kept
 /// every field we rely on: older servers silently drop fields they do not know.
 pub async fn ensure_stream(

@@ -42,6 +42,23 @@ impl<T> Default for Versioned<T> {
 pub struct ServiceRecord {
     pub seq: u64,
     pub claim: Option<String>,
+    /// The incarnation of the stream `seq` counts in; 0 in records written before
+    /// incarnations were kept (taken as the current one).
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+impl ServiceRecord {
+    /// Whether `d` is not newer than this fence: an older stream incarnation, or the same
+    /// one (a record without one counts as the same) at a sequence not above ours.
+    pub fn covers(&self, d: &Delivery) -> bool {
+        let ours = if self.incarnation == 0 {
+            d.incarnation
+        } else {
+            self.incarnation
+        };
+        (ours, self.seq) >= (d.incarnation, d.seq)
+    }
 }
 
 /// Everything about one projected name: who claims it, who owns it, who waits.
@@ -334,7 +351,7 @@ pub fn plan<T: Target>(
     let mut active: Vec<Active<'_, T::Meta, T::Data>> = Vec::new();
     for d in batch {
         let (_, current) = state.service(&d.event.key);
-        if current.is_some_and(|r| r.seq >= d.seq) {
+        if current.is_some_and(|r| r.covers(d)) {
             out.stale.push(d.seq);
             continue;
         }
@@ -392,6 +409,7 @@ pub fn plan<T: Target>(
                 ServiceRecord {
                     seq: d.seq,
                     claim: want.as_ref().map(|w| w.id.clone()),
+                    incarnation: d.incarnation,
                 },
             ));
             unit.seqs.push(d.seq);

@@ -189,11 +189,16 @@ pub async fn acknowledged_latest(
     ack_floor: u64,
 ) -> Result<Vec<crate::consumer::Delivery>, RuntimeError> {
     let latest = latest_per_subject(stream, &ksr_proto::subject::all_filter()).await?;
+    let incarnation = crate::nats::incarnation(stream);
     Ok(latest
         .into_iter()
         .filter(|l| l.seq <= ack_floor)
         .filter_map(|l| match l.event {
-            Ok(event) => Some(crate::consumer::Delivery { seq: l.seq, event }),
+            Ok(event) => Some(crate::consumer::Delivery {
+                seq: l.seq,
+                incarnation,
+                event,
+            }),
             Err((reason, message)) => {
                 tracing::warn!(
                     seq = l.seq,

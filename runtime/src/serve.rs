@@ -29,7 +29,9 @@ pub struct Publisher<'a, P> {
 }
 
 /// Creates the durable consumer and runs the consumer loop and the reconciliation loop until
-/// `shutdown`, then drains for at most `--drain-timeout`.
+/// `shutdown`, then drains for at most `--drain-timeout`. Returns
+/// [`RuntimeError::StreamRecreated`] when the stream was deleted or created again: the caller
+/// gets the stream anew and calls this again ([`follow_stream`]).
 ///
 /// `reconcile(ack_floor)` runs once the consumer has delivered everything pending (never
 /// before: a half-applied stream would look like drift), then every `--reconcile-interval`;
@@ -58,12 +60,14 @@ where
     let options = LoopOptions {
         batch_size: p.args.batch_size as usize,
         max_retry_delay: p.args.max_retry_delay,
+        incarnation: nats::incarnation(p.stream),
     };
     let stop = CancellationToken::new();
     let work = async {
         let consuming = async {
             let r = consumer::run(
                 consumer.clone(),
+                p.stream,
                 p.projector,
                 &options,
                 &metrics,
@@ -128,6 +132,49 @@ async fn reconcile_loop<R, Fut>(
         match reconcile(ack_floor).await {
             Ok(()) => first = false,
             Err(e) => tracing::warn!(error = %e, "reconcile failed; will retry"),
+        }
+    }
+}
+
+/// Runs `consume` against the stream `get_stream` returns, again each time the stream is
+/// deleted or created again (a lost NATS volume, `nats stream rm`, a restore): the durable
+/// consumer is created anew on the new stream and its events — newer by incarnation, whatever
+/// their sequences — are applied. Nothing is deleted because the new stream is still short:
+/// only the events it carries change anything.
+pub async fn follow_stream<G, GFut, C, CFut>(
+    health: &Health,
+    shutdown: &CancellationToken,
+    get_stream: G,
+    mut consume: C,
+) -> Result<(), RuntimeError>
+where
+    G: Fn() -> GFut,
+    GFut: Future<Output = Result<Stream, RuntimeError>>,
+    C: FnMut(Stream) -> CFut,
+    CFut: Future<Output = Result<(), RuntimeError>>,
+{
+    loop {
+        let Some(stream) = crate::retry::until_ready(shutdown, health, "stream", &get_stream).await
+        else {
+            return Ok(());
+        };
+        tracing::info!(
+            stream = stream.cached_info().config.name,
+            incarnation = nats::incarnation(&stream),
+            "following the stream"
+        );
+        match consume(stream).await {
+            Err(RuntimeError::StreamRecreated { stream, consumer }) => {
+                health.set_not_ready(format!(
+                    "stream {stream} was deleted or created again; binding {consumer} anew"
+                ));
+                tracing::warn!(
+                    stream,
+                    consumer,
+                    "the stream was deleted or created again; following the new one"
+                );
+            }
+            other => return other,
         }
     }
 }

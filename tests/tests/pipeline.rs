@@ -14,13 +14,15 @@ const WAIT: Duration = Duration::from_secs(60);
 const ROUTER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 9);
 
 struct System {
-    _nats: NatsServer,
+    nats: NatsServer,
     etcd: EtcdServer,
     consul: ConsulServer,
     east: FakeApiServer,
     west: FakeApiServer,
     _procs: Vec<Proc>,
-    _logs: tempfile::TempDir,
+    /// The two publishers (they can be stopped and started again).
+    publishers: Vec<Proc>,
+    logs: tempfile::TempDir,
 }
 
 fn spawn(
@@ -59,43 +61,51 @@ impl System {
                 ],
             )?);
         }
-        procs.push(spawn(
-            logs.path(),
-            "vulcand",
-            "ksr-publisher-vulcand",
-            &[
-                "--nats-url".into(),
-                nats.url(),
-                "--etcd-endpoints".into(),
-                etcd.endpoint(),
-                "--admin-addr".into(),
-                "127.0.0.1:0".into(),
-            ],
-        )?);
-        procs.push(spawn(
-            logs.path(),
-            "consul",
-            "ksr-publisher-consul",
-            &[
-                "--nats-url".into(),
-                nats.url(),
-                "--consul-address".into(),
-                consul.url(),
-                "--router-address".into(),
-                ROUTER.to_string(),
-                "--admin-addr".into(),
-                "127.0.0.1:0".into(),
-            ],
-        )?);
-        Ok(Self {
-            _nats: nats,
+        let mut sys = Self {
+            nats,
             etcd,
             consul,
             east,
             west,
             _procs: procs,
-            _logs: logs,
-        })
+            publishers: Vec::new(),
+            logs,
+        };
+        sys.start_publishers()?;
+        Ok(sys)
+    }
+
+    fn start_publishers(&mut self) -> anyhow::Result<()> {
+        let vulcand = spawn(
+            self.logs.path(),
+            "vulcand",
+            "ksr-publisher-vulcand",
+            &[
+                "--nats-url".into(),
+                self.nats.url(),
+                "--etcd-endpoints".into(),
+                self.etcd.endpoint(),
+                "--admin-addr".into(),
+                "127.0.0.1:0".into(),
+            ],
+        )?;
+        let consul = spawn(
+            self.logs.path(),
+            "consul",
+            "ksr-publisher-consul",
+            &[
+                "--nats-url".into(),
+                self.nats.url(),
+                "--consul-address".into(),
+                self.consul.url(),
+                "--router-address".into(),
+                ROUTER.to_string(),
+                "--admin-addr".into(),
+                "127.0.0.1:0".into(),
+            ],
+        )?;
+        self.publishers = vec![vulcand, consul];
+        Ok(())
     }
 
     /// The vulcand servers of the route for `host` (path `/.*`), from etcd.
@@ -167,6 +177,113 @@ async fn a_service_from_two_clusters_becomes_one_route_and_one_name_and_goes_awa
         anyhow::ensure!(sys.servers(host).await?.is_empty(), "route still there");
         let a = dns::query_a(sys.consul.dns_port(), host).await?;
         anyhow::ensure!(a.rcode == dns::NXDOMAIN, "name still resolves: {a:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// Every vulcand key in `etcd`.
+async fn vulcand_keys(
+    etcd: &EtcdServer,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    etcd.contents("vulcand/").await
+}
+
+/// Deletes the stream, as `nats stream rm` (or a lost volume) does, and waits until the
+/// watchers have created it again and republished their clusters' `services` Services.
+async fn recreate_stream(sys: &System, services: u64) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(async_nats::connect(sys.nats.url()).await?);
+    js.delete_stream("KSR_ROUTES").await?;
+    eventually(WAIT, || async {
+        let mut stream = js.get_stream("KSR_ROUTES").await?;
+        let n = stream.info().await?.state.messages;
+        anyhow::ensure!(n >= services, "the new stream holds {n} events");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_recreated_stream_is_followed_and_the_targets_equal_a_rebuild_from_it()
+-> anyhow::Result<()> {
+    let mut sys = System::start().await?;
+    for (api, name, ip) in [
+        (&sys.east, "a", "10.96.0.1"),
+        (&sys.east, "b", "10.96.0.2"),
+        (&sys.west, "c", "10.97.0.1"),
+    ] {
+        api.apply(Resource::Services, svc(name, ip));
+    }
+    let host = |n: &str| format!("{n}-default.test.service.consul");
+    eventually(WAIT, || async {
+        for n in ["a", "b", "c"] {
+            anyhow::ensure!(sys.servers(&host(n)).await?.len() == 1, "{n} not routed");
+            anyhow::ensure!(sys.resolves(&host(n)).await?, "{n} not resolvable");
+        }
+        Ok(())
+    })
+    .await?;
+    // A history long enough that every fence sits far above what the new stream will reach.
+    for i in 1..=40 {
+        sys.east
+            .apply(Resource::Services, svc("a", &format!("10.96.1.{i}")));
+        let want = vec![format!(r#"{{"URL":"http://10.96.1.{i}:80"}}"#)];
+        eventually(WAIT, || async {
+            anyhow::ensure!(
+                sys.servers(&host("a")).await? == want,
+                "update {i} not applied"
+            );
+            Ok(())
+        })
+        .await?;
+    }
+    let before = vulcand_keys(&sys.etcd).await?;
+
+    // The stream is deleted while every process runs: sequences restart at 1, below every
+    // fence. Nothing is lost, and changes after the recreation apply.
+    recreate_stream(&sys, 3).await?;
+    assert_eq!(
+        vulcand_keys(&sys.etcd).await?,
+        before,
+        "nothing changed, nothing lost"
+    );
+    sys.east.delete(Resource::Services, "default", "a");
+    sys.west.apply(Resource::Services, svc("d", "10.97.0.4"));
+    eventually(WAIT, || async {
+        anyhow::ensure!(sys.servers(&host("a")).await?.is_empty(), "a still routed");
+        anyhow::ensure!(!sys.resolves(&host("a")).await?, "a still resolves");
+        anyhow::ensure!(sys.servers(&host("d")).await?.len() == 1, "d not routed");
+        anyhow::ensure!(sys.resolves(&host("d")).await?, "d not resolvable");
+        Ok(())
+    })
+    .await?;
+
+    // Again while the publishers are down: they bind to the new stream when they start.
+    sys.publishers.clear();
+    recreate_stream(&sys, 3).await?;
+    sys.east.delete(Resource::Services, "default", "b");
+    sys.start_publishers()?;
+    eventually(WAIT, || async {
+        anyhow::ensure!(sys.servers(&host("b")).await?.is_empty(), "b still routed");
+        anyhow::ensure!(!sys.resolves(&host("b")).await?, "b still resolves");
+        for n in ["c", "d"] {
+            anyhow::ensure!(sys.servers(&host(n)).await?.len() == 1, "{n} not routed");
+            anyhow::ensure!(sys.resolves(&host(n)).await?, "{n} not resolvable");
+        }
+        Ok(())
+    })
+    .await?;
+
+    // etcd equals a rebuild from the new stream into an empty etcd, key by key.
+    let empty = EtcdServer::start().await?;
+    let rebuild = Command::new(workspace_binary("ksrctl")?)
+        .args(["rebuild", "vulcand", "--nats-url", &sys.nats.url()])
+        .args(["--etcd-endpoints", &empty.endpoint()])
+        .output()?;
+    anyhow::ensure!(rebuild.status.success(), "{rebuild:?}");
+    eventually(WAIT, || async {
+        let (live, rebuilt) = (vulcand_keys(&sys.etcd).await?, vulcand_keys(&empty).await?);
+        anyhow::ensure!(live == rebuilt, "live {live:#?}\nrebuilt {rebuilt:#?}");
         Ok(())
     })
     .await

@@ -94,6 +94,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         Publisher::new(
             js,
             stream,
+            settings,
+            config.create_stream,
             &config.cluster,
             &config.observer,
             metrics.clone(),

@@ -16,6 +16,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self};
+use ksr_runtime::nats;
 
 use ksr_proto::{Change, Event, RouteState, ServiceKey, codec, subject};
 use ksr_runtime::replay;
@@ -59,7 +60,11 @@ pub struct Origin {
 #[derive(Debug, Clone)]
 pub struct Publisher {
     js: jetstream::Context,
-    stream: Stream,
+    /// The stream as last found: got anew at every [`Publisher::load`], so a stream that was
+    /// deleted is created again (when allowed) and a recreated one is followed.
+    stream: std::sync::Arc<std::sync::Mutex<Stream>>,
+    settings: nats::StreamSettings,
+    create: bool,
     cluster: String,
     observer: String,
     metrics: WatcherMetrics,
@@ -69,24 +74,58 @@ impl Publisher {
     pub fn new(
         js: jetstream::Context,
         stream: Stream,
+        settings: nats::StreamSettings,
+        create: bool,
         cluster: &str,
         observer: &str,
         metrics: WatcherMetrics,
     ) -> Self {
         Self {
             js,
-            stream,
+            stream: std::sync::Arc::new(std::sync::Mutex::new(stream)),
+            settings,
+            create,
             cluster: cluster.to_owned(),
             observer: observer.to_owned(),
             metrics,
         }
     }
 
-    /// The last message of every subject of this cluster.
+    fn stream(&self) -> Stream {
+        self.stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the stream is gone or was created again since it was last got (then the next
+    /// [`Publisher::load`] follows the new one).
+    pub async fn stream_changed(&self) -> bool {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        match self.js.get_stream(&self.settings.name).await {
+            Ok(now) => nats::incarnation(&now) != nats::incarnation(&self.stream()),
+            // Only a stream the server says is gone; not NATS being unreachable.
+            Err(e) => matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND),
+        }
+    }
+
+    /// The last message of every subject of this cluster, from the stream as it is now: a
+    /// stream that vanished is created again (when `--create-stream` allows), and then this
+    /// cluster's full state is republished by the diff that follows (it knows nothing).
     pub async fn load(&self) -> Result<HashMap<ServiceKey, Known>, Error> {
+        let before = nats::incarnation(&self.stream());
+        let stream = nats::ensure_stream(&self.js, &self.settings, self.create).await?;
+        if nats::incarnation(&stream) != before {
+            tracing::warn!(
+                cluster = self.cluster,
+                stream = self.settings.name,
+                "the stream was deleted or created again: republishing this cluster's state"
+            );
+        }
+        *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = stream.clone();
         let latest =
-            replay::latest_per_subject(&self.stream, &subject::cluster_filter(&self.cluster))
-                .await?;
+            replay::latest_per_subject(&stream, &subject::cluster_filter(&self.cluster)).await?;
         let mut known = HashMap::with_capacity(latest.len());
         for l in latest {
             let Ok(key) = subject::parse_subject(&l.subject) else {
@@ -125,7 +164,7 @@ impl Publisher {
     /// Reads one subject's last message.
     pub async fn load_subject(&self, key: &ServiceKey) -> Result<Option<Known>, Error> {
         match self
-            .stream
+            .stream()
             .get_last_raw_message_by_subject(&subject::subject(key))
             .await
         {

@@ -40,6 +40,9 @@ enum Desired {
     Unroutable(Rejection, Origin),
 }
 
+/// How often the watcher checks that its stream is still the one it publishes to.
+const STREAM_CHECK: Duration = Duration::from_secs(2);
+
 /// Settings of the loop.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -207,6 +210,9 @@ impl Runner {
         let mut ready = false;
         let mut tick = tokio::time::interval(self.config.window);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A stream deleted or created again while nothing changes is noticed here.
+        let mut stream_check = tokio::time::interval(STREAM_CHECK);
+        stream_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -228,6 +234,12 @@ impl Runner {
                     let outcome = self.inventory.apply(event);
                     dirty.extend(outcome.dirty);
                     full |= outcome.resynced;
+                }
+                _ = stream_check.tick() => {
+                    if self.publisher.stream_changed().await {
+                        tracing::warn!(cluster = self.config.cluster, "the stream is gone or was created again");
+                        reload = true;
+                    }
                 }
                 Some(reply) = confirmations.recv() => {
                     let n = self.held.len();

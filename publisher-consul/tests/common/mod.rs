@@ -184,7 +184,7 @@ pub async fn rebuilt_from_latest(
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let bench = Bench::start().await?;
     let p = bench.projector().await?;
-    for chunk in ksr_runtime::consumer::coalesce(history.to_vec()).chunks(500) {
+    for chunk in ksr_runtime::consumer::coalesce(history.to_vec(), 1).chunks(500) {
         p.apply_batch(chunk).await?;
     }
     bench.content().await

@@ -128,7 +128,7 @@ pub async fn rebuilt_from_latest(
         ksr_publisher_vulcand::publisher::metrics(&registry),
     )
     .await?;
-    let latest: Vec<Delivery> = coalesce(history.to_vec());
+    let latest: Vec<Delivery> = coalesce(history.to_vec(), 1);
     for chunk in latest.chunks(500) {
         p.apply_batch(chunk).await?;
     }
