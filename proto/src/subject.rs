@@ -10,6 +10,10 @@ pub const DEFAULT_STREAM: &str = "KSR_ROUTES";
 pub const SUBJECT_PREFIX: &str = "ksr.routes";
 /// Header: the envelope's schema version, so tools can filter without decoding.
 pub const HEADER_SCHEMA: &str = "Ksr-Schema";
+/// Header naming what the publishing watcher watches (Kubernetes: `k8s:<kube-system UID>`;
+/// files: `files:<digest of the directory>`), so a second watcher given the same
+/// `--cluster` for another cluster is detected.
+pub const HEADER_CLUSTER_ID: &str = "Ksr-Cluster-Id";
 /// Header: `added`, `updated` or `removed`.
 pub const HEADER_KIND: &str = "Ksr-Kind";
 /// Header: the cluster the event comes from.

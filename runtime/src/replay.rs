@@ -25,6 +25,8 @@ pub struct Latest {
     pub subject: String,
     /// The event, or why it could not be decoded (reason label, message).
     pub event: Result<Event, (&'static str, String)>,
+    /// The identity of the cluster its watcher watched (`Ksr-Cluster-Id`), when it says.
+    pub cluster_id: Option<String>,
 }
 
 /// The newest message of every subject matching `filter`, in stream order.
@@ -172,11 +174,17 @@ impl Replay {
         let published_unix_ns =
             i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         self.done = pending == 0 && !self.follow;
+        let cluster_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ksr_proto::subject::HEADER_CLUSTER_ID))
+            .map(|v| v.as_str().to_owned());
         Ok(Some(Latest {
             seq,
             published_unix_ns,
             subject: msg.subject.to_string(),
             event: crate::consumer::decode_message(&msg),
+            cluster_id,
         }))
     }
 }

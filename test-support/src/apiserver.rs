@@ -71,6 +71,9 @@ struct Store {
     watches: HashMap<Resource, usize>,
     last_list: Option<std::time::Instant>,
     hang_watches: usize,
+    /// The UID of this cluster's `kube-system` namespace (its identity to the watcher).
+    cluster_uid: String,
+    namespace_gets: usize,
 }
 
 #[derive(Clone)]
@@ -103,15 +106,33 @@ impl Drop for FakeApiServer {
 }
 
 impl FakeApiServer {
+    /// A cluster of its own: a `kube-system` UID no other fake apiserver has.
     pub async fn start() -> anyhow::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::start_with_uid(&format!(
+            "{:08x}-0000-4000-8000-{n:012x}",
+            std::process::id()
+        ))
+        .await
+    }
+
+    /// Another apiserver of the cluster whose `kube-system` namespace has `uid` (a restore, a
+    /// replacement control plane).
+    pub async fn start_with_uid(uid: &str) -> anyhow::Result<Self> {
+        let store = Store {
+            cluster_uid: uid.to_owned(),
+            ..Store::default()
+        };
         let shared = Shared {
-            store: Arc::default(),
+            store: Arc::new(Mutex::new(store)),
             changed: broadcast::channel(1024).0,
             dropped: broadcast::channel(16).0,
         };
         let app = Router::new()
             .route("/api/v1/services", get(services))
             .route("/apis/discovery.k8s.io/v1/endpointslices", get(slices))
+            .route("/api/v1/namespaces/kube-system", get(kube_system))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -125,6 +146,16 @@ impl FakeApiServer {
             dropped: shared.dropped,
             task,
         })
+    }
+
+    /// The UID of the `kube-system` namespace this apiserver serves.
+    pub fn cluster_uid(&self) -> String {
+        self.lock().cluster_uid.clone()
+    }
+
+    /// How many times the `kube-system` namespace was read.
+    pub fn namespace_gets(&self) -> usize {
+        self.lock().namespace_gets
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -251,6 +282,20 @@ fn matches(selector: &LabelSelector, object: &Value) -> bool {
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
+}
+
+/// `GET /api/v1/namespaces/kube-system`: the namespace whose UID identifies the cluster.
+async fn kube_system(State(s): State<Shared>) -> Response {
+    let uid = {
+        let mut store = s.lock();
+        store.namespace_gets += 1;
+        store.cluster_uid.clone()
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "kube-system", "uid": uid, "resourceVersion": "1"}}),
+    )
 }
 
 async fn services(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {

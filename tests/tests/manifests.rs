@@ -270,6 +270,9 @@ async fn the_watcher_role_grants_exactly_the_calls_the_watcher_makes() -> anyhow
             used.insert((group.to_owned(), name.to_owned(), "watch".to_owned()));
         }
     }
+    if api.namespace_gets() > 0 {
+        used.insert(("".to_owned(), "namespaces".to_owned(), "get".to_owned()));
+    }
     assert_eq!(
         granted, used,
         "RBAC must grant exactly what the watcher calls"

@@ -48,12 +48,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
 
     let watch_slices = config.address_mode == AddressMode::Endpoints;
-    let events = match config.source {
+    let (events, cluster_id) = match config.source {
         SourceKind::Files => {
             let dir = config.manifests.clone().ok_or_else(|| {
                 Error::Config("--manifests is required with --source files".into())
             })?;
-            source::files::source(dir, config.manifests_poll).boxed()
+            let id = source::files::identity(&dir);
+            (
+                source::files::source(dir, config.manifests_poll).boxed(),
+                id,
+            )
         }
         SourceKind::Kubernetes => {
             let Some(client) = until_ready(&shutdown, &health, "kubernetes", || {
@@ -63,8 +67,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             else {
                 return Ok(());
             };
-            source::kube::source(client, &config.kube, config.selector.as_str(), watch_slices)
-                .boxed()
+            let Some(id) = until_ready(&shutdown, &health, "cluster identity", || {
+                source::kube::cluster_identity(&client)
+            })
+            .await
+            else {
+                return Ok(());
+            };
+            let events =
+                source::kube::source(client, &config.kube, config.selector.as_str(), watch_slices);
+            (events.boxed(), id)
         }
     };
     let runner = Runner::new(
@@ -72,6 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             cluster: config.cluster.clone(),
             selector: config.selector.clone(),
             window: config.coalesce_window,
+            adopt: config.adopt_cluster,
             guard: RemovalGuard {
                 max: config.max_removals,
                 percent: config.max_removal_percent,
@@ -97,13 +110,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             settings,
             config.create_stream,
             &config.cluster,
+            &cluster_id,
             &config.observer,
             metrics.clone(),
         ),
         metrics,
         health,
     );
-    tracing::info!(cluster = config.cluster, source = ?config.source, selector = config.selector.as_str(), "watching");
+    tracing::info!(cluster = config.cluster, cluster_id, source = ?config.source, selector = config.selector.as_str(), "watching");
     let result = runner.run(events, confirmations, shutdown).await;
     let _ = admin_task.await;
     result

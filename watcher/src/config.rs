@@ -118,6 +118,11 @@ pub struct Config {
     /// `--max-removals` without confirmation.
     #[arg(long = "max-removal-percent", env = "KSR_MAX_REMOVAL_PERCENT", default_value_t = 30, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub max_removal_percent: u8,
+    /// Take over `--cluster` although the stream holds it for another cluster (its events
+    /// carry another identity: another apiserver's kube-system UID, another directory).
+    /// Without it such a watcher refuses to publish.
+    #[arg(long = "adopt-cluster", env = "KSR_ADOPT_CLUSTER")]
+    pub adopt_cluster: bool,
     /// Publish every removal a full diff finds, however many (no confirmation needed).
     #[arg(long = "allow-mass-removal", env = "KSR_ALLOW_MASS_REMOVAL")]
     pub allow_mass_removal: bool,

@@ -31,6 +31,8 @@ pub struct Known {
     /// `None` when that message could not be decoded.
     pub event: Option<Event>,
     pub msg_id: Option<String>,
+    /// The identity of the cluster whose watcher wrote it (`Ksr-Cluster-Id`), when it says.
+    pub cluster_id: Option<String>,
 }
 
 impl Known {
@@ -66,6 +68,8 @@ pub struct Publisher {
     settings: nats::StreamSettings,
     create: bool,
     cluster: String,
+    /// What this watcher watches ([`subject::HEADER_CLUSTER_ID`]).
+    cluster_id: String,
     observer: String,
     metrics: WatcherMetrics,
 }
@@ -77,6 +81,7 @@ impl Publisher {
         settings: nats::StreamSettings,
         create: bool,
         cluster: &str,
+        cluster_id: &str,
         observer: &str,
         metrics: WatcherMetrics,
     ) -> Self {
@@ -86,9 +91,14 @@ impl Publisher {
             settings,
             create,
             cluster: cluster.to_owned(),
+            cluster_id: cluster_id.to_owned(),
             observer: observer.to_owned(),
             metrics,
         }
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     fn stream(&self) -> Stream {
@@ -155,6 +165,7 @@ impl Publisher {
                     seq: l.seq,
                     event,
                     msg_id: None,
+                    cluster_id: l.cluster_id,
                 },
             );
         }
@@ -169,14 +180,12 @@ impl Publisher {
             .await
         {
             Ok(msg) => {
-                let msg_id = msg
-                    .headers
-                    .get(async_nats::header::NATS_MESSAGE_ID)
-                    .map(|v| v.as_str().to_owned());
+                let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
                 Ok(Some(Known {
                     seq: msg.sequence,
                     event: codec::decode(&msg.payload).ok(),
-                    msg_id,
+                    msg_id: header(async_nats::header::NATS_MESSAGE_ID.as_ref()),
+                    cluster_id: header(subject::HEADER_CLUSTER_ID),
                 }))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -259,6 +268,7 @@ impl Publisher {
                         seq,
                         event: Some(event),
                         msg_id: Some(msg_id),
+                        cluster_id: Some(self.cluster_id.clone()),
                     }));
                 }
                 None => {
@@ -300,6 +310,7 @@ impl Publisher {
         );
         headers.insert(subject::HEADER_KIND, event.kind().as_str());
         headers.insert(subject::HEADER_CLUSTER, self.cluster.as_str());
+        headers.insert(subject::HEADER_CLUSTER_ID, self.cluster_id.as_str());
         let message = PublishMessage::build()
             .payload(payload.into())
             .headers(headers)

@@ -50,6 +50,8 @@ pub struct RunnerConfig {
     pub selector: LabelSelector,
     pub window: Duration,
     pub guard: RemovalGuard,
+    /// Publish although the stream holds this cluster name for another cluster identity.
+    pub adopt: bool,
 }
 
 /// An operator's confirmation of held removals; answered with how many are released.
@@ -202,6 +204,28 @@ impl Runner {
             return Ok(());
         };
         self.known = known;
+        if let Some(theirs) = self.foreign_identity() {
+            let ours = self.publisher.cluster_id().to_owned();
+            if !self.config.adopt {
+                let why = format!(
+                    "refusing to publish: the stream holds cluster {} for another cluster \
+                     (its events come from {theirs}, this watcher watches {ours}: another \
+                     apiserver, or a copied --cluster?). Give this cluster its own --cluster, or \
+                     restart with --adopt-cluster to take the name over deliberately",
+                    self.config.cluster
+                );
+                tracing::error!(cluster = self.config.cluster, theirs, ours, "{why}");
+                self.health.set_not_ready(why);
+                shutdown.cancelled().await;
+                return Ok(());
+            }
+            tracing::warn!(
+                cluster = self.config.cluster,
+                theirs,
+                ours,
+                "adopting the cluster name (--adopt-cluster)"
+            );
+        }
         self.health.set_not_ready("waiting for the first full list");
         let mut source = std::pin::pin!(source);
         let mut dirty: BTreeSet<ObjKey> = BTreeSet::new();
@@ -295,6 +319,17 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Another cluster identity the stream's events of this cluster name carry, if any
+    /// (events without one, from older watchers, say nothing).
+    fn foreign_identity(&self) -> Option<String> {
+        let ours = self.publisher.cluster_id();
+        self.known
+            .values()
+            .filter_map(|k| k.cluster_id.as_deref())
+            .find(|id| *id != ours)
+            .map(str::to_owned)
     }
 
     /// What `/readyz` says while removals are held.

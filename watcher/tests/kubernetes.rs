@@ -406,8 +406,9 @@ async fn a_watcher_restarted_on_an_empty_apiserver_or_a_selector_that_matches_no
     );
     w.shutdown().await?;
 
-    // An empty apiserver (the same cluster name): held as well, and released on confirmation.
-    let empty = FakeApiServer::start().await?;
+    // An empty apiserver of the same cluster (a restored or replaced control plane): held as
+    // well, and released on confirmation.
+    let empty = FakeApiServer::start_with_uid(&api.cluster_uid()).await?;
     let w = kube_watcher(&bench, &empty, &[]);
     eventually(WAIT, || async {
         let held = w.metric("ksr_watcher_held_removals").await;
@@ -424,5 +425,62 @@ async fn a_watcher_restarted_on_an_empty_apiserver_or_a_selector_that_matches_no
     bench.wait_events_unordered(&all_ref).await?;
     w.ready().await?;
     assert_eq!(w.metric("ksr_watcher_held_removals").await, 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_watcher_given_the_same_cluster_name_for_another_cluster_is_refused_unless_it_adopts()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    api.apply(
+        Resource::Services,
+        svc("default", "web", "10.96.0.1", json!({})),
+    );
+    let first = kube_watcher(&bench, &api, &[]);
+    first.ready().await?;
+    bench.wait_events(&[(Added, "default/web")]).await?;
+
+    // A copy-pasted manifest: same --cluster, another apiserver (another kube-system UID).
+    let other = FakeApiServer::start().await?;
+    other.apply(
+        Resource::Services,
+        svc("default", "api", "10.96.0.2", json!({})),
+    );
+    let second = kube_watcher(&bench, &other, &[]);
+    eventually(WAIT, || async {
+        let (status, text) = second
+            .readyz()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+        anyhow::ensure!(
+            status == 503 && text.contains("refusing to publish"),
+            "{text}"
+        );
+        anyhow::ensure!(
+            text.contains(&other.cluster_uid()) && text.contains("--adopt-cluster"),
+            "{text}"
+        );
+        Ok(())
+    })
+    .await?;
+    // Replicas of the same cluster keep working together.
+    let replica = kube_watcher(&bench, &api, &[]);
+    replica.ready().await?;
+    bench.wait_events(&[(Added, "default/web")]).await?;
+    second.shutdown().await?;
+    first.shutdown().await?;
+    replica.shutdown().await?;
+
+    // Deliberately: it takes the name over (its own state replaces the other's).
+    let adopter = kube_watcher(&bench, &other, &["--adopt-cluster", "--allow-mass-removal"]);
+    adopter.ready().await?;
+    bench
+        .wait_events_unordered(&[
+            (Added, "default/web"),
+            (Added, "default/api"),
+            (Removed, "default/web"),
+        ])
+        .await?;
     Ok(())
 }

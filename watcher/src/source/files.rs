@@ -82,6 +82,14 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Polls `dir` every `interval`; emits a full relist at start and after every change.
+/// The identity of a manifest directory: a digest of its canonical path (stable across
+/// restarts; a copy of the directory elsewhere is another cluster).
+pub fn identity(dir: &std::path::Path) -> String {
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let digest = ksr_proto::subject::fnv1a(canonical.to_string_lossy().as_bytes());
+    format!("files:{digest:016x}")
+}
+
 pub fn source(dir: PathBuf, interval: Duration) -> impl Stream<Item = SourceEvent> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {

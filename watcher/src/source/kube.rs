@@ -28,6 +28,21 @@ pub struct KubeArgs {
 
 /// A client from `--kube-url`, else from KUBECONFIG / ~/.kube/config / the in-cluster
 /// service account (bearer token, CA verification on).
+/// The identity of the cluster `client` talks to: the UID of its `kube-system` namespace
+/// (created once with the cluster, the same through every apiserver of it).
+pub async fn cluster_identity(client: &kube::Client) -> Result<String, Error> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let ns = api.get("kube-system").await.map_err(|e| {
+        Error::Source(format!(
+            "reading namespace kube-system (its UID names the cluster): {e}"
+        ))
+    })?;
+    ns.metadata
+        .uid
+        .map(|uid| format!("k8s:{uid}"))
+        .ok_or_else(|| Error::Source("namespace kube-system has no UID".into()))
+}
+
 pub async fn client(args: &KubeArgs) -> Result<kube::Client, Error> {
     match &args.url {
         Some(url) => {
