@@ -13,7 +13,7 @@ use crate::guard::RemovalGuard;
 use crate::inventory::Inventory;
 use crate::metrics::WatcherMetrics;
 use crate::normalize::{AddressMode, Normalizer};
-use crate::publish::Publisher;
+use crate::publish::{Identity, Publisher};
 use crate::runner::{Confirmation, Runner, RunnerConfig};
 use crate::source;
 
@@ -109,9 +109,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             stream,
             settings,
             config.create_stream,
-            &config.cluster,
-            &cluster_id,
-            &config.observer,
+            Identity {
+                cluster: config.cluster.clone(),
+                cluster_id: cluster_id.clone(),
+                observer: config.observer.clone(),
+            },
             metrics.clone(),
         ),
         metrics,

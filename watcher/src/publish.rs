@@ -74,15 +74,23 @@ pub struct Publisher {
     metrics: WatcherMetrics,
 }
 
+/// Who publishes: the cluster name, what it watches and the observing watcher.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cluster: String,
+    /// [`subject::HEADER_CLUSTER_ID`]: the kube-system UID, or a directory digest.
+    pub cluster_id: String,
+    pub observer: String,
+}
+
 impl Publisher {
+    /// `create`: whether a stream that vanished may be created again.
     pub fn new(
         js: jetstream::Context,
         stream: Stream,
         settings: nats::StreamSettings,
         create: bool,
-        cluster: &str,
-        cluster_id: &str,
-        observer: &str,
+        who: Identity,
         metrics: WatcherMetrics,
     ) -> Self {
         Self {
@@ -90,9 +98,9 @@ impl Publisher {
             stream: std::sync::Arc::new(std::sync::Mutex::new(stream)),
             settings,
             create,
-            cluster: cluster.to_owned(),
-            cluster_id: cluster_id.to_owned(),
-            observer: observer.to_owned(),
+            cluster: who.cluster,
+            cluster_id: who.cluster_id,
+            observer: who.observer,
             metrics,
         }
     }
