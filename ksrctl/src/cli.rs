@@ -274,6 +274,15 @@ pub enum Command {
         #[arg(long = "cluster", value_parser = ksr_runtime::config::parse_dns_label)]
         cluster: String,
     },
+    /// Removes every route of a decommissioned cluster (publishes `Removed` for each of its
+    /// live Services); refuses while a watcher of that cluster runs.
+    RetireCluster {
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// The cluster to retire.
+        #[arg(value_parser = ksr_runtime::config::parse_dns_label)]
+        cluster: String,
+    },
     /// The stream, its consumers' lag, each cluster's last event, the newest checkpoint.
     Status {
         #[command(flatten)]

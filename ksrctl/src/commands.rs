@@ -324,6 +324,9 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             follow,
         } => checkpointer::run(&stream, &checkpoints, every, follow).await,
         Command::ConfirmRemovals { stream, cluster } => confirm_removals(&stream, &cluster).await,
+        Command::RetireCluster { stream, cluster } => {
+            crate::retire::retire(&stream, &cluster).await
+        }
         Command::Verify { target } => verify::verify(&target).await,
         Command::Rebuild { dry_run, target } => verify::rebuild(&target, dry_run).await,
         Command::Status {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod commands;
 pub mod history;
 pub mod read;
+pub mod retire;
 pub mod routes;
 pub mod status;
 pub mod targets;

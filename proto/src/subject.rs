@@ -38,6 +38,12 @@ pub fn confirm_removals_subject(cluster: &str) -> String {
     format!("ksr.control.{cluster}.confirm-removals")
 }
 
+/// Where a watcher of `cluster` answers "are you there?" (core NATS request/reply; `ksrctl
+/// retire-cluster` refuses while one answers).
+pub fn watcher_ping_subject(cluster: &str) -> String {
+    format!("ksr.control.{cluster}.ping")
+}
+
 /// All event subjects: `ksr.routes.>`.
 pub fn all_filter() -> String {
     format!("{SUBJECT_PREFIX}.>")

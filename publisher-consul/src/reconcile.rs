@@ -28,6 +28,8 @@ pub struct ReconcileReport {
     pub replayed: u64,
     pub registered: u64,
     pub deregistered: u64,
+    /// Tombstones that protected nothing any more, deleted.
+    pub collected: u64,
 }
 
 /// Creates our node if missing and (re-)registers the router for `environment`.
@@ -144,11 +146,42 @@ pub async fn reconcile(
             report.deregistered += 1;
         }
     }
+    report.collected = collect_tombstones(p, stream).await?;
+    if report.collected > 0 {
+        tracing::info!(
+            collected = report.collected,
+            "reconcile collected tombstones that protect nothing"
+        );
+    }
     let m = p.metrics();
     m.repairs.inc_by(report.registered + report.deregistered);
     m.reconcile_runs.inc();
-    if report != ReconcileReport::default() {
+    if report.replayed + report.registered + report.deregistered > 0 {
         tracing::warn!(?report, "reconcile repaired drift");
     }
     Ok(report)
+}
+
+/// Deletes the tombstones no event can outdate any more
+/// ([`ksr_runtime::plan::State::collectable_tombstones`]), each guarded by its index.
+async fn collect_tombstones(p: &ConsulProjector, stream: &Stream) -> Result<u64, Error> {
+    let info = stream.get_info().await.map_err(|e| {
+        Error::Runtime(ksr_runtime::RuntimeError::Stream {
+            stream: stream.cached_info().config.name.clone(),
+            message: format!("reading its state: {e}"),
+        })
+    })?;
+    let incarnation = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+    let state = p.snapshot().await?;
+    let mut collected = 0;
+    for (key, index) in state.collectable_tombstones(incarnation, info.state.first_sequence) {
+        let ops = vec![TxnOp::KvDeleteCas {
+            key: p.layout().service_record_key(&key),
+            index,
+        }];
+        if matches!(p.client().txn(&ops).await?, TxnOutcome::Committed(_)) {
+            collected += 1;
+        }
+    }
+    Ok(collected)
 }

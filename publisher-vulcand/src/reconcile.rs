@@ -34,6 +34,8 @@ pub struct ReconcileReport {
     pub puts: u64,
     /// vulcand keys of ours deleted.
     pub deletes: u64,
+    /// Tombstones that protected nothing any more, deleted.
+    pub collected: u64,
 }
 
 /// Runs both passes; `ack_floor` is the consumer's acknowledged stream sequence.
@@ -55,7 +57,14 @@ pub async fn reconcile(
     let (puts, deletes) = repair_keys(projector).await?;
     report.puts = puts;
     report.deletes = deletes;
-    if report != ReconcileReport::default() {
+    report.collected = collect_tombstones(projector, stream).await?;
+    if report.collected > 0 {
+        tracing::info!(
+            collected = report.collected,
+            "reconcile collected tombstones that protect nothing"
+        );
+    }
+    if report.replayed + report.puts + report.deletes > 0 {
         tracing::warn!(?report, "reconcile repaired drift");
     } else {
         tracing::debug!("reconcile found no drift");
@@ -67,6 +76,35 @@ pub async fn reconcile(
         .reconcile_seconds
         .set(started.elapsed().as_secs_f64());
     Ok(report)
+}
+
+/// Deletes the tombstones no event can outdate any more ([`State::collectable_tombstones`]),
+/// each guarded by its revision, so records do not grow without bound (retired clusters,
+/// recreated streams, retention).
+///
+/// [`State::collectable_tombstones`]: ksr_runtime::plan::State::collectable_tombstones
+async fn collect_tombstones(projector: &VulcandProjector, stream: &Stream) -> Result<u64, Error> {
+    let info = stream.get_info().await.map_err(|e| {
+        Error::Runtime(ksr_runtime::RuntimeError::Stream {
+            stream: stream.cached_info().config.name.clone(),
+            message: format!("reading its state: {e}"),
+        })
+    })?;
+    let incarnation = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+    let state = projector.snapshot().await?;
+    let mut collected = 0;
+    for (key, rev) in state.collectable_tombstones(incarnation, info.state.first_sequence) {
+        let record = projector.layout().service_record_key(&key);
+        let mut w = Write {
+            compares: vec![(record.clone(), rev)],
+            ops: Vec::new(),
+        };
+        w.delete(record);
+        if store::commit(&mut projector.kv(), w).await?.is_some() {
+            collected += 1;
+        }
+    }
+    Ok(collected)
 }
 
 async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> {

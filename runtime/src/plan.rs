@@ -154,6 +154,26 @@ impl<M, D> State<M, D> {
         (self.named, self.in_conflict)
     }
 
+    /// Tombstones (fences of removed Services) that protect nothing any more: no event of
+    /// their Service at or below their sequence can be delivered again, because the stream
+    /// is another incarnation, or its first remaining sequence is above theirs (retention
+    /// dropped everything older). With their revisions, for a guarded delete.
+    pub fn collectable_tombstones(
+        &self,
+        incarnation: u64,
+        first_seq: u64,
+    ) -> Vec<(ServiceKey, u64)> {
+        self.services
+            .iter()
+            .filter_map(|(key, v)| {
+                let r = v.value.as_ref()?;
+                let other_stream = r.incarnation != 0 && r.incarnation != incarnation;
+                (r.claim.is_none() && (other_stream || r.seq < first_seq))
+                    .then(|| (key.clone(), v.rev))
+            })
+            .collect()
+    }
+
     /// Quarantines a record that could not be read (at revision `rev`, stored at `store_key`):
     /// it is held as absent with its revision, so the next write for it replaces it. The
     /// fences of Services claiming an unreadable name record are forgotten as well (kept as
@@ -542,6 +562,36 @@ mod tests {
             rev: 1,
             value: Some(r),
         }
+    }
+
+    #[test]
+    fn only_tombstones_that_protect_nothing_are_collectable() {
+        let mut s: State<(), ()> = State::default();
+        let put = |s: &mut State<(), ()>, name: &str, seq, claim: Option<&str>, inc| {
+            s.services.insert(
+                ServiceKey::new("east", "default", name),
+                Versioned {
+                    rev: seq,
+                    value: Some(ServiceRecord {
+                        seq,
+                        claim: claim.map(str::to_owned),
+                        incarnation: inc,
+                    }),
+                },
+            );
+        };
+        put(&mut s, "live", 5, Some("host"), 7);
+        put(&mut s, "old-stream", 90, None, 3);
+        put(&mut s, "purged", 4, None, 7);
+        put(&mut s, "kept", 40, None, 7);
+        put(&mut s, "legacy", 4, None, 0);
+        let mut got: Vec<String> = s
+            .collectable_tombstones(7, 10)
+            .into_iter()
+            .map(|(k, _)| k.name)
+            .collect();
+        got.sort();
+        assert_eq!(got, vec!["legacy", "old-stream", "purged"]);
     }
 
     #[test]

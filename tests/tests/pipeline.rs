@@ -19,7 +19,8 @@ struct System {
     consul: ConsulServer,
     east: FakeApiServer,
     west: FakeApiServer,
-    _procs: Vec<Proc>,
+    /// The watchers of east and west, in that order.
+    watchers: Vec<Proc>,
     /// The two publishers (they can be stopped and started again).
     publishers: Vec<Proc>,
     logs: tempfile::TempDir,
@@ -67,7 +68,7 @@ impl System {
             consul,
             east,
             west,
-            _procs: procs,
+            watchers: procs,
             publishers: Vec::new(),
             logs,
         };
@@ -283,6 +284,83 @@ async fn a_recreated_stream_is_followed_and_the_targets_equal_a_rebuild_from_it(
     anyhow::ensure!(rebuild.status.success(), "{rebuild:?}");
     eventually(WAIT, || async {
         let (live, rebuilt) = (vulcand_keys(&sys.etcd).await?, vulcand_keys(&empty).await?);
+        anyhow::ensure!(live == rebuilt, "live {live:#?}\nrebuilt {rebuilt:#?}");
+        Ok(())
+    })
+    .await
+}
+
+fn ksrctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(workspace_binary("ksrctl")?)
+        .args(args)
+        .output()?)
+}
+
+#[tokio::test]
+async fn a_retired_cluster_loses_exactly_its_routes_and_its_tombstones_are_collected()
+-> anyhow::Result<()> {
+    let mut sys = System::start().await?;
+    sys.east.apply(Resource::Services, svc("a", "10.96.0.1"));
+    sys.east.apply(Resource::Services, svc("b", "10.96.0.2"));
+    sys.west.apply(Resource::Services, svc("c", "10.97.0.1"));
+    let host = |n: &str| format!("{n}-default.test.service.consul");
+    eventually(WAIT, || async {
+        for n in ["a", "b", "c"] {
+            anyhow::ensure!(sys.servers(&host(n)).await?.len() == 1, "{n} not routed");
+        }
+        Ok(())
+    })
+    .await?;
+    let url = sys.nats.url();
+
+    // Refused while the cluster's watcher runs.
+    let refused = ksrctl(&["retire-cluster", "east", "--nats-url", &url])?;
+    assert!(!refused.status.success(), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("a watcher of cluster east is running"),
+        "{err}"
+    );
+
+    sys.watchers.remove(0);
+    let retired = ksrctl(&["retire-cluster", "east", "--nats-url", &url])?;
+    assert!(retired.status.success(), "{retired:?}");
+    let out = String::from_utf8_lossy(&retired.stdout);
+    assert!(out.contains("2 Services removed"), "{out}");
+    eventually(WAIT, || async {
+        for n in ["a", "b"] {
+            anyhow::ensure!(sys.servers(&host(n)).await?.is_empty(), "{n} still routed");
+            anyhow::ensure!(!sys.resolves(&host(n)).await?, "{n} still resolves");
+        }
+        anyhow::ensure!(sys.servers(&host("c")).await?.len() == 1, "west lost c");
+        anyhow::ensure!(sys.resolves(&host("c")).await?, "west lost c's name");
+        Ok(())
+    })
+    .await?;
+
+    // The tombstones of a and b protect nothing once no event of theirs can come again
+    // (here: the stream is created again): the publishers' reconciliation collects them, and
+    // etcd, records included, equals a rebuild from the stream.
+    recreate_stream(&sys, 1).await?;
+    let empty = EtcdServer::start().await?;
+    eventually(WAIT, || async {
+        let fences = sys.etcd.contents("ksr/ksr/vulcand/services/east/").await?;
+        anyhow::ensure!(fences.is_empty(), "tombstones left: {fences:?}");
+        Ok(())
+    })
+    .await?;
+    let rebuild = ksrctl(&[
+        "rebuild",
+        "vulcand",
+        "--nats-url",
+        &url,
+        "--etcd-endpoints",
+        &empty.endpoint(),
+    ])?;
+    anyhow::ensure!(rebuild.status.success(), "{rebuild:?}");
+    eventually(WAIT, || async {
+        let live = sys.etcd.contents("").await?;
+        let rebuilt = empty.contents("").await?;
         anyhow::ensure!(live == rebuilt, "live {live:#?}\nrebuilt {rebuilt:#?}");
         Ok(())
     })

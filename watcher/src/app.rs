@@ -32,6 +32,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let client = nats::connect(&config.nats, &format!("ksr-watcher-{}", config.cluster)).await?;
     let confirmations = listen_for_confirmations(client.clone(), &config.cluster).await?;
+    answer_pings(client.clone(), &config.cluster, &config.observer).await?;
     let js = async_nats::jetstream::new(client);
     let mut settings = if config.cluster_stream {
         nats::StreamSettings::cluster(&config.nats.stream, &config.cluster)
@@ -149,4 +150,25 @@ async fn listen_for_confirmations(
         }
     });
     Ok(rx)
+}
+
+/// Answers `ksr.control.<cluster>.ping` with the observer's name while this watcher runs, so
+/// `ksrctl retire-cluster` can tell that the cluster is not retired yet.
+async fn answer_pings(
+    client: async_nats::Client,
+    cluster: &str,
+    observer: &str,
+) -> Result<(), Error> {
+    let mut pings = client
+        .subscribe(ksr_proto::subject::watcher_ping_subject(cluster))
+        .await?;
+    let answer = observer.to_owned();
+    tokio::spawn(async move {
+        while let Some(msg) = pings.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = client.publish(reply, answer.clone().into()).await;
+            }
+        }
+    });
+    Ok(())
 }
