@@ -15,6 +15,11 @@ use crate::history::{format_time, table};
 #[derive(Debug, Serialize)]
 pub struct StreamStatus {
     pub name: String,
+    /// When this incarnation of the stream was created: the incarnation the publishers'
+    /// fences carry (a stream deleted and created again starts a new one).
+    pub created: String,
+    /// The same, in unix nanoseconds, as the fences store it.
+    pub incarnation: u64,
     pub messages: u64,
     pub bytes: u64,
     pub first_seq: u64,
@@ -81,8 +86,11 @@ pub async fn read(
     let nats = |e: &dyn std::fmt::Display| Error::Nats(e.to_string());
     let info = stream.info().await.map_err(|e| nats(&e))?.clone();
     let s = &info.state;
+    let incarnation = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
     let status_stream = StreamStatus {
         name: info.config.name.clone(),
+        created: ns(info.created),
+        incarnation,
         messages: s.messages,
         bytes: s.bytes,
         first_seq: s.first_sequence,
@@ -164,11 +172,13 @@ pub async fn read(
 pub fn render(s: &Status) -> String {
     let st = &s.stream;
     let mut out = format!(
-        "stream {}: {} messages, {:.1} MiB, {} Service subjects\n  first #{} at {}\n  last  #{} at {}\n\n",
+        "stream {}: {} messages, {:.1} MiB, {} Service subjects\n  created {} (incarnation {})\n  first #{} at {}\n  last  #{} at {}\n\n",
         st.name,
         st.messages,
         st.bytes as f64 / 1_048_576.0,
         st.subjects,
+        st.created,
+        st.incarnation,
         st.first_seq,
         st.first_time,
         st.last_seq,

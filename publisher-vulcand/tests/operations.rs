@@ -16,6 +16,11 @@ async fn admin_endpoints_report_liveness_readiness_and_metrics() -> anyhow::Resu
             .await
             .ok_or_else(|| anyhow::anyhow!("no answer"))?;
         anyhow::ensure!(status == 200, "readyz {status}: {body}");
+        // It says which incarnation of the stream it follows.
+        anyhow::ensure!(
+            body.contains("following stream KSR_ROUTES, incarnation"),
+            "{body}"
+        );
         Ok(())
     })
     .await?;

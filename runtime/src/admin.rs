@@ -50,10 +50,16 @@ pub async fn serve(
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match state.health.status() {
-        Ok(()) => match state.health.warning() {
-            None => (StatusCode::OK, "ready\n".to_owned()),
-            Some(w) => (StatusCode::OK, format!("ready; warning: {w}\n")),
-        },
+        Ok(()) => {
+            let mut body = "ready".to_owned();
+            if let Some(d) = state.health.detail() {
+                body.push_str(&format!(" ({d})"));
+            }
+            if let Some(w) = state.health.warning() {
+                body.push_str(&format!("; warning: {w}"));
+            }
+            (StatusCode::OK, body + "\n")
+        }
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),

@@ -9,6 +9,8 @@ pub struct Health {
     inner: Arc<Mutex<Option<String>>>,
     /// Shown with a ready answer: something an operator should see that does not stop work.
     warning: Arc<Mutex<Option<String>>>,
+    /// Shown with a ready answer: what the process follows (e.g. the stream incarnation).
+    detail: Arc<Mutex<Option<String>>>,
 }
 
 impl Health {
@@ -17,7 +19,19 @@ impl Health {
         Self {
             inner: Arc::new(Mutex::new(Some(reason.to_owned()))),
             warning: Arc::new(Mutex::new(None)),
+            detail: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Sets what a ready answer says the process follows.
+    pub fn set_detail(&self, detail: impl Into<String>) {
+        if let Ok(mut g) = self.detail.lock() {
+            *g = Some(detail.into());
+        }
+    }
+
+    pub fn detail(&self) -> Option<String> {
+        self.detail.lock().ok().and_then(|g| g.clone())
     }
 
     /// Sets (or with `None` clears) the warning shown while ready.

@@ -158,11 +158,14 @@ where
         else {
             return Ok(());
         };
-        tracing::info!(
-            stream = stream.cached_info().config.name,
-            incarnation = nats::incarnation(&stream),
-            "following the stream"
+        let (name, incarnation) = (
+            &stream.cached_info().config.name,
+            nats::incarnation(&stream),
         );
+        tracing::info!(stream = name, incarnation, "following the stream");
+        health.set_detail(format!(
+            "following stream {name}, incarnation {incarnation} (its creation time)"
+        ));
         match consume(stream).await {
             Err(RuntimeError::StreamRecreated { stream, consumer }) => {
                 health.set_not_ready(format!(

@@ -366,3 +366,35 @@ async fn a_retired_cluster_loses_exactly_its_routes_and_its_tombstones_are_colle
     })
     .await
 }
+
+#[tokio::test]
+async fn a_service_that_becomes_external_name_or_headless_leaves_etcd_and_consul()
+-> anyhow::Result<()> {
+    let sys = System::start().await?;
+    sys.east.apply(Resource::Services, svc("x", "10.96.0.7"));
+    sys.east.apply(Resource::Services, svc("y", "10.96.0.8"));
+    let host = |n: &str| format!("{n}-default.test.service.consul");
+    eventually(WAIT, || async {
+        for n in ["x", "y"] {
+            anyhow::ensure!(sys.servers(&host(n)).await?.len() == 1, "{n} not routed");
+            anyhow::ensure!(sys.resolves(&host(n)).await?, "{n} not resolvable");
+        }
+        Ok(())
+    })
+    .await?;
+    // Kubernetes may hand the old clusterIP to another Service: the route must go.
+    sys.east.apply(
+        Resource::Services,
+        json!({"metadata": {"name": "x", "namespace": "default", "labels": {"type": "ingress"}},
+               "spec": {"type": "ExternalName", "externalName": "db.example.org"}}),
+    );
+    sys.east.apply(Resource::Services, svc("y", "None"));
+    eventually(WAIT, || async {
+        for n in ["x", "y"] {
+            anyhow::ensure!(sys.servers(&host(n)).await?.is_empty(), "{n} still routed");
+            anyhow::ensure!(!sys.resolves(&host(n)).await?, "{n} still resolves");
+        }
+        Ok(())
+    })
+    .await
+}
