@@ -14,7 +14,7 @@ async fn two_replicas_racing_on_5000_events_end_identical_to_a_rebuild() -> anyh
     let _b = bench.publisher(&["--batch-size", "50"]);
     let history = publish_history(&bench.js, 5000, 400).await?;
     bench.settled().await?;
-    let want = rebuilt_from_latest(&history).await?;
+    let want = rebuilt_from_latest(&history, bench.incarnation().await?).await?;
     assert!(
         want.values().any(|v| v.contains("ksr-clusters")),
         "history registers names"
@@ -34,7 +34,7 @@ async fn a_consul_restart_in_the_middle_of_a_run_loses_nothing() -> anyhow::Resu
     bench.settled().await?;
     assert_same(
         &bench.content().await?,
-        &rebuilt_from_latest(&history).await?,
+        &rebuilt_from_latest(&history, bench.incarnation().await?).await?,
     );
     Ok(())
 }

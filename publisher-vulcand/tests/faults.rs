@@ -18,7 +18,7 @@ async fn two_replicas_racing_on_5000_events_end_identical_to_a_rebuild() -> anyh
     let _b = bench.publisher(&["--batch-size", "50"]);
     let history = publish_history(&bench, 5000, 400).await?;
     let got = bench.settled("").await?;
-    let want = rebuilt_from_latest(&history).await?;
+    let want = rebuilt_from_latest(&history, bench.incarnation().await?).await?;
     assert!(
         want.keys().any(|k| k.contains("/frontends/")),
         "history projects routes"
@@ -49,7 +49,10 @@ async fn an_etcd_crash_in_the_middle_of_a_run_loses_nothing() -> anyhow::Result<
     );
     bench.etcd.restart().await?;
     let got = bench.settled("").await?;
-    assert_same(&got, &rebuilt_from_latest(&history).await?);
+    assert_same(
+        &got,
+        &rebuilt_from_latest(&history, bench.incarnation().await?).await?,
+    );
     Ok(())
 }
 
@@ -100,6 +103,9 @@ async fn a_publisher_started_after_the_events_with_frequent_reconciles_ends_equa
     let history = publish_history(&bench, 1500, 300).await?;
     let _p = bench.publisher(&["--reconcile-interval", "100ms", "--batch-size", "20"]);
     let got = bench.settled("").await?;
-    assert_same(&got, &rebuilt_from_latest(&history).await?);
+    assert_same(
+        &got,
+        &rebuilt_from_latest(&history, bench.incarnation().await?).await?,
+    );
     Ok(())
 }

@@ -38,6 +38,12 @@ impl Bench {
         Ok(Self { nats, consul, js })
     }
 
+    /// The incarnation of the bench's stream (what the publishers' fences carry).
+    pub async fn incarnation(&self) -> anyhow::Result<u64> {
+        let stream = self.js.get_stream("KSR_ROUTES").await?;
+        Ok(ksr_runtime::nats::incarnation(&stream))
+    }
+
     pub async fn publish(&self, event: &Event) -> anyhow::Result<u64> {
         ksr_test_support::events::publish(&self.js, event).await
     }
@@ -181,10 +187,11 @@ impl Bench {
 /// Service applied to an empty Consul in one pass, through the library directly.
 pub async fn rebuilt_from_latest(
     history: &[(u64, Event)],
+    incarnation: u64,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let bench = Bench::start().await?;
     let p = bench.projector().await?;
-    for chunk in ksr_runtime::consumer::coalesce(history.to_vec(), 1).chunks(500) {
+    for chunk in ksr_runtime::consumer::coalesce(history.to_vec(), incarnation).chunks(500) {
         p.apply_batch(chunk).await?;
     }
     bench.content().await

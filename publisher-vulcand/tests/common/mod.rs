@@ -40,6 +40,12 @@ impl Bench {
         Ok(Self { nats, etcd, js })
     }
 
+    /// The incarnation of the bench's stream (what the publishers' fences carry).
+    pub async fn incarnation(&self) -> anyhow::Result<u64> {
+        let stream = self.js.get_stream("KSR_ROUTES").await?;
+        Ok(ksr_runtime::nats::incarnation(&stream))
+    }
+
     pub async fn publish(&self, event: &Event) -> anyhow::Result<u64> {
         ksr_test_support::events::publish(&self.js, event).await
     }
@@ -114,6 +120,7 @@ pub async fn publish_history(
 /// in one pass (a rebuild), through the library directly.
 pub async fn rebuilt_from_latest(
     history: &[(u64, Event)],
+    incarnation: u64,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     use ksr_publisher_vulcand::{layout::Layout, publisher::*};
     use ksr_runtime::consumer::{Delivery, coalesce};
@@ -128,7 +135,7 @@ pub async fn rebuilt_from_latest(
         ksr_publisher_vulcand::publisher::metrics(&registry),
     )
     .await?;
-    let latest: Vec<Delivery> = coalesce(history.to_vec(), 1);
+    let latest: Vec<Delivery> = coalesce(history.to_vec(), incarnation);
     for chunk in latest.chunks(500) {
         p.apply_batch(chunk).await?;
     }
