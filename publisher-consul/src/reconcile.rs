@@ -165,16 +165,10 @@ pub async fn reconcile(
 /// Deletes the tombstones no event can outdate any more
 /// ([`ksr_runtime::plan::State::collectable_tombstones`]), each guarded by its index.
 async fn collect_tombstones(p: &ConsulProjector, stream: &Stream) -> Result<u64, Error> {
-    let info = stream.get_info().await.map_err(|e| {
-        Error::Runtime(ksr_runtime::RuntimeError::Stream {
-            stream: stream.cached_info().config.name.clone(),
-            message: format!("reading its state: {e}"),
-        })
-    })?;
-    let incarnation = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+    let (incarnation, first_seq) = ksr_runtime::nats::incarnation_and_first_seq(stream).await?;
     let state = p.snapshot().await?;
     let mut collected = 0;
-    for (key, index) in state.collectable_tombstones(incarnation, info.state.first_sequence) {
+    for (key, index) in state.collectable_tombstones(incarnation, first_seq) {
         let ops = vec![TxnOp::KvDeleteCas {
             key: p.layout().service_record_key(&key),
             index,

@@ -104,20 +104,10 @@ impl VulcandProjector {
         self.warn_corrupt(&snapshot.corrupt);
     }
 
-    /// Log, gauge and `/readyz` warning for the unreadable records of the last load.
+    /// Gauge and `/readyz` warning for the unreadable records of the last load.
     fn warn_corrupt(&self, corrupt: &[(ksr_runtime::plan::RecordKey, String, String)]) {
-        self.metrics.corrupt_records.set(corrupt.len() as i64);
-        if corrupt.is_empty() {
-            self.health.set_warning(None);
-            return;
-        }
-        let keys: Vec<&str> = corrupt.iter().map(|(_, k, _)| k.as_str()).collect();
-        self.health.set_warning(Some(format!(
-            "{} unreadable records under our prefix quarantined ({}); the next write for each \
-             replaces it, `ksrctl rebuild vulcand` repairs them now",
-            keys.len(),
-            keys.join(", ")
-        )));
+        self.metrics
+            .report_corrupt(&self.health, corrupt, "vulcand");
     }
 
     /// Applies `policy` (`upsert-only`: never delete).

@@ -84,16 +84,10 @@ pub async fn reconcile(
 ///
 /// [`State::collectable_tombstones`]: ksr_runtime::plan::State::collectable_tombstones
 async fn collect_tombstones(projector: &VulcandProjector, stream: &Stream) -> Result<u64, Error> {
-    let info = stream.get_info().await.map_err(|e| {
-        Error::Runtime(ksr_runtime::RuntimeError::Stream {
-            stream: stream.cached_info().config.name.clone(),
-            message: format!("reading its state: {e}"),
-        })
-    })?;
-    let incarnation = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+    let (incarnation, first_seq) = ksr_runtime::nats::incarnation_and_first_seq(stream).await?;
     let state = projector.snapshot().await?;
     let mut collected = 0;
-    for (key, rev) in state.collectable_tombstones(incarnation, info.state.first_sequence) {
+    for (key, rev) in state.collectable_tombstones(incarnation, first_seq) {
         let record = projector.layout().service_record_key(&key);
         let mut w = Write {
             compares: vec![(record.clone(), rev)],

@@ -401,15 +401,16 @@ async fn records_of_the_previous_version_are_migrated_and_the_keys_stay() -> any
     bench
         .publish(&added("east", "other", "api", &["10.0.0.9"]))
         .await?;
-    let state = eventually(WAIT, || async {
+    // The route records go, then the fences are repointed (a second step).
+    eventually(WAIT, || async {
         let s = bench.snapshot("ksr/").await?;
         anyhow::ensure!(!s.keys().any(|k| k.contains("/routes/")), "{s:#?}");
-        Ok(s)
+        let fence: serde_json::Value =
+            serde_json::from_str(&s["ksr/ksr/vulcand/services/east/shop/web"])?;
+        anyhow::ensure!(fence["claim"] == format!("ksr.{host}"), "{fence}");
+        Ok(())
     })
     .await?;
-    let fence: serde_json::Value =
-        serde_json::from_str(&state["ksr/ksr/vulcand/services/east/shop/web"])?;
-    assert_eq!(fence["claim"], format!("ksr.{host}"));
     let keys = bench.settled_vulcand().await?;
     for (k, v) in &before {
         assert_eq!(keys.get(k), Some(v), "{k}");

@@ -116,6 +116,28 @@ impl ProjectionMetrics {
         m
     }
 
+    /// Reports the unreadable records of the last load: the gauge, and a `/readyz` warning
+    /// naming them (`target` is the ksrctl target that repairs them: `vulcand`, `consul`).
+    pub fn report_corrupt(
+        &self,
+        health: &crate::Health,
+        corrupt: &[(crate::plan::RecordKey, String, String)],
+        target: &str,
+    ) {
+        self.corrupt_records.set(corrupt.len() as i64);
+        if corrupt.is_empty() {
+            health.set_warning(None);
+            return;
+        }
+        let keys: Vec<&str> = corrupt.iter().map(|(_, k, _)| k.as_str()).collect();
+        health.set_warning(Some(format!(
+            "{} unreadable records under our prefix quarantined ({}); the next write for each \
+             replaces it, `ksrctl rebuild {target}` repairs them now",
+            keys.len(),
+            keys.join(", ")
+        )));
+    }
+
     /// Sets the gauges from the cached records' counts.
     pub fn observe<M, D>(&self, state: &crate::plan::State<M, D>) {
         let (names, conflicted) = state.counts();

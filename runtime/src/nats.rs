@@ -96,6 +96,19 @@ pub fn incarnation(stream: &stream::Stream) -> u64 {
     u64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(0)
 }
 
+/// The stream's incarnation and first remaining sequence, read now (not from a cache):
+/// what tells whether a tombstone still protects anything.
+pub async fn incarnation_and_first_seq(
+    stream: &stream::Stream,
+) -> Result<(u64, u64), RuntimeError> {
+    let info = stream.get_info().await.map_err(|e| RuntimeError::Stream {
+        stream: stream.cached_info().config.name.clone(),
+        message: format!("reading its state: {e}"),
+    })?;
+    let incarnation = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+    Ok((incarnation, info.state.first_sequence))
+}
+
 /// Gets the stream (creating it when `create` and missing) and checks that the server kept
 /// every field we rely on: older servers silently drop fields they do not know.
 pub async fn ensure_stream(
