@@ -351,9 +351,7 @@ async fn confirm_removals(
     stream: &crate::cli::StreamArgs,
     cluster: &str,
 ) -> Result<Outcome, Error> {
-    let client = async_nats::connect(stream.nats_url.as_str())
-        .await
-        .map_err(|e| Error::Nats(format!("{}: {e}", stream.nats_url)))?;
+    let client = crate::read::connect(stream).await?;
     let subject = ksr_proto::subject::confirm_removals_subject(cluster);
     let reply = tokio::time::timeout(
         std::time::Duration::from_secs(10),

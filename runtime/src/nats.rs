@@ -30,12 +30,31 @@ pub async fn connect(
     if let Some(ca) = &args.ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
-    opts.connect(args.url.as_str())
+    let servers = server_addrs(&args.url).map_err(|message| RuntimeError::Stream {
+        stream: args.stream.clone(),
+        message: format!("--nats-url {:?}: {message}", args.url),
+    })?;
+    opts.connect(servers)
         .await
         .map_err(|source| RuntimeError::Connect {
             url: args.url.clone(),
             source,
         })
+}
+
+/// The servers of a comma-separated `--nats-url` (`nats://a:4222,nats://b:4222`): the client
+/// connects to any and fails over between them.
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let servers: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse().map_err(|e| format!("{u:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    if servers.is_empty() {
+        return Err("no server given".into());
+    }
+    Ok(servers)
 }
 
 /// What the route stream must look like.
@@ -194,4 +213,18 @@ pub async fn durable_consumer(
             consumer: durable.to_owned(),
             message: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_nats_urls_are_several_servers() {
+        let servers = server_addrs("nats://127.0.0.1:4222, nats://127.0.0.2:4223").unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].port(), 4223);
+        assert!(server_addrs("").is_err());
+        assert!(server_addrs("nats://a:notaport").is_err());
+    }
 }

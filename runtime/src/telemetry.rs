@@ -9,8 +9,11 @@ use crate::config::LogArgs;
 pub fn init(args: &LogArgs) -> Result<(), RuntimeError> {
     let filter = EnvFilter::try_new(&args.filter)
         .map_err(|e| RuntimeError::Telemetry(format!("--log {:?}: {e}", args.filter)))?;
+    // Colour codes only for a terminal: a log file or a pipeline gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = if args.format == "json" {
         builder.json().flatten_event(true).try_init()

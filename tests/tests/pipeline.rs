@@ -82,8 +82,9 @@ impl System {
             "vulcand",
             "ksr-publisher-vulcand",
             &[
+                // Several servers, the first one down: the client uses the other.
                 "--nats-url".into(),
-                self.nats.url(),
+                format!("nats://127.0.0.1:1,{}", self.nats.url()),
                 "--etcd-endpoints".into(),
                 self.etcd.endpoint(),
                 "--admin-addr".into(),
