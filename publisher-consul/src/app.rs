@@ -67,33 +67,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .durable
         .clone()
         .unwrap_or_else(|| format!("ksr-consul-{}", config.owner));
-    let get_stream = || nats::ensure_stream(&js, &settings, false);
-    let (projector, registry, health_ref, env) =
-        (&projector, &registry, &health, environment.as_str());
-    let consume = |stream: Stream| {
-        let (durable, shutdown) = (durable.clone(), shutdown.clone());
-        let args = &config.consumer;
-        async move {
-            let publisher = serve::Publisher {
-                name: "consul",
-                stream: &stream,
-                durable,
-                args,
-                projector,
-                registry,
-                health: health_ref,
-            };
-            let stream_ref = &stream;
-            let reconcile = |ack_floor| async move {
-                reconcile::reconcile(projector, stream_ref, ack_floor, env)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            };
-            serve::consume(publisher, reconcile, &shutdown).await
-        }
+    let publisher = serve::Publisher {
+        name: "consul",
+        durable,
+        args: &config.consumer,
+        projector: &projector,
+        registry: &registry,
+        health: &health,
     };
-    let result = serve::follow_stream(&health, &shutdown, get_stream, consume).await;
+    let projector = &projector;
+    let env = environment.as_str();
+    let reconcile = |stream: Stream, floor: u64| async move {
+        reconcile::reconcile(projector, &stream, floor, env)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let get_stream = || nats::ensure_stream(&js, &settings, false);
+    let result = serve::follow(publisher, get_stream, reconcile, &shutdown).await;
     let _ = admin_task.await;
     result.map_err(Error::from)
 }

@@ -14,12 +14,11 @@ use crate::metrics::MetricsRegistry;
 use crate::retry::until_ok;
 use crate::{RuntimeError, nats, shutdown};
 
-/// What a publisher brings to [`consume`].
+/// What a publisher brings to [`follow`].
 #[derive(Debug)]
 pub struct Publisher<'a, P> {
     /// Metric prefix and log name (`vulcand`, `consul`).
     pub name: &'static str,
-    pub stream: &'a Stream,
     /// The durable consumer all replicas of this publisher kind share.
     pub durable: String,
     pub args: &'a ConsumerArgs,
@@ -31,14 +30,15 @@ pub struct Publisher<'a, P> {
 /// Creates the durable consumer and runs the consumer loop and the reconciliation loop until
 /// `shutdown`, then drains for at most `--drain-timeout`. Returns
 /// [`RuntimeError::StreamRecreated`] when the stream was deleted or created again: the caller
-/// gets the stream anew and calls this again ([`follow_stream`]).
+/// gets the stream anew and calls this again ([`follow`]).
 ///
 /// `reconcile(ack_floor)` runs once the consumer has delivered everything pending (never
 /// before: a half-applied stream would look like drift), then every `--reconcile-interval`;
 /// `ack_floor` is the consumer's acknowledged stream sequence, the newest event whose
 /// projection must already exist.
 pub async fn consume<P, R, Fut>(
-    p: Publisher<'_, P>,
+    p: &Publisher<'_, P>,
+    stream: &Stream,
     reconcile: R,
     shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError>
@@ -48,7 +48,7 @@ where
     Fut: Future<Output = Result<(), String>>,
 {
     let Some(consumer) = until_ok(shutdown, "consumer", || {
-        nats::durable_consumer(p.stream, &p.durable, p.args)
+        nats::durable_consumer(stream, &p.durable, p.args)
     })
     .await
     else {
@@ -60,14 +60,14 @@ where
     let options = LoopOptions {
         batch_size: p.args.batch_size as usize,
         max_retry_delay: p.args.max_retry_delay,
-        incarnation: nats::incarnation(p.stream),
+        incarnation: nats::incarnation(stream),
     };
     let stop = CancellationToken::new();
     let work = async {
         let consuming = async {
             let r = consumer::run(
                 consumer.clone(),
-                p.stream,
+                stream,
                 p.projector,
                 &options,
                 &metrics,
@@ -136,23 +136,27 @@ async fn reconcile_loop<R, Fut>(
     }
 }
 
-/// Runs `consume` against the stream `get_stream` returns, again each time the stream is
+/// Runs [`consume`] against the stream `get_stream` returns, again each time the stream is
 /// deleted or created again (a lost NATS volume, `nats stream rm`, a restore): the durable
 /// consumer is created anew on the new stream and its events — newer by incarnation, whatever
 /// their sequences — are applied. Nothing is deleted because the new stream is still short:
 /// only the events it carries change anything.
-pub async fn follow_stream<G, GFut, C, CFut>(
-    health: &Health,
-    shutdown: &CancellationToken,
+///
+/// `reconcile(stream, ack_floor)` is a reconciliation pass against the stream followed.
+pub async fn follow<P, G, GFut, R, RFut>(
+    p: Publisher<'_, P>,
     get_stream: G,
-    mut consume: C,
+    reconcile: R,
+    shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError>
 where
+    P: Projector,
     G: Fn() -> GFut,
     GFut: Future<Output = Result<Stream, RuntimeError>>,
-    C: FnMut(Stream) -> CFut,
-    CFut: Future<Output = Result<(), RuntimeError>>,
+    R: Fn(Stream, u64) -> RFut,
+    RFut: Future<Output = Result<(), String>>,
 {
+    let health = p.health;
     loop {
         let Some(stream) = crate::retry::until_ready(shutdown, health, "stream", &get_stream).await
         else {
@@ -166,7 +170,8 @@ where
         health.set_detail(format!(
             "following stream {name}, incarnation {incarnation} (its creation time)"
         ));
-        match consume(stream).await {
+        let pass = |floor| reconcile(stream.clone(), floor);
+        match consume(&p, &stream, pass, shutdown).await {
             Err(RuntimeError::StreamRecreated { stream, consumer }) => {
                 health.set_not_ready(format!(
                     "stream {stream} was deleted or created again; binding {consumer} anew"
