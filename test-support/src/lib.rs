@@ -13,10 +13,13 @@ pub mod consul;
 pub mod etcd;
 pub mod events;
 pub mod http;
+pub mod memstore;
+pub mod model;
 pub mod nats;
 mod ports;
 pub mod process;
 pub mod replica;
+pub mod verify;
 pub mod wait;
 
 pub use binaries::{server_binary, workspace_root};

@@ -1,0 +1,336 @@
+//! An in-memory [`Store`]: the projection core (`plan`, `apply`) run without servers, with
+//! injected failed compares, transaction errors and lost caches, for property tests.
+//!
+//! One [`Backing`] is the target and its records (what etcd or Consul would hold, with
+//! revisions); each [`MemStore`] is a replica over it with its own cache, so two replicas
+//! really race: a cache that another replica made stale fails its compares, as in etcd.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ksr_proto::ServiceKey;
+use ksr_runtime::apply::{Commit, Store};
+use ksr_runtime::consumer::ApplyReport;
+use ksr_runtime::plan::{NameRecord, RecordKey, ServiceRecord, StateOf, Target, UnitOf, Versioned};
+
+/// How a target's writes change its key → value contents.
+pub type Write<T> = fn(&mut BTreeMap<String, String>, &<T as Target>::Op);
+
+/// Faults to inject, as probabilities in 1/1000 drawn from the backing's seeded generator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Another writer rewrites one guarded record just before the commit (a lost race).
+    pub steal_per_mille: u32,
+    /// The commit fails without writing (a dropped connection, a crash before commit).
+    pub error_per_mille: u32,
+}
+
+/// The target's contents and our records, with revisions.
+#[derive(Debug)]
+pub struct Backing<M, D> {
+    pub rev: u64,
+    pub contents: BTreeMap<String, String>,
+    pub services: HashMap<ServiceKey, (u64, ServiceRecord)>,
+    pub names: HashMap<String, (u64, NameRecord<M, D>)>,
+    pub faults: Faults,
+    rng: u64,
+    /// Commits, lost races and errors so far.
+    pub commits: u64,
+    pub conflicts: u64,
+    pub errors: u64,
+}
+
+impl<M, D> Backing<M, D> {
+    pub fn new(seed: u64, faults: Faults) -> Self {
+        Self {
+            rev: 0,
+            contents: BTreeMap::new(),
+            services: HashMap::new(),
+            names: HashMap::new(),
+            faults,
+            rng: seed | 1,
+            commits: 0,
+            conflicts: 0,
+            errors: 0,
+        }
+    }
+
+    fn roll(&mut self, per_mille: u32) -> bool {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 1000) < u64::from(per_mille)
+    }
+
+    fn rev_of(&self, key: &RecordKey) -> u64 {
+        match key {
+            RecordKey::Service(s) => self.services.get(s).map_or(0, |(r, _)| *r),
+            RecordKey::Name(id) => self.names.get(id).map_or(0, |(r, _)| *r),
+        }
+    }
+}
+
+/// The injected error.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    #[error("injected transaction failure")]
+    Injected,
+    #[error("lost {0} races in a row")]
+    Contention(u32),
+}
+
+/// One replica over a shared backing.
+#[derive(Debug)]
+pub struct MemStore<T: Target> {
+    target: T,
+    write: Write<T>,
+    backing: Arc<Mutex<Backing<T::Meta, T::Data>>>,
+    cache: Mutex<StateOf<T>>,
+    max_ops: usize,
+}
+
+impl<T: Target + Sync> MemStore<T>
+where
+    T::Meta: Send + Sync,
+    T::Data: Send + Sync,
+{
+    /// A replica that loads its cache from `backing` (as a starting process does).
+    pub fn new(
+        target: T,
+        write: Write<T>,
+        backing: Arc<Mutex<Backing<T::Meta, T::Data>>>,
+        max_ops: usize,
+    ) -> Self {
+        let s = Self {
+            target,
+            write,
+            backing,
+            cache: Mutex::new(StateOf::<T>::default()),
+            max_ops,
+        };
+        s.reload();
+        s
+    }
+
+    fn backing(&self) -> MutexGuard<'_, Backing<T::Meta, T::Data>> {
+        self.backing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the cache and reads every record again (a restarted replica).
+    pub fn reload(&self) {
+        let b = self.backing();
+        let mut state = StateOf::<T>::default();
+        for (k, (rev, r)) in &b.services {
+            state.services.insert(
+                k.clone(),
+                Versioned {
+                    rev: *rev,
+                    value: Some(r.clone()),
+                },
+            );
+        }
+        for (id, (rev, r)) in &b.names {
+            state.set_name(
+                id.clone(),
+                Versioned {
+                    rev: *rev,
+                    value: Some(r.clone()),
+                },
+            );
+        }
+        drop(b);
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    /// Commits `ops` and the units' records if every compare holds.
+    fn commit_now(
+        &self,
+        units: &[UnitOf<T>],
+        ops: &[T::Op],
+        records: bool,
+        inject: bool,
+    ) -> Result<Commit<u64>, MemError> {
+        let mut b = self.backing();
+        let faults = if inject { b.faults } else { Faults::default() };
+        if b.roll(faults.error_per_mille) {
+            b.errors += 1;
+            return Err(MemError::Injected);
+        }
+        let compares: Vec<&(RecordKey, u64)> = units.iter().flat_map(|u| &u.compares).collect();
+        if !compares.is_empty() && b.roll(faults.steal_per_mille) {
+            // Another writer rewrote the first guarded record (same value, new revision).
+            b.rev += 1;
+            let rev = b.rev;
+            match &compares[0].0 {
+                RecordKey::Service(s) => {
+                    if let Some(e) = b.services.get_mut(s) {
+                        e.0 = rev;
+                    }
+                }
+                RecordKey::Name(id) => {
+                    if let Some(e) = b.names.get_mut(id) {
+                        e.0 = rev;
+                    }
+                }
+            }
+        }
+        if compares.iter().any(|(k, rev)| b.rev_of(k) != *rev) {
+            b.conflicts += 1;
+            return Ok(Commit::Conflict);
+        }
+        b.rev += 1;
+        b.commits += 1;
+        let rev = b.rev;
+        for op in ops {
+            (self.write)(&mut b.contents, op);
+        }
+        if records {
+            for u in units {
+                for (k, r) in &u.services {
+                    b.services.insert(k.clone(), (rev, r.clone()));
+                }
+                for (id, r) in &u.names {
+                    match r {
+                        Some(r) => {
+                            b.names.insert(id.clone(), (rev, r.clone()));
+                        }
+                        None => {
+                            b.names.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Commit::Committed(rev))
+    }
+}
+
+impl<T> Store for MemStore<T>
+where
+    T: Target + Sync,
+    T::Meta: Send + Sync,
+    T::Data: Send + Sync,
+    T::Op: Send + Sync,
+{
+    type T = T;
+    type Committed = u64;
+    type Error = MemError;
+
+    fn target(&self) -> &T {
+        &self.target
+    }
+
+    fn state(&self) -> MutexGuard<'_, StateOf<T>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn max_ops(&self) -> usize {
+        self.max_ops
+    }
+
+    fn cost(&self, unit: &UnitOf<T>) -> (usize, usize) {
+        (
+            unit.ops.len() + unit.services.len() + unit.names.len(),
+            unit.compares.len(),
+        )
+    }
+
+    async fn commit(&self, units: &[UnitOf<T>]) -> Result<Commit<u64>, MemError> {
+        let ops: Vec<T::Op> = units.iter().flat_map(|u| u.ops.iter().cloned()).collect();
+        self.commit_now(units, &ops, true, true)
+    }
+
+    async fn commit_oversized(&self, unit: &UnitOf<T>) -> Result<Commit<u64>, MemError> {
+        // As the etcd store does: the writes in ordered chunks, each guarded by the unit's
+        // compares, the records with the last one.
+        let units = std::slice::from_ref(unit);
+        let room = self
+            .max_ops
+            .saturating_sub(unit.services.len() + unit.names.len())
+            .max(1);
+        let split = unit.ops.len().saturating_sub(room);
+        // Faults strike before the first chunk only: a unit interrupted between chunks
+        // leaves keys behind that only reconciliation removes (see the README), which is
+        // not what this store tests.
+        let mut first = true;
+        for chunk in unit.ops[..split].chunks(self.max_ops.max(1)) {
+            if let Commit::Conflict = self.commit_now(units, chunk, false, first)? {
+                return Ok(Commit::Conflict);
+            }
+            first = false;
+        }
+        self.commit_now(units, &unit.ops[split..], true, first)
+    }
+
+    fn settle(&self, units: &[UnitOf<T>], rev: &u64, report: &mut ApplyReport) {
+        let mut s = self.state();
+        for u in units {
+            report.applied += u.seqs.len() as u64;
+            for (k, r) in &u.services {
+                s.services.insert(
+                    k.clone(),
+                    Versioned {
+                        rev: *rev,
+                        value: Some(r.clone()),
+                    },
+                );
+            }
+            for (id, r) in &u.names {
+                let v = match r {
+                    Some(r) => Versioned {
+                        rev: *rev,
+                        value: Some(r.clone()),
+                    },
+                    None => Versioned::default(),
+                };
+                s.set_name(id.clone(), v);
+            }
+        }
+    }
+
+    async fn after_commit(&self, _units: &[UnitOf<T>], _rev: &u64) -> Result<(), MemError> {
+        Ok(())
+    }
+
+    async fn refresh(&self, units: &[UnitOf<T>]) -> Result<(), MemError> {
+        let b = self.backing();
+        let mut s = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, _) in units.iter().flat_map(|u| &u.compares) {
+            match k {
+                RecordKey::Service(key) => {
+                    let v = b
+                        .services
+                        .get(key)
+                        .map_or_else(Versioned::default, |(rev, r)| Versioned {
+                            rev: *rev,
+                            value: Some(r.clone()),
+                        });
+                    s.services.insert(key.clone(), v);
+                }
+                RecordKey::Name(id) => {
+                    let v = b
+                        .names
+                        .get(id)
+                        .map_or_else(Versioned::default, |(rev, r)| Versioned {
+                            rev: *rev,
+                            value: Some(r.clone()),
+                        });
+                    s.set_name(id.clone(), v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn conflicted(&self) {}
+
+    fn update_gauges(&self) {}
+
+    fn is_invalid(&self, _error: &MemError) -> bool {
+        false
+    }
+
+    fn contention(&self, attempts: u32) -> MemError {
+        MemError::Contention(attempts)
+    }
+}
