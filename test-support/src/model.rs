@@ -318,9 +318,10 @@ impl Ages {
 
 /// The model's input for a stream whose events are themselves the desired state (publisher
 /// tests that publish events directly): the newest route of every Service, read field by
-/// field, with ages from [`Ages`].
+/// field. The claim ages are the ones the events carry (`host_since`/`route_since`, 0 for
+/// "this event begins it"), which publishers must honour as stamped; end-to-end tests take
+/// them from [`Ages`] instead, which also checks the watcher's stamping.
 pub fn services_from_stream(events: &[(u64, Event)]) -> Vec<Service> {
-    let ages = Ages::from_stream(events);
     let mut newest: HashMap<&ServiceKey, (u64, &Event)> = HashMap::new();
     for (seq, e) in events {
         let slot = newest.entry(&e.key).or_insert((*seq, e));
@@ -329,12 +330,11 @@ pub fn services_from_stream(events: &[(u64, Event)]) -> Vec<Service> {
         }
     }
     let mut out = Vec::new();
-    for (key, (_, e)) in newest {
+    for (key, (seq, e)) in newest {
         let Some(r) = e.route() else { continue };
         let hostname = r.hostname();
-        let (host_since, route_since) = ages
-            .since(key, &hostname, &r.path)
-            .expect("the newest event is the one the ages end with");
+        let stamped = |since: u64| if since == 0 { seq } else { since.min(seq) };
+        let (host_since, route_since) = (stamped(r.host_since), stamped(r.route_since));
         let suffix = format!(".{}.{}", r.environment, r.domain);
         let consul = hostname
             .strip_suffix(&suffix)

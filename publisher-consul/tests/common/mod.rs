@@ -183,18 +183,22 @@ impl Bench {
     }
 }
 
-/// What Consul must hold after `history` (without ModifyIndexes): the newest event per
-/// Service applied to an empty Consul in one pass, through the library directly.
-pub async fn rebuilt_from_latest(
-    history: &[(u64, Event)],
-    incarnation: u64,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let bench = Bench::start().await?;
-    let p = bench.projector().await?;
-    for chunk in ksr_runtime::consumer::coalesce(history.to_vec(), incarnation).chunks(500) {
-        p.apply_batch(chunk).await?;
-    }
-    bench.content().await
+/// Fails unless `got` ([`Bench::content`]) is what the independent model says `history`
+/// must project to: catalog entries (the router's included), fences and name records.
+pub fn assert_as_modelled(history: &[(u64, Event)], got: &BTreeMap<String, String>) {
+    use ksr_test_support::model::{Ages, Settings, services_from_stream};
+    let settings = Settings {
+        router_address: ROUTER.to_string(),
+        ..Settings::default()
+    };
+    let diff = ksr_test_support::verify::consul(
+        &settings,
+        &["test"],
+        &services_from_stream(history),
+        &Ages::from_stream(history),
+        got,
+    );
+    assert!(diff.is_empty(), "Consul differs from the model:\n{diff}");
 }
 
 pub fn assert_same(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {

@@ -116,28 +116,15 @@ pub async fn publish_history(
     ksr_test_support::events::publish_history(&bench.js, n, services).await
 }
 
-/// What etcd must hold after `history`: the newest event per Service applied to an empty etcd
-/// in one pass (a rebuild), through the library directly.
-pub async fn rebuilt_from_latest(
-    history: &[(u64, Event)],
-    incarnation: u64,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    use ksr_publisher_vulcand::{layout::Layout, publisher::*};
-    use ksr_runtime::consumer::{Delivery, coalesce};
-
-    let etcd = EtcdServer::start().await?;
-    let client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
-    let registry = ksr_runtime::metrics::MetricsRegistry::new();
-    let p = VulcandProjector::new(
-        client.kv_client(),
-        Layout::new("vulcand", "ksr"),
-        128,
-        ksr_publisher_vulcand::publisher::metrics(&registry),
-    )
-    .await?;
-    let latest: Vec<Delivery> = coalesce(history.to_vec(), incarnation);
-    for chunk in latest.chunks(500) {
-        p.apply_batch(chunk).await?;
-    }
-    etcd.contents("").await
+/// Fails unless `got` (every etcd key) is what the independent model says `history` must
+/// project to: vulcand keys, fences and host records, both directions, value by value.
+pub fn assert_as_modelled(history: &[(u64, Event)], got: &BTreeMap<String, String>) {
+    use ksr_test_support::model::{Ages, Settings, services_from_stream};
+    let diff = ksr_test_support::verify::vulcand(
+        &Settings::default(),
+        &services_from_stream(history),
+        &Ages::from_stream(history),
+        got,
+    );
+    assert!(diff.is_empty(), "etcd differs from the model:\n{diff}");
 }
