@@ -99,6 +99,7 @@ pub struct ConsumerMetrics {
     apply_seconds: Histogram,
     batch_size: Histogram,
     pending: Gauge,
+    in_flight: Gauge,
     lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -114,6 +115,7 @@ impl ConsumerMetrics {
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             pending: Gauge::default(),
+            in_flight: Gauge::default(),
             lag_seconds: Gauge::default(),
         };
         registry.register(|r| {
@@ -157,6 +159,11 @@ impl ConsumerMetrics {
                 "consumer_pending",
                 "Messages the consumer has not delivered yet",
                 m.pending.clone(),
+            );
+            r.register(
+                "deliveries_in_flight",
+                "Messages fetched and being applied, not acknowledged yet",
+                m.in_flight.clone(),
             );
             r.register(
                 "consumer_lag_seconds",
@@ -332,6 +339,7 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
     if decoded.is_empty() {
         return false;
     }
+    metrics.in_flight.set(keep.len() as i64);
     let deliveries = coalesce(decoded, options.incarnation);
     metrics.batch_size.observe(deliveries.len() as f64);
     let started = Instant::now();
@@ -344,6 +352,7 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
         // consumer's back (sequences restart at 1): never acknowledge the second kind.
         Ok(report) if report.stale > 0 && verify().await => {
             tracing::warn!("the stream was created again: re-binding the consumer");
+            metrics.in_flight.set(0);
             return true;
         }
         Ok(report) => {
@@ -394,6 +403,7 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
             }
         }
     }
+    metrics.in_flight.set(0);
     false
 }
 

@@ -124,6 +124,11 @@ impl ConsulServer {
         Ok(out)
     }
 
+    /// Sends `signal` to the server process (`STOP` stalls it, `CONT` resumes it).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        self.proc.as_ref().map_or(Ok(()), |p| p.signal(signal))
+    }
+
     /// Kills Consul (as a crash would); data stays for [`restart`](Self::restart).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {

@@ -18,7 +18,9 @@ pub mod model;
 pub mod nats;
 mod ports;
 pub mod process;
+pub mod recorder;
 pub mod replica;
+pub mod scenario;
 pub mod verify;
 pub mod wait;
 

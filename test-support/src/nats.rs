@@ -47,6 +47,11 @@ impl NatsServer {
         self.dir.path().join("jetstream")
     }
 
+    /// Sends `signal` to the server process (`STOP` stalls it, `CONT` resumes it).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        self.proc.as_ref().map_or(Ok(()), |p| p.signal(signal))
+    }
+
     /// Kills the server (as a crash would); data stays for [`restart`](Self::restart).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {

@@ -50,6 +50,19 @@ impl Proc {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process, if it runs.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let Some(child) = &self.child else {
+            return Ok(());
+        };
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.name);
+        Ok(())
+    }
+
     /// Kills the process and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

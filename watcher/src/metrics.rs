@@ -33,6 +33,7 @@ pub struct WatcherMetrics {
     pub services: Gauge,
     pub rejected_services: Gauge,
     pub held_removals: Gauge,
+    pub pending_services: Gauge,
 }
 
 impl WatcherMetrics {
@@ -49,6 +50,7 @@ impl WatcherMetrics {
             services: Gauge::default(),
             rejected_services: Gauge::default(),
             held_removals: Gauge::default(),
+            pending_services: Gauge::default(),
         };
         registry.register(|r| {
             let r = r.sub_registry_with_prefix("watcher");
@@ -102,6 +104,11 @@ impl WatcherMetrics {
                 "held_removals",
                 "Removals held back by the mass-removal guard until an operator confirms",
                 m.held_removals.clone(),
+            );
+            r.register(
+                "pending_services",
+                "Changed Services not published yet (being diffed and published, or waiting for the next window)",
+                m.pending_services.clone(),
             );
             r.register(
                 "rejected_services",

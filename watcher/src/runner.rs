@@ -257,6 +257,7 @@ impl Runner {
                     }
                     let outcome = self.inventory.apply(event);
                     dirty.extend(outcome.dirty);
+                    self.metrics.pending_services.set(dirty.len() as i64);
                     full |= outcome.resynced;
                 }
                 _ = stream_check.tick() => {
@@ -297,6 +298,7 @@ impl Runner {
                         keys.extend(self.inventory.service_keys().cloned());
                         keys.extend(self.known.keys().map(|k| (k.namespace.clone(), k.name.clone())));
                     }
+                    self.metrics.pending_services.set(keys.len() as i64);
                     let failed = self.flush(keys, is_full).await;
                     self.metrics.held_removals.set(self.held.len() as i64);
                     if failed.is_empty() {
@@ -314,6 +316,7 @@ impl Runner {
                         dirty.extend(failed);
                         reload = true;
                     }
+                    self.metrics.pending_services.set(dirty.len() as i64);
                     let routed = self.known.values().filter(|k| k.event.as_ref().is_some_and(|e| e.route().is_some())).count();
                     self.metrics.services.set(routed as i64);
                 }

@@ -1,0 +1,998 @@
+//! The fault scenario: the whole pipeline as separate processes under a seeded workload and
+//! seeded faults, checked at every instant by the [`recorder`](crate::recorder) and at the
+//! end, key by key, against the [`model`](crate::model).
+//!
+//! Two fake apiservers (`east` in cluster-ip mode, `west` in endpoints mode, with readiness
+//! flips), one watcher each, three replicas of each publisher, real nats-server, etcd and
+//! Consul. The workload spans four namespaces with `host` and `path` annotations, a
+//! hostname two namespaces collide on (`x` in `b-c` and `host: x-b` in `c`, in vulcand and in
+//! Consul), Services of one namespace sharing a hostname and a path, and Services moving
+//! between clusters. Each change bumps the Service's port (its version, which the recorder
+//! uses to see that nothing goes back) and each new Service gets addresses never used before.
+//! Faults are SIGKILLs of a process or server *while it holds work* (after readiness, when its
+//! metrics show deliveries in flight or changes pending), overlapping faults, stalls
+//! (SIGSTOP longer than the ack wait, then SIGCONT) and random replica kills. Used by
+//! `tests/tests/faults.rs` (sized for CI) and `ksr-bench soak` (any size).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ksr_proto::ServiceKey;
+use serde_json::{Value, json};
+
+use crate::apiserver::{FakeApiServer, Resource};
+use crate::model::{Ages, Service, Settings};
+use crate::recorder::{Recorder, Registry};
+use crate::{ConsulServer, EtcdServer, NatsServer, Proc, eventually, free_ports, http};
+
+/// The router address the Consul publishers register.
+pub const ROUTER: &str = "127.0.0.9";
+/// The publishers' ack wait: stalls last longer than this.
+const ACK_WAIT: Duration = Duration::from_secs(2);
+/// How long processes may take to be ready again after a fault.
+const READY: Duration = Duration::from_secs(60);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub seed: u64,
+    pub changes: usize,
+    pub faults: usize,
+    /// Reconcile every 2 s. Without it reconciliation runs only at each publisher's start-up,
+    /// and the run must show it never repaired anything: the incremental path alone is exact.
+    pub reconcile: bool,
+    /// Where the ksr binaries are.
+    pub bin_dir: PathBuf,
+    /// Where process logs go.
+    pub log_dir: PathBuf,
+}
+
+/// What a run did and checked.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changes: usize,
+    /// Each fault, in order, and whether it struck with work in flight.
+    pub faults: Vec<String>,
+    pub struck_busy: usize,
+    pub etcd_revisions_checked: u64,
+    pub consul_indexes_checked: u64,
+    /// etcd revisions that changed vulcand keys without a record (reconciliation's repairs).
+    pub unrecorded_writes: u64,
+    /// Repairs the publishers counted (scraped before every kill and at the end).
+    pub repairs: f64,
+    pub routed_services: usize,
+    pub vulcand_keys: usize,
+    pub consul_entries: usize,
+    pub dns_names_checked: usize,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} changes, {} faults ({} struck with work in flight) in {:.1} s",
+            self.changes,
+            self.faults.len(),
+            self.struck_busy,
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "invariants checked at {} etcd revisions and {} Consul indexes: none broken",
+            self.etcd_revisions_checked, self.consul_indexes_checked
+        )?;
+        writeln!(
+            f,
+            "end state equals the model: {} routed Services, {} vulcand keys, {} Consul entries, fences and claim records; {} DNS names answered as modelled",
+            self.routed_services, self.vulcand_keys, self.consul_entries, self.dns_names_checked
+        )?;
+        write!(
+            f,
+            "repairs: {} counted by the publishers, {} etcd revisions wrote vulcand keys without records",
+            self.repairs, self.unrecorded_writes
+        )
+    }
+}
+
+/// A process of ours that can be killed, stalled and started again with the same arguments.
+struct Process {
+    name: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    admin_port: u16,
+    proc: Option<Proc>,
+    /// Repairs counted by earlier lives of the process.
+    repairs: f64,
+}
+
+impl Process {
+    fn new(
+        bin_dir: &Path,
+        log_dir: &Path,
+        name: &str,
+        binary: &str,
+        mut args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let admin_port = free_ports(1)?[0];
+        args.extend(["--admin-addr".into(), format!("127.0.0.1:{admin_port}")]);
+        let mut p = Self {
+            name: name.into(),
+            binary: bin_dir.join(binary),
+            args,
+            log: log_dir.join(format!("{name}.log")),
+            admin_port,
+            proc: None,
+            repairs: 0.0,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args).env("KSR_LOG", "info");
+        self.proc = Some(Proc::spawn(&self.name, cmd, &self.log)?);
+        Ok(())
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = http::get(self.admin_port, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        crate::replica::sample(&text, name)
+    }
+
+    async fn ready(&self) -> bool {
+        matches!(http::get(self.admin_port, "/readyz").await, Some((200, _)))
+    }
+
+    /// Counts this life's repairs, then SIGKILLs it.
+    async fn kill(&mut self, repairs_metric: Option<&str>) {
+        if let Some(m) = repairs_metric {
+            self.repairs += self.metric(m).await;
+        }
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        self.proc.as_ref().map_or(Ok(()), |p| p.signal(signal))
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.proc.as_mut().map_or(Ok(()), Proc::check_alive)
+    }
+}
+
+/// The publisher kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Vulcand,
+    Consul,
+}
+
+impl Kind {
+    fn in_flight(self) -> &'static str {
+        match self {
+            Kind::Vulcand => "ksr_vulcand_deliveries_in_flight",
+            Kind::Consul => "ksr_consul_deliveries_in_flight",
+        }
+    }
+
+    fn repairs(self) -> &'static str {
+        match self {
+            Kind::Vulcand => "ksr_vulcand_reconcile_repairs_total",
+            Kind::Consul => "ksr_consul_reconcile_repairs_total",
+        }
+    }
+}
+
+/// The faults, each struck once per cycle.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    KillWatcher(usize),
+    KillPublisher(Kind),
+    KillNats,
+    KillEtcd,
+    KillConsul,
+    PublisherAndEtcd,
+    NatsAndWatcher,
+    StallEtcd,
+    StallPublisher(Kind),
+    KillRandomReplicas,
+}
+
+const CYCLE: [Fault; 12] = [
+    Fault::KillWatcher(0),
+    Fault::KillPublisher(Kind::Vulcand),
+    Fault::KillNats,
+    Fault::KillEtcd,
+    Fault::KillPublisher(Kind::Consul),
+    Fault::KillConsul,
+    Fault::PublisherAndEtcd,
+    Fault::NatsAndWatcher,
+    Fault::StallEtcd,
+    Fault::StallPublisher(Kind::Vulcand),
+    Fault::KillWatcher(1),
+    Fault::KillRandomReplicas,
+];
+
+/// A small xorshift generator: runs are reproducible from their seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next(&mut self, m: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % m.max(1)
+    }
+}
+
+/// A Service slot: where it lives and which annotations it may take.
+struct Slot {
+    namespace: &'static str,
+    name: String,
+    hosts: Vec<Option<&'static str>>,
+    paths: Vec<Option<&'static str>>,
+}
+
+fn slots() -> Vec<Slot> {
+    let mut out = Vec::new();
+    for ns in ["shop", "b-c", "c", "team-a"] {
+        for i in 0..6 {
+            out.push(Slot {
+                namespace: ns,
+                name: format!("s{i}"),
+                hosts: if ns == "shop" && i == 0 {
+                    vec![None, Some("front")]
+                } else {
+                    vec![None]
+                },
+                paths: vec![None, None, Some("/v[0-9]+/.*")],
+            });
+        }
+    }
+    let special: [(
+        &str,
+        &str,
+        Vec<Option<&'static str>>,
+        Vec<Option<&'static str>>,
+    ); 6] = [
+        // Services of one namespace on one hostname: different paths, and a contested one.
+        ("shop", "front1", vec![Some("front")], vec![None]),
+        ("shop", "front2", vec![Some("front")], vec![Some("/api/.*")]),
+        (
+            "shop",
+            "front3",
+            vec![Some("front")],
+            vec![None, Some("/api/.*")],
+        ),
+        // `x` in `b-c` and `host: x-b` in `c` are both `x-b-c`: namespaces collide.
+        ("b-c", "x", vec![None], vec![None, Some("/admin.*")]),
+        ("c", "y", vec![Some("x-b")], vec![None, Some("/admin.*")]),
+        // `host: s0` in team-a shares s0-team-a with the Service s0 there.
+        ("team-a", "z", vec![None, Some("s0")], vec![None]),
+    ];
+    for (ns, name, hosts, paths) in special {
+        out.push(Slot {
+            namespace: ns,
+            name: name.into(),
+            hosts,
+            paths,
+        });
+    }
+    out
+}
+
+/// One Service as the test applied it.
+#[derive(Debug, Clone)]
+struct Spec {
+    host: Option<&'static str>,
+    path: Option<&'static str>,
+    cluster_ip: IpAddr,
+    endpoints: Vec<(IpAddr, bool)>,
+    version: u16,
+}
+
+/// The clusters and what the test made of them.
+struct Workload {
+    rng: Rng,
+    slots: Vec<Slot>,
+    apis: Vec<(&'static str, FakeApiServer)>,
+    specs: BTreeMap<ServiceKey, Spec>,
+    registry: Registry,
+    next_ip: u32,
+    version: u16,
+    changes: usize,
+}
+
+impl Workload {
+    fn fresh_ip(&mut self) -> IpAddr {
+        self.next_ip += 1;
+        let n = self.next_ip;
+        IpAddr::from([10, 100 + (n >> 16) as u8, (n >> 8) as u8, n as u8])
+    }
+
+    fn register(&self, ip: IpAddr, key: &ServiceKey) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ip, key.clone());
+    }
+
+    /// Applies one random change.
+    fn step(&mut self) {
+        self.changes += 1;
+        let slot = self.rng.next(self.slots.len() as u64) as usize;
+        let c = self.rng.next(2) as usize;
+        let (ns, name) = (self.slots[slot].namespace, self.slots[slot].name.clone());
+        let key = ServiceKey::new(self.apis[c].0, ns, &name);
+        let exists = self.specs.contains_key(&key);
+        let roll = self.rng.next(100);
+        if exists && roll < 15 {
+            self.delete(c, &key);
+            return;
+        }
+        if exists && roll < 20 {
+            // Moves to the other cluster.
+            self.delete(c, &key);
+            let other = ServiceKey::new(self.apis[1 - c].0, ns, &name);
+            if !self.specs.contains_key(&other) {
+                self.upsert(1 - c, slot, other);
+            }
+            return;
+        }
+        self.upsert(c, slot, key);
+    }
+
+    fn delete(&mut self, c: usize, key: &ServiceKey) {
+        self.specs.remove(key);
+        let api = &self.apis[c].1;
+        api.delete(Resource::Services, &key.namespace, &key.name);
+        api.delete(
+            Resource::EndpointSlices,
+            &key.namespace,
+            &format!("{}-1", key.name),
+        );
+    }
+
+    fn upsert(&mut self, c: usize, slot: usize, key: ServiceKey) {
+        self.version = self.version.wrapping_add(1).max(1024);
+        let version = self.version;
+        let s = &self.slots[slot];
+        let host = s.hosts[self.rng.next(s.hosts.len() as u64) as usize];
+        let path = s.paths[self.rng.next(s.paths.len() as u64) as usize];
+        let spec = match self.specs.get(&key).cloned() {
+            Some(mut spec) => {
+                spec.host = host;
+                spec.path = path;
+                spec.version = version;
+                for e in &mut spec.endpoints {
+                    if self.rng.next(4) == 0 {
+                        e.1 = !e.1;
+                    }
+                }
+                spec
+            }
+            None => {
+                let cluster_ip = self.fresh_ip();
+                let endpoints: Vec<(IpAddr, bool)> = (0..1 + self.rng.next(2))
+                    .map(|_| (self.fresh_ip(), self.rng.next(5) != 0))
+                    .collect();
+                self.register(cluster_ip, &key);
+                for (ip, _) in &endpoints {
+                    self.register(*ip, &key);
+                }
+                Spec {
+                    host,
+                    path,
+                    cluster_ip,
+                    endpoints,
+                    version,
+                }
+            }
+        };
+        let mut annotations = serde_json::Map::new();
+        if let Some(h) = spec.host {
+            annotations.insert("host".into(), json!(h));
+        }
+        if let Some(p) = spec.path {
+            annotations.insert("path".into(), json!(p));
+        }
+        let api = &self.apis[c].1;
+        api.apply(
+            Resource::Services,
+            json!({"metadata": {"name": key.name, "namespace": key.namespace, "labels": {"type": "ingress"},
+                                "annotations": Value::Object(annotations)},
+                   "spec": {"clusterIP": spec.cluster_ip.to_string(),
+                            "ports": [{"name": "http", "port": version, "targetPort": version}]}}),
+        );
+        if self.apis[c].0 == "west" {
+            let eps: Vec<Value> = spec
+                .endpoints
+                .iter()
+                .map(|(ip, ready)| json!({"addresses": [ip.to_string()], "conditions": {"ready": ready}}))
+                .collect();
+            api.apply(
+                Resource::EndpointSlices,
+                json!({"metadata": {"name": format!("{}-1", key.name), "namespace": key.namespace,
+                                    "labels": {"kubernetes.io/service-name": key.name}},
+                       "addressType": "IPv4", "endpoints": eps,
+                       "ports": [{"name": "http", "port": version}]}),
+            );
+        }
+        self.specs.insert(key, spec);
+    }
+
+    /// The model's input: every Service as the contract normalizes it (hostname
+    /// `<host|name>-<namespace>.test.service.consul`, path `/.*` by default, the clusterIP
+    /// or the ready endpoints at the Service's version port), with ages from the stream.
+    /// None while the stream does not end with what the test applied.
+    fn modelled(&self, ages: &Ages) -> Option<Vec<Service>> {
+        let mut out = Vec::new();
+        for (key, spec) in &self.specs {
+            let label = format!("{}-{}", spec.host.unwrap_or(&key.name), key.namespace);
+            let hostname = format!("{label}.test.service.consul");
+            let path = spec.path.unwrap_or("/.*").to_owned();
+            let (host_since, route_since) = ages.since(key, &hostname, &path)?;
+            let servers = if key.cluster == "west" {
+                spec.endpoints
+                    .iter()
+                    .filter(|(_, ready)| *ready)
+                    .map(|(ip, _)| std::net::SocketAddr::new(*ip, spec.version))
+                    .collect()
+            } else {
+                vec![std::net::SocketAddr::new(spec.cluster_ip, spec.version)]
+            };
+            out.push(Service {
+                key: key.clone(),
+                hostname,
+                consul: Some((label, "test".into())),
+                path,
+                servers,
+                host_since,
+                route_since,
+            });
+        }
+        Some(out)
+    }
+}
+
+/// Everything running.
+struct System {
+    nats: NatsServer,
+    etcd: EtcdServer,
+    consul: ConsulServer,
+    watchers: Vec<Process>,
+    vulcand: Vec<Process>,
+    consuls: Vec<Process>,
+}
+
+impl System {
+    fn publishers(&mut self, kind: Kind) -> &mut Vec<Process> {
+        match kind {
+            Kind::Vulcand => &mut self.vulcand,
+            Kind::Consul => &mut self.consuls,
+        }
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in self
+            .watchers
+            .iter_mut()
+            .chain(&mut self.vulcand)
+            .chain(&mut self.consuls)
+        {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+/// Changes per burst, and how often a burst comes (~330 changes/s).
+const BURST: usize = 20;
+const BURST_EVERY: Duration = Duration::from_millis(60);
+
+/// Applies changes in bursts (the load) while polling `done` every millisecond, until it
+/// says so (true) or `timeout` passes (false).
+async fn load_until<F, Fut>(w: &mut Workload, timeout: Duration, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut next_burst = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    loop {
+        if done().await {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if now >= next_burst {
+            for _ in 0..BURST {
+                w.step();
+            }
+            next_burst = now + BURST_EVERY;
+        }
+        pace.tick().await;
+    }
+}
+
+/// Load for `d`.
+async fn load_for(w: &mut Workload, d: Duration) {
+    load_until(w, d, || async { false }).await;
+}
+
+/// Whether any of `procs` reports `metric` above zero.
+async fn busy(procs: &[&Process], metric: &str) -> bool {
+    for p in procs {
+        if p.metric(metric).await > 0.0 {
+            return true;
+        }
+    }
+    false
+}
+
+async fn all_ready(procs: &[&Process]) -> bool {
+    for p in procs {
+        if !p.ready().await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Runs the scenario; fails with the recorder's findings or the model's differences.
+pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let mut out = Outcome::default();
+    let mut rng = Rng::new(s.seed);
+    let nats = NatsServer::start().await?;
+    let etcd = EtcdServer::start().await?;
+    let consul = ConsulServer::start().await?;
+    let registry = Registry::default();
+    let recorder = Recorder::start(
+        etcd.endpoint(),
+        Some((consul.http_port(), ROUTER.into(), 80)),
+        registry.clone(),
+    );
+    let apis = vec![
+        ("east", FakeApiServer::start().await?),
+        ("west", FakeApiServer::start().await?),
+    ];
+    let interval = if s.reconcile { "2s" } else { "0s" };
+    let common = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--nats-url",
+            &nats.url(),
+            "--max-retry-delay",
+            "300ms",
+            "--ack-wait",
+            "2s",
+            "--reconcile-interval",
+            interval,
+            "--batch-size",
+            "64",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let mut watchers = Vec::new();
+    for (cluster, api) in &apis {
+        let mode = if *cluster == "west" {
+            "endpoints"
+        } else {
+            "cluster-ip"
+        };
+        watchers.push(Process::new(
+            &s.bin_dir,
+            &s.log_dir,
+            &format!("watcher-{cluster}"),
+            "ksr-watcher",
+            vec![
+                "--cluster".into(),
+                (*cluster).into(),
+                "--nats-url".into(),
+                nats.url(),
+                "--kube-url".into(),
+                api.url().into(),
+                "--address-mode".into(),
+                mode.into(),
+                // Kills here are real downtime with real deletions: not the mass removal the
+                // guard exists for (it has its own tests).
+                "--allow-mass-removal".into(),
+            ],
+        )?);
+    }
+    let mut vulcand = Vec::new();
+    let mut consuls = Vec::new();
+    for i in 0..3 {
+        vulcand.push(Process::new(
+            &s.bin_dir,
+            &s.log_dir,
+            &format!("vulcand-{i}"),
+            "ksr-publisher-vulcand",
+            common(&["--etcd-endpoints", &etcd.endpoint()]),
+        )?);
+        consuls.push(Process::new(
+            &s.bin_dir,
+            &s.log_dir,
+            &format!("consul-{i}"),
+            "ksr-publisher-consul",
+            common(&[
+                "--consul-address",
+                &consul.url(),
+                "--router-address",
+                ROUTER,
+            ]),
+        )?);
+    }
+    let mut sys = System {
+        nats,
+        etcd,
+        consul,
+        watchers,
+        vulcand,
+        consuls,
+    };
+    let mut w = Workload {
+        rng: Rng::new(s.seed ^ 0x5bd1_e995),
+        slots: slots(),
+        apis,
+        specs: BTreeMap::new(),
+        registry,
+        next_ip: 0,
+        version: 1023,
+        changes: 0,
+    };
+    // Start-up: every process ready before the first fault.
+    let procs: Vec<&Process> = sys
+        .watchers
+        .iter()
+        .chain(&sys.vulcand)
+        .chain(&sys.consuls)
+        .collect();
+    anyhow::ensure!(
+        load_until(&mut w, READY, || all_ready(&procs)).await,
+        "the processes did not become ready"
+    );
+    let per_fault = (s.changes / (s.faults + 1)).max(1);
+    let mut cycle: Vec<Fault> = CYCLE.to_vec();
+    for i in (1..cycle.len()).rev() {
+        cycle.swap(i, rng.next(i as u64 + 1) as usize);
+    }
+    for n in 0..s.faults {
+        // Steady load between faults.
+        let target = w.changes + per_fault;
+        while w.changes < target {
+            load_for(&mut w, BURST_EVERY).await;
+        }
+        let fault = cycle[n % cycle.len()];
+        let (what, busy_now) = strike(&mut sys, &mut w, &mut rng, fault).await?;
+        out.struck_busy += usize::from(busy_now);
+        out.faults.push(format!(
+            "{what}{}",
+            if busy_now {
+                " (work in flight)"
+            } else {
+                " (idle)"
+            }
+        ));
+        sys.check_alive()?;
+    }
+    while w.changes < s.changes {
+        load_for(&mut w, BURST_EVERY).await;
+    }
+    out.changes = w.changes;
+
+    // The end state, as the model says.
+    let settings = Settings {
+        router_address: ROUTER.into(),
+        ..Settings::default()
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(sys.nats.url()).await?);
+    let (routed, etcd_keys, consul_entries) = eventually(Duration::from_secs(120), || async {
+        let stream = js.get_stream("KSR_ROUTES").await?;
+        let events: Vec<(u64, ksr_proto::Event)> =
+            ksr_runtime::replay::all_events(&stream, "ksr.routes.>")
+                .await?
+                .into_iter()
+                .filter_map(|l| Some((l.seq, l.event.ok()?)))
+                .collect();
+        let ages = Ages::from_stream(&events);
+        let services = w.modelled(&ages).ok_or_else(|| {
+            anyhow::anyhow!("the stream does not end with the clusters' state yet")
+        })?;
+        let etcd_all = sys.etcd.contents("").await?;
+        let consul_all = sys.consul.contents("ksr", false).await?;
+        let diff = crate::verify::vulcand(&settings, &services, &ages, &etcd_all)
+            + &crate::verify::consul(&settings, &["test"], &services, &ages, &consul_all);
+        anyhow::ensure!(diff.is_empty(), "{diff}");
+        Ok((
+            services.len(),
+            etcd_all
+                .keys()
+                .filter(|k| k.starts_with("vulcand/"))
+                .count(),
+            consul_all.keys().filter(|k| k.starts_with("svc:")).count(),
+        ))
+    })
+    .await?;
+    out.routed_services = routed;
+    out.vulcand_keys = etcd_keys;
+    out.consul_entries = consul_entries;
+
+    // What DNS answers: every modelled name resolves to the router.
+    let mut names: Vec<String> = w
+        .specs
+        .iter()
+        .map(|(k, s)| {
+            format!(
+                "{}-{}.test.service.consul",
+                s.host.unwrap_or(&k.name),
+                k.namespace
+            )
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in &names {
+        eventually(Duration::from_secs(10), || async {
+            let a = crate::dns::query_a(sys.consul.dns_port(), name).await?;
+            anyhow::ensure!(
+                a.addrs == vec![ROUTER.parse::<std::net::Ipv4Addr>()?],
+                "{name}: {a:?}"
+            );
+            Ok(())
+        })
+        .await?;
+    }
+    let gone = "never-routed-shop.test.service.consul";
+    let a = crate::dns::query_a(sys.consul.dns_port(), gone).await?;
+    anyhow::ensure!(a.rcode == crate::dns::NXDOMAIN, "{gone}: {a:?}");
+    out.dns_names_checked = names.len() + 1;
+
+    // Repairs counted by every life of every publisher.
+    for kind in [Kind::Vulcand, Kind::Consul] {
+        for p in sys.publishers(kind).iter() {
+            out.repairs += p.repairs + p.metric(kind.repairs()).await;
+        }
+    }
+    let mut client = etcd_client::Client::connect([sys.etcd.endpoint()], None).await?;
+    let rev = client
+        .get("ksr-recorder-end", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    let report = recorder.finish(u64::try_from(rev).unwrap_or(0)).await;
+    out.etcd_revisions_checked = report.revisions;
+    out.consul_indexes_checked = report.indexes;
+    out.unrecorded_writes = report.unrecorded_writes;
+    anyhow::ensure!(
+        report.findings.is_empty(),
+        "invariants broken during the run:\n{}",
+        report.findings.join("\n")
+    );
+    if !s.reconcile {
+        // The incremental path alone was exact: nothing was ever repaired, and a fresh
+        // reconciliation finds nothing to repair either.
+        anyhow::ensure!(
+            out.repairs == 0.0 && out.unrecorded_writes == 0,
+            "reconciliation repaired what the incremental path left wrong: {} repairs counted, {} revisions wrote vulcand keys without records",
+            out.repairs,
+            out.unrecorded_writes
+        );
+        for kind in [Kind::Vulcand, Kind::Consul] {
+            let p = &sys.publishers(kind)[0];
+            let runs = match kind {
+                Kind::Vulcand => "ksr_vulcand_reconcile_runs_total",
+                Kind::Consul => "ksr_consul_reconcile_runs_total",
+            };
+            let mut fresh = Process::new(
+                &s.bin_dir,
+                &s.log_dir,
+                &format!("{}-final", p.name),
+                p.binary
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default(),
+                p.args[..p.args.len() - 2].to_vec(),
+            )?;
+            eventually(Duration::from_secs(60), || async {
+                anyhow::ensure!(fresh.metric(runs).await >= 1.0, "no reconciliation yet");
+                Ok(())
+            })
+            .await?;
+            let repairs = fresh.metric(kind.repairs()).await;
+            anyhow::ensure!(
+                repairs == 0.0,
+                "a fresh reconciliation repaired {repairs} entries"
+            );
+            fresh.kill(None).await;
+        }
+    }
+    out.elapsed = started.elapsed();
+    Ok(out)
+}
+
+/// Strikes one fault under load; returns its description and whether it struck while the
+/// processes concerned had work in flight.
+async fn strike(
+    sys: &mut System,
+    w: &mut Workload,
+    rng: &mut Rng,
+    fault: Fault,
+) -> anyhow::Result<(String, bool)> {
+    // Wait (under load, up to 5 s) until the processes concerned hold work.
+    const PATIENCE: Duration = Duration::from_secs(5);
+    let started = Instant::now();
+    let replica = rng.next(3) as usize;
+    let what;
+    let busy_now;
+    match fault {
+        Fault::KillWatcher(c) => {
+            let p = &sys.watchers[c];
+            busy_now = load_until(w, PATIENCE, || async {
+                busy(&[p], "ksr_watcher_pending_services").await
+            })
+            .await;
+            sys.watchers[c].kill(None).await;
+            load_for(w, Duration::from_millis(100)).await;
+            sys.watchers[c].start()?;
+            what = format!("SIGKILL watcher-{}", ["east", "west"][c]);
+        }
+        Fault::KillPublisher(kind) => {
+            let p = &sys.publishers(kind)[replica];
+            busy_now =
+                load_until(w, PATIENCE, || async { busy(&[p], kind.in_flight()).await }).await;
+            let p = &mut sys.publishers(kind)[replica];
+            p.kill(Some(kind.repairs())).await;
+            p.start()?;
+            what = format!("SIGKILL {}", p.name);
+        }
+        Fault::KillNats => {
+            let ps: Vec<&Process> = sys.vulcand.iter().collect();
+            busy_now = load_until(w, PATIENCE, || async {
+                busy(&ps, Kind::Vulcand.in_flight()).await
+            })
+            .await;
+            sys.nats.stop();
+            load_for(w, Duration::from_millis(300)).await;
+            sys.nats.restart().await?;
+            what = "SIGKILL nats-server".into();
+        }
+        Fault::KillEtcd => {
+            let ps: Vec<&Process> = sys.vulcand.iter().collect();
+            busy_now = load_until(w, PATIENCE, || async {
+                busy(&ps, Kind::Vulcand.in_flight()).await
+            })
+            .await;
+            sys.etcd.stop();
+            load_for(w, Duration::from_millis(300)).await;
+            sys.etcd.restart().await?;
+            what = "SIGKILL etcd".into();
+        }
+        Fault::KillConsul => {
+            let ps: Vec<&Process> = sys.consuls.iter().collect();
+            busy_now = load_until(w, PATIENCE, || async {
+                busy(&ps, Kind::Consul.in_flight()).await
+            })
+            .await;
+            sys.consul.stop();
+            load_for(w, Duration::from_millis(300)).await;
+            sys.consul.restart().await?;
+            what = "SIGKILL Consul".into();
+        }
+        Fault::PublisherAndEtcd => {
+            let p = &sys.vulcand[replica];
+            busy_now = load_until(w, PATIENCE, || async {
+                busy(&[p], Kind::Vulcand.in_flight()).await
+            })
+            .await;
+            sys.vulcand[replica]
+                .kill(Some(Kind::Vulcand.repairs()))
+                .await;
+            sys.etcd.stop();
+            load_for(w, Duration::from_millis(300)).await;
+            sys.etcd.restart().await?;
+            sys.vulcand[replica].start()?;
+            what = format!("SIGKILL vulcand-{replica} and etcd at once");
+        }
+        Fault::NatsAndWatcher => {
+            let c = replica % 2;
+            let p = &sys.watchers[c];
+            busy_now = load_until(w, PATIENCE, || async {
+                busy(&[p], "ksr_watcher_pending_services").await
+            })
+            .await;
+            sys.watchers[c].kill(None).await;
+            sys.nats.stop();
+            load_for(w, Duration::from_millis(300)).await;
+            sys.nats.restart().await?;
+            sys.watchers[c].start()?;
+            what = format!(
+                "SIGKILL nats-server and watcher-{} at once",
+                ["east", "west"][c]
+            );
+        }
+        Fault::StallEtcd => {
+            let ps: Vec<&Process> = sys.vulcand.iter().collect();
+            busy_now = load_until(w, PATIENCE, || async {
+                busy(&ps, Kind::Vulcand.in_flight()).await
+            })
+            .await;
+            sys.etcd.signal("STOP")?;
+            load_for(w, ACK_WAIT + Duration::from_secs(1)).await;
+            sys.etcd.signal("CONT")?;
+            what = "SIGSTOP etcd for longer than the ack wait, then SIGCONT".into();
+        }
+        Fault::StallPublisher(kind) => {
+            let p = &sys.publishers(kind)[replica];
+            busy_now =
+                load_until(w, PATIENCE, || async { busy(&[p], kind.in_flight()).await }).await;
+            let p = &sys.publishers(kind)[replica];
+            p.signal("STOP")?;
+            load_for(w, ACK_WAIT + Duration::from_secs(1)).await;
+            p.signal("CONT")?;
+            what = format!(
+                "SIGSTOP {} for longer than the ack wait, then SIGCONT",
+                p.name
+            );
+        }
+        Fault::KillRandomReplicas => {
+            let ps: Vec<&Process> = sys.vulcand.iter().chain(&sys.consuls).collect();
+            busy_now = load_until(w, PATIENCE, || async {
+                busy(&ps, Kind::Vulcand.in_flight()).await
+            })
+            .await;
+            let mut names = Vec::new();
+            for _ in 0..2 {
+                let kind = if rng.next(2) == 0 {
+                    Kind::Vulcand
+                } else {
+                    Kind::Consul
+                };
+                let p = &mut sys.publishers(kind)[rng.next(3) as usize];
+                p.kill(Some(kind.repairs())).await;
+                p.start()?;
+                names.push(p.name.clone());
+            }
+            what = format!("SIGKILL {} at random", names.join(" and "));
+        }
+    }
+    // Everything ready again before the next fault (under load).
+    let procs: Vec<&Process> = sys
+        .watchers
+        .iter()
+        .chain(&sys.vulcand)
+        .chain(&sys.consuls)
+        .collect();
+    anyhow::ensure!(
+        load_until(w, READY, || all_ready(&procs)).await,
+        "the processes did not become ready after: {what}"
+    );
+    let what = format!(
+        "{what}, all ready again {:.1} s later",
+        started.elapsed().as_secs_f64()
+    );
+    Ok((what, busy_now))
+}
