@@ -53,3 +53,40 @@ where
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::time::Instant;
+
+    /// On paused time: the clock advances only through the backoff's own sleeps.
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_exponentially_from_200ms_and_stop_at_shutdown() {
+        let shutdown = CancellationToken::new();
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let got = until_ok(&shutdown, "test", || async {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            if n < 5 { Err("down") } else { Ok(n) }
+        })
+        .await;
+        assert_eq!(got, Some(5));
+        // 200 + 400 + 800 + 1600 + 3200 ms of backoff, nothing else (the timer wheel rounds
+        // each sleep up to the next millisecond).
+        let ms = started.elapsed().as_millis();
+        assert!((6200..6210).contains(&ms), "{ms} ms");
+
+        // Delays are capped at 10 s; shutdown ends the wait at once.
+        let never = until_ok(&shutdown, "test", || async { Err::<(), _>("down") });
+        let stop = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            shutdown.cancel();
+        };
+        let started = Instant::now();
+        let (got, ()) = tokio::join!(never, stop);
+        assert_eq!(got, None);
+        assert_eq!(started.elapsed().as_secs(), 60);
+    }
+}

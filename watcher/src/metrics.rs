@@ -30,6 +30,7 @@ pub struct WatcherMetrics {
     pub source_errors: Counter,
     pub relists: Counter,
     pub publish_errors: Counter,
+    pub unchanged: Counter,
     pub services: Gauge,
     pub rejected_services: Gauge,
     pub held_removals: Gauge,
@@ -47,6 +48,7 @@ impl WatcherMetrics {
             source_errors: Counter::default(),
             relists: Counter::default(),
             publish_errors: Counter::default(),
+            unchanged: Counter::default(),
             services: Gauge::default(),
             rejected_services: Gauge::default(),
             held_removals: Gauge::default(),
@@ -84,6 +86,11 @@ impl WatcherMetrics {
                 "publish_errors",
                 "Publishes that failed (NATS unavailable); retried after a re-diff",
                 m.publish_errors.clone(),
+            );
+            r.register(
+                "unchanged",
+                "Changes whose normalized route equals what the stream holds: nothing published (no-op updates, churn that cancels out)",
+                m.unchanged.clone(),
             );
             r.register(
                 "source_errors",

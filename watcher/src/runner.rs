@@ -411,8 +411,16 @@ impl Runner {
                 let key = self.service_key(&obj);
                 let known = self.known.get(&key).cloned();
                 // Cheap pre-check: most keys of a full diff are unchanged.
-                self.publisher
-                    .change_for(&key, route.as_ref(), known.as_ref(), &origin)?;
+                if self
+                    .publisher
+                    .change_for(&key, route.as_ref(), known.as_ref(), &origin)
+                    .is_none()
+                {
+                    if !full {
+                        self.metrics.unchanged.inc();
+                    }
+                    return None;
+                }
                 Some(Job {
                     obj,
                     key,

@@ -14,6 +14,9 @@ use ksr_runtime::nats::{StreamSettings, ensure_stream};
 use ksr_test_support::{NatsServer, eventually};
 use ksr_watcher::{app, config::Config};
 
+/// How long [`Bench::wait_events`] watches for events that should not come.
+pub const QUIET: Duration = Duration::from_millis(600);
+
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub struct Bench {
@@ -104,8 +107,8 @@ impl Bench {
             .collect())
     }
 
-    /// Waits until exactly `want` events were published (and checks none more follow soon:
-    /// the caller's next step is gated on the watcher being idle, not on time).
+    /// Waits until exactly `want` events were published, then checks that no more follow
+    /// for [`QUIET`] (many coalescing windows): an extra event fails the test.
     pub async fn wait_events(&self, want: &[(EventKind, &str)]) -> anyhow::Result<()> {
         let want: Vec<(EventKind, String)> =
             want.iter().map(|(k, n)| (*k, n.to_string())).collect();
@@ -114,7 +117,18 @@ impl Bench {
             anyhow::ensure!(got == want, "published {got:?}, want {want:?}");
             Ok(())
         })
-        .await
+        .await?;
+        let quiet_until = std::time::Instant::now() + QUIET;
+        let mut every = tokio::time::interval(Duration::from_millis(25));
+        while std::time::Instant::now() < quiet_until {
+            every.tick().await;
+            let got = self.events().await?;
+            anyhow::ensure!(
+                got == want,
+                "more events followed: published {got:?}, want {want:?}"
+            );
+        }
+        Ok(())
     }
 }
 
