@@ -9,6 +9,7 @@ mod drive;
 mod procs;
 mod replay;
 mod report;
+mod soak;
 mod vulcand;
 mod watcher;
 
@@ -34,6 +35,8 @@ enum Bench {
     Watcher(watcher::Args),
     /// ksrctl: `state --at` replaying 1,000,000 events.
     Replay(replay::Args),
+    /// The whole pipeline under seeded changes and faults, checked against the model.
+    Soak(soak::Args),
 }
 
 #[tokio::main]
@@ -44,5 +47,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Consul(args) => consul::run(args).await,
         Bench::Watcher(args) => watcher::run(args).await,
         Bench::Replay(args) => replay::run(args).await,
+        Bench::Soak(args) => soak::run(args).await,
     }
 }

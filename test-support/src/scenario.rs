@@ -8,7 +8,7 @@
 //! hostname two namespaces collide on (`x` in `b-c` and `host: x-b` in `c`, in vulcand and in
 //! Consul), Services of one namespace sharing a hostname and a path, and Services moving
 //! between clusters. Each change bumps the Service's port (its version, which the recorder
-//! uses to see that nothing goes back) and each new Service gets addresses never used before.
+//! uses to see that nothing goes back; per Service, so any run length fits in a port) and each new Service gets addresses never used before.
 //! Faults are SIGKILLs of a process or server *while it holds work* (after readiness, when its
 //! metrics show deliveries in flight or changes pending), overlapping faults, stalls
 //! (SIGSTOP longer than the ack wait, then SIGCONT) and random replica kills. Used by
@@ -315,7 +315,7 @@ struct Workload {
     specs: BTreeMap<ServiceKey, Spec>,
     registry: Registry,
     next_ip: u32,
-    version: u16,
+    versions: std::collections::HashMap<ServiceKey, u16>,
     changes: usize,
 }
 
@@ -370,8 +370,12 @@ impl Workload {
     }
 
     fn upsert(&mut self, c: usize, slot: usize, key: ServiceKey) {
-        self.version = self.version.wrapping_add(1).max(1024);
-        let version = self.version;
+        // Each Service's version (its port) only grows, across deletions too.
+        let v = self.versions.entry(key.clone()).or_insert(1023);
+        *v = v
+            .checked_add(1)
+            .expect("fewer than 64,000 changes of one Service");
+        let version = *v;
         let s = &self.slots[slot];
         let host = s.hosts[self.rng.next(s.hosts.len() as u64) as usize];
         let path = s.paths[self.rng.next(s.paths.len() as u64) as usize];
@@ -661,7 +665,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
         specs: BTreeMap::new(),
         registry,
         next_ip: 0,
-        version: 1023,
+        versions: Default::default(),
         changes: 0,
     };
     // Start-up: every process ready before the first fault.
