@@ -70,6 +70,14 @@ impl<M, D> Backing<M, D> {
     }
 }
 
+/// A stored record as the cache holds it.
+fn versioned<R: Clone>(stored: Option<&(u64, R)>) -> Versioned<R> {
+    stored.map_or_else(Versioned::default, |(rev, r)| Versioned {
+        rev: *rev,
+        value: Some(r.clone()),
+    })
+}
+
 /// The injected error.
 #[derive(Debug, thiserror::Error)]
 pub enum MemError {
@@ -120,23 +128,11 @@ where
     pub fn reload(&self) {
         let b = self.backing();
         let mut state = StateOf::<T>::default();
-        for (k, (rev, r)) in &b.services {
-            state.services.insert(
-                k.clone(),
-                Versioned {
-                    rev: *rev,
-                    value: Some(r.clone()),
-                },
-            );
+        for (k, stored) in &b.services {
+            state.services.insert(k.clone(), versioned(Some(stored)));
         }
-        for (id, (rev, r)) in &b.names {
-            state.set_name(
-                id.clone(),
-                Versioned {
-                    rev: *rev,
-                    value: Some(r.clone()),
-                },
-            );
+        for (id, stored) in &b.names {
+            state.set_name(id.clone(), versioned(Some(stored)));
         }
         drop(b);
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = state;
@@ -298,25 +294,10 @@ where
         for (k, _) in units.iter().flat_map(|u| &u.compares) {
             match k {
                 RecordKey::Service(key) => {
-                    let v = b
-                        .services
-                        .get(key)
-                        .map_or_else(Versioned::default, |(rev, r)| Versioned {
-                            rev: *rev,
-                            value: Some(r.clone()),
-                        });
-                    s.services.insert(key.clone(), v);
+                    s.services
+                        .insert(key.clone(), versioned(b.services.get(key)));
                 }
-                RecordKey::Name(id) => {
-                    let v = b
-                        .names
-                        .get(id)
-                        .map_or_else(Versioned::default, |(rev, r)| Versioned {
-                            rev: *rev,
-                            value: Some(r.clone()),
-                        });
-                    s.set_name(id.clone(), v);
-                }
+                RecordKey::Name(id) => s.set_name(id.clone(), versioned(b.names.get(id))),
             }
         }
         Ok(())

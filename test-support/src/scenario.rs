@@ -265,35 +265,28 @@ fn slots() -> Vec<Slot> {
             });
         }
     }
-    let special: [(
-        &str,
-        &str,
-        Vec<Option<&'static str>>,
-        Vec<Option<&'static str>>,
-    ); 6] = [
+    let slot = |namespace, name: &str, hosts, paths| Slot {
+        namespace,
+        name: name.into(),
+        hosts,
+        paths,
+    };
+    out.extend([
         // Services of one namespace on one hostname: different paths, and a contested one.
-        ("shop", "front1", vec![Some("front")], vec![None]),
-        ("shop", "front2", vec![Some("front")], vec![Some("/api/.*")]),
-        (
+        slot("shop", "front1", vec![Some("front")], vec![None]),
+        slot("shop", "front2", vec![Some("front")], vec![Some("/api/.*")]),
+        slot(
             "shop",
             "front3",
             vec![Some("front")],
             vec![None, Some("/api/.*")],
         ),
         // `x` in `b-c` and `host: x-b` in `c` are both `x-b-c`: namespaces collide.
-        ("b-c", "x", vec![None], vec![None, Some("/admin.*")]),
-        ("c", "y", vec![Some("x-b")], vec![None, Some("/admin.*")]),
+        slot("b-c", "x", vec![None], vec![None, Some("/admin.*")]),
+        slot("c", "y", vec![Some("x-b")], vec![None, Some("/admin.*")]),
         // `host: s0` in team-a shares s0-team-a with the Service s0 there.
-        ("team-a", "z", vec![None, Some("s0")], vec![None]),
-    ];
-    for (ns, name, hosts, paths) in special {
-        out.push(Slot {
-            namespace: ns,
-            name: name.into(),
-            hosts,
-            paths,
-        });
-    }
+        slot("team-a", "z", vec![None, Some("s0")], vec![None]),
+    ]);
     out
 }
 
@@ -669,12 +662,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
         changes: 0,
     };
     // Start-up: every process ready before the first fault.
-    let procs: Vec<&Process> = sys
-        .watchers
-        .iter()
-        .chain(&sys.vulcand)
-        .chain(&sys.consuls)
-        .collect();
+    let procs = sys.all();
     anyhow::ensure!(
         load_until(&mut w, READY, || all_ready(&procs)).await,
         "the processes did not become ready"
@@ -838,6 +826,100 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
+/// The servers.
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    Nats,
+    Etcd,
+    Consul,
+}
+
+impl System {
+    fn all(&self) -> Vec<&Process> {
+        self.watchers
+            .iter()
+            .chain(&self.vulcand)
+            .chain(&self.consuls)
+            .collect()
+    }
+
+    /// The processes whose metric shows that `fault` strikes with work in flight.
+    fn watched(&self, fault: Fault, replica: usize) -> (Vec<&Process>, &'static str) {
+        const PENDING: &str = "ksr_watcher_pending_services";
+        match fault {
+            Fault::KillWatcher(c) => (vec![&self.watchers[c]], PENDING),
+            Fault::NatsAndWatcher => (vec![&self.watchers[replica % 2]], PENDING),
+            Fault::KillPublisher(kind) | Fault::StallPublisher(kind) => {
+                let p = match kind {
+                    Kind::Vulcand => &self.vulcand[replica],
+                    Kind::Consul => &self.consuls[replica],
+                };
+                (vec![p], kind.in_flight())
+            }
+            Fault::PublisherAndEtcd => (vec![&self.vulcand[replica]], Kind::Vulcand.in_flight()),
+            Fault::KillConsul => (self.consuls.iter().collect(), Kind::Consul.in_flight()),
+            Fault::KillNats | Fault::KillEtcd | Fault::StallEtcd | Fault::KillRandomReplicas => {
+                (self.vulcand.iter().collect(), Kind::Vulcand.in_flight())
+            }
+        }
+    }
+
+    fn stop(&mut self, server: Server) {
+        match server {
+            Server::Nats => self.nats.stop(),
+            Server::Etcd => self.etcd.stop(),
+            Server::Consul => self.consul.stop(),
+        }
+    }
+
+    async fn restart(&mut self, server: Server) -> anyhow::Result<()> {
+        match server {
+            Server::Nats => self.nats.restart().await,
+            Server::Etcd => self.etcd.restart().await,
+            Server::Consul => self.consul.restart().await,
+        }
+    }
+
+    /// SIGKILLs `server` and the processes in `procs` at once, keeps the load on for a
+    /// moment, and starts them all again.
+    async fn crash(
+        &mut self,
+        w: &mut Workload,
+        server: Option<Server>,
+        procs: &[(ProcGroup, usize)],
+    ) -> anyhow::Result<()> {
+        for (group, i) in procs {
+            let (p, repairs) = self.process(*group, *i);
+            p.kill(repairs).await;
+        }
+        if let Some(server) = server {
+            self.stop(server);
+        }
+        load_for(w, Duration::from_millis(300)).await;
+        if let Some(server) = server {
+            self.restart(server).await?;
+        }
+        for (group, i) in procs {
+            self.process(*group, *i).0.start()?;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, group: ProcGroup, i: usize) -> (&mut Process, Option<&'static str>) {
+        match group {
+            ProcGroup::Watcher => (&mut self.watchers[i], None),
+            ProcGroup::Publisher(kind) => (&mut self.publishers(kind)[i], Some(kind.repairs())),
+        }
+    }
+}
+
+/// Which of our processes.
+#[derive(Debug, Clone, Copy)]
+enum ProcGroup {
+    Watcher,
+    Publisher(Kind),
+}
+
 /// Strikes one fault under load; returns its description and whether it struck while the
 /// processes concerned had work in flight.
 async fn strike(
@@ -850,146 +932,79 @@ async fn strike(
     const PATIENCE: Duration = Duration::from_secs(5);
     let started = Instant::now();
     let replica = rng.next(3) as usize;
-    let what;
-    let busy_now;
-    match fault {
+    let (watched, metric) = sys.watched(fault, replica);
+    let busy_now = load_until(w, PATIENCE, || async { busy(&watched, metric).await }).await;
+    let stall = ACK_WAIT + Duration::from_secs(1);
+    let cluster = |c: usize| ["east", "west"][c];
+    let what = match fault {
         Fault::KillWatcher(c) => {
-            let p = &sys.watchers[c];
-            busy_now = load_until(w, PATIENCE, || async {
-                busy(&[p], "ksr_watcher_pending_services").await
-            })
-            .await;
-            sys.watchers[c].kill(None).await;
-            load_for(w, Duration::from_millis(100)).await;
-            sys.watchers[c].start()?;
-            what = format!("SIGKILL watcher-{}", ["east", "west"][c]);
+            sys.crash(w, None, &[(ProcGroup::Watcher, c)]).await?;
+            format!("SIGKILL watcher-{}", cluster(c))
         }
         Fault::KillPublisher(kind) => {
-            let p = &sys.publishers(kind)[replica];
-            busy_now =
-                load_until(w, PATIENCE, || async { busy(&[p], kind.in_flight()).await }).await;
-            let p = &mut sys.publishers(kind)[replica];
-            p.kill(Some(kind.repairs())).await;
-            p.start()?;
-            what = format!("SIGKILL {}", p.name);
+            sys.crash(w, None, &[(ProcGroup::Publisher(kind), replica)])
+                .await?;
+            format!("SIGKILL {}", sys.publishers(kind)[replica].name)
         }
         Fault::KillNats => {
-            let ps: Vec<&Process> = sys.vulcand.iter().collect();
-            busy_now = load_until(w, PATIENCE, || async {
-                busy(&ps, Kind::Vulcand.in_flight()).await
-            })
-            .await;
-            sys.nats.stop();
-            load_for(w, Duration::from_millis(300)).await;
-            sys.nats.restart().await?;
-            what = "SIGKILL nats-server".into();
+            sys.crash(w, Some(Server::Nats), &[]).await?;
+            "SIGKILL nats-server".into()
         }
         Fault::KillEtcd => {
-            let ps: Vec<&Process> = sys.vulcand.iter().collect();
-            busy_now = load_until(w, PATIENCE, || async {
-                busy(&ps, Kind::Vulcand.in_flight()).await
-            })
-            .await;
-            sys.etcd.stop();
-            load_for(w, Duration::from_millis(300)).await;
-            sys.etcd.restart().await?;
-            what = "SIGKILL etcd".into();
+            sys.crash(w, Some(Server::Etcd), &[]).await?;
+            "SIGKILL etcd".into()
         }
         Fault::KillConsul => {
-            let ps: Vec<&Process> = sys.consuls.iter().collect();
-            busy_now = load_until(w, PATIENCE, || async {
-                busy(&ps, Kind::Consul.in_flight()).await
-            })
-            .await;
-            sys.consul.stop();
-            load_for(w, Duration::from_millis(300)).await;
-            sys.consul.restart().await?;
-            what = "SIGKILL Consul".into();
+            sys.crash(w, Some(Server::Consul), &[]).await?;
+            "SIGKILL Consul".into()
         }
         Fault::PublisherAndEtcd => {
-            let p = &sys.vulcand[replica];
-            busy_now = load_until(w, PATIENCE, || async {
-                busy(&[p], Kind::Vulcand.in_flight()).await
-            })
-            .await;
-            sys.vulcand[replica]
-                .kill(Some(Kind::Vulcand.repairs()))
-                .await;
-            sys.etcd.stop();
-            load_for(w, Duration::from_millis(300)).await;
-            sys.etcd.restart().await?;
-            sys.vulcand[replica].start()?;
-            what = format!("SIGKILL vulcand-{replica} and etcd at once");
+            let p = (ProcGroup::Publisher(Kind::Vulcand), replica);
+            sys.crash(w, Some(Server::Etcd), &[p]).await?;
+            format!("SIGKILL vulcand-{replica} and etcd at once")
         }
         Fault::NatsAndWatcher => {
             let c = replica % 2;
-            let p = &sys.watchers[c];
-            busy_now = load_until(w, PATIENCE, || async {
-                busy(&[p], "ksr_watcher_pending_services").await
-            })
-            .await;
-            sys.watchers[c].kill(None).await;
-            sys.nats.stop();
-            load_for(w, Duration::from_millis(300)).await;
-            sys.nats.restart().await?;
-            sys.watchers[c].start()?;
-            what = format!(
-                "SIGKILL nats-server and watcher-{} at once",
-                ["east", "west"][c]
-            );
+            sys.crash(w, Some(Server::Nats), &[(ProcGroup::Watcher, c)])
+                .await?;
+            format!("SIGKILL nats-server and watcher-{} at once", cluster(c))
         }
         Fault::StallEtcd => {
-            let ps: Vec<&Process> = sys.vulcand.iter().collect();
-            busy_now = load_until(w, PATIENCE, || async {
-                busy(&ps, Kind::Vulcand.in_flight()).await
-            })
-            .await;
             sys.etcd.signal("STOP")?;
-            load_for(w, ACK_WAIT + Duration::from_secs(1)).await;
+            load_for(w, stall).await;
             sys.etcd.signal("CONT")?;
-            what = "SIGSTOP etcd for longer than the ack wait, then SIGCONT".into();
+            "SIGSTOP etcd for longer than the ack wait, then SIGCONT".into()
         }
         Fault::StallPublisher(kind) => {
             let p = &sys.publishers(kind)[replica];
-            busy_now =
-                load_until(w, PATIENCE, || async { busy(&[p], kind.in_flight()).await }).await;
-            let p = &sys.publishers(kind)[replica];
             p.signal("STOP")?;
-            load_for(w, ACK_WAIT + Duration::from_secs(1)).await;
+            load_for(w, stall).await;
             p.signal("CONT")?;
-            what = format!(
+            format!(
                 "SIGSTOP {} for longer than the ack wait, then SIGCONT",
                 p.name
-            );
+            )
         }
         Fault::KillRandomReplicas => {
-            let ps: Vec<&Process> = sys.vulcand.iter().chain(&sys.consuls).collect();
-            busy_now = load_until(w, PATIENCE, || async {
-                busy(&ps, Kind::Vulcand.in_flight()).await
-            })
-            .await;
-            let mut names = Vec::new();
+            let mut victims = Vec::new();
             for _ in 0..2 {
                 let kind = if rng.next(2) == 0 {
                     Kind::Vulcand
                 } else {
                     Kind::Consul
                 };
-                let p = &mut sys.publishers(kind)[rng.next(3) as usize];
-                p.kill(Some(kind.repairs())).await;
-                p.start()?;
-                names.push(p.name.clone());
+                victims.push((ProcGroup::Publisher(kind), rng.next(3) as usize));
             }
-            what = format!("SIGKILL {} at random", names.join(" and "));
+            sys.crash(w, None, &victims).await?;
+            let names: Vec<String> = victims
+                .iter()
+                .map(|(g, i)| sys.process(*g, *i).0.name.clone())
+                .collect();
+            format!("SIGKILL {} at random", names.join(" and "))
         }
-    }
+    };
     // Everything ready again before the next fault (under load).
-    let procs: Vec<&Process> = sys
-        .watchers
-        .iter()
-        .chain(&sys.vulcand)
-        .chain(&sys.consuls)
-        .collect();
+    let procs = sys.all();
     anyhow::ensure!(
         load_until(w, READY, || all_ready(&procs)).await,
         "the processes did not become ready after: {what}"

@@ -80,7 +80,7 @@ fn history(rng: &mut Rng, n: usize) -> Vec<(u64, Event)> {
                 .map(|i| Backend {
                     ip: format!("10.{c}.{}.{}", out.len() % 250, i + 1)
                         .parse()
-                        .unwrap(),
+                        .expect("test data is well formed"),
                     port: 80 + rng.next(2) as u16,
                     ready: rng.next(4) != 0,
                 })
@@ -195,7 +195,10 @@ fn write_vulcand(contents: &mut BTreeMap<String, String>, op: &KeyOp) {
 fn write_consul(contents: &mut BTreeMap<String, String>, op: &CatalogOp) {
     match op {
         CatalogOp::Set(body) => {
-            contents.insert(body.id.clone(), serde_json::to_string(body).unwrap());
+            contents.insert(
+                body.id.clone(),
+                serde_json::to_string(body).expect("test data is well formed"),
+            );
         }
         CatalogOp::Delete { id, .. } => {
             contents.remove(id);
@@ -216,13 +219,13 @@ fn records<M: serde::Serialize, D: serde::Serialize>(
                 "ksr/ksr/{target}/services/{}/{}/{}",
                 k.cluster, k.namespace, k.name
             ),
-            serde_json::to_string(r).unwrap(),
+            serde_json::to_string(r).expect("test data is well formed"),
         );
     }
     for (id, (_, r)) in &b.names {
         out.insert(
             format!("ksr/ksr/{target}/{names}/{id}"),
-            serde_json::to_string(r).unwrap(),
+            serde_json::to_string(r).expect("test data is well formed"),
         );
     }
     out
@@ -252,7 +255,7 @@ fn vulcand_order(contents: &BTreeMap<String, String>) -> Result<(), String> {
 fn run_case(seed: u64, events: usize, replicas: usize, max_ops: usize, faults: Faults) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
-        .unwrap();
+        .expect("test data is well formed");
     let mut rng = Rng(seed | 1);
     let history = history(&mut rng, events);
     let ages = Ages::from_stream(&history);
@@ -274,7 +277,7 @@ fn run_case(seed: u64, events: usize, replicas: usize, max_ops: usize, faults: F
         })
         .collect();
     let trace = rt.block_on(deliver(&mut rng, &history, &stores));
-    let b = vulcand.lock().unwrap();
+    let b = vulcand.lock().expect("not poisoned");
     let mut etcd = b.contents.clone();
     vulcand_order(&etcd).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     etcd.extend(records(&b, "vulcand", "hosts"));
@@ -304,12 +307,12 @@ fn run_case(seed: u64, events: usize, replicas: usize, max_ops: usize, faults: F
         })
         .collect();
     let trace = rt.block_on(deliver(&mut rng, &history, &stores));
-    let b = consul.lock().unwrap();
+    let b = consul.lock().expect("not poisoned");
     let catalog: BTreeMap<String, ConsulEntry> = b
         .contents
         .iter()
         .map(|(id, body)| {
-            let s: ServiceBody = serde_json::from_str(body).unwrap();
+            let s: ServiceBody = serde_json::from_str(body).expect("test data is well formed");
             let entry = ConsulEntry {
                 service: s.service,
                 tags: s.tags,

@@ -28,19 +28,22 @@ fn scenario(seed: u64, reconcile: bool, logs: &std::path::Path) -> anyhow::Resul
     })
 }
 
+/// Runs the scenario, keeping the logs when it fails, and prints what it checked.
+async fn run(default_seed: u64, reconcile: bool) -> anyhow::Result<scenario::Outcome> {
+    let logs = tempfile::tempdir()?;
+    let s = scenario(seed(default_seed), reconcile, logs.path())?;
+    let outcome = scenario::run(&s).await.map_err(|e| {
+        let kept = logs.keep();
+        anyhow::anyhow!("seed {} (logs kept in {}): {e:#}", s.seed, kept.display())
+    })?;
+    println!("seed {}: {outcome}\n{:#?}", s.seed, outcome.faults);
+    Ok(outcome)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_under_load_ends_as_the_model_says_and_breaks_no_invariant()
 -> anyhow::Result<()> {
-    let logs = tempfile::tempdir()?;
-    let s = scenario(seed(1), true, logs.path())?;
-    let outcome = scenario::run(&s).await.map_err(|e| {
-        anyhow::anyhow!(
-            "seed {} (logs kept in {}): {e:#}",
-            s.seed,
-            logs.keep().display()
-        )
-    })?;
-    println!("seed {}: {outcome}\n{:#?}", s.seed, outcome.faults);
+    let outcome = run(1, true).await?;
     assert_eq!(outcome.faults.len(), 12);
     Ok(())
 }
@@ -48,16 +51,7 @@ async fn every_fault_under_load_ends_as_the_model_says_and_breaks_no_invariant()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reconciliation_the_incremental_path_alone_is_exact_under_faults()
 -> anyhow::Result<()> {
-    let logs = tempfile::tempdir()?;
-    let s = scenario(seed(2), false, logs.path())?;
-    let outcome = scenario::run(&s).await.map_err(|e| {
-        anyhow::anyhow!(
-            "seed {} (logs kept in {}): {e:#}",
-            s.seed,
-            logs.keep().display()
-        )
-    })?;
-    println!("seed {}: {outcome}\n{:#?}", s.seed, outcome.faults);
+    let outcome = run(2, false).await?;
     assert_eq!(outcome.repairs, 0.0);
     assert_eq!(outcome.unrecorded_writes, 0);
     Ok(())
