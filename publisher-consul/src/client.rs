@@ -277,11 +277,17 @@ impl ConsulClient {
     }
 
     /// Every KV entry under `prefix`.
+    ///
+    /// Every read here is `consistent`: in Consul's default mode a server that has just
+    /// restarted answers from its snapshot before it has applied its log (measured: fences
+    /// thousands of sequences old), and writes planned from such a read would be refused by
+    /// their checks at best; consistent reads wait until the leader may answer (Consul says
+    /// "Not ready to serve consistent reads", a 500 that is retried).
     pub async fn kv_tree(&self, prefix: &str) -> Result<Vec<KvEntry>, Error> {
         let (status, text) = self
             .send(
                 Method::GET,
-                &format!("/v1/kv/{prefix}?recurse=true"),
+                &format!("/v1/kv/{prefix}?recurse=true&consistent"),
                 None,
                 "reading our records",
             )
@@ -298,7 +304,7 @@ impl ConsulClient {
         let (status, text) = self
             .send(
                 Method::GET,
-                &format!("/v1/kv/{key}"),
+                &format!("/v1/kv/{key}?consistent"),
                 None,
                 "reading a record",
             )
@@ -320,7 +326,7 @@ impl ConsulClient {
         let (status, text) = self
             .send(
                 Method::GET,
-                &format!("/v1/catalog/node/{node}"),
+                &format!("/v1/catalog/node/{node}?consistent"),
                 None,
                 "listing our node",
             )
@@ -357,7 +363,7 @@ impl ConsulClient {
         let (_, text) = self
             .send(
                 Method::GET,
-                &format!("/v1/catalog/service/{service}"),
+                &format!("/v1/catalog/service/{service}?consistent"),
                 None,
                 "listing a service",
             )

@@ -99,7 +99,11 @@ impl ConsulServer {
         indexes: bool,
     ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
         let mut out = std::collections::BTreeMap::new();
-        if let Some(entries) = self.get_json("/v1/kv/ksr/?recurse=true").await?.as_array() {
+        if let Some(entries) = self
+            .get_json("/v1/kv/ksr/?recurse=true&consistent")
+            .await?
+            .as_array()
+        {
             for e in entries {
                 // Values are the records (base64); their ModifyIndex lives outside them.
                 out.insert(
@@ -108,7 +112,9 @@ impl ConsulServer {
                 );
             }
         }
-        let services = self.get_json(&format!("/v1/catalog/node/{node}")).await?;
+        let services = self
+            .get_json(&format!("/v1/catalog/node/{node}?consistent"))
+            .await?;
         if let Some(services) = services["Services"].as_object() {
             for (id, s) in services {
                 let mut body = serde_json::json!({

@@ -413,7 +413,7 @@ async fn follow_consul(
     while !stop.is_cancelled() {
         let node = client
             .get(format!(
-                "http://127.0.0.1:{port}/v1/catalog/node/ksr?index={index}&wait=2s"
+                "http://127.0.0.1:{port}/v1/catalog/node/ksr?index={index}&wait=2s&consistent"
             ))
             .send();
         let resp = tokio::select! {
@@ -435,7 +435,9 @@ async fn follow_consul(
         let Ok(body) = resp.json::<serde_json::Value>().await else {
             continue;
         };
-        // A restarted Consul may answer with a lower index: start over from it.
+        // A restarted Consul may answer with a lower index: start over from it. (Reads are
+        // `consistent`: in the default mode a just-restarted server answers from its snapshot
+        // before it has applied its log.)
         index = new_index;
         indexes.fetch_add(1, Ordering::Relaxed);
         let services = body["Services"].as_object().cloned().unwrap_or_default();
@@ -492,7 +494,7 @@ async fn follow_consul(
         // Fences (read right after; they only ever grow, so any order of reads is fine).
         if let Ok(resp) = client
             .get(format!(
-                "http://127.0.0.1:{port}/v1/kv/ksr/ksr/consul/services/?recurse=true"
+                "http://127.0.0.1:{port}/v1/kv/ksr/ksr/consul/services/?recurse=true&consistent"
             ))
             .send()
             .await
