@@ -191,6 +191,28 @@ async fn vulcand_keys(
     etcd.contents("vulcand/").await
 }
 
+/// Fails unless etcd's vulcand keys are exactly what the independent model says the
+/// stream's newest events project to (not a rebuild through the same planner).
+async fn vulcand_as_modelled(sys: &System) -> anyhow::Result<()> {
+    use ksr_test_support::model::{Settings, differences, expected, services_from_stream};
+    let js = async_nats::jetstream::new(async_nats::connect(sys.nats.url()).await?);
+    let stream = js.get_stream("KSR_ROUTES").await?;
+    let events: Vec<(u64, ksr_proto::Event)> =
+        ksr_runtime::replay::all_events(&stream, "ksr.routes.>")
+            .await?
+            .into_iter()
+            .filter_map(|l| Some((l.seq, l.event.ok()?)))
+            .collect();
+    let want = expected(&Settings::default(), &services_from_stream(&events));
+    let diff = differences(
+        "vulcand keys",
+        &vulcand_keys(&sys.etcd).await?,
+        &want.vulcand,
+    );
+    anyhow::ensure!(diff.is_empty(), "{diff}");
+    Ok(())
+}
+
 /// Deletes the stream, as `nats stream rm` (or a lost volume) does, and waits until the
 /// watchers have created it again and republished their clusters' `services` Services.
 async fn recreate_stream(sys: &System, services: u64) -> anyhow::Result<()> {
@@ -309,7 +331,9 @@ async fn a_recreated_stream_is_followed_and_the_targets_equal_a_rebuild_from_it(
         anyhow::ensure!(live == rebuilt, "live {live:#?}\nrebuilt {rebuilt:#?}");
         Ok(())
     })
-    .await
+    .await?;
+    // And both are what the model says the new stream projects to.
+    vulcand_as_modelled(&sys).await
 }
 
 fn ksrctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -386,7 +410,8 @@ async fn a_retired_cluster_loses_exactly_its_routes_and_its_tombstones_are_colle
         anyhow::ensure!(live == rebuilt, "live {live:#?}\nrebuilt {rebuilt:#?}");
         Ok(())
     })
-    .await
+    .await?;
+    vulcand_as_modelled(&sys).await
 }
 
 #[tokio::test]
