@@ -160,25 +160,43 @@ impl ConsulClient {
         let http = builder
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
-        Ok(Self {
+        let client = Self {
             http,
             base,
             token: args.token.clone(),
             token_file: args.token_file.clone(),
-        })
+        };
+        // A token file that cannot be read at start-up is a configuration error.
+        client
+            .token()
+            .map_err(|e| Error::Config(format!("--consul-token-file: {e}")))?;
+        Ok(client)
     }
 
     pub fn base_url(&self) -> &str {
         &self.base
     }
 
-    fn token(&self) -> Option<String> {
-        if let Some(file) = &self.token_file {
-            return std::fs::read_to_string(file)
-                .ok()
-                .map(|t| t.trim().to_owned());
+    /// The token to send: `--consul-token`, or `--consul-token-file` read now (so a rotated
+    /// token takes effect without a restart). A configured file that is missing, unreadable
+    /// or empty is an error — never an anonymous request.
+    fn token(&self) -> Result<Option<String>, Error> {
+        let Some(file) = &self.token_file else {
+            return Ok(self.token.clone());
+        };
+        let unreadable = |source| Error::TokenFile {
+            path: file.clone(),
+            source,
+        };
+        let token = std::fs::read_to_string(file).map_err(unreadable)?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(unreadable(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is empty",
+            )));
         }
-        self.token.clone()
+        Ok(Some(token.to_owned()))
     }
 
     async fn send(
@@ -190,7 +208,7 @@ impl ConsulClient {
     ) -> Result<(StatusCode, String), Error> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
-        if let Some(token) = self.token() {
+        if let Some(token) = self.token()? {
             req = req.header("X-Consul-Token", token);
         }
         if let Some(body) = body {

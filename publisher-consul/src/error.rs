@@ -21,6 +21,11 @@ pub enum Error {
         status: u16,
         message: String,
     },
+    #[error("the Consul token file {} cannot be used: {source}", path.display())]
+    TokenFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("record {key} is corrupt: {reason}")]
     CorruptRecord { key: String, reason: String },
     #[error("writes kept conflicting with another writer after {attempts} attempts")]
@@ -39,6 +44,7 @@ impl Error {
             Error::PermissionDenied { .. } => "acl_denied",
             Error::Invalid { .. } => "invalid_request",
             Error::Server { .. } => "consul_error",
+            Error::TokenFile { .. } => "token_unreadable",
             Error::CorruptRecord { .. } => "corrupt_record",
             Error::Contention { .. } => "contention",
             Error::Runtime(_) => "runtime",

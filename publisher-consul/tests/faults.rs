@@ -91,6 +91,56 @@ async fn with_acls_a_wrong_token_is_a_clear_error_and_the_events_apply_once_it_i
     })
     .await?;
     bench.settled().await?;
+
+    // A token file that disappears is an error naming it, never an anonymous request; the
+    // events wait and apply once it is back.
+    std::fs::remove_file(&token_file)?;
+    bench
+        .publish(&added("east", "default", "third", &["10.0.0.3"]))
+        .await?;
+    let reason = eventually(WAIT, || async {
+        let (status, body) = p
+            .readyz()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+        anyhow::ensure!(status == 503, "still ready: {body}");
+        Ok(body)
+    })
+    .await?;
+    assert!(reason.contains("token file"), "{reason}");
+    let metrics = ksr_test_support::http::get(p.admin_port, "/metrics")
+        .await
+        .map(|r| r.1)
+        .unwrap_or_default();
+    assert!(
+        metrics.contains(r#"ksr_consul_apply_errors_total{reason="token_unreadable"}"#),
+        "{metrics}"
+    );
+    std::fs::write(&token_file, MASTER_TOKEN)?;
+    bench.settled().await?;
+    assert!(
+        bench
+            .snapshot()
+            .await?
+            .contains_key("svc:third-default.test")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_file_that_cannot_be_read_at_start_up_stops_the_publisher_naming_the_flag()
+-> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let p = bench.publisher(&["--consul-token-file", "/nonexistent/ksr-token"]);
+    let err = p
+        .shutdown()
+        .await
+        .expect_err("the publisher must not start");
+    let text = err.to_string();
+    assert!(
+        text.contains("--consul-token-file") && text.contains("/nonexistent/ksr-token"),
+        "{text}"
+    );
     Ok(())
 }
 
