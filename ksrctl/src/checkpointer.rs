@@ -6,7 +6,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use ksr_runtime::replay::Replay;
 
 use crate::checkpoints::{Checkpoints, Replayed};
-use crate::cli::{CheckpointArgs, StreamArgs};
+use crate::cli::{CheckpointArgs, NatsArgs};
 use crate::history::At;
 use crate::{Error, Outcome, read};
 
@@ -16,7 +16,7 @@ pub fn next_boundary(done: u64, every: u64) -> u64 {
 }
 
 pub async fn run(
-    stream_args: &StreamArgs,
+    stream_args: &NatsArgs,
     args: &CheckpointArgs,
     every: u64,
     follow: bool,

@@ -13,20 +13,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where the event stream is.
-#[derive(Debug, Clone, Args)]
-pub struct StreamArgs {
-    /// NATS server URL.
-    #[arg(
-        long = "nats-url",
-        env = "KSR_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// The stream holding the route events.
-    #[arg(long = "stream", env = "KSR_STREAM", default_value = "KSR_ROUTES")]
-    pub stream: String,
-}
+/// Where the event stream is, and how to reach it (the processes' own flags: URLs,
+/// credentials, TLS).
+pub use ksr_runtime::config::NatsArgs;
 
 /// Where routing-table checkpoints are kept (written by `ksrctl checkpoint`).
 #[derive(Debug, Clone, Args)]
@@ -146,7 +135,7 @@ pub enum Target {
     /// vulcand's keys in etcd.
     Vulcand {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         #[command(flatten)]
         target: VulcandTargetArgs,
         #[command(flatten)]
@@ -155,7 +144,7 @@ pub enum Target {
     /// The Consul catalog.
     Consul {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         #[command(flatten)]
         target: ConsulTargetArgs,
         #[command(flatten)]
@@ -167,13 +156,8 @@ pub enum Target {
 pub enum Command {
     /// The routes vulcand serves (from etcd) and what Consul DNS answers for each host.
     Routes {
-        /// etcd endpoint (host:port).
-        #[arg(
-            long = "etcd-endpoints",
-            env = "KSR_ETCD_ENDPOINTS",
-            default_value = "127.0.0.1:2379"
-        )]
-        etcd: String,
+        #[command(flatten)]
+        etcd: ksr_publisher_vulcand::config::EtcdArgs,
         /// vulcand's key prefix.
         #[arg(
             long = "vulcand-prefix",
@@ -195,7 +179,7 @@ pub enum Command {
     /// The history of routing changes, filtered.
     Events {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         #[command(flatten)]
         filter: FilterArgs,
         #[command(flatten)]
@@ -210,7 +194,7 @@ pub enum Command {
     /// The complete routing table at an instant (default: now), from the stream alone.
     State {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         /// `#seq`, RFC 3339 time, or `2h`/`7d` ago.
         #[arg(long)]
         at: Option<String>,
@@ -222,7 +206,7 @@ pub enum Command {
     /// Routes that appeared, disappeared or changed between two instants.
     Diff {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         /// The earlier instant (`#seq`, RFC 3339 time, or `2h`/`7d` ago).
         from: String,
         /// The later instant.
@@ -236,7 +220,7 @@ pub enum Command {
     /// events after the nearest checkpoint.
     Checkpoint {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         #[command(flatten)]
         checkpoints: CheckpointArgs,
         /// A checkpoint every this many stream sequences.
@@ -269,7 +253,7 @@ pub enum Command {
     /// when the Services really are gone.
     ConfirmRemovals {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         /// The cluster whose watcher holds removals.
         #[arg(long = "cluster", value_parser = ksr_runtime::config::parse_dns_label)]
         cluster: String,
@@ -278,7 +262,7 @@ pub enum Command {
     /// live Services); refuses while a watcher of that cluster runs.
     RetireCluster {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         /// The cluster to retire.
         #[arg(value_parser = ksr_runtime::config::parse_dns_label)]
         cluster: String,
@@ -286,7 +270,7 @@ pub enum Command {
     /// The stream, its consumers' lag, each cluster's last event, the newest checkpoint.
     Status {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: NatsArgs,
         #[command(flatten)]
         checkpoints: CheckpointArgs,
         #[command(flatten)]

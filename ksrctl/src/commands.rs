@@ -70,7 +70,7 @@ impl EventPrinter {
 }
 
 async fn events(
-    stream_args: &crate::cli::StreamArgs,
+    stream_args: &crate::cli::NatsArgs,
     filter: Filter,
     output: Output,
     newest_first: bool,
@@ -226,7 +226,7 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             consul_dns,
             watch,
         } => {
-            let client = etcd_client::Client::connect([etcd.as_str()], None).await?;
+            let client = ksr_publisher_vulcand::app::connect_etcd(&etcd).await?;
             let mut last = String::new();
             loop {
                 let found = routes::read(&mut client.kv_client(), &prefix).await?;
@@ -347,10 +347,7 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
 }
 
 /// Asks the watchers of `cluster` to publish the removals they hold back.
-async fn confirm_removals(
-    stream: &crate::cli::StreamArgs,
-    cluster: &str,
-) -> Result<Outcome, Error> {
+async fn confirm_removals(stream: &crate::cli::NatsArgs, cluster: &str) -> Result<Outcome, Error> {
     let client = crate::read::connect(stream).await?;
     let subject = ksr_proto::subject::confirm_removals_subject(cluster);
     let reply = tokio::time::timeout(

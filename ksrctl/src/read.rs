@@ -12,19 +12,15 @@ use ksr_proto::Event;
 use ksr_runtime::replay::{Latest, Replay};
 
 use crate::Error;
-use crate::cli::StreamArgs;
+use crate::cli::NatsArgs;
 
-/// Connects to NATS (`--nats-url` may name several servers, comma-separated).
-pub async fn connect(args: &StreamArgs) -> Result<async_nats::Client, Error> {
-    let servers = ksr_runtime::nats::server_addrs(&args.nats_url)
-        .map_err(|e| Error::Usage(format!("--nats-url {:?}: {e}", args.nats_url)))?;
-    async_nats::connect(servers)
-        .await
-        .map_err(|e| Error::Nats(format!("{}: {e}", args.nats_url)))
+/// Connects to NATS with the processes' own flags (several servers, credentials, TLS).
+pub async fn connect(args: &NatsArgs) -> Result<async_nats::Client, Error> {
+    Ok(ksr_runtime::nats::connect_once(args, "ksrctl").await?)
 }
 
 /// Connects and finds the stream (an unknown stream is named in the error).
-pub async fn open(args: &StreamArgs) -> Result<(async_nats::jetstream::Context, Stream), Error> {
+pub async fn open(args: &NatsArgs) -> Result<(async_nats::jetstream::Context, Stream), Error> {
     let js = async_nats::jetstream::new(connect(args).await?);
     let stream = js
         .get_stream(&args.stream)

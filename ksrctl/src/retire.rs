@@ -13,13 +13,13 @@ use async_nats::jetstream::message::PublishMessage;
 
 use ksr_proto::{Change, Event, EventKind, codec, subject};
 
-use crate::cli::StreamArgs;
+use crate::cli::NatsArgs;
 use crate::{Error, Outcome, read};
 
 /// Who the events say removed the Services.
 const OBSERVER: &str = "ksrctl retire-cluster";
 
-pub async fn retire(args: &StreamArgs, cluster: &str) -> Result<Outcome, Error> {
+pub async fn retire(args: &NatsArgs, cluster: &str) -> Result<Outcome, Error> {
     let (js, stream) = read::open(args).await?;
     let client = js.client();
     let ping = tokio::time::timeout(

@@ -20,12 +20,37 @@ pub struct NatsArgs {
     /// The JetStream stream that holds the route events.
     #[arg(long = "stream", env = "KSR_STREAM", id = "nats_stream", default_value = ksr_proto::subject::DEFAULT_STREAM)]
     pub stream: String,
-    /// NATS credentials file (JWT + NKey), if the server requires one.
-    #[arg(long = "nats-creds", env = "KSR_NATS_CREDS", id = "nats_creds")]
+    /// NATS credentials file (JWT + NKey, decentralized auth), if the server requires one.
+    #[arg(
+        long = "nats-creds",
+        env = "KSR_NATS_CREDS",
+        id = "nats_creds",
+        conflicts_with = "nats_nkey"
+    )]
     pub creds: Option<PathBuf>,
-    /// CA certificate to verify the NATS server's TLS certificate.
+    /// File holding this process's NKey seed (`SU…`), for servers that list users by public
+    /// NKey (`ksrctl nats-auth` writes one per role).
+    #[arg(long = "nats-nkey", env = "KSR_NATS_NKEY", id = "nats_nkey")]
+    pub nkey: Option<PathBuf>,
+    /// CA certificate to verify the NATS server's TLS certificate; enables TLS.
     #[arg(long = "nats-ca", env = "KSR_NATS_CA", id = "nats_ca")]
     pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients (`verify: true`).
+    #[arg(
+        long = "nats-cert",
+        env = "KSR_NATS_CERT",
+        id = "nats_cert",
+        requires = "nats_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) of --nats-cert.
+    #[arg(
+        long = "nats-key",
+        env = "KSR_NATS_KEY",
+        id = "nats_key",
+        requires = "nats_cert"
+    )]
+    pub key: Option<PathBuf>,
 }
 
 /// Where the admin server listens.

@@ -13,23 +13,26 @@ pub async fn connect(
     args: &NatsArgs,
     client_name: &str,
 ) -> Result<async_nats::Client, RuntimeError> {
-    let mut opts = async_nats::ConnectOptions::new()
-        .name(client_name)
+    let opts = options(args, client_name)
+        .await?
         .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5));
-    if let Some(creds) = &args.creds {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .map_err(|e| RuntimeError::Stream {
-                stream: args.stream.clone(),
-                message: format!("--nats-creds {}: {e}", creds.display()),
-            })?;
-    }
-    if let Some(ca) = &args.ca {
-        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
-    }
+        .max_reconnects(None);
+    connect_with(args, opts).await
+}
+
+/// Connects once, failing when no server answers (for command-line tools).
+pub async fn connect_once(
+    args: &NatsArgs,
+    client_name: &str,
+) -> Result<async_nats::Client, RuntimeError> {
+    let opts = options(args, client_name).await?;
+    connect_with(args, opts).await
+}
+
+async fn connect_with(
+    args: &NatsArgs,
+    opts: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, RuntimeError> {
     let servers = server_addrs(&args.url).map_err(|message| RuntimeError::Stream {
         stream: args.stream.clone(),
         message: format!("--nats-url {:?}: {message}", args.url),
@@ -40,6 +43,55 @@ pub async fn connect(
             url: args.url.clone(),
             source,
         })
+}
+
+/// Connection options from the flags: credentials, NKey, TLS (verified against `--nats-ca`,
+/// with a client certificate when given). A file that cannot be read is an error naming its
+/// flag.
+async fn options(
+    args: &NatsArgs,
+    client_name: &str,
+) -> Result<async_nats::ConnectOptions, RuntimeError> {
+    let flag =
+        |flag: &str, path: &std::path::Path, e: &dyn std::fmt::Display| RuntimeError::Stream {
+            stream: args.stream.clone(),
+            message: format!("{flag} {}: {e}", path.display()),
+        };
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(creds) = &args.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| flag("--nats-creds", creds, &e))?;
+    }
+    if let Some(file) = &args.nkey {
+        let seed = std::fs::read_to_string(file).map_err(|e| flag("--nats-nkey", file, &e))?;
+        let seed = seed.trim();
+        if !seed.starts_with("SU") {
+            return Err(flag("--nats-nkey", file, &"not a user NKey seed (SU…)"));
+        }
+        opts = opts.nkey(seed.to_owned());
+    }
+    for (name, path) in [
+        ("--nats-ca", &args.ca),
+        ("--nats-cert", &args.cert),
+        ("--nats-key", &args.key),
+    ] {
+        if let Some(path) = path {
+            std::fs::metadata(path).map_err(|e| flag(name, path, &e))?;
+        }
+    }
+    if let Some(ca) = &args.ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(opts)
 }
 
 /// The servers of a comma-separated `--nats-url` (`nats://a:4222,nats://b:4222`): the client
