@@ -267,6 +267,25 @@ pub enum Command {
         #[arg(value_parser = ksr_runtime::config::parse_dns_label)]
         cluster: String,
     },
+    /// Writes one NKey seed per role (`<role>.nk`, kept when already there) and
+    /// `ksr-auth.conf`, the nats-server `authorization` block that limits each role to the
+    /// subjects it needs (see the README's *Security*).
+    NatsAuth {
+        /// Directory for the seeds and the configuration.
+        #[arg(long = "out")]
+        out: std::path::PathBuf,
+        /// The clusters that get a watcher role, comma-separated.
+        #[arg(long = "clusters", required = true, value_delimiter = ',', value_parser = ksr_runtime::config::parse_dns_label)]
+        clusters: Vec<String>,
+        /// The installation (publisher `--owner`), which names the durable consumers.
+        #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
+        owner: String,
+        /// The stream.
+        #[arg(long = "stream", env = "KSR_STREAM", default_value = ksr_proto::subject::DEFAULT_STREAM)]
+        stream: String,
+        #[command(flatten)]
+        checkpoints: CheckpointArgs,
+    },
     /// The stream, its consumers' lag, each cluster's last event, the newest checkpoint.
     Status {
         #[command(flatten)]

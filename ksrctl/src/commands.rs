@@ -324,6 +324,26 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             follow,
         } => checkpointer::run(&stream, &checkpoints, every, follow).await,
         Command::ConfirmRemovals { stream, cluster } => confirm_removals(&stream, &cluster).await,
+        Command::NatsAuth {
+            out,
+            clusters,
+            owner,
+            stream,
+            checkpoints,
+        } => {
+            let names = crate::natsauth::Names {
+                stream,
+                owner,
+                checkpoint_bucket: checkpoints.bucket,
+            };
+            let roles = crate::natsauth::write(&out, &clusters, &names)?;
+            println!(
+                "wrote {} and a seed per role: {}",
+                out.join("ksr-auth.conf").display(),
+                roles.join(", ")
+            );
+            Ok(Outcome::Clean)
+        }
         Command::RetireCluster { stream, cluster } => {
             crate::retire::retire(&stream, &cluster).await
         }

@@ -12,6 +12,7 @@ pub mod checkpoints;
 pub mod cli;
 pub mod commands;
 pub mod history;
+pub mod natsauth;
 pub mod read;
 pub mod retire;
 pub mod routes;

@@ -27,7 +27,7 @@ pub mod wait;
 pub use binaries::{server_binary, workspace_root};
 pub use consul::{ConsulOptions, ConsulServer};
 pub use etcd::{EtcdOptions, EtcdServer};
-pub use nats::NatsServer;
+pub use nats::{NatsOptions, NatsServer};
 pub use ports::free_ports;
 pub use process::Proc;
 pub use replica::Replica;

@@ -10,27 +10,46 @@ use crate::binaries::server_binary;
 use crate::process::Proc;
 use crate::{free_ports, http, wait_until};
 
+/// How to start nats-server.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// Configuration file text (e.g. an `include` of an `authorization` block); the command
+    /// line still sets the address, ports and JetStream.
+    pub config: Option<String>,
+}
+
 /// A running nats-server (JetStream enabled, file storage in a temp dir); killed on drop.
 #[derive(Debug)]
 pub struct NatsServer {
     dir: TempDir,
     port: u16,
     monitor_port: u16,
+    options: NatsOptions,
     proc: Option<Proc>,
 }
 
 impl NatsServer {
     /// Starts a server and waits until JetStream answers its health check.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(NatsOptions::default()).await
+    }
+
+    pub async fn start_with(options: NatsOptions) -> anyhow::Result<Self> {
         let ports = free_ports(2)?;
         let mut server = Self {
             dir: tempfile::Builder::new().prefix("ksr-nats-").tempdir()?,
             port: ports[0],
             monitor_port: ports[1],
+            options,
             proc: None,
         };
         server.spawn().await?;
         Ok(server)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -78,6 +97,11 @@ impl NatsServer {
             .arg(self.store_dir())
             .arg("-n")
             .arg(format!("ksr-test-{}", self.port));
+        if let Some(config) = &self.options.config {
+            let path = self.dir.path().join("nats.conf");
+            std::fs::write(&path, config)?;
+            cmd.arg("-c").arg(path);
+        }
         let mut proc = Proc::spawn("nats-server", cmd, &self.dir.path().join("nats.log"))?;
         let monitor = self.monitor_port;
         let ready = wait_until(
