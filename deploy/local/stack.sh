@@ -48,7 +48,12 @@ wait_http() { # port, path, what
   echo "$3 did not come up; see $run/logs" >&2; exit 1
 }
 
-start nats "$bin/nats-server" -a 127.0.0.1 -p "$nats_port" -m $((base + 8)) -js -sd "$run/nats"
+# NATS with authentication: one NKey per role (kept across runs), each role limited to its
+# subjects (README, "Security").
+"$target/ksrctl" nats-auth --out "$run/nats-keys" --clusters east,west >/dev/null
+cp "$run/nats-keys/ksr-auth.conf" "$run/ksr-auth.conf"
+printf 'include ksr-auth.conf\n' >"$run/nats.conf"
+start nats "$bin/nats-server" -c "$run/nats.conf" -a 127.0.0.1 -p "$nats_port" -m $((base + 8)) -js -sd "$run/nats"
 start etcd "$bin/etcd" --name ksr --data-dir "$run/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
@@ -62,25 +67,26 @@ wait_http "$etcd_port" /health etcd
 wait_http "$consul_http" /v1/status/leader consul
 
 common=(--nats-url "nats://127.0.0.1:$nats_port" --log-format text)
+key() { echo "--nats-nkey=$run/nats-keys/$1.nk"; }
 for cluster in east west; do
   n=$([ "$cluster" = east ] && echo 10 || echo 11)
-  start "watcher-$cluster" "$target/ksr-watcher" "${common[@]}" --cluster "$cluster" --source files \
+  start "watcher-$cluster" "$target/ksr-watcher" "${common[@]}" "$(key "watcher-$cluster")" --cluster "$cluster" --source files \
     --manifests "$root/deploy/local/$cluster" --admin-addr "127.0.0.1:$((base + n))" --observer "watcher-$cluster"
 done
 for i in 1 2; do
-  start "vulcand-$i" "$target/ksr-publisher-vulcand" "${common[@]}" --etcd-endpoints "127.0.0.1:$etcd_port" \
+  start "vulcand-$i" "$target/ksr-publisher-vulcand" "${common[@]}" "$(key publisher-vulcand)" --etcd-endpoints "127.0.0.1:$etcd_port" \
     --admin-addr "127.0.0.1:$((base + 11 + i))"
-  start "consul-$i" "$target/ksr-publisher-consul" "${common[@]}" --consul-address "http://127.0.0.1:$consul_http" \
+  start "consul-$i" "$target/ksr-publisher-consul" "${common[@]}" "$(key publisher-consul)" --consul-address "http://127.0.0.1:$consul_http" \
     --router-address 127.0.0.1 --router-port 8181 --admin-addr "127.0.0.1:$((base + 13 + i))"
 done
 for p in 10 11 12 13 14 15; do wait_http $((base + p)) /readyz "process on admin port $((base + p))"; done
 # After the watchers are ready: the stream exists.
-start checkpointer "$target/ksrctl" checkpoint --follow --every 1000 --nats-url "nats://127.0.0.1:$nats_port"
+start checkpointer "$target/ksrctl" checkpoint --follow --every 1000 --nats-url "nats://127.0.0.1:$nats_port" "$(key checkpointer)"
 
 cat <<INFO
 
 kube-service-router is running on loopback:
-  nats-server  nats://127.0.0.1:$nats_port      stream KSR_ROUTES
+  nats-server  nats://127.0.0.1:$nats_port      stream KSR_ROUTES; NKeys in $run/nats-keys (ksrctl: --nats-nkey $run/nats-keys/ksrctl.nk)
   etcd         127.0.0.1:$etcd_port          vulcand keys under vulcand/ (etcdctl --endpoints 127.0.0.1:$etcd_port get --prefix vulcand/)
   consul       http://127.0.0.1:$consul_http    DNS on 127.0.0.1:$consul_dns (dig @127.0.0.1 -p $consul_dns myapp-default.test.service.consul)
   watchers     east, west (manifests in deploy/local/east and deploy/local/west)

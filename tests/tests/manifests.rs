@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde_json::Value;
 
@@ -58,6 +58,7 @@ fn every_base_manifest_is_a_typed_kubernetes_object() {
             "ClusterRole" => drop(typed::<ClusterRole>(doc)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc)),
             "Service" => drop(typed::<Service>(doc)),
+            "ConfigMap" => drop(typed::<ConfigMap>(doc)),
             "StatefulSet" => drop(typed::<StatefulSet>(doc)),
             "Deployment" => drop(typed::<Deployment>(doc)),
             other => panic!("unexpected kind {other} in deploy/kubernetes/base"),
@@ -309,4 +310,64 @@ fn every_etcd_compacts_its_history_and_has_a_backend_quota() {
             );
         }
     }
+}
+
+#[test]
+fn every_ksr_process_authenticates_to_nats_with_its_roles_nkey_from_a_secret() {
+    let mut seen = 0;
+    for path in yaml_files(&root()) {
+        for doc in docs(&path) {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            let pod = &doc["spec"]["template"]["spec"];
+            for c in pod["containers"].as_array().into_iter().flatten() {
+                let args: Vec<&str> = c["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str())
+                    .collect();
+                if !name.starts_with("ksr-") || !args.iter().any(|a| a.starts_with("--nats-url")) {
+                    continue;
+                }
+                if path.ends_with("overlays/vulcand-v0.8/publisher-vulcand.yaml") {
+                    // A patch: its volumes are the base's.
+                    assert!(
+                        args.contains(&"--nats-nkey=/var/run/secrets/ksr/nats/nkey"),
+                        "{name}"
+                    );
+                    continue;
+                }
+                seen += 1;
+                let nkey = args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--nats-nkey="))
+                    .unwrap_or_else(|| panic!("{name} connects to NATS without --nats-nkey"));
+                let dir = nkey.rsplit_once('/').map_or("", |(d, _)| d);
+                let mount = c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["mountPath"] == dir)
+                    .unwrap_or_else(|| panic!("{name}: nothing mounted at {dir}"));
+                let volume = pod["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|v| v["name"] == mount["name"])
+                    .unwrap_or_else(|| panic!("{name}: no volume {}", mount["name"]));
+                let secret = volume["secret"]["secretName"].as_str().unwrap_or_default();
+                assert!(
+                    secret.starts_with("ksr-nats-"),
+                    "{name}: the NKey comes from {volume}"
+                );
+            }
+        }
+    }
+    assert_eq!(seen, 4, "watcher, both publishers and the checkpointer");
+    let nats = base_objects()
+        .into_iter()
+        .find(|(k, d)| k == "ConfigMap" && d["metadata"]["name"] == "nats-config")
+        .expect("the nats-config ConfigMap");
+    let conf = nats.1["data"]["nats.conf"].as_str().unwrap_or_default();
+    assert!(conf.contains("include ksr-auth.conf"), "{conf}");
 }
