@@ -24,14 +24,8 @@ pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error
     )
     .await?;
     Ok(if args.etcd_api == "v2" {
-        let endpoint = args
-            .etcd
-            .endpoint_list()
-            .first()
-            .cloned()
-            .unwrap_or_default();
         projector.with_sink(Sink::V2(ksr_publisher_vulcand::v2::V2Client::new(
-            &endpoint,
+            &args.etcd,
         )?))
     } else {
         projector

@@ -78,15 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .with_policy(config.consumer.policy)
         .with_health(health.clone());
     let projector = match config.etcd_api.as_str() {
-        "v2" => {
-            let endpoint = config
-                .etcd
-                .endpoint_list()
-                .first()
-                .cloned()
-                .unwrap_or_default();
-            projector.with_sink(Sink::V2(V2Client::new(&endpoint)?))
-        }
+        "v2" => projector.with_sink(Sink::V2(V2Client::new(&config.etcd)?)),
         _ => projector,
     };
 

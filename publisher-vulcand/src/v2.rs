@@ -18,13 +18,20 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::Error;
+use crate::config::EtcdArgs;
 use crate::projection::{KeyClass, KeyOp, Projection, diff};
 
-/// The v2 HTTP API of one etcd.
+/// The v2 HTTP API of an etcd cluster: every `--etcd-endpoints` member (a request that cannot
+/// reach one goes to the next, and the one that answered is tried first afterwards), over TLS
+/// verified against `--etcd-ca` with the client certificate of `--etcd-cert`/`--etcd-key`,
+/// and with `--etcd-user`/`--etcd-password` as basic authentication — the same flags v3 mode
+/// honours.
 #[derive(Debug, Clone)]
 pub struct V2Client {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    auth: Option<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -65,41 +72,104 @@ pub fn class_of(key: &str) -> KeyClass {
 }
 
 impl V2Client {
-    /// `endpoint` is `host:port` or a URL of the etcd client port.
-    pub fn new(endpoint: &str) -> Result<Self, Error> {
+    pub fn new(args: &EtcdArgs) -> Result<Self, Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let base = if endpoint.contains("://") {
-            endpoint.trim_end_matches('/').to_owned()
-        } else {
-            format!("http://{endpoint}")
+        let scheme = if args.ca.is_some() { "https" } else { "http" };
+        let bases: Vec<String> = args
+            .endpoint_list()
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.trim_end_matches('/').to_owned()
+                } else {
+                    format!("{scheme}://{e}")
+                }
+            })
+            .collect();
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))
         };
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(std::time::Duration::from_secs(3));
+        if let Some(ca) = &args.ca {
+            let cert = reqwest::Certificate::from_pem(&read("--etcd-ca", ca)?)
+                .map_err(|e| Error::Config(format!("--etcd-ca {}: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            let mut pem = read("--etcd-cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("--etcd-key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| Error::Config(format!("--etcd-cert/--etcd-key: {e}")))?;
+            builder = builder.identity(identity);
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
-        Ok(Self { http, base })
+        Ok(Self {
+            http,
+            bases,
+            current: Default::default(),
+            auth: args.user.clone().zip(args.password.clone()),
+        })
     }
 
     fn err(&self, message: impl Into<String>) -> Error {
         Error::EtcdV2 {
-            url: self.base.clone(),
+            url: self.bases.join(","),
             message: message.into(),
         }
     }
 
-    fn url(&self, key: &str) -> String {
-        format!("{}/v2/keys{key}", self.base)
+    /// Sends the request `make` builds for an endpoint's base URL, to the endpoint that last
+    /// answered, then to each other one while they cannot be reached.
+    async fn send(
+        &self,
+        make: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len().max(1);
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let idx = (first + i) % n;
+            let Some(base) = self.bases.get(idx) else {
+                break;
+            };
+            let mut req = make(base);
+            if let Some((user, password)) = &self.auth {
+                req = req.basic_auth(user, Some(password));
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    failures.push(format!("{base}: {e}"));
+                }
+                Err(e) => return Err(self.err(format!("{base}: {e}"))),
+            }
+        }
+        Err(self.err(format!("no endpoint answered: {}", failures.join("; "))))
+    }
+
+    fn url(base: &str, key: &str) -> String {
+        format!("{base}/v2/keys{key}")
     }
 
     /// Every value below `dir` (empty when it does not exist).
     pub async fn tree(&self, dir: &str) -> Result<BTreeMap<String, String>, Error> {
         let resp = self
-            .http
-            .get(self.url(dir))
-            .query(&[("recursive", "true")])
-            .send()
-            .await
-            .map_err(|e| self.err(e.to_string()))?;
+            .send(|b| {
+                self.http
+                    .get(Self::url(b, dir))
+                    .query(&[("recursive", "true")])
+            })
+            .await?;
         let mut out = BTreeMap::new();
         match resp.status().as_u16() {
             404 => Ok(out),
@@ -117,12 +187,8 @@ impl V2Client {
 
     async fn put(&self, key: &str, value: &str) -> Result<(), Error> {
         let resp = self
-            .http
-            .put(self.url(key))
-            .form(&[("value", value)])
-            .send()
-            .await
-            .map_err(|e| self.err(e.to_string()))?;
+            .send(|b| self.http.put(Self::url(b, key)).form(&[("value", value)]))
+            .await?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -135,11 +201,16 @@ impl V2Client {
     }
 
     async fn delete(&self, key: &str, dir: bool) -> Result<(), Error> {
-        let mut req = self.http.delete(self.url(key));
-        if dir {
-            req = req.query(&[("dir", "true")]);
-        }
-        let resp = req.send().await.map_err(|e| self.err(e.to_string()))?;
+        let resp = self
+            .send(|b| {
+                let req = self.http.delete(Self::url(b, key));
+                if dir {
+                    req.query(&[("dir", "true")])
+                } else {
+                    req
+                }
+            })
+            .await?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         // 404: already gone; 403 errorCode 108: directory not empty (not ours to remove).

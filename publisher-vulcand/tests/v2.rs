@@ -10,8 +10,18 @@ use ksr_publisher_vulcand::v2::V2Client;
 use ksr_test_support::events::{added, removed};
 use ksr_test_support::eventually;
 
+/// A v2 client configured by the publisher's own flags.
+fn v2_client(flags: &[&str]) -> anyhow::Result<V2Client> {
+    use clap::Parser;
+    let config = ksr_publisher_vulcand::config::Config::try_parse_from(
+        std::iter::once("x").chain(flags.iter().copied()),
+    )?;
+    Ok(V2Client::new(&config.etcd)?)
+}
+
 async fn v2_tree(bench: &Bench) -> anyhow::Result<BTreeMap<String, String>> {
-    Ok(V2Client::new(&bench.etcd.endpoint())?
+    let endpoint = bench.etcd.endpoint();
+    Ok(v2_client(&["--etcd-endpoints", &endpoint])?
         .tree("/vulcand")
         .await?)
 }
@@ -125,4 +135,50 @@ async fn v2_reconciliation_restores_our_keys_and_leaves_foreign_ones() -> anyhow
         Ok(())
     })
     .await
+}
+
+#[tokio::test]
+async fn v2_mode_uses_every_endpoint_and_fails_over_when_the_first_is_down() -> anyhow::Result<()> {
+    let bench = Bench::start_v2().await?;
+    // Nothing listens on the first endpoint (a member that is down).
+    let dead = ksr_test_support::free_ports(1)?[0];
+    let endpoints = format!("127.0.0.1:{dead},{}", bench.etcd.endpoint());
+    let client = v2_client(&["--etcd-endpoints", &endpoints])?;
+    assert!(client.tree("/vulcand").await?.is_empty());
+    // The publisher itself with the dead member first (v3 records and v2 keys alike).
+    let admin_port = ksr_test_support::free_ports(1)?[0];
+    let config = {
+        use clap::Parser;
+        ksr_publisher_vulcand::config::Config::try_parse_from([
+            "x",
+            "--nats-url",
+            &bench.nats.url(),
+            "--etcd-endpoints",
+            &endpoints,
+            "--etcd-api",
+            "v2",
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+        ])?
+    };
+    let _p = common::Replica::spawn(admin_port, |stop| {
+        ksr_publisher_vulcand::app::run(config, stop)
+    });
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
+        .await?;
+    eventually(WAIT, || async {
+        let t = client.tree("/vulcand").await?;
+        anyhow::ensure!(t.len() == 3, "{t:#?}");
+        Ok(())
+    })
+    .await?;
+    // With no member reachable the error names every endpoint.
+    let down = format!("127.0.0.1:{dead}");
+    let err = v2_client(&["--etcd-endpoints", &down])?
+        .tree("/vulcand")
+        .await
+        .expect_err("nothing answers");
+    assert!(err.to_string().contains(&down), "{err}");
+    Ok(())
 }

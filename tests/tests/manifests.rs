@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde_json::Value;
 
@@ -42,9 +43,43 @@ fn base_objects() -> Vec<(String, Value)> {
         .collect()
 }
 
-fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
-    serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{}: {e}", doc["metadata"]["name"]))
+/// The object as k8s-openapi reads it; serialized back it must still hold every field of the
+/// source, so a field Kubernetes does not know (a typo such as `securityContex`, silently dropped by a
+/// lenient apply) fails here.
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> T {
+    let name = &doc["metadata"]["name"];
+    let object: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let back = serde_json::to_value(&object).unwrap_or_else(|e| panic!("{name}: {e}"));
+    // (Serializing may add what the source leaves implicit, such as the `apiVersion` and
+    // `kind` of a StatefulSet's volume claim templates; it must not lose anything.)
+    let mut lost = Vec::new();
+    unknown_fields(doc, &back, String::new(), &mut lost);
+    assert!(
+        lost.is_empty(),
+        "{name}: fields Kubernetes does not know: {lost:?}"
+    );
+    object
+}
+
+/// Paths in `source` that `typed` does not have.
+fn unknown_fields(source: &Value, typed: &Value, path: String, out: &mut Vec<String>) {
+    match (source, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                match b.get(k) {
+                    Some(w) => unknown_fields(v, w, format!("{path}.{k}"), out),
+                    None => out.push(format!("{path}.{k}")),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (v, w)) in a.iter().zip(b).enumerate() {
+                unknown_fields(v, w, format!("{path}[{i}]"), out);
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path} ({a} read as {b})")),
+        _ => {}
+    }
 }
 
 #[test]
@@ -59,6 +94,7 @@ fn every_base_manifest_is_a_typed_kubernetes_object() {
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc)),
             "Service" => drop(typed::<Service>(doc)),
             "ConfigMap" => drop(typed::<ConfigMap>(doc)),
+            "NetworkPolicy" => drop(typed::<NetworkPolicy>(doc)),
             "StatefulSet" => drop(typed::<StatefulSet>(doc)),
             "Deployment" => drop(typed::<Deployment>(doc)),
             other => panic!("unexpected kind {other} in deploy/kubernetes/base"),
@@ -370,4 +406,147 @@ fn every_ksr_process_authenticates_to_nats_with_its_roles_nkey_from_a_secret() {
         .expect("the nats-config ConfigMap");
     let conf = nats.1["data"]["nats.conf"].as_str().unwrap_or_default();
     assert!(conf.contains("include ksr-auth.conf"), "{conf}");
+}
+
+/// Every pod template of the base: (workload name, pod spec).
+fn pods() -> Vec<(String, Value)> {
+    base_objects()
+        .into_iter()
+        .filter(|(k, _)| k == "Deployment" || k == "StatefulSet")
+        .map(|(_, d)| {
+            let name = d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (name, d["spec"]["template"]["spec"].clone())
+        })
+        .collect()
+}
+
+#[test]
+fn every_container_is_hardened_and_bounded() {
+    let pods = pods();
+    assert!(pods.len() >= 7, "{pods:?}");
+    for (name, pod) in pods {
+        let sc = &pod["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true, "{name}: runAsNonRoot");
+        assert_eq!(
+            sc["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}: seccomp"
+        );
+        for c in pod["containers"].as_array().into_iter().flatten() {
+            let c_name = format!("{name}/{}", c["name"]);
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{c_name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{c_name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{c_name}"
+            );
+            assert!(
+                c["resources"]["requests"]["cpu"].is_string(),
+                "{c_name}: cpu request"
+            );
+            assert!(
+                c["resources"]["requests"]["memory"].is_string(),
+                "{c_name}: memory request"
+            );
+            assert!(
+                c["resources"]["limits"]["memory"].is_string(),
+                "{c_name}: memory limit"
+            );
+            for e in c["env"].as_array().into_iter().flatten() {
+                let n = e["name"].as_str().unwrap_or_default();
+                assert!(
+                    !(n.contains("TOKEN") || n.contains("PASSWORD")) || e["value"].is_null(),
+                    "{c_name}: secret {n} passed as a value"
+                );
+            }
+            for a in c["args"].as_array().into_iter().flatten() {
+                let a = a.as_str().unwrap_or_default();
+                assert!(
+                    !(a.starts_with("--consul-token=") || a.starts_with("--etcd-password=")),
+                    "{c_name}: secret passed as a flag: {a}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn network_policies_let_only_our_processes_reach_nats_and_only_vulcand_and_its_publisher_reach_etcd()
+ {
+    let policies: Vec<Value> = base_objects()
+        .into_iter()
+        .filter(|(k, _)| k == "NetworkPolicy")
+        .map(|(_, d)| d)
+        .collect();
+    let by_target = |app: &str| -> Vec<&Value> {
+        policies
+            .iter()
+            .filter(|p| p["spec"]["podSelector"]["matchLabels"]["app"] == app)
+            .collect()
+    };
+    assert!(
+        policies
+            .iter()
+            .any(|p| p["spec"]["podSelector"] == serde_json::json!({})
+                && p["spec"]["ingress"].is_null()),
+        "a default deny of ingress"
+    );
+    let allowed = |app: &str| -> BTreeSet<String> {
+        by_target(app)
+            .iter()
+            .flat_map(|p| p["spec"]["ingress"].as_array().cloned().unwrap_or_default())
+            .flat_map(|rule| rule["from"].as_array().cloned().unwrap_or_default())
+            .flat_map(|from| {
+                from["podSelector"]["matchExpressions"][0]["values"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        allowed("etcd"),
+        BTreeSet::from(["ksr-publisher-vulcand".to_owned(), "vulcand".to_owned()])
+    );
+    assert_eq!(
+        allowed("nats"),
+        [
+            "ksr-watcher",
+            "ksr-publisher-vulcand",
+            "ksr-publisher-consul",
+            "ksr-checkpointer"
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+    );
+    for path in yaml_files(&root()) {
+        for doc in docs(&path) {
+            if doc["metadata"]["name"] != "vulcand" {
+                continue;
+            }
+            for c in doc["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let command: Vec<&str> = c["command"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str())
+                    .collect();
+                assert!(
+                    command.contains(&"-apiInterface=127.0.0.1"),
+                    "{}: vulcand's API must listen on loopback: {command:?}",
+                    path.display()
+                );
+            }
+        }
+    }
 }
