@@ -36,6 +36,19 @@ async fn a_consul_restart_in_the_middle_of_a_run_loses_nothing() -> anyhow::Resu
     Ok(())
 }
 
+/// Waits until `p` reports not ready; returns why.
+async fn not_ready(p: &common::Replica) -> anyhow::Result<String> {
+    eventually(WAIT, || async {
+        let (status, body) = p
+            .readyz()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+        anyhow::ensure!(status == 503, "still ready: {body}");
+        Ok(body)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn with_acls_a_wrong_token_is_a_clear_error_and_the_events_apply_once_it_is_fixed()
 -> anyhow::Result<()> {
@@ -58,15 +71,7 @@ async fn with_acls_a_wrong_token_is_a_clear_error_and_the_events_apply_once_it_i
     bench
         .publish(&added("east", "default", "second", &["10.0.0.2"]))
         .await?;
-    let reason = eventually(WAIT, || async {
-        let (status, body) = p
-            .readyz()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no answer"))?;
-        anyhow::ensure!(status == 503, "still ready: {body}");
-        Ok(body)
-    })
-    .await?;
+    let reason = not_ready(&p).await?;
     assert!(
         reason.contains("ACL not found") && reason.contains("denied"),
         "{reason}"
@@ -98,15 +103,7 @@ async fn with_acls_a_wrong_token_is_a_clear_error_and_the_events_apply_once_it_i
     bench
         .publish(&added("east", "default", "third", &["10.0.0.3"]))
         .await?;
-    let reason = eventually(WAIT, || async {
-        let (status, body) = p
-            .readyz()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no answer"))?;
-        anyhow::ensure!(status == 503, "still ready: {body}");
-        Ok(body)
-    })
-    .await?;
+    let reason = not_ready(&p).await?;
     assert!(reason.contains("token file"), "{reason}");
     let metrics = ksr_test_support::http::get(p.admin_port, "/metrics")
         .await

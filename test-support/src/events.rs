@@ -185,3 +185,13 @@ pub async fn wait_consumer_settled(js: &jetstream::Context, durable: &str) -> an
     })
     .await
 }
+
+/// Every decodable event of stream `KSR_ROUTES`, as (stream sequence, event).
+pub async fn stream_events(js: &jetstream::Context) -> anyhow::Result<Vec<(u64, Event)>> {
+    let stream = js.get_stream("KSR_ROUTES").await?;
+    Ok(ksr_runtime::replay::all_events(&stream, "ksr.routes.>")
+        .await?
+        .into_iter()
+        .filter_map(|l| Some((l.seq, l.event.ok()?)))
+        .collect())
+}

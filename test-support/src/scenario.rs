@@ -703,13 +703,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     };
     let js = async_nats::jetstream::new(async_nats::connect(sys.nats.url()).await?);
     let (routed, etcd_keys, consul_entries) = eventually(Duration::from_secs(120), || async {
-        let stream = js.get_stream("KSR_ROUTES").await?;
-        let events: Vec<(u64, ksr_proto::Event)> =
-            ksr_runtime::replay::all_events(&stream, "ksr.routes.>")
-                .await?
-                .into_iter()
-                .filter_map(|l| Some((l.seq, l.event.ok()?)))
-                .collect();
+        let events = crate::events::stream_events(&js).await?;
         let ages = Ages::from_stream(&events);
         let services = w.modelled(&ages).ok_or_else(|| {
             anyhow::anyhow!("the stream does not end with the clusters' state yet")

@@ -47,6 +47,17 @@ fn violations(nats: &NatsServer) -> String {
         .join("\n")
 }
 
+/// Runs ksrctl as `role` and fails, quoting nats-server's violations, unless it succeeds.
+fn ksrctl_ok(nats: &NatsServer, keys: &Path, role: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = ksrctl(nats, keys, role, args)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ksrctl {args:?} as {role}: {out:?}\n{}",
+        violations(nats)
+    );
+    Ok(())
+}
+
 fn ksrctl(
     nats: &NatsServer,
     keys: &Path,
@@ -167,43 +178,23 @@ async fn each_role_does_its_job_with_its_own_nkey_and_nothing_more() -> anyhow::
     .await?;
 
     // ksrctl reads with the read-only key; the checkpointer writes checkpoints with its own.
-    let status = ksrctl(&nats, &keys, "ksrctl", &["status"])?;
-    anyhow::ensure!(
-        status.status.success(),
-        "ksrctl status: {status:?}\n{}",
-        violations(&nats)
-    );
-    let events = ksrctl(&nats, &keys, "ksrctl", &["events"])?;
-    anyhow::ensure!(
-        events.status.success(),
-        "ksrctl events: {events:?}\n{}",
-        violations(&nats)
-    );
-    let checkpoint = ksrctl(
+    ksrctl_ok(&nats, &keys, "ksrctl", &["status"])?;
+    ksrctl_ok(&nats, &keys, "ksrctl", &["events"])?;
+    ksrctl_ok(
         &nats,
         &keys,
         "checkpointer",
         &["checkpoint", "--every", "1"],
     )?;
-    anyhow::ensure!(
-        checkpoint.status.success(),
-        "ksrctl checkpoint: {checkpoint:?}\n{}",
-        violations(&nats)
-    );
 
     // The operator's key reaches a watcher's control subject (the watcher may answer it);
     // the read-only key cannot.
-    let confirm = ksrctl(
+    ksrctl_ok(
         &nats,
         &keys,
         "operator",
         &["confirm-removals", "--cluster", "east"],
     )?;
-    anyhow::ensure!(
-        confirm.status.success(),
-        "ksrctl confirm-removals: {confirm:?}\n{}",
-        violations(&nats)
-    );
     let refused = ksrctl(
         &nats,
         &keys,

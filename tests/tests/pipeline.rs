@@ -196,13 +196,7 @@ async fn vulcand_keys(
 async fn vulcand_as_modelled(sys: &System) -> anyhow::Result<()> {
     use ksr_test_support::model::{Settings, differences, expected, services_from_stream};
     let js = async_nats::jetstream::new(async_nats::connect(sys.nats.url()).await?);
-    let stream = js.get_stream("KSR_ROUTES").await?;
-    let events: Vec<(u64, ksr_proto::Event)> =
-        ksr_runtime::replay::all_events(&stream, "ksr.routes.>")
-            .await?
-            .into_iter()
-            .filter_map(|l| Some((l.seq, l.event.ok()?)))
-            .collect();
+    let events = ksr_test_support::events::stream_events(&js).await?;
     let want = expected(&Settings::default(), &services_from_stream(&events));
     let diff = differences(
         "vulcand keys",
