@@ -65,6 +65,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         return Ok(());
     };
     let layout = Layout::new(&config.prefix(), &config.owner);
+    // Credentials that may not touch our prefixes are a configuration error, not something
+    // to retry.
+    crate::access::check(&mut etcd.kv_client(), &layout, config.etcd_api != "v2").await?;
     let metrics = crate::publisher::metrics(&registry);
     let max_ops = config.etcd.max_txn_ops as usize;
     let Some(projector) = until_ready(&shutdown, &health, "etcd state", || {

@@ -106,6 +106,11 @@ impl Layout {
         id.starts_with(&format!("{}.", self.owner)).then_some(id)
     }
 
+    /// Everything of ours: `ksr/<owner>/vulcand/`.
+    pub fn state_prefix(&self) -> String {
+        format!("{}/", self.state)
+    }
+
     pub fn services_prefix(&self) -> String {
         format!("{}/services/", self.state)
     }

@@ -7,6 +7,7 @@
 //! each route's claims. Every write is guarded by compares on the records it read, so
 //! replays, duplicates, redeliveries and racing replicas never regress state.
 
+pub mod access;
 pub mod app;
 pub mod config;
 pub mod drift;

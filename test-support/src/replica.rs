@@ -40,6 +40,15 @@ impl<E: std::error::Error + Send + Sync + 'static> Replica<E> {
         Ok(())
     }
 
+    /// Waits for the process to end on its own (without asking it to stop); its result.
+    pub async fn join(mut self) -> anyhow::Result<Result<(), E>> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("already joined"))?;
+        Ok(task.await?)
+    }
+
     /// `/readyz`: (status, body).
     pub async fn readyz(&self) -> Option<(u16, String)> {
         http::get(self.admin_port, "/readyz").await
