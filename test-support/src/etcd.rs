@@ -14,6 +14,9 @@ use crate::{free_ports, http, wait_until};
 pub struct EtcdOptions {
     /// Also serve the v2 API (`--enable-v2`), as vulcand v0.8 needs.
     pub enable_v2: bool,
+    /// Serve clients over TLS only, requiring a client certificate from this CA
+    /// (`--client-cert-auth`); health is then read from a plain metrics port.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// A running single-member etcd with its own data dir; killed on drop.
@@ -22,6 +25,7 @@ pub struct EtcdServer {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    metrics_port: u16,
     options: EtcdOptions,
     proc: Option<Proc>,
 }
@@ -32,11 +36,12 @@ impl EtcdServer {
     }
 
     pub async fn start_with(options: EtcdOptions) -> anyhow::Result<Self> {
-        let ports = free_ports(2)?;
+        let ports = free_ports(3)?;
         let mut server = Self {
             dir: tempfile::Builder::new().prefix("ksr-etcd-").tempdir()?,
             client_port: ports[0],
             peer_port: ports[1],
+            metrics_port: ports[2],
             options,
             proc: None,
         };
@@ -98,7 +103,12 @@ impl EtcdServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(server_binary("etcd")?);
         cmd.arg("--name")
@@ -120,8 +130,19 @@ impl EtcdServer {
         if self.options.enable_v2 {
             cmd.arg("--enable-v2=true");
         }
+        cmd.arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", self.metrics_port));
+        if let Some(tls) = &self.options.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         let mut proc = Proc::spawn("etcd", cmd, &self.dir.path().join("etcd.log"))?;
-        let port = self.client_port;
+        let port = self.metrics_port;
         let ready = wait_until("etcd health", Duration::from_secs(30), || async {
             match http::get(port, "/health").await {
                 Some((200, body)) if body.contains("\"true\"") => Some(()),

@@ -21,6 +21,7 @@ pub mod process;
 pub mod recorder;
 pub mod replica;
 pub mod scenario;
+pub mod tls;
 pub mod verify;
 pub mod wait;
 

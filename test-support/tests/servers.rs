@@ -64,7 +64,11 @@ async fn etcd_guard_serves_v3_and_keeps_data_across_restart() -> anyhow::Result<
 
 #[tokio::test]
 async fn etcd_guard_can_serve_the_v2_api() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start_with(EtcdOptions { enable_v2: true }).await?;
+    let etcd = EtcdServer::start_with(EtcdOptions {
+        enable_v2: true,
+        ..Default::default()
+    })
+    .await?;
     let http = http_client();
     let put = http
         .put(format!(

@@ -29,7 +29,11 @@ impl Bench {
 
     /// With etcd serving the v2 API too (for vulcand v0.8).
     pub async fn start_v2() -> anyhow::Result<Self> {
-        Self::start_with(ksr_test_support::EtcdOptions { enable_v2: true }).await
+        Self::start_with(ksr_test_support::EtcdOptions {
+            enable_v2: true,
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn start_with(options: ksr_test_support::EtcdOptions) -> anyhow::Result<Self> {
