@@ -66,8 +66,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     let layout = Layout::new(&config.prefix(), &config.owner);
     // Credentials that may not touch our prefixes are a configuration error, not something
-    // to retry.
-    crate::access::check(&mut etcd.kv_client(), &layout, config.etcd_api != "v2").await?;
+    // to retry; an etcd that does not answer yet is.
+    let v3 = config.etcd_api != "v2";
+    let checked = until_ready(&shutdown, &health, "etcd permissions", || async {
+        match crate::access::check(&mut etcd.kv_client(), &layout, v3).await {
+            Err(denied @ Error::PermissionDenied { .. }) => Ok(Err(denied)),
+            Err(transient) => Err(transient),
+            Ok(()) => Ok(Ok(())),
+        }
+    })
+    .await;
+    match checked {
+        None => return Ok(()),
+        Some(Err(denied)) => return Err(denied),
+        Some(Ok(())) => {}
+    }
     let metrics = crate::publisher::metrics(&registry);
     let max_ops = config.etcd.max_txn_ops as usize;
     let Some(projector) = until_ready(&shutdown, &health, "etcd state", || {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use clap::Parser;
 use common::{Bench, WAIT};
 use etcd_client::{Client, ConnectOptions, Permission};
 use ksr_test_support::events::added;
@@ -35,28 +34,16 @@ async fn enable_auth(bench: &Bench) -> anyhow::Result<Client> {
 }
 
 fn publisher(bench: &Bench, extra: &[&str]) -> anyhow::Result<common::Replica> {
-    let admin_port = ksr_test_support::free_ports(1)?[0];
-    let endpoint = bench.etcd.endpoint();
-    let admin = format!("127.0.0.1:{admin_port}");
-    let url = bench.nats.url();
-    let mut args = vec![
-        "x",
-        "--nats-url",
-        &url,
-        "--etcd-endpoints",
-        &endpoint,
+    let (url, endpoint) = (bench.nats.url(), bench.etcd.endpoint());
+    let mut args = vec!["--nats-url", &url, "--etcd-endpoints", &endpoint];
+    args.extend([
         "--etcd-user",
         "publisher-vulcand",
         "--etcd-password",
         PASSWORD,
-        "--admin-addr",
-        &admin,
-    ];
+    ]);
     args.extend(extra);
-    let config = ksr_publisher_vulcand::config::Config::try_parse_from(args)?;
-    Ok(common::Replica::spawn(admin_port, |stop| {
-        ksr_publisher_vulcand::app::run(config, stop)
-    }))
+    common::spawn_publisher(&args)
 }
 
 #[tokio::test]

@@ -60,29 +60,17 @@ impl Bench {
     }
 
     fn publisher(&self, ca: &Path, extra: &[&str]) -> anyhow::Result<common::Replica> {
-        let admin_port = ksr_test_support::free_ports(1)?[0];
         let (url, endpoint) = (self.nats.url(), self.etcd.endpoint());
-        let admin = format!("127.0.0.1:{admin_port}");
-        let mut args = vec![
-            "x",
-            "--nats-url",
-            &url,
-            "--etcd-endpoints",
-            &endpoint,
+        let mut args = vec!["--nats-url", &url, "--etcd-endpoints", &endpoint];
+        args.extend([
             "--etcd-ca",
             path(ca),
             "--etcd-cert",
             path(&self.pki.client_cert),
-            "--etcd-key",
-            path(&self.pki.client_key),
-            "--admin-addr",
-            &admin,
-        ];
+        ]);
+        args.extend(["--etcd-key", path(&self.pki.client_key)]);
         args.extend(extra);
-        let config = ksr_publisher_vulcand::config::Config::try_parse_from(args)?;
-        Ok(common::Replica::spawn(admin_port, |stop| {
-            ksr_publisher_vulcand::app::run(config, stop)
-        }))
+        common::spawn_publisher(&args)
     }
 }
 

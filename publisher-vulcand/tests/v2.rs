@@ -146,24 +146,15 @@ async fn v2_mode_uses_every_endpoint_and_fails_over_when_the_first_is_down() -> 
     let client = v2_client(&["--etcd-endpoints", &endpoints])?;
     assert!(client.tree("/vulcand").await?.is_empty());
     // The publisher itself with the dead member first (v3 records and v2 keys alike).
-    let admin_port = ksr_test_support::free_ports(1)?[0];
-    let config = {
-        use clap::Parser;
-        ksr_publisher_vulcand::config::Config::try_parse_from([
-            "x",
-            "--nats-url",
-            &bench.nats.url(),
-            "--etcd-endpoints",
-            &endpoints,
-            "--etcd-api",
-            "v2",
-            "--admin-addr",
-            &format!("127.0.0.1:{admin_port}"),
-        ])?
-    };
-    let _p = common::Replica::spawn(admin_port, |stop| {
-        ksr_publisher_vulcand::app::run(config, stop)
-    });
+    let url = bench.nats.url();
+    let _p = common::spawn_publisher(&[
+        "--nats-url",
+        &url,
+        "--etcd-endpoints",
+        &endpoints,
+        "--etcd-api",
+        "v2",
+    ])?;
     bench
         .publish(&added("east", "shop", "web", &["10.0.0.1"]))
         .await?;

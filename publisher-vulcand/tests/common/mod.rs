@@ -56,19 +56,10 @@ impl Bench {
 
     /// Starts a publisher replica; extra command-line flags may be given.
     pub fn publisher(&self, extra: &[&str]) -> Replica {
-        let admin_port = ksr_test_support::free_ports(1).expect("a free port")[0];
-        let mut args = vec![
-            "ksr-publisher-vulcand".to_owned(),
-            "--nats-url".into(),
-            self.nats.url(),
-            "--etcd-endpoints".into(),
-            self.etcd.endpoint(),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{admin_port}"),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let config = Config::try_parse_from(args).expect("test config parses");
-        Replica::spawn(admin_port, |stop| app::run(config, stop))
+        let (url, endpoint) = (self.nats.url(), self.etcd.endpoint());
+        let mut args = vec!["--nats-url", &url, "--etcd-endpoints", &endpoint];
+        args.extend(extra);
+        spawn_publisher(&args).expect("test config parses")
     }
 
     pub async fn etcd(&self) -> anyhow::Result<etcd_client::Client> {
@@ -91,6 +82,17 @@ impl Bench {
         ksr_test_support::events::wait_consumer_settled(&self.js, "ksr-vulcand-ksr").await?;
         self.snapshot(prefix).await
     }
+}
+
+/// Starts a publisher replica with exactly `args` (and an admin port of its own).
+pub fn spawn_publisher(args: &[&str]) -> anyhow::Result<Replica> {
+    let admin_port = ksr_test_support::free_ports(1)?[0];
+    let admin = format!("127.0.0.1:{admin_port}");
+    let argv = std::iter::once("ksr-publisher-vulcand")
+        .chain(args.iter().copied())
+        .chain(["--admin-addr", admin.as_str()]);
+    let config = Config::try_parse_from(argv)?;
+    Ok(Replica::spawn(admin_port, |stop| app::run(config, stop)))
 }
 
 /// A running process of the crate under test.
