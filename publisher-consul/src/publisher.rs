@@ -205,35 +205,14 @@ impl ConsulProjector {
     }
 
     fn settle(&self, units: &[Unit], indexes: &BTreeMap<String, u64>, report: &mut ApplyReport) {
-        let mut s = self.lock();
+        self.lock().settle(units, |k| {
+            indexes
+                .get(&self.layout.record_key(k))
+                .copied()
+                .unwrap_or(0)
+        });
         for u in units {
             report.applied += u.seqs.len() as u64;
-            for (key, record) in &u.services {
-                let rev = indexes
-                    .get(&self.layout.service_record_key(key))
-                    .copied()
-                    .unwrap_or(0);
-                s.services.insert(
-                    key.clone(),
-                    Versioned {
-                        rev,
-                        value: Some(record.clone()),
-                    },
-                );
-            }
-            for (id, record) in &u.names {
-                let v = match record {
-                    Some(r) => Versioned {
-                        rev: indexes
-                            .get(&self.layout.name_record_key(id))
-                            .copied()
-                            .unwrap_or(0),
-                        value: Some(r.clone()),
-                    },
-                    None => Versioned::default(),
-                };
-                s.set_name(id.clone(), v);
-            }
             for c in &u.conflicts {
                 self.metrics.conflicts.inc_by(c.waiting.len() as u64);
                 tracing::warn!(name = c.id, owner = c.owner, waiting = ?c.waiting, "name conflict: the older claim keeps the name; the others wait");

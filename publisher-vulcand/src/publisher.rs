@@ -8,7 +8,7 @@ use ksr_runtime::consumer::{ApplyError, ApplyReport, Delivery, Projector};
 use ksr_runtime::metrics::{MetricsRegistry, ProjectionMetrics};
 
 use ksr_runtime::apply::{self, Commit, Store};
-use ksr_runtime::plan::{RecordKey, Versioned};
+use ksr_runtime::plan::RecordKey;
 
 use crate::Error;
 use crate::layout::Layout;
@@ -229,28 +229,9 @@ impl VulcandProjector {
 
     /// Records a committed transaction in the cache, the report and the logs.
     fn settle(&self, units: &[Unit], rev: u64, report: &mut ApplyReport) {
-        let mut s = self.lock();
+        self.lock().settle(units, |_| rev);
         for u in units {
             report.applied += u.seqs.len() as u64;
-            for (key, record) in &u.services {
-                s.services.insert(
-                    key.clone(),
-                    Versioned {
-                        rev,
-                        value: Some(record.clone()),
-                    },
-                );
-            }
-            for (id, record) in &u.names {
-                let v = match record {
-                    Some(r) => Versioned {
-                        rev,
-                        value: Some(r.clone()),
-                    },
-                    None => Versioned::default(),
-                };
-                s.set_name(id.clone(), v);
-            }
             for c in &u.conflicts {
                 self.metrics.conflicts.inc_by(c.waiting.len() as u64);
                 tracing::warn!(host = c.id, owner = c.owner, waiting = ?c.waiting, "hostname conflict: the owning namespace keeps the hostname (and the older claim each path); the others wait");

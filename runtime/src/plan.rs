@@ -149,6 +149,32 @@ impl<M, D> State<M, D> {
         self.in_conflict += conflicted;
     }
 
+    /// Records what committed units wrote, each record at the revision `rev_of` says the
+    /// store gave it (etcd: the transaction's; Consul: each key's own index).
+    pub fn settle<O>(&mut self, units: &[Unit<M, D, O>], rev_of: impl Fn(&RecordKey) -> u64)
+    where
+        M: Clone,
+        D: Clone,
+    {
+        for u in units {
+            for (key, record) in &u.services {
+                let rev = rev_of(&RecordKey::Service(key.clone()));
+                let value = Some(record.clone());
+                self.services.insert(key.clone(), Versioned { rev, value });
+            }
+            for (id, record) in &u.names {
+                let v = match record {
+                    Some(r) => Versioned {
+                        rev: rev_of(&RecordKey::Name(id.clone())),
+                        value: Some(r.clone()),
+                    },
+                    None => Versioned::default(),
+                };
+                self.set_name(id.clone(), v);
+            }
+        }
+    }
+
     /// (names with a record, names with waiting Services).
     pub fn counts(&self) -> (usize, usize) {
         (self.named, self.in_conflict)

@@ -259,29 +259,8 @@ where
     }
 
     fn settle(&self, units: &[UnitOf<T>], rev: &u64, report: &mut ApplyReport) {
-        let mut s = self.state();
-        for u in units {
-            report.applied += u.seqs.len() as u64;
-            for (k, r) in &u.services {
-                s.services.insert(
-                    k.clone(),
-                    Versioned {
-                        rev: *rev,
-                        value: Some(r.clone()),
-                    },
-                );
-            }
-            for (id, r) in &u.names {
-                let v = match r {
-                    Some(r) => Versioned {
-                        rev: *rev,
-                        value: Some(r.clone()),
-                    },
-                    None => Versioned::default(),
-                };
-                s.set_name(id.clone(), v);
-            }
-        }
+        self.state().settle(units, |_| *rev);
+        report.applied += units.iter().map(|u| u.seqs.len() as u64).sum::<u64>();
     }
 
     async fn after_commit(&self, _units: &[UnitOf<T>], _rev: &u64) -> Result<(), MemError> {
