@@ -4,7 +4,7 @@ use async_nats::jetstream::stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use ksr_runtime::metrics::MetricsRegistry;
-use ksr_runtime::retry::until_ready;
+use ksr_runtime::retry::{until_ready, until_ready_or};
 use ksr_runtime::{Health, admin, nats, serve};
 
 use crate::Error;
@@ -27,7 +27,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     .await?;
 
     let client = ConsulClient::new(&config.consul)?;
-    let nats_client = nats::connect(&config.nats, "ksr-publisher-consul").await?;
+    health.set_not_ready("connecting to NATS");
+    let Some(nats_client) =
+        nats::connect(&config.nats, "ksr-publisher-consul", &shutdown, &health).await?
+    else {
+        return Ok(());
+    };
     let js = async_nats::jetstream::new(nats_client);
     let settings = nats::StreamSettings::routes(&config.nats.stream);
     health.set_not_ready(format!("waiting for stream {}", settings.name));
@@ -36,7 +41,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let layout = Layout::new(&config.owner);
     let metrics = crate::publisher::metrics(&registry);
     health.set_not_ready(format!("connecting to Consul at {}", client.base_url()));
-    let Some(projector) = until_ready(&shutdown, &health, "consul", || {
+    let connected = until_ready_or(&shutdown, &health, "consul", Error::is_fatal, || {
         ConsulProjector::new(
             client.clone(),
             layout.clone(),
@@ -45,9 +50,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             metrics.clone(),
         )
     })
-    .await
-    else {
-        return Ok(());
+    .await;
+    let projector = match connected {
+        None => return Ok(()),
+        Some(connected) => connected?,
     };
     let projector = projector
         .with_policy(config.consumer.policy)

@@ -10,8 +10,11 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use ksr_runtime::tls::misconfigured;
+
 use crate::Error;
 use crate::config::ConsulArgs;
+use crate::error::CONSUL_TLS;
 
 /// One catalog service instance, as registered and as read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +160,18 @@ impl ConsulClient {
                 .map_err(|e| Error::Config(format!("--consul-ca {}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            let read = |flag: &str, path: &std::path::Path| {
+                std::fs::read(path)
+                    .map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))
+            };
+            let mut pem = read("--consul-cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("--consul-key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| Error::Config(format!("--consul-cert/--consul-key: {e}")))?;
+            builder = builder.identity(identity);
+        }
         let http = builder
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
@@ -214,9 +229,14 @@ impl ConsulClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|source| Error::Unreachable {
-            url: url.clone(),
-            source,
+        let resp = req.send().await.map_err(|source| {
+            match misconfigured(&source, &self.base, CONSUL_TLS) {
+                Some(tls) => Error::Runtime(tls),
+                None => Error::Unreachable {
+                    url: url.clone(),
+                    source,
+                },
+            }
         })?;
         let status = resp.status();
         let text = resp

@@ -92,6 +92,23 @@ pub struct ConsulArgs {
     /// CA certificate (PEM) to verify Consul's HTTPS certificate.
     #[arg(long = "consul-ca", env = "KSR_CONSUL_CA", id = "consul_ca")]
     pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a Consul that verifies HTTPS clients
+    /// (`verify_incoming_https`).
+    #[arg(
+        long = "consul-cert",
+        env = "KSR_CONSUL_CERT",
+        id = "consul_cert",
+        requires = "consul_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) of --consul-cert.
+    #[arg(
+        long = "consul-key",
+        env = "KSR_CONSUL_KEY",
+        id = "consul_key",
+        requires = "consul_cert"
+    )]
+    pub key: Option<PathBuf>,
 }
 
 impl Config {

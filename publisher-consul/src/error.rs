@@ -1,5 +1,8 @@
 //! The one error type of the Consul publisher.
 
+use ksr_runtime::RuntimeError;
+use ksr_runtime::tls::TlsFlags;
+
 /// Failures of the Consul projection.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,12 +34,24 @@ pub enum Error {
     #[error("writes kept conflicting with another writer after {attempts} attempts")]
     Contention { attempts: u32 },
     #[error(transparent)]
-    Runtime(#[from] ksr_runtime::RuntimeError),
+    Runtime(#[from] RuntimeError),
     #[error("configuration: {0}")]
     Config(String),
 }
 
+/// The TLS flags of Consul, named when its TLS fails.
+pub const CONSUL_TLS: TlsFlags = TlsFlags {
+    ca: "--consul-ca",
+    cert: "--consul-cert",
+};
+
 impl Error {
+    /// Whether retrying cannot help: a TLS misconfiguration. (A token file is retried: a
+    /// rotation may replace it while it is read.)
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Runtime(RuntimeError::Tls { .. }))
+    }
+
     /// Short, fixed reason for metric labels.
     pub fn reason(&self) -> &'static str {
         match self {

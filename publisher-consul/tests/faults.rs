@@ -52,7 +52,11 @@ async fn not_ready(p: &common::Replica) -> anyhow::Result<String> {
 #[tokio::test]
 async fn with_acls_a_wrong_token_is_a_clear_error_and_the_events_apply_once_it_is_fixed()
 -> anyhow::Result<()> {
-    let bench = Bench::start_with(ConsulOptions { acl: true }).await?;
+    let bench = Bench::start_with(ConsulOptions {
+        acl: true,
+        ..Default::default()
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, MASTER_TOKEN)?;
@@ -234,7 +238,11 @@ async fn token_for(bench: &Bench, name: &str, rules: &str) -> anyhow::Result<Str
 
 #[tokio::test]
 async fn the_documented_least_privilege_policies_are_enough() -> anyhow::Result<()> {
-    let bench = Bench::start_with(ConsulOptions { acl: true }).await?;
+    let bench = Bench::start_with(ConsulOptions {
+        acl: true,
+        ..Default::default()
+    })
+    .await?;
     let root = ksr_test_support::workspace_root().join("deploy/consul");
     let publisher_rules = std::fs::read_to_string(root.join("ksr-publisher-policy.hcl"))?;
     let dns_rules = std::fs::read_to_string(root.join("dns-read-policy.hcl"))?;

@@ -7,7 +7,7 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
 use ksr_runtime::metrics::MetricsRegistry;
-use ksr_runtime::retry::until_ready;
+use ksr_runtime::retry::{until_ready, until_ready_or};
 use ksr_runtime::{Health, admin, nats, serve};
 
 use crate::Error;
@@ -39,7 +39,36 @@ pub async fn connect_etcd(args: &EtcdArgs) -> Result<etcd_client::Client, Error>
         }
         opts = opts.with_tls(tls);
     }
-    Ok(etcd_client::Client::connect(args.endpoint_list(), Some(opts)).await?)
+    // The client uses one endpoint at a time (see `failover`); start from each in turn until
+    // one answers, so a dead first endpoint costs one refused connection, not the start-up.
+    let endpoints = args.endpoint_list();
+    let all = endpoints.join(",");
+    let mut failures = Vec::new();
+    for start in 0..endpoints.len() {
+        let mut order = endpoints.clone();
+        order.rotate_left(start);
+        let attempt = async {
+            let mut client = etcd_client::Client::connect_with_balanced_channel(
+                order,
+                Some(opts.clone()),
+                crate::failover::FailoverChannel,
+            )
+            .await?;
+            client.status().await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        match attempt.await {
+            Ok(client) => return Ok(client),
+            Err(e) => failures.push(Error::from(e).diagnosed(&all)),
+        }
+    }
+    // Every endpoint failed: a TLS misconfiguration is what to report, if there is one.
+    let fatal = failures.iter().position(Error::is_fatal);
+    let last = fatal.unwrap_or(failures.len().saturating_sub(1));
+    Err(failures
+        .into_iter()
+        .nth(last)
+        .unwrap_or_else(|| Error::Config("--etcd-endpoints: no endpoint given".into())))
 }
 
 /// Runs the publisher until `shutdown` is cancelled; the batch in hand is finished first.
@@ -54,33 +83,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     )
     .await?;
 
-    let client = nats::connect(&config.nats, "ksr-publisher-vulcand").await?;
+    health.set_not_ready("connecting to NATS");
+    let Some(client) =
+        nats::connect(&config.nats, "ksr-publisher-vulcand", &shutdown, &health).await?
+    else {
+        return Ok(());
+    };
     let js = async_nats::jetstream::new(client);
     let settings = nats::StreamSettings::routes(&config.nats.stream);
     health.set_not_ready(format!("waiting for stream {}", settings.name));
 
     health.set_not_ready("connecting to etcd");
-    let Some(etcd) = until_ready(&shutdown, &health, "etcd", || connect_etcd(&config.etcd)).await
-    else {
-        return Ok(());
-    };
     let layout = Layout::new(&config.prefix(), &config.owner);
-    // Credentials that may not touch our prefixes are a configuration error, not something
-    // to retry; an etcd that does not answer yet is.
+    // Credentials that may not touch our prefixes and a misconfigured TLS are configuration
+    // errors, not something to retry; an etcd that does not answer yet is.
     let v3 = config.etcd_api != "v2";
-    let checked = until_ready(&shutdown, &health, "etcd permissions", || async {
-        match crate::access::check(&mut etcd.kv_client(), &layout, v3).await {
-            Err(denied @ Error::PermissionDenied { .. }) => Ok(Err(denied)),
-            Err(transient) => Err(transient),
-            Ok(()) => Ok(Ok(())),
-        }
+    let connected = until_ready_or(&shutdown, &health, "etcd", Error::is_fatal, || async {
+        let etcd = connect_etcd(&config.etcd).await?;
+        crate::access::check(&mut etcd.kv_client(), &layout, v3)
+            .await
+            .map_err(|e| e.diagnosed(&config.etcd.endpoint_list().join(",")))?;
+        Ok(etcd)
     })
     .await;
-    match checked {
+    let etcd = match connected {
         None => return Ok(()),
-        Some(Err(denied)) => return Err(denied),
-        Some(Ok(())) => {}
-    }
+        Some(connected) => connected?,
+    };
+    let v2 = match config.etcd_api.as_str() {
+        "v2" => {
+            let v2 = V2Client::new(&config.etcd)?;
+            match until_ready_or(&shutdown, &health, "etcd v2", Error::is_fatal, || {
+                v2.version()
+            })
+            .await
+            {
+                None => return Ok(()),
+                Some(answered) => answered?,
+            };
+            Some(v2)
+        }
+        _ => None,
+    };
     let metrics = crate::publisher::metrics(&registry);
     let max_ops = config.etcd.max_txn_ops as usize;
     let Some(projector) = until_ready(&shutdown, &health, "etcd state", || {
@@ -93,9 +137,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let projector = projector
         .with_policy(config.consumer.policy)
         .with_health(health.clone());
-    let projector = match config.etcd_api.as_str() {
-        "v2" => projector.with_sink(Sink::V2(V2Client::new(&config.etcd)?)),
-        _ => projector,
+    let projector = match v2 {
+        Some(v2) => projector.with_sink(Sink::V2(v2)),
+        None => projector,
     };
 
     let durable = config

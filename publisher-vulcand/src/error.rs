@@ -1,5 +1,8 @@
 //! The one error type of the vulcand publisher.
 
+use ksr_runtime::RuntimeError;
+use ksr_runtime::tls::{TlsFlags, misconfigured};
+
 /// Failures of the vulcand projection.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,12 +19,39 @@ pub enum Error {
     #[error("writes kept conflicting with another writer after {attempts} attempts")]
     Contention { attempts: u32 },
     #[error(transparent)]
-    Runtime(#[from] ksr_runtime::RuntimeError),
+    Runtime(#[from] RuntimeError),
     #[error("configuration: {0}")]
     Config(String),
 }
 
+/// The TLS flags of etcd, named when its TLS fails.
+pub const ETCD_TLS: TlsFlags = TlsFlags {
+    ca: "--etcd-ca",
+    cert: "--etcd-cert",
+};
+
 impl Error {
+    /// Whether retrying cannot help: refused credentials or a TLS misconfiguration.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Error::PermissionDenied { .. } | Error::Runtime(RuntimeError::Tls { .. })
+        )
+    }
+
+    /// `self`, or the TLS misconfiguration underneath it (naming `--etcd-ca`/`--etcd-cert`).
+    /// etcd-client's error does not expose its cause, so its variants are opened here.
+    pub fn diagnosed(self, endpoints: &str) -> Self {
+        let tls = match &self {
+            Error::Etcd(etcd_client::Error::TransportError(e)) => {
+                misconfigured(e, endpoints, ETCD_TLS)
+            }
+            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => misconfigured(s, endpoints, ETCD_TLS),
+            other => misconfigured(other, endpoints, ETCD_TLS),
+        };
+        tls.map_or(self, Error::Runtime)
+    }
+
     /// Short, fixed reason for metric labels.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod drift;
 mod error;
+pub mod failover;
 pub mod layout;
 pub mod plan;
 pub mod projection;

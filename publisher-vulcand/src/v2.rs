@@ -17,8 +17,11 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use ksr_runtime::tls::misconfigured;
+
 use crate::Error;
 use crate::config::EtcdArgs;
+use crate::error::ETCD_TLS;
 use crate::projection::{KeyClass, KeyOp, Projection, diff};
 
 /// The v2 HTTP API of an etcd cluster: every `--etcd-endpoints` member (a request that cannot
@@ -148,13 +151,29 @@ impl V2Client {
                     self.current.store(idx, Ordering::Relaxed);
                     return Ok(resp);
                 }
-                Err(e) if e.is_connect() || e.is_timeout() => {
+                Err(e) => {
+                    if let Some(tls) = misconfigured(&e, base, ETCD_TLS) {
+                        return Err(Error::Runtime(tls));
+                    }
+                    if !(e.is_connect() || e.is_timeout()) {
+                        return Err(self.err(format!("{base}: {e}")));
+                    }
                     failures.push(format!("{base}: {e}"));
                 }
-                Err(e) => return Err(self.err(format!("{base}: {e}"))),
             }
         }
         Err(self.err(format!("no endpoint answered: {}", failures.join("; "))))
+    }
+
+    /// etcd's `/version`: whether an endpoint answers (TLS and all) before any route is written.
+    pub async fn version(&self) -> Result<(), Error> {
+        let resp = self
+            .send(|base| self.http.get(format!("{base}/version")))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.err(format!("/version answered {}", resp.status())));
+        }
+        Ok(())
     }
 
     fn url(base: &str, key: &str) -> String {

@@ -7,25 +7,13 @@ use std::path::Path;
 
 use clap::Parser;
 use common::{WAIT, route_id};
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, TlsOptions};
 use ksr_test_support::events::added;
 use ksr_test_support::tls::Pki;
 use ksr_test_support::{EtcdOptions, EtcdServer, NatsServer, eventually};
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
-}
-
-/// A v3 client with the test's client certificate.
-async fn client(etcd: &EtcdServer, pki: &Pki) -> anyhow::Result<Client> {
-    let tls = TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca)?))
-        .identity(Identity::from_pem(
-            std::fs::read(&pki.client_cert)?,
-            std::fs::read(&pki.client_key)?,
-        ));
-    let opts = ConnectOptions::new().with_tls(tls);
-    Ok(Client::connect([etcd.endpoint()], Some(opts)).await?)
 }
 
 struct Bench {
@@ -80,7 +68,7 @@ async fn v3_mode_talks_tls_with_a_client_certificate() -> anyhow::Result<()> {
     let _p = bench.publisher(&bench.pki.ca, &[])?;
     ksr_test_support::events::publish(&bench.js, &added("east", "shop", "web", &["10.0.0.1"]))
         .await?;
-    let mut etcd = client(&bench.etcd, &bench.pki).await?;
+    let mut etcd = bench.etcd.client().await?;
     let frontend = format!(
         "vulcand/frontends/{}/frontend",
         route_id("web-shop.test.service.consul", "/.*")

@@ -8,6 +8,13 @@ pub enum RuntimeError {
         url: String,
         source: async_nats::ConnectError,
     },
+    /// The server refused our credentials: retrying cannot help, the flag must change.
+    #[error("NATS at {url} refused our credentials (check {flag}): {source}")]
+    Credentials {
+        url: String,
+        flag: &'static str,
+        source: async_nats::ConnectError,
+    },
     #[error("JetStream stream {stream}: {message}")]
     Stream { stream: String, message: String },
     #[error("JetStream consumer {consumer}: {message}")]
@@ -20,6 +27,14 @@ pub enum RuntimeError {
     Admin {
         addr: std::net::SocketAddr,
         source: std::io::Error,
+    },
+    /// TLS is misconfigured: retrying cannot help, the flag must change.
+    #[error("TLS to {server} failed, {problem} (check {flag}): {source}")]
+    Tls {
+        server: String,
+        flag: &'static str,
+        problem: &'static str,
+        source: rustls::Error,
     },
     #[error("telemetry: {0}")]
     Telemetry(String),

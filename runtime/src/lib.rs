@@ -21,6 +21,7 @@ pub mod retry;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::RuntimeError;
 pub use health::Health;

@@ -4,20 +4,39 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 
-use crate::RuntimeError;
-use crate::config::{ConsumerArgs, NatsArgs};
+use async_nats::ConnectErrorKind;
+use tokio_util::sync::CancellationToken;
 
-/// Connects to NATS, retrying in the background if it is not up yet (and on every later
-/// disconnect), so a process can start before NATS does.
+use crate::config::{ConsumerArgs, NatsArgs};
+use crate::retry::until_ready_or;
+use crate::tls::TlsFlags;
+use crate::{Health, RuntimeError};
+
+/// Connects to NATS for a long-running process: retries with backoff while no server answers
+/// (each failure is `health`'s not-ready reason) and reconnects forever once connected. A TLS
+/// misconfiguration or refused credentials end it with an error naming the flag to fix.
+/// `None` once `shutdown` is cancelled first.
 pub async fn connect(
     args: &NatsArgs,
     client_name: &str,
-) -> Result<async_nats::Client, RuntimeError> {
-    let opts = options(args, client_name)
-        .await?
-        .retry_on_initial_connect()
-        .max_reconnects(None);
-    connect_with(args, opts).await
+    shutdown: &CancellationToken,
+    health: &Health,
+) -> Result<Option<async_nats::Client>, RuntimeError> {
+    let attempt = || async {
+        let opts = options(args, client_name).await?.max_reconnects(None);
+        connect_with(args, opts).await
+    };
+    let fatal = |e: &RuntimeError| {
+        matches!(
+            e,
+            RuntimeError::Tls { .. }
+                | RuntimeError::Credentials { .. }
+                | RuntimeError::Stream { .. }
+        )
+    };
+    until_ready_or(shutdown, health, "nats", fatal, attempt)
+        .await
+        .transpose()
 }
 
 /// Connects once, failing when no server answers (for command-line tools).
@@ -37,12 +56,34 @@ async fn connect_with(
         stream: args.stream.clone(),
         message: format!("--nats-url {:?}: {message}", args.url),
     })?;
-    opts.connect(servers)
-        .await
-        .map_err(|source| RuntimeError::Connect {
-            url: args.url.clone(),
-            source,
-        })
+    opts.connect(servers).await.map_err(|source| {
+        let flags = TlsFlags {
+            ca: "--nats-ca",
+            cert: "--nats-cert",
+        };
+        if let Some(tls) = crate::tls::misconfigured(&source, &args.url, flags) {
+            return tls;
+        }
+        match source.kind() {
+            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                RuntimeError::Credentials {
+                    url: args.url.clone(),
+                    flag: if args.creds.is_some() {
+                        "--nats-creds"
+                    } else if args.nkey.is_some() {
+                        "--nats-nkey"
+                    } else {
+                        "--nats-nkey or --nats-creds"
+                    },
+                    source,
+                }
+            }
+            _ => RuntimeError::Connect {
+                url: args.url.clone(),
+                source,
+            },
+        }
+    })
 }
 
 /// Connection options from the flags: credentials, NKey, TLS (verified against `--nats-ca`,

@@ -14,6 +14,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    until_ok_or(shutdown, what, |_| false, f)
+        .await
+        .and_then(Result::ok)
+}
+
+/// [`until_ok`] for failures that may be permanent: those `fatal` picks out (a misconfigured
+/// TLS, refused credentials) end the wait as `Some(Err(_))` instead of being retried.
+pub async fn until_ok_or<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &str,
+    fatal: impl Fn(&E) -> bool,
+    f: F,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let retry = f
         .retry(
             ExponentialBuilder::default()
@@ -21,10 +39,11 @@ where
                 .with_max_delay(Duration::from_secs(10))
                 .without_max_times(),
         )
+        .when(|e| !fatal(e))
         .notify(|e, d| tracing::warn!(what, error = %e, retry_in = ?d, "not available yet"));
     tokio::select! {
         _ = shutdown.cancelled() => None,
-        r = retry => r.ok(),
+        r = retry => Some(r),
     }
 }
 
@@ -34,14 +53,32 @@ pub async fn until_ready<T, E, F, Fut>(
     shutdown: &CancellationToken,
     health: &crate::Health,
     what: &str,
-    mut f: F,
+    f: F,
 ) -> Option<T>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    until_ok(shutdown, what, || {
+    until_ready_or(shutdown, health, what, |_| false, f)
+        .await
+        .and_then(Result::ok)
+}
+
+/// [`until_ok_or`] reporting each failure as the not-ready reason of `health`.
+pub async fn until_ready_or<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    health: &crate::Health,
+    what: &str,
+    fatal: impl Fn(&E) -> bool,
+    mut f: F,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    until_ok_or(shutdown, what, fatal, || {
         let fut = f();
         async move {
             let r = fut.await;
@@ -88,5 +125,23 @@ mod tests {
         let (got, ()) = tokio::join!(never, stop);
         assert_eq!(got, None);
         assert_eq!(started.elapsed().as_secs(), 60);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fatal_failure_ends_the_wait_at_once() {
+        let shutdown = CancellationToken::new();
+        let calls = AtomicU32::new(0);
+        let got: Option<Result<u32, &str>> = until_ok_or(
+            &shutdown,
+            "test",
+            |e| *e == "bad CA",
+            || async {
+                let n = calls.fetch_add(1, Ordering::Relaxed);
+                if n < 2 { Err("down") } else { Err("bad CA") }
+            },
+        )
+        .await;
+        assert_eq!(got, Some(Err("bad CA")));
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
     }
 }

@@ -17,6 +17,9 @@ pub const MASTER_TOKEN: &str = "2f1c4d7e-9a3b-4c5d-8e6f-0a1b2c3d4e5f";
 pub struct ConsulOptions {
     /// ACLs enabled with `default_policy = "deny"` and [`MASTER_TOKEN`] as master token.
     pub acl: bool,
+    /// HTTPS on a port of its own (beside plain HTTP, which the readiness check uses),
+    /// requiring client certificates that chain to the CA.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// A running single-server Consul with a data dir; killed on drop.
@@ -28,6 +31,7 @@ pub struct ConsulServer {
     server_port: u16,
     serf_lan_port: u16,
     serf_wan_port: u16,
+    https_port: u16,
     options: ConsulOptions,
     proc: Option<Proc>,
 }
@@ -38,7 +42,7 @@ impl ConsulServer {
     }
 
     pub async fn start_with(options: ConsulOptions) -> anyhow::Result<Self> {
-        let p = free_ports(5)?;
+        let p = free_ports(6)?;
         let mut server = Self {
             dir: tempfile::Builder::new().prefix("ksr-consul-").tempdir()?,
             http_port: p[0],
@@ -46,6 +50,7 @@ impl ConsulServer {
             server_port: p[2],
             serf_lan_port: p[3],
             serf_wan_port: p[4],
+            https_port: p[5],
             options,
             proc: None,
         };
@@ -56,6 +61,11 @@ impl ConsulServer {
     /// `http://127.0.0.1:<http port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// `https://127.0.0.1:<https port>` (with [`ConsulOptions::tls`]).
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.https_port)
     }
 
     pub fn http_port(&self) -> u16 {
@@ -149,12 +159,22 @@ impl ConsulServer {
     }
 
     fn hcl(&self) -> String {
-        let mut hcl = String::from(
-            "performance { raft_multiplier = 1 } \
+        let https = match &self.options.tls {
+            Some(_) => self.https_port.to_string(),
+            None => "-1".into(),
+        };
+        let mut hcl = format!(
+            "performance {{ raft_multiplier = 1 }} \
              disable_update_check = true \
-             ports { grpc = -1 https = -1 } \
-             dns_config { allow_stale = false } ",
+             ports {{ grpc = -1 https = {https} }} \
+             dns_config {{ allow_stale = false }} "
         );
+        if let Some(tls) = &self.options.tls {
+            hcl.push_str(&format!(
+                "ca_file = {:?} cert_file = {:?} key_file = {:?} verify_incoming_https = true ",
+                tls.ca, tls.cert, tls.key
+            ));
+        }
         if self.options.acl {
             hcl.push_str(&format!(
                 "primary_datacenter = \"dc1\" \

@@ -54,12 +54,32 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
+    /// A v3 client; over TLS (with the server's own certificate, which may also act as a
+    /// client) when the server requires it.
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+        let options = match &self.options.tls {
+            None => None,
+            Some(tls) => Some(
+                ConnectOptions::new().with_tls(
+                    TlsOptions::new()
+                        .ca_certificate(Certificate::from_pem(std::fs::read(&tls.ca)?))
+                        .identity(Identity::from_pem(
+                            std::fs::read(&tls.cert)?,
+                            std::fs::read(&tls.key)?,
+                        )),
+                ),
+            ),
+        };
+        Ok(etcd_client::Client::connect([self.endpoint()], options).await?)
+    }
+
     /// Every key under `prefix` with its value (v3 API), for key-by-key comparisons.
     pub async fn contents(
         &self,
         prefix: &str,
     ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-        let mut client = etcd_client::Client::connect([self.endpoint()], None).await?;
+        let mut client = self.client().await?;
         let resp = client
             .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
             .await?;

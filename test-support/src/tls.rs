@@ -48,22 +48,26 @@ impl Pki {
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
 
-        let issue = |sans: Vec<String>, purpose: ExtendedKeyUsagePurpose, cn: &str| {
+        let issue = |sans: Vec<String>, purposes: Vec<ExtendedKeyUsagePurpose>, cn: &str| {
             let mut p = CertificateParams::new(sans)?;
             p.distinguished_name.push(DnType::CommonName, cn);
-            p.extended_key_usages = vec![purpose];
+            p.extended_key_usages = purposes;
             let key = KeyPair::generate()?;
             let cert = p.signed_by(&key, &ca)?;
             anyhow::Ok((cert.pem(), key.serialize_pem()))
         };
         let (server_cert, server_key) = issue(
             vec!["127.0.0.1".into(), "localhost".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            // (Also a client: the test servers' own helpers read them with it.)
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             "ksr test server",
         )?;
         let (client_cert, client_key) = issue(
             vec!["ksr-client".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
             "ksr test client",
         )?;
         let write = |file: &str, pem: &str| -> anyhow::Result<PathBuf> {

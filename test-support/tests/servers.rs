@@ -140,7 +140,11 @@ async fn consul_guard_registers_and_resolves_through_dns_and_survives_restart() 
 #[tokio::test]
 async fn consul_guard_with_acls_denies_by_default_and_accepts_the_master_token()
 -> anyhow::Result<()> {
-    let consul = ConsulServer::start_with(ConsulOptions { acl: true }).await?;
+    let consul = ConsulServer::start_with(ConsulOptions {
+        acl: true,
+        ..Default::default()
+    })
+    .await?;
     let http = http_client();
     let body = serde_json::json!({
         "Node": "ksr-synthetic", "Address": "127.0.0.1",

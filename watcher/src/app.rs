@@ -30,7 +30,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     )
     .await?;
 
-    let client = nats::connect(&config.nats, &format!("ksr-watcher-{}", config.cluster)).await?;
+    health.set_not_ready("connecting to NATS");
+    let Some(client) = nats::connect(
+        &config.nats,
+        &format!("ksr-watcher-{}", config.cluster),
+        &shutdown,
+        &health,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
     let confirmations = listen_for_confirmations(client.clone(), &config.cluster).await?;
     answer_pings(client.clone(), &config.cluster, &config.observer).await?;
     let js = async_nats::jetstream::new(client);

@@ -163,6 +163,8 @@ impl Bench {
             token: None,
             token_file: None,
             ca: None,
+            cert: None,
+            key: None,
         };
         let target = ConsulTarget {
             owner: "ksr".into(),
