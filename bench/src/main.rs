@@ -6,6 +6,7 @@
 
 mod consul;
 mod drive;
+mod etcdv2;
 mod procs;
 mod replay;
 mod report;
@@ -29,6 +30,8 @@ struct Cli {
 enum Bench {
     /// publisher-vulcand: initial projection of N Services, then churn latency.
     Vulcand(vulcand::Args),
+    /// etcd's v2 API alone: key writes per second (the floor under v2 mode).
+    EtcdV2(etcdv2::Args),
     /// publisher-consul: initial projection of N Services, then publish-to-DNS latency.
     Consul(consul::Args),
     /// watcher: N Services listed from an apiserver and published.
@@ -45,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Vulcand(args) => vulcand::run(args).await,
         Bench::Consul(args) => consul::run(args).await,
+        Bench::EtcdV2(args) => etcdv2::run(args).await,
         Bench::Watcher(args) => watcher::run(args).await,
         Bench::Replay(args) => replay::run(args).await,
         Bench::Soak(args) => soak::run(args).await,

@@ -106,7 +106,7 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
     let state = projector.snapshot().await?;
     let expected = crate::plan::projection_of(layout, &state);
     if let Sink::V2(v2) = projector.sink() {
-        return repair_v2(projector, v2, &state, &expected).await;
+        return repair_v2(projector, v2, &expected).await;
     }
     let mut kv = projector.kv();
     let actual = crate::drift::live_keys(projector).await?;
@@ -190,7 +190,6 @@ async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> 
 async fn repair_v2(
     projector: &VulcandProjector,
     v2: &V2Client,
-    state: &crate::plan::State,
     expected: &crate::projection::Projection,
 ) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
@@ -209,36 +208,47 @@ async fn repair_v2(
                 .insert(key.clone(), v.clone());
         }
     }
-    let (mut puts, mut deletes) = (0, 0);
     let ids: std::collections::BTreeSet<String> =
         actual.keys().chain(wanted.keys()).cloned().collect();
-    // Route ids that drifted, by hostname (one sync per host record).
+    // Route ids that look drifted, by hostname (one sync per host record).
     let mut drifted: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let upsert_only = projector.policy() == ksr_runtime::config::Policy::UpsertOnly;
     for id in ids {
         let want = wanted.remove(&id).unwrap_or_default();
         let have = actual.remove(&id).unwrap_or_default();
-        let changed_puts = want
-            .iter()
-            .filter(|(k, (_, v))| have.get(*k) != Some(v))
-            .count() as u64;
-        let changed_deletes = have.keys().filter(|k| !want.contains_key(*k)).count() as u64;
+        let changed_puts = want.iter().any(|(k, (_, v))| have.get(k) != Some(v));
+        let changed_deletes = have.keys().any(|k| !want.contains_key(k));
         // upsert-only: a route whose only drift is keys to delete is left alone.
-        let upsert_only = projector.policy() == ksr_runtime::config::Policy::UpsertOnly;
-        if changed_puts == 0 && (changed_deletes == 0 || upsert_only) {
+        if !changed_puts && (!changed_deletes || upsert_only) {
             continue;
         }
-        puts += changed_puts;
-        deletes += changed_deletes;
         drifted
             .entry(layout.host_id_of(&id).to_owned())
             .or_default()
             .insert(id);
     }
+    // A route is only drifted if it still is once nothing is writing it: a hostname whose
+    // sync is under way (its record committed, its v2 writes in flight) is left to that sync,
+    // and the others are synced from their current record, counting what had to be written.
+    let mut written = crate::v2::Written::default();
     for (host, routes) in drifted {
-        let record = state.name(&host).1.cloned();
-        let rev = state.name(&host).0;
-        tracing::info!(host, ?routes, "reconcile syncs v2 routes that drifted");
-        projector.sync_v2(v2, &host, record, rev, routes).await?;
+        if projector.is_syncing(&host) {
+            tracing::debug!(host, "reconcile leaves a hostname being synced to its sync");
+            continue;
+        }
+        let (rev, record) = projector.host_record(&host).await?;
+        let repaired = projector
+            .sync_v2(v2, &host, record, rev, routes.clone())
+            .await?;
+        if repaired != crate::v2::Written::default() {
+            tracing::info!(
+                host,
+                ?routes,
+                ?repaired,
+                "reconcile synced v2 routes that drifted"
+            );
+        }
+        written += repaired;
     }
-    Ok((puts, deletes))
+    Ok((written.puts, written.deletes))
 }

@@ -241,35 +241,55 @@ impl V2Client {
         }
     }
 
-    /// Applies ordered key writes.
-    pub async fn apply(&self, ops: &[KeyOp]) -> Result<(), Error> {
-        for op in ops {
-            match op {
-                KeyOp::Put { key, value, .. } => self.put(key, value).await?,
-                KeyOp::Delete { key, .. } => self.delete(key, false).await?,
+    /// Applies ordered key writes: each run of writes of one kind and class (a route's
+    /// servers, say) at once, the runs one after the other, so vulcand's order holds.
+    pub async fn apply(&self, ops: &[KeyOp]) -> Result<Written, Error> {
+        let mut written = Written::default();
+        for run in ops.chunk_by(|a, b| a.order() == b.order()) {
+            futures::future::try_join_all(run.iter().map(|op| async move {
+                match op {
+                    KeyOp::Put { key, value, .. } => self.put(key, value).await,
+                    KeyOp::Delete { key, .. } => self.delete(key, false).await,
+                }
+            }))
+            .await?;
+            for op in run {
+                match op {
+                    KeyOp::Put { .. } => written.puts += 1,
+                    KeyOp::Delete { .. } => written.deletes += 1,
+                }
             }
         }
-        Ok(())
+        Ok(written)
     }
 
-    /// The v2 keys of route `id` under `prefix`.
+    /// The v2 keys of route `id` under `prefix` (its two directories read at once).
     pub async fn route_keys(&self, prefix: &str, id: &str) -> Result<Projection, Error> {
-        let mut have = Projection::new();
-        for dir in [
+        let (backends, frontends) = (
             format!("{prefix}/backends/{id}"),
             format!("{prefix}/frontends/{id}"),
-        ] {
-            for (k, v) in self.tree(&dir).await? {
-                have.insert(k.clone(), (class_of(&k), v));
-            }
-        }
-        Ok(have)
+        );
+        let (backend, frontend) = futures::try_join!(self.tree(&backends), self.tree(&frontends))?;
+        Ok(backend
+            .into_iter()
+            .chain(frontend)
+            .map(|(k, v)| {
+                let class = class_of(&k);
+                (k, (class, v))
+            })
+            .collect())
     }
 
     /// Makes route `id`'s v2 keys equal `want`, then removes its directories left empty.
-    pub async fn sync_route(&self, prefix: &str, id: &str, want: &Projection) -> Result<(), Error> {
+    /// Returns the keys it wrote and deleted.
+    pub async fn sync_route(
+        &self,
+        prefix: &str,
+        id: &str,
+        want: &Projection,
+    ) -> Result<Written, Error> {
         let have = self.route_keys(prefix, id).await?;
-        self.apply(&diff(&have, want)).await?;
+        let written = self.apply(&diff(&have, want)).await?;
         let has_servers = want.values().any(|(c, _)| *c == KeyClass::Server);
         if !has_servers {
             self.delete(&format!("{prefix}/backends/{id}/servers"), true)
@@ -281,6 +301,20 @@ impl V2Client {
             self.delete(&format!("{prefix}/backends/{id}"), true)
                 .await?;
         }
-        Ok(())
+        Ok(written)
+    }
+}
+
+/// v2 keys written and deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub puts: u64,
+    pub deletes: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Self) {
+        self.puts += other.puts;
+        self.deletes += other.deletes;
     }
 }

@@ -173,3 +173,40 @@ async fn v2_mode_uses_every_endpoint_and_fails_over_when_the_first_is_down() -> 
     assert!(err.to_string().contains(&down), "{err}");
     Ok(())
 }
+
+/// Replicas racing in v2 mode: each syncs hostnames concurrently after its commits, and the
+/// v2 tree (with our records in v3) ends exactly as the independent model says.
+#[tokio::test]
+async fn two_v2_replicas_racing_on_2000_events_end_as_the_model_says() -> anyhow::Result<()> {
+    let bench = Bench::start_v2().await?;
+    let _a = bench.publisher(&["--etcd-api", "v2", "--batch-size", "50"]);
+    let _b = bench.publisher(&["--etcd-api", "v2", "--batch-size", "50"]);
+    let history = common::publish_history(&bench, 2000, 300).await?;
+    let records = bench.settled("ksr/").await?;
+    use ksr_test_support::model::{Ages, Settings, services_from_stream};
+    let (services, ages) = (services_from_stream(&history), Ages::from_stream(&history));
+    // The v2 writes follow the record commits: wait for the tree to get there.
+    eventually(WAIT, || async {
+        let mut got = records.clone();
+        for (key, value) in v2_tree(&bench).await? {
+            got.insert(key.trim_start_matches('/').to_owned(), value);
+        }
+        let diff = ksr_test_support::verify::vulcand(&Settings::default(), &services, &ages, &got);
+        anyhow::ensure!(diff.is_empty(), "v2 differs from the model:\n{diff}");
+        Ok(())
+    })
+    .await?;
+    let empty: Vec<String> = v2_dirs(&bench)
+        .await?
+        .into_iter()
+        .filter(|d| d.matches('/').count() > 2)
+        .collect();
+    let tree = v2_tree(&bench).await?;
+    for dir in &empty {
+        assert!(
+            tree.keys().any(|k| k.starts_with(&format!("{dir}/"))),
+            "empty v2 directory {dir} left behind"
+        );
+    }
+    Ok(())
+}
