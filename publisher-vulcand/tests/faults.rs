@@ -4,6 +4,7 @@ mod common;
 
 use common::{Bench, assert_as_modelled, publish_history, route_id, wait_key};
 use ksr_test_support::events::added;
+use ksr_test_support::eventually;
 
 #[tokio::test]
 async fn two_replicas_racing_on_5000_events_end_as_the_model_says() -> anyhow::Result<()> {
@@ -95,4 +96,71 @@ async fn a_publisher_started_after_the_events_with_frequent_reconciles_ends_as_t
     let got = bench.settled("").await?;
     assert_as_modelled(&history, &got);
     Ok(())
+}
+
+/// What an operator alerts on: when the last batch was applied and the last reconciliation
+/// completed, and how many failed in a row since — through an etcd outage and back.
+#[tokio::test]
+async fn staleness_metrics_follow_an_etcd_outage() -> anyhow::Result<()> {
+    let mut bench = Bench::start().await?;
+    let p = bench.publisher(&[
+        "--reconcile-interval",
+        "200ms",
+        "--max-retry-delay",
+        "200ms",
+    ]);
+    bench
+        .publish(&added("east", "shop", "a", &["10.0.0.1"]))
+        .await?;
+    bench.settled_vulcand().await?;
+    let (applied, reconciled) = (
+        "ksr_vulcand_last_apply_timestamp_seconds",
+        "ksr_vulcand_last_reconcile_timestamp_seconds",
+    );
+    let failures = [
+        "ksr_vulcand_consecutive_apply_failures",
+        "ksr_vulcand_consecutive_reconcile_failures",
+    ];
+    eventually(common::WAIT, || async {
+        anyhow::ensure!(p.metric(applied).await > 0.0, "nothing applied yet");
+        anyhow::ensure!(p.metric(reconciled).await > 0.0, "no reconciliation yet");
+        Ok(())
+    })
+    .await?;
+    for f in failures {
+        assert_eq!(p.metric(f).await, 0.0, "{f}");
+    }
+    assert!(
+        p.metrics().await.contains("ksr_build_info{version=\""),
+        "no build info"
+    );
+
+    bench.etcd.stop();
+    bench
+        .publish(&added("east", "shop", "b", &["10.0.0.2"]))
+        .await?;
+    let before = p.metric(applied).await;
+    eventually(common::WAIT, || async {
+        for f in failures {
+            anyhow::ensure!(p.metric(f).await >= 1.0, "{f} counts no failure yet");
+        }
+        Ok(())
+    })
+    .await?;
+    assert_eq!(
+        p.metric(applied).await,
+        before,
+        "nothing was applied meanwhile"
+    );
+
+    bench.etcd.restart().await?;
+    bench.settled_vulcand().await?;
+    eventually(common::WAIT, || async {
+        for f in failures {
+            anyhow::ensure!(p.metric(f).await == 0.0, "{f} still counts failures");
+        }
+        anyhow::ensure!(p.metric(applied).await > before, "not applied since");
+        Ok(())
+    })
+    .await
 }

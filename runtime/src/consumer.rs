@@ -101,6 +101,11 @@ pub struct ConsumerMetrics {
     pending: Gauge,
     in_flight: Gauge,
     lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    last_apply: Gauge<f64, std::sync::atomic::AtomicU64>,
+    apply_failures: Gauge,
+    /// Reconciliation passes: when the last one succeeded, how many failed since.
+    pub(crate) last_reconcile: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub(crate) reconcile_failures: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -117,6 +122,10 @@ impl ConsumerMetrics {
             pending: Gauge::default(),
             in_flight: Gauge::default(),
             lag_seconds: Gauge::default(),
+            last_apply: Gauge::default(),
+            apply_failures: Gauge::default(),
+            last_reconcile: Gauge::default(),
+            reconcile_failures: Gauge::default(),
         };
         registry.register(|r| {
             let r = r.sub_registry_with_prefix(publisher);
@@ -170,8 +179,44 @@ impl ConsumerMetrics {
                 "Age of the newest applied event when it was applied",
                 m.lag_seconds.clone(),
             );
+            r.register(
+                "last_apply_timestamp_seconds",
+                "When a batch was last applied and acknowledged (Unix time; 0: never)",
+                m.last_apply.clone(),
+            );
+            r.register(
+                "consecutive_apply_failures",
+                "Batches failed in a row since the last one applied",
+                m.apply_failures.clone(),
+            );
+            r.register(
+                "last_reconcile_timestamp_seconds",
+                "When a reconciliation pass last completed (Unix time; 0: never)",
+                m.last_reconcile.clone(),
+            );
+            r.register(
+                "consecutive_reconcile_failures",
+                "Reconciliation passes failed in a row since the last one completed",
+                m.reconcile_failures.clone(),
+            );
         });
         m
+    }
+
+    /// A batch applied: its time, and the failure streak ends.
+    fn applied_now(&self) {
+        self.last_apply.set(unix_now());
+        self.apply_failures.set(0);
+    }
+
+    /// A reconciliation pass completed (`Ok`) or failed.
+    pub(crate) fn reconciled(&self, ok: bool) {
+        if ok {
+            self.last_reconcile.set(unix_now());
+            self.reconcile_failures.set(0);
+        } else {
+            self.reconcile_failures.inc();
+        }
     }
 
     fn terminate(&self, reason: &'static str) {
@@ -357,6 +402,7 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
         }
         Ok(report) => {
             health.set_ready();
+            metrics.applied_now();
             for d in &deliveries {
                 let skipped = report.skipped_removals > 0 && d.event.route().is_none();
                 if !skipped && !report.rejected.iter().any(|(s, _)| *s == d.seq) {
@@ -390,6 +436,7 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
             }
         }
         Err(err) => {
+            metrics.apply_failures.inc();
             metrics
                 .apply_errors
                 .get_or_create(&ReasonLabel { reason: err.reason })
@@ -405,6 +452,13 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
     }
     metrics.in_flight.set(0);
     false
+}
+
+/// Now as Unix time in seconds (the unit of Prometheus timestamps).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The redelivery delay after the `delivered`-th failed delivery: exponential from 100 ms,

@@ -2,8 +2,29 @@
 
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// Labels of `ksr_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+impl BuildLabels {
+    /// This build: the workspace version, and the commit a release build was made from
+    /// (`KSR_GIT_COMMIT` at build time; `unknown` otherwise).
+    fn current() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            commit: option_env!("KSR_GIT_COMMIT").unwrap_or("unknown"),
+        }
+    }
+}
 
 /// A registry shared by the process's components and the admin server.
 #[derive(Debug, Clone)]
@@ -18,10 +39,18 @@ impl Default for MetricsRegistry {
 }
 
 impl MetricsRegistry {
-    /// A registry whose metric names all start with `ksr_`.
+    /// A registry whose metric names all start with `ksr_`, holding `ksr_build_info`.
     pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ksr");
+        let info: Family<BuildLabels, Gauge> = Family::default();
+        info.get_or_create(&BuildLabels::current()).set(1);
+        registry.register(
+            "build_info",
+            "The running build: version and source commit (always 1)",
+            info,
+        );
         Self {
-            inner: Arc::new(Mutex::new(Registry::with_prefix("ksr"))),
+            inner: Arc::new(Mutex::new(registry)),
         }
     }
 

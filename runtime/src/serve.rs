@@ -39,6 +39,7 @@ pub struct Publisher<'a, P> {
 pub async fn consume<P, R, Fut>(
     p: &Publisher<'_, P>,
     stream: &Stream,
+    metrics: &ConsumerMetrics,
     reconcile: R,
     shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError>
@@ -56,7 +57,6 @@ where
     };
     tracing::info!(publisher = p.name, durable = p.durable, "consuming");
     p.health.set_ready();
-    let metrics = ConsumerMetrics::new(p.registry, p.name);
     let options = LoopOptions {
         batch_size: p.args.batch_size as usize,
         max_retry_delay: p.args.max_retry_delay,
@@ -70,7 +70,7 @@ where
                 stream,
                 p.projector,
                 &options,
-                &metrics,
+                metrics,
                 p.health,
                 stop.clone(),
             )
@@ -82,6 +82,7 @@ where
             consumer.clone(),
             p.args.reconcile_interval,
             &reconcile,
+            metrics,
             stop.clone(),
         );
         tokio::join!(consuming, reconciling).0
@@ -95,6 +96,7 @@ async fn reconcile_loop<R, Fut>(
     mut consumer: PullConsumer,
     interval: Duration,
     reconcile: &R,
+    metrics: &ConsumerMetrics,
     stop: CancellationToken,
 ) where
     R: Fn(u64) -> Fut,
@@ -130,8 +132,14 @@ async fn reconcile_loop<R, Fut>(
             }
         };
         match reconcile(ack_floor).await {
-            Ok(()) => first = false,
-            Err(e) => tracing::warn!(error = %e, "reconcile failed; will retry"),
+            Ok(()) => {
+                metrics.reconciled(true);
+                first = false;
+            }
+            Err(e) => {
+                metrics.reconciled(false);
+                tracing::warn!(error = %e, "reconcile failed; will retry");
+            }
         }
     }
 }
@@ -157,6 +165,8 @@ where
     RFut: Future<Output = Result<(), String>>,
 {
     let health = p.health;
+    // Registered once: the consumer is bound anew after a stream is created again.
+    let metrics = ConsumerMetrics::new(p.registry, p.name);
     loop {
         let Some(stream) = crate::retry::until_ready(shutdown, health, "stream", &get_stream).await
         else {
@@ -171,7 +181,7 @@ where
             "following stream {name}, incarnation {incarnation} (its creation time)"
         ));
         let pass = |floor| reconcile(stream.clone(), floor);
-        match consume(&p, &stream, pass, shutdown).await {
+        match consume(&p, &stream, &metrics, pass, shutdown).await {
             Err(RuntimeError::StreamRecreated { stream, consumer }) => {
                 health.set_not_ready(format!(
                     "stream {stream} was deleted or created again; binding {consumer} anew"

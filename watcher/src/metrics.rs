@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
+use std::sync::atomic::AtomicU64;
+
 use ksr_proto::EventKind;
 use ksr_runtime::metrics::MetricsRegistry;
 
@@ -35,6 +37,12 @@ pub struct WatcherMetrics {
     pub rejected_services: Gauge,
     pub held_removals: Gauge,
     pub pending_services: Gauge,
+    /// When the source last completed a full list (Unix time).
+    pub last_full_list: Gauge<f64, AtomicU64>,
+    /// When every pending change was last published (Unix time).
+    pub last_publish: Gauge<f64, AtomicU64>,
+    /// Publishing rounds that left changes unpublished, in a row.
+    pub publish_failures: Gauge,
 }
 
 impl WatcherMetrics {
@@ -53,6 +61,9 @@ impl WatcherMetrics {
             rejected_services: Gauge::default(),
             held_removals: Gauge::default(),
             pending_services: Gauge::default(),
+            last_full_list: Gauge::default(),
+            last_publish: Gauge::default(),
+            publish_failures: Gauge::default(),
         };
         registry.register(|r| {
             let r = r.sub_registry_with_prefix("watcher");
@@ -121,6 +132,21 @@ impl WatcherMetrics {
                 "rejected_services",
                 "Selected Services not routed now for a bad spec (see the rejections reasons)",
                 m.rejected_services.clone(),
+            );
+            r.register(
+                "last_full_list_timestamp_seconds",
+                "When the source last completed a full list (Unix time; 0: never)",
+                m.last_full_list.clone(),
+            );
+            r.register(
+                "last_publish_timestamp_seconds",
+                "When every pending change was last published (Unix time; 0: never)",
+                m.last_publish.clone(),
+            );
+            r.register(
+                "consecutive_publish_failures",
+                "Publishing rounds in a row that left changes unpublished",
+                m.publish_failures.clone(),
             );
         });
         m

@@ -256,6 +256,9 @@ impl Runner {
                         _ => {}
                     }
                     let outcome = self.inventory.apply(event);
+                    if outcome.resynced {
+                        self.metrics.last_full_list.set(ksr_runtime::consumer::unix_now());
+                    }
                     dirty.extend(outcome.dirty);
                     self.metrics.pending_services.set(dirty.len() as i64);
                     full |= outcome.resynced;
@@ -302,6 +305,8 @@ impl Runner {
                     let failed = self.flush(keys, is_full).await;
                     self.metrics.held_removals.set(self.held.len() as i64);
                     if failed.is_empty() {
+                        self.metrics.last_publish.set(ksr_runtime::consumer::unix_now());
+                        self.metrics.publish_failures.set(0);
                         if !ready {
                             ready = true;
                             tracing::info!(cluster = self.config.cluster, services = self.known.len(), "first full list published");
@@ -312,6 +317,7 @@ impl Runner {
                             self.health.set_not_ready(self.held_text());
                         }
                     } else {
+                        self.metrics.publish_failures.inc();
                         self.health.set_not_ready(format!("{} Services could not be published yet", failed.len()));
                         dirty.extend(failed);
                         reload = true;

@@ -279,6 +279,16 @@ async fn dropped_watches_and_a_nats_restart_end_with_the_stream_equal_to_the_clu
     }
     let w = kube_watcher(&bench, &api, &[]);
     w.ready().await?;
+    // Staleness metrics: a full list and a complete publish happened, no failure streak.
+    let listed = w
+        .metric("ksr_watcher_last_full_list_timestamp_seconds")
+        .await;
+    let published = w.metric("ksr_watcher_last_publish_timestamp_seconds").await;
+    assert!(listed > 0.0 && published > 0.0, "{listed} {published}");
+    assert_eq!(
+        w.metric("ksr_watcher_consecutive_publish_failures").await,
+        0.0
+    );
     api.drop_watches();
     for i in 0..5 {
         api.apply(
@@ -294,6 +304,12 @@ async fn dropped_watches_and_a_nats_restart_end_with_the_stream_equal_to_the_clu
         Resource::Services,
         svc("team", "s8", "10.96.3.8", json!({})),
     );
+    eventually(WAIT, || async {
+        let failures = w.metric("ksr_watcher_consecutive_publish_failures").await;
+        anyhow::ensure!(failures >= 1.0, "no failed publishing round counted yet");
+        Ok(())
+    })
+    .await?;
     bench.nats.restart().await?;
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for i in 0..9 {
@@ -307,9 +323,14 @@ async fn dropped_watches_and_a_nats_restart_end_with_the_stream_equal_to_the_clu
     eventually(WAIT, || async {
         let state = stream_state(&bench).await?;
         anyhow::ensure!(state == expected, "{state:#?}");
+        let failures = w.metric("ksr_watcher_consecutive_publish_failures").await;
+        anyhow::ensure!(failures == 0.0, "{failures} failed rounds in a row");
         Ok(())
     })
-    .await
+    .await?;
+    let republished = w.metric("ksr_watcher_last_publish_timestamp_seconds").await;
+    assert!(republished > published, "{republished} <= {published}");
+    Ok(())
 }
 
 #[tokio::test]
