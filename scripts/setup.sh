@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the pinned real servers (nats-server, etcd, consul) and protoc into .servers/,
+# Installs the pinned real servers (nats-server, etcd, consul), protoc and promtool (checks the
+# alerting rules in deploy/monitoring/) into .servers/,
 # from Debian packages, without touching the system's apt sources. Idempotent: a second run
 # with everything present only prints the versions.
 set -euo pipefail
@@ -18,9 +19,10 @@ PACKAGES=(
   "libprotoc32|bookworm|3.21.12"
   "libprotobuf32|bookworm|3.21.12"
   "libprotobuf-dev|bookworm|3.21.12"
+  "promtool|trixie|2.53.3"
 )
 
-BINARIES=(usr/sbin/nats-server usr/bin/etcd usr/bin/etcdctl usr/bin/consul usr/bin/protoc)
+BINARIES=(usr/sbin/nats-server usr/bin/etcd usr/bin/etcdctl usr/bin/consul usr/bin/protoc usr/bin/promtool)
 
 have_all() {
   for b in "${BINARIES[@]}"; do [ -x "$dest/bin/$(basename "$b")" ] || return 1; done
@@ -35,6 +37,7 @@ print_versions() {
   echo "  etcd        $("$dest/bin/etcd" --version | awk '/etcd Version/{print $3}')"
   echo "  consul      $("$dest/bin/consul" version | awk 'NR==1{print $2}')"
   echo "  protoc      $("$dest/bin/protoc" --version | awk '{print $2}')"
+  echo "  promtool    $("$dest/bin/promtool" --version 2>&1 | awk 'NR==1{print $3}')"
 }
 
 if have_all; then

@@ -9,6 +9,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::RuntimeError;
 use crate::health::Health;
 use crate::metrics::MetricsRegistry;
@@ -17,6 +19,8 @@ use crate::metrics::MetricsRegistry;
 struct AdminState {
     health: Health,
     metrics: MetricsRegistry,
+    /// `ksr_ready`: what `/readyz` answers, as a gauge (set at each scrape).
+    ready: Gauge,
 }
 
 /// Binds the admin server; the returned future serves until `shutdown` is cancelled.
@@ -32,11 +36,23 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|source| RuntimeError::Admin { addr, source })?;
+    let ready = Gauge::default();
+    metrics.register(|r| {
+        r.register(
+            "ready",
+            "1 while /readyz answers 200 (ready), 0 otherwise",
+            ready.clone(),
+        )
+    });
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(AdminState { health, metrics });
+        .with_state(AdminState {
+            health,
+            metrics,
+            ready,
+        });
     let handle = tokio::spawn(async move {
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await });
@@ -68,6 +84,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    state.ready.set(i64::from(state.health.status().is_ok()));
     (
         [(
             header::CONTENT_TYPE,
