@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use ksr_proto::Change;
+use ksr_publisher_vulcand::config::EtcdApi;
 use ksr_runtime::nats::{StreamSettings, ensure_stream};
 use ksr_test_support::events::{event, route};
 use ksr_test_support::{EtcdOptions, EtcdServer, NatsServer, wait_until};
@@ -28,20 +29,13 @@ pub struct Args {
     #[arg(long, default_value_t = 15)]
     seconds: u64,
     /// The etcd API the publisher writes vulcand's keys through.
-    #[arg(long, value_enum, default_value_t = Api::V3)]
-    etcd_api: Api,
-}
-
-/// The keyspace under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Api {
-    V3,
-    V2,
+    #[arg(long, value_enum, default_value_t = EtcdApi::V3)]
+    etcd_api: EtcdApi,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    let v2 = args.etcd_api == Api::V2;
+    let v2 = args.etcd_api == EtcdApi::V2;
     let etcd = EtcdServer::start_with(EtcdOptions {
         enable_v2: v2,
         ..Default::default()

@@ -82,8 +82,8 @@ pub struct FilterArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Only these kinds; repeatable.
-    #[arg(long, value_parser = ["added", "updated", "removed"])]
-    pub kind: Vec<String>,
+    #[arg(long, value_enum)]
+    pub kind: Vec<Kind>,
     /// From this instant (`#seq`, RFC 3339 time, or `2h`/`7d` ago).
     #[arg(long)]
     pub since: Option<String>,
@@ -92,17 +92,31 @@ pub struct FilterArgs {
     pub until: Option<String>,
 }
 
+/// An event kind on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Added,
+    Updated,
+    Removed,
+}
+
+impl From<Kind> for ksr_proto::EventKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Added => Self::Added,
+            Kind::Updated => Self::Updated,
+            Kind::Removed => Self::Removed,
+        }
+    }
+}
+
 /// How to reach vulcand's etcd, and whose keys to look at.
 #[derive(Debug, Clone, Args)]
 pub struct VulcandTargetArgs {
     #[command(flatten)]
     pub etcd: ksr_publisher_vulcand::config::EtcdArgs,
-    /// vulcand's key prefix (default: `vulcand` for v3, `/vulcand` for v2).
-    #[arg(long = "vulcand-prefix", env = "KSR_VULCAND_PREFIX")]
-    pub prefix: Option<String>,
-    /// Which etcd API vulcand reads: v3 or v2.
-    #[arg(long = "etcd-api", env = "KSR_ETCD_API", default_value = "v3", value_parser = ["v3", "v2"])]
-    pub etcd_api: String,
+    #[command(flatten)]
+    pub vulcand: ksr_publisher_vulcand::config::VulcandArgs,
     /// The installation (publisher `--owner`) whose keys are checked or written.
     #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
     pub owner: String,

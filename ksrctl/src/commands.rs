@@ -24,11 +24,7 @@ fn filter_of(args: &FilterArgs) -> Result<Filter, Error> {
         cluster: args.cluster.clone(),
         namespace: args.namespace.clone(),
         name: args.name.clone(),
-        kinds: args
-            .kind
-            .iter()
-            .filter_map(|k| ksr_proto::EventKind::parse(k))
-            .collect(),
+        kinds: args.kind.iter().map(|k| (*k).into()).collect(),
         since: args.since.as_deref().map(instant).transpose()?,
         until: args.until.as_deref().map(instant).transpose()?,
     })

@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     // Library warnings (a reconcile repairing drift) only with KSR_LOG set.
     let log = ksr_runtime::config::LogArgs {
         filter: std::env::var("KSR_LOG").unwrap_or_else(|_| "error".into()),
-        format: "text".into(),
+        format: ksr_runtime::config::LogFormat::Text,
     };
     if let Err(e) = ksr_runtime::telemetry::init(&log) {
         eprintln!("ksrctl: {e}");

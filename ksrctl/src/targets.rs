@@ -12,8 +12,7 @@ use crate::cli::{ConsulTargetArgs, VulcandTargetArgs};
 /// The vulcand projector of installation `--owner` (our records loaded from etcd).
 pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error> {
     let etcd = ksr_publisher_vulcand::app::connect_etcd(&args.etcd).await?;
-    let prefix =
-        ksr_publisher_vulcand::config::vulcand_prefix(args.prefix.as_deref(), &args.etcd_api);
+    let prefix = args.vulcand.prefix();
     let layout = ksr_publisher_vulcand::layout::Layout::new(&prefix, &args.owner);
     let metrics = ksr_publisher_vulcand::publisher::metrics(&MetricsRegistry::new());
     let projector = VulcandProjector::new(
@@ -23,13 +22,15 @@ pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error
         metrics,
     )
     .await?;
-    Ok(if args.etcd_api == "v2" {
-        projector.with_sink(Sink::V2(ksr_publisher_vulcand::v2::V2Client::new(
-            &args.etcd,
-        )?))
-    } else {
-        projector
-    })
+    Ok(
+        if args.vulcand.api == ksr_publisher_vulcand::config::EtcdApi::V2 {
+            projector.with_sink(Sink::V2(ksr_publisher_vulcand::v2::V2Client::new(
+                &args.etcd,
+            )?))
+        } else {
+            projector
+        },
+    )
 }
 
 /// The Consul projector of installation `--owner` (our records loaded from Consul KV).

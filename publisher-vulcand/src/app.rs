@@ -11,7 +11,7 @@ use ksr_runtime::retry::{until_ready, until_ready_or};
 use ksr_runtime::{Health, admin, nats, serve};
 
 use crate::Error;
-use crate::config::{Config, EtcdArgs};
+use crate::config::{Config, EtcdApi, EtcdArgs};
 use crate::layout::Layout;
 use crate::publisher::{Sink, VulcandProjector};
 use crate::reconcile;
@@ -97,7 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let layout = Layout::new(&config.prefix(), &config.owner);
     // Credentials that may not touch our prefixes and a misconfigured TLS are configuration
     // errors, not something to retry; an etcd that does not answer yet is.
-    let v3 = config.etcd_api != "v2";
+    let v3 = config.vulcand.api == EtcdApi::V3;
     let connected = until_ready_or(&shutdown, &health, "etcd", Error::is_fatal, || async {
         let etcd = connect_etcd(&config.etcd).await?;
         crate::access::check(&mut etcd.kv_client(), &layout, v3)
@@ -110,8 +110,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         None => return Ok(()),
         Some(connected) => connected?,
     };
-    let v2 = match config.etcd_api.as_str() {
-        "v2" => {
+    let v2 = match config.vulcand.api {
+        EtcdApi::V2 => {
             let v2 = V2Client::new(&config.etcd)?;
             match until_ready_or(&shutdown, &health, "etcd v2", Error::is_fatal, || {
                 v2.version()
@@ -123,7 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             };
             Some(v2)
         }
-        _ => None,
+        EtcdApi::V3 => None,
     };
     let metrics = crate::publisher::metrics(&registry);
     let max_ops = config.etcd.max_txn_ops as usize;

@@ -16,14 +16,8 @@ pub struct Config {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub etcd: EtcdArgs,
-    /// vulcand's key prefix, as given to vulcand's -etcdKey (default: `vulcand` for v3, with
-    /// no leading slash; `/vulcand` for v2).
-    #[arg(long = "vulcand-prefix", env = "KSR_VULCAND_PREFIX")]
-    pub vulcand_prefix: Option<String>,
-    /// Which etcd API vulcand reads: `v3` (vulcand ≥ 0.9, `-etcdApiVer=3`) or `v2` (vulcand
-    /// v0.8, the seed's image; etcd 3.4/3.5 must run with `--enable-v2`).
-    #[arg(long = "etcd-api", env = "KSR_ETCD_API", default_value = "v3", value_parser = ["v3", "v2"])]
-    pub etcd_api: String,
+    #[command(flatten)]
+    pub vulcand: VulcandArgs,
     /// Names this installation: prefixes our vulcand ids (`<owner>.<host>.<hash>`) and our
     /// state (`ksr/<owner>/vulcand/`). Two installations sharing one etcd need two owners.
     #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
@@ -32,6 +26,39 @@ pub struct Config {
     pub admin: AdminArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Which etcd API vulcand reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EtcdApi {
+    /// vulcand ≥ 0.9 (`-etcdApiVer=3`).
+    V3,
+    /// vulcand v0.8, the seed's image; etcd 3.4/3.5 must run with `--enable-v2`.
+    V2,
+}
+
+/// Where vulcand reads its configuration in etcd (the publisher and ksrctl share these).
+#[derive(Debug, Clone, Args)]
+pub struct VulcandArgs {
+    /// vulcand's key prefix, as given to vulcand's -etcdKey (default: `vulcand` for v3, with
+    /// no leading slash; `/vulcand` for v2).
+    #[arg(long = "vulcand-prefix", env = "KSR_VULCAND_PREFIX")]
+    pub prefix: Option<String>,
+    /// Which etcd API vulcand reads: `v3` (vulcand ≥ 0.9, `-etcdApiVer=3`) or `v2` (vulcand
+    /// v0.8, the seed's image; etcd 3.4/3.5 must run with `--enable-v2`).
+    #[arg(long = "etcd-api", env = "KSR_ETCD_API", value_enum, default_value_t = EtcdApi::V3)]
+    pub api: EtcdApi,
+}
+
+impl VulcandArgs {
+    /// The vulcand prefix in effect: `--vulcand-prefix`, or the default of `--etcd-api`.
+    pub fn prefix(&self) -> String {
+        match (&self.prefix, self.api) {
+            (Some(p), _) => p.clone(),
+            (None, EtcdApi::V2) => "/vulcand".into(),
+            (None, EtcdApi::V3) => "vulcand".into(),
+        }
+    }
 }
 
 /// How to reach etcd.
@@ -80,17 +107,7 @@ pub struct EtcdArgs {
 impl Config {
     /// The vulcand prefix in effect.
     pub fn prefix(&self) -> String {
-        vulcand_prefix(self.vulcand_prefix.as_deref(), &self.etcd_api)
-    }
-}
-
-/// vulcand's key prefix: `explicit`, or the default of `etcd_api` (`vulcand` for v3,
-/// `/vulcand` for v2).
-pub fn vulcand_prefix(explicit: Option<&str>, etcd_api: &str) -> String {
-    match (explicit, etcd_api) {
-        (Some(p), _) => p.to_owned(),
-        (None, "v2") => "/vulcand".into(),
-        (None, _) => "vulcand".into(),
+        self.vulcand.prefix()
     }
 }
 

@@ -78,8 +78,18 @@ pub struct LogArgs {
     )]
     pub filter: String,
     /// `text` for people, `json` for log pipelines.
-    #[arg(long = "log-format", env = "KSR_LOG_FORMAT", id = "log_format", default_value = "text", value_parser = ["text", "json"])]
-    pub format: String,
+    #[arg(long = "log-format", env = "KSR_LOG_FORMAT", id = "log_format", value_enum, default_value_t = LogFormat::Text)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colour codes only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, fields flattened.
+    Json,
 }
 
 /// What a publisher may do to its target.

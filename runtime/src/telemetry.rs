@@ -3,7 +3,7 @@
 use tracing_subscriber::EnvFilter;
 
 use crate::RuntimeError;
-use crate::config::LogArgs;
+use crate::config::{LogArgs, LogFormat};
 
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(args: &LogArgs) -> Result<(), RuntimeError> {
@@ -15,7 +15,7 @@ pub fn init(args: &LogArgs) -> Result<(), RuntimeError> {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let result = if args.format == "json" {
+    let result = if args.format == LogFormat::Json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
