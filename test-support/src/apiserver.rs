@@ -13,6 +13,9 @@
 //!   makes every older resourceVersion too old, [`FakeApiServer::fail_lists`] answers the next
 //!   lists with an error status (and `Retry-After`), [`FakeApiServer::hang_watches`] makes the
 //!   next watches accept the request and then send nothing, ever (no bookmarks either).
+//! - Events (events.k8s.io/v1): `POST …/namespaces/{ns}/events` creates one (409 if the name
+//!   exists), `PATCH …/events/{name}` merges a JSON merge patch into it (404 if missing);
+//!   [`FakeApiServer::events`] and [`FakeApiServer::event_writes`] show what was recorded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -74,6 +77,9 @@ struct Store {
     /// The UID of this cluster's `kube-system` namespace (its identity to the watcher).
     cluster_uid: String,
     namespace_gets: usize,
+    /// Events by (namespace, name), and how many creates and patches were made.
+    events: BTreeMap<(String, String), Value>,
+    event_writes: (usize, usize),
 }
 
 #[derive(Clone)]
@@ -133,6 +139,14 @@ impl FakeApiServer {
             .route("/api/v1/services", get(services))
             .route("/apis/discovery.k8s.io/v1/endpointslices", get(slices))
             .route("/api/v1/namespaces/kube-system", get(kube_system))
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+                axum::routing::post(create_event),
+            )
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
+                axum::routing::patch(patch_event),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -151,6 +165,16 @@ impl FakeApiServer {
     /// The UID of the `kube-system` namespace this apiserver serves.
     pub fn cluster_uid(&self) -> String {
         self.lock().cluster_uid.clone()
+    }
+
+    /// Every Event recorded, as stored (after patches).
+    pub fn events(&self) -> Vec<Value> {
+        self.lock().events.values().cloned().collect()
+    }
+
+    /// How many Events were created and how many patched.
+    pub fn event_writes(&self) -> (usize, usize) {
+        self.lock().event_writes
     }
 
     /// How many times the `kube-system` namespace was read.
@@ -282,6 +306,79 @@ fn matches(selector: &LabelSelector, object: &Value) -> bool {
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
+}
+
+/// `POST /apis/events.k8s.io/v1/namespaces/{ns}/events`.
+async fn create_event(
+    State(s): State<Shared>,
+    axum::extract::Path(ns): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", "not JSON"),
+        );
+    };
+    let name = event["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut store = s.lock();
+    if name.is_empty() || store.events.contains_key(&(ns.clone(), name.clone())) {
+        return json_response(
+            StatusCode::CONFLICT,
+            &status(409, "AlreadyExists", "no name, or the name exists"),
+        );
+    }
+    store.rv += 1;
+    event["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+    event["metadata"]["namespace"] = json!(ns.clone());
+    store.event_writes.0 += 1;
+    store.events.insert((ns, name), event.clone());
+    json_response(StatusCode::CREATED, &event)
+}
+
+/// `PATCH /apis/events.k8s.io/v1/namespaces/{ns}/events/{name}` (JSON merge patch).
+async fn patch_event(
+    State(s): State<Shared>,
+    axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", "not JSON"),
+        );
+    };
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+    let mut store = s.lock();
+    store.rv += 1;
+    let rv = store.rv;
+    let Some(event) = store.events.get_mut(&(ns, name)) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", "no such event"),
+        );
+    };
+    merge(event, &patch);
+    event["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let event = event.clone();
+    store.event_writes.1 += 1;
+    json_response(StatusCode::OK, &event)
 }
 
 /// `GET /api/v1/namespaces/kube-system`: the namespace whose UID identifies the cluster.

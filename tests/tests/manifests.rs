@@ -281,6 +281,40 @@ async fn the_watcher_role_grants_exactly_the_calls_the_watcher_makes() -> anyhow
     let w =
         ksr_test_support::Replica::spawn(admin_port, |stop| ksr_watcher::app::run(config, stop));
     w.ready().await?;
+    // A Service routed as `a`, then `b`, then `a` again: two Events created, one counted
+    // again in its series (a patch).
+    for host in ["a", "b", "a"] {
+        api.apply(
+            Resource::Services,
+            serde_json::json!({"metadata": {"name": "web", "namespace": "team",
+                    "labels": {"type": "ingress"}, "annotations": {"host": host}},
+                "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80}]}}),
+        );
+        let notes = move |api: &FakeApiServer| {
+            api.events()
+                .iter()
+                .filter(|e| {
+                    e["note"]
+                        .as_str()
+                        .is_some_and(|n| n.contains(&format!("{host}-team.")))
+                })
+                .count()
+        };
+        ksr_test_support::wait_until("the Event", std::time::Duration::from_secs(30), || {
+            let seen = notes(&api) > 0;
+            async move { seen.then_some(()) }
+        })
+        .await?;
+    }
+    ksr_test_support::wait_until(
+        "an Event counted again",
+        std::time::Duration::from_secs(30),
+        || {
+            let patched = api.event_writes().1 > 0;
+            async move { patched.then_some(()) }
+        },
+    )
+    .await?;
     ksr_test_support::wait_until(
         "watches on both resources",
         std::time::Duration::from_secs(30),
@@ -309,6 +343,16 @@ async fn the_watcher_role_grants_exactly_the_calls_the_watcher_makes() -> anyhow
     }
     if api.namespace_gets() > 0 {
         used.insert(("".to_owned(), "namespaces".to_owned(), "get".to_owned()));
+    }
+    let (creates, patches) = api.event_writes();
+    for (n, verb) in [(creates, "create"), (patches, "patch")] {
+        if n > 0 {
+            used.insert((
+                "events.k8s.io".to_owned(),
+                "events".to_owned(),
+                verb.to_owned(),
+            ));
+        }
     }
     assert_eq!(
         granted, used,

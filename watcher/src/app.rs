@@ -13,6 +13,7 @@ use crate::guard::RemovalGuard;
 use crate::inventory::Inventory;
 use crate::metrics::WatcherMetrics;
 use crate::normalize::{AddressMode, Normalizer};
+use crate::notify::Notifier;
 use crate::publish::{Identity, Publisher};
 use crate::runner::{Confirmation, Runner, RunnerConfig};
 use crate::source;
@@ -59,6 +60,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
 
     let watch_slices = config.address_mode == AddressMode::Endpoints;
+    let mut notifier = Notifier::default();
     let (events, cluster_id) = match config.source {
         SourceKind::Files => {
             let dir = config.manifests.clone().ok_or_else(|| {
@@ -85,6 +87,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             else {
                 return Ok(());
             };
+            notifier = Notifier::start(
+                client.clone(),
+                format!("ksr-watcher-{}", config.cluster),
+                metrics.clone(),
+                shutdown.clone(),
+            );
             let events =
                 source::kube::source(client, &config.kube, config.selector.as_str(), watch_slices);
             (events.boxed(), id)
@@ -129,7 +137,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         ),
         metrics,
         health,
-    );
+    )
+    .with_notifier(notifier);
     tracing::info!(cluster = config.cluster, cluster_id, source = ?config.source, selector = config.selector.as_str(), "watching");
     let result = runner.run(events, confirmations, shutdown).await;
     let _ = admin_task.await;

@@ -12,6 +12,7 @@ pub mod guard;
 pub mod inventory;
 pub mod metrics;
 pub mod normalize;
+pub mod notify;
 pub mod publish;
 pub mod runner;
 pub mod source;

@@ -43,6 +43,8 @@ pub struct WatcherMetrics {
     pub last_publish: Gauge<f64, AtomicU64>,
     /// Publishing rounds that left changes unpublished, in a row.
     pub publish_failures: Gauge,
+    events_written: Counter,
+    event_errors: Family<ReasonLabel, Counter>,
 }
 
 impl WatcherMetrics {
@@ -64,6 +66,8 @@ impl WatcherMetrics {
             last_full_list: Gauge::default(),
             last_publish: Gauge::default(),
             publish_failures: Gauge::default(),
+            events_written: Counter::default(),
+            event_errors: Family::default(),
         };
         registry.register(|r| {
             let r = r.sub_registry_with_prefix("watcher");
@@ -148,6 +152,16 @@ impl WatcherMetrics {
                 "Publishing rounds in a row that left changes unpublished",
                 m.publish_failures.clone(),
             );
+            r.register(
+                "kubernetes_events",
+                "Kubernetes Events written on Services (created or counted in a series)",
+                m.events_written.clone(),
+            );
+            r.register(
+                "kubernetes_event_errors",
+                "Kubernetes Events not written, by reason (dropped: queue full; write_failed)",
+                m.event_errors.clone(),
+            );
         });
         m
     }
@@ -157,6 +171,16 @@ impl WatcherMetrics {
             .get_or_create(&KindLabel {
                 kind: kind.as_str(),
             })
+            .inc();
+    }
+
+    pub fn event_written(&self) {
+        self.events_written.inc();
+    }
+
+    pub fn event_errors(&self, reason: &'static str) {
+        self.event_errors
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

@@ -271,24 +271,100 @@ fn port_u16(p: i32) -> Result<u16, Rejection> {
         .ok_or_else(|| unroutable("invalid_port", format!("port {p} is out of range")))
 }
 
-/// The port the `port` annotation names (by name or number), else the first one.
-fn choose_port(ports: &[K8sPort], wanted: Option<&str>) -> Result<K8sPort, Rejection> {
-    let Some(wanted) = wanted.map(str::trim) else {
-        return ports
-            .first()
-            .cloned()
-            .ok_or_else(|| unroutable("no_ports", "the Service has no ports"));
-    };
-    ports
-        .iter()
-        .find(|p| p.name.as_deref() == Some(wanted) || p.port.to_string() == wanted)
+/// The port `svc` is routed to, as its owner reads it (see [`choose_port`]).
+pub fn chosen_port(svc: &Service) -> Option<String> {
+    let ports = svc.spec.as_ref()?.ports.as_deref().unwrap_or_default();
+    let wanted = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PORT_ANNOTATION))
+        .map(String::as_str);
+    choose_port(ports, wanted).ok().map(|p| describe_port(&p))
+}
+
+/// Whether `port` carries TCP (the default protocol), the only one routed over HTTP.
+fn is_tcp(port: &K8sPort) -> bool {
+    port.protocol.as_deref().unwrap_or("TCP") == "TCP"
+}
+
+/// How strongly `port` says it speaks HTTP: 3 by its `appProtocol` (`http`, `http2`, `h2c`,
+/// `kubernetes.io/h2c`, `kubernetes.io/ws`), 2 by its name exactly (`http`, `http2`), 1 by a
+/// name prefix (`http-*`, `http2-*`), 0 not at all. (`https` is not plain HTTP.)
+fn http_rank(port: &K8sPort) -> u8 {
+    let app = port
+        .app_protocol
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let name = port
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if matches!(
+        app.as_str(),
+        "http" | "http2" | "h2c" | "kubernetes.io/h2c" | "kubernetes.io/ws"
+    ) {
+        3
+    } else if matches!(name.as_str(), "http" | "http2") {
+        2
+    } else if name.starts_with("http-") || name.starts_with("http2-") {
+        1
+    } else {
+        0
+    }
+}
+
+/// The port to route: the one the `port` annotation names (by name or number; it must be
+/// TCP), else the TCP port that says most clearly that it speaks HTTP (its `appProtocol`, then
+/// its name; the first of equals), else the first TCP port. UDP and SCTP ports are never
+/// routed.
+pub fn choose_port(ports: &[K8sPort], wanted: Option<&str>) -> Result<K8sPort, Rejection> {
+    if let Some(wanted) = wanted.map(str::trim) {
+        let port = ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(wanted) || p.port.to_string() == wanted)
+            .ok_or_else(|| {
+                reject(
+                    "invalid_port_annotation",
+                    format!("port annotation {wanted:?} names no port of the Service"),
+                )
+            })?;
+        if !is_tcp(port) {
+            return Err(reject(
+                "invalid_port_annotation",
+                format!(
+                    "port annotation {wanted:?} names a {} port: only TCP ports can be routed",
+                    port.protocol.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        return Ok(port.clone());
+    }
+    if ports.is_empty() {
+        return Err(unroutable("no_ports", "the Service has no ports"));
+    }
+    let tcp = ports.iter().filter(|p| is_tcp(p));
+    // The highest rank wins; among equals the first (max_by_key keeps the last, so reverse).
+    tcp.rev()
+        .max_by_key(|p| http_rank(p))
         .cloned()
         .ok_or_else(|| {
-            reject(
-                "invalid_port_annotation",
-                format!("port annotation {wanted:?} names no port of the Service"),
+            unroutable(
+                "no_tcp_port",
+                "the Service has only UDP or SCTP ports: nothing to route over HTTP",
             )
         })
+}
+
+/// How an owner reads the chosen port: `http (80/TCP)`, or `8080/TCP` without a name.
+pub fn describe_port(port: &K8sPort) -> String {
+    let protocol = port.protocol.as_deref().unwrap_or("TCP");
+    match port.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => format!("{name} ({}/{protocol})", port.port),
+        None => format!("{}/{protocol}", port.port),
+    }
 }
 
 /// Ready and not-ready addresses of the slices, at the target port of the chosen port.

@@ -17,6 +17,8 @@ use k8s_openapi::api::core::v1::Service;
 use tokio_util::sync::CancellationToken;
 
 use ksr_proto::{RouteState, ServiceKey};
+
+use crate::notify::{Notifier, Outcome, ServiceRef};
 use ksr_runtime::Health;
 
 use crate::Error;
@@ -75,6 +77,11 @@ pub struct Runner {
     release: bool,
     metrics: WatcherMetrics,
     health: Health,
+    /// Kubernetes Events for the owners of the Services (disabled without Kubernetes).
+    notifier: Notifier,
+    /// How Events refer to each routed Service, kept for its Unrouted Event: a Service that
+    /// stops matching the selector is gone from the inventory by then.
+    routed_refs: HashMap<ObjKey, ServiceRef>,
 }
 
 fn origin_of(svc: &Service) -> Origin {
@@ -112,7 +119,25 @@ impl Runner {
             release: false,
             metrics,
             health,
+            notifier: Notifier::default(),
+            routed_refs: HashMap::new(),
         }
+    }
+
+    /// Records what happens to each Service as Kubernetes Events on it through `notifier`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// The Service `key` as an Event refers to it, if it still exists.
+    fn service_ref(&self, key: &ObjKey) -> Option<ServiceRef> {
+        let svc = self.inventory.service(key)?;
+        Some(ServiceRef {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            uid: svc.metadata.uid.clone(),
+        })
     }
 
     fn service_key(&self, key: &ObjKey) -> ServiceKey {
@@ -139,6 +164,15 @@ impl Runner {
     /// reason changes, a debug line when a relist finds it still so.
     fn note_rejected(&mut self, key: ObjKey, rejection: &Rejection) {
         self.metrics.rejected(rejection.reason);
+        if let Some(service) = self.service_ref(&key) {
+            self.notifier.notify(
+                service,
+                Outcome::Rejected {
+                    reason: rejection.reason,
+                    message: rejection.message.clone(),
+                },
+            );
+        }
         let (cluster, namespace, service) = (&self.config.cluster, &key.0, &key.1);
         let (reason, error) = (rejection.reason, &rejection.message);
         if self.rejected.get(&key) == Some(&reason) {
@@ -453,9 +487,11 @@ impl Runner {
         for (job, r) in results {
             match r {
                 Ok(Some(known)) => {
+                    self.tell_owner(&job.obj, job.route.as_ref());
                     self.known.insert(job.key, known);
                 }
                 Ok(None) => {
+                    self.tell_owner(&job.obj, job.route.as_ref());
                     self.known.remove(&job.key);
                 }
                 Err(e) => {
@@ -466,6 +502,42 @@ impl Runner {
             }
         }
         failed
+    }
+}
+
+impl Runner {
+    /// After a published change: tells the Service's owner whether it is routed now, and as
+    /// what; a Service no longer routed is told so unless its rejection was said already.
+    fn tell_owner(&mut self, obj: &ObjKey, route: Option<&RouteState>) {
+        let outcome = match route {
+            Some(r) => {
+                let Some(service) = self.service_ref(obj) else {
+                    return;
+                };
+                self.routed_refs.insert(obj.clone(), service.clone());
+                let port = self
+                    .inventory
+                    .service(obj)
+                    .and_then(crate::normalize::chosen_port)
+                    .unwrap_or_default();
+                let routed = Outcome::Routed {
+                    host: r.hostname(),
+                    path: r.path.clone(),
+                    port,
+                };
+                (service, routed)
+            }
+            None => {
+                let Some(service) = self.routed_refs.remove(obj) else {
+                    return;
+                };
+                if self.rejected.contains_key(obj) {
+                    return;
+                }
+                (service, Outcome::Unrouted)
+            }
+        };
+        self.notifier.notify(outcome.0, outcome.1);
     }
 }
 

@@ -1,0 +1,161 @@
+//! Which Service port is routed, on Services as well-known projects write them: the port that
+//! says it speaks HTTP, else the first TCP port; never UDP or SCTP; the `port` annotation
+//! wins (and must name a TCP port).
+
+use k8s_openapi::api::core::v1::Service;
+use ksr_watcher::normalize::{AddressMode, Normalizer, chosen_port};
+
+fn normalizer() -> Normalizer {
+    Normalizer {
+        environment: "test".into(),
+        domain: "service.consul".into(),
+        mode: AddressMode::ClusterIp,
+        node_addresses: Vec::new(),
+        allowed_host_domains: Vec::new(),
+        max_event_bytes: 65536,
+    }
+}
+
+fn parse(yaml: &str) -> Service {
+    serde_saphyr::from_str(yaml).expect("a Service")
+}
+
+/// The backend port the route gets, or the rejection reason.
+fn routed_port(yaml: &str) -> Result<u16, &'static str> {
+    let svc = parse(yaml);
+    normalizer()
+        .route(&svc, &[])
+        .map(|r| r.backends[0].port)
+        .map_err(|e| e.reason)
+}
+
+// kube-dns (kubernetes/kubernetes cluster/addons/dns): UDP 53 first.
+const KUBE_DNS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+  - {name: metrics, port: 9153, protocol: TCP}
+"#;
+
+// istio's ingress gateway (its Helm values): the status port before http2.
+const ISTIO_GATEWAY: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.20
+  ports:
+  - {name: status-port, port: 15021, protocol: TCP, targetPort: 15021}
+  - {name: http2, port: 80, protocol: TCP, targetPort: 8080}
+  - {name: https, port: 443, protocol: TCP, targetPort: 8443}
+"#;
+
+// istio's older chart: a metrics port named http-envoy-prom comes first.
+const ISTIO_OLD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.21
+  ports:
+  - {name: http-envoy-prom, port: 15020, targetPort: 15020, protocol: TCP}
+  - {name: status-port, port: 15021, targetPort: 15021}
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+"#;
+
+// CockroachDB's public Service: gRPC before the HTTP admin UI.
+const COCKROACH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: cockroachdb-public, namespace: db, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.30
+  ports:
+  - {name: grpc, port: 26257, targetPort: 26257}
+  - {name: http, port: 8080, targetPort: 8080}
+"#;
+
+// The local demo's api: https listed before http.
+const DEMO_API: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.40
+  ports:
+  - {name: https, port: 443}
+  - {name: http, port: 80}
+"#;
+
+// An appProtocol says HTTP although the name does not.
+const APP_PROTOCOL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: grafana, namespace: monitoring, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.50
+  ports:
+  - {name: service, port: 3000, appProtocol: http}
+"#;
+
+// Only UDP: nothing to route.
+const SYSLOG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: syslog, namespace: logs, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.60
+  ports:
+  - {name: syslog, port: 514, protocol: UDP}
+"#;
+
+#[test]
+fn the_port_that_says_http_is_routed_else_the_first_tcp_port() {
+    assert_eq!(
+        routed_port(ISTIO_GATEWAY),
+        Ok(80),
+        "http2, not the status port"
+    );
+    assert_eq!(routed_port(ISTIO_OLD), Ok(80), "http2 over http-envoy-prom");
+    assert_eq!(routed_port(COCKROACH), Ok(8080), "http, not gRPC");
+    assert_eq!(routed_port(DEMO_API), Ok(80), "http, not https");
+    assert_eq!(routed_port(APP_PROTOCOL), Ok(3000));
+    assert_eq!(
+        routed_port(KUBE_DNS),
+        Ok(53),
+        "the first TCP port, never UDP"
+    );
+    assert_eq!(
+        chosen_port(&parse(KUBE_DNS)).as_deref(),
+        Some("dns-tcp (53/TCP)")
+    );
+    assert_eq!(routed_port(SYSLOG), Err("no_tcp_port"));
+}
+
+#[test]
+fn the_port_annotation_wins_by_name_or_number_and_must_be_tcp() {
+    let annotated = |yaml: &str, port: &str| {
+        yaml.replace(
+            "labels: {type: ingress}}",
+            &format!("labels: {{type: ingress}}, annotations: {{port: \"{port}\"}}}}"),
+        )
+    };
+    assert_eq!(routed_port(&annotated(COCKROACH, "grpc")), Ok(26257));
+    assert_eq!(routed_port(&annotated(COCKROACH, "26257")), Ok(26257));
+    assert_eq!(routed_port(&annotated(KUBE_DNS, "metrics")), Ok(9153));
+    assert_eq!(
+        routed_port(&annotated(KUBE_DNS, "dns")),
+        Err("invalid_port_annotation"),
+        "a UDP port is refused"
+    );
+    assert_eq!(
+        routed_port(&annotated(COCKROACH, "nope")),
+        Err("invalid_port_annotation")
+    );
+}
