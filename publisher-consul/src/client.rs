@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use ksr_runtime::tls::misconfigured;
+use ksr_runtime::tls::{identity_pem, misconfigured, read_flag_file};
 
 use crate::Error;
 use crate::config::ConsulArgs;
@@ -154,20 +154,13 @@ impl ConsulClient {
             .timeout(Duration::from_secs(15))
             .connect_timeout(Duration::from_secs(5));
         if let Some(ca) = &args.ca {
-            let pem = std::fs::read(ca)
-                .map_err(|e| Error::Config(format!("--consul-ca {}: {e}", ca.display())))?;
+            let pem = read_flag_file("--consul-ca", ca)?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| Error::Config(format!("--consul-ca {}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
         if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-            let read = |flag: &str, path: &std::path::Path| {
-                std::fs::read(path)
-                    .map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))
-            };
-            let mut pem = read("--consul-cert", cert)?;
-            pem.push(b'\n');
-            pem.extend(read("--consul-key", key)?);
+            let pem = identity_pem(("--consul-cert", cert), ("--consul-key", key))?;
             let identity = reqwest::Identity::from_pem(&pem)
                 .map_err(|e| Error::Config(format!("--consul-cert/--consul-key: {e}")))?;
             builder = builder.identity(identity);

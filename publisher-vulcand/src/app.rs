@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use ksr_runtime::metrics::MetricsRegistry;
 use ksr_runtime::retry::{until_ready, until_ready_or};
+use ksr_runtime::tls::read_flag_file;
 use ksr_runtime::{Health, admin, nats, serve};
 
 use crate::Error;
@@ -27,15 +28,13 @@ pub async fn connect_etcd(args: &EtcdArgs) -> Result<etcd_client::Client, Error>
         opts = opts.with_user(user, password);
     }
     if let Some(ca) = &args.ca {
-        let pem = std::fs::read(ca)
-            .map_err(|e| Error::Config(format!("--etcd-ca {}: {e}", ca.display())))?;
+        let pem = read_flag_file("--etcd-ca", ca)?;
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(pem));
         if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-            let c = std::fs::read(cert)
-                .map_err(|e| Error::Config(format!("--etcd-cert {}: {e}", cert.display())))?;
-            let k = std::fs::read(key)
-                .map_err(|e| Error::Config(format!("--etcd-key {}: {e}", key.display())))?;
-            tls = tls.identity(Identity::from_pem(c, k));
+            tls = tls.identity(Identity::from_pem(
+                read_flag_file("--etcd-cert", cert)?,
+                read_flag_file("--etcd-key", key)?,
+            ));
         }
         opts = opts.with_tls(tls);
     }

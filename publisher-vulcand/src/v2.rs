@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use ksr_runtime::tls::misconfigured;
+use ksr_runtime::tls::{identity_pem, misconfigured, read_flag_file};
 
 use crate::Error;
 use crate::config::EtcdArgs;
@@ -89,22 +89,16 @@ impl V2Client {
                 }
             })
             .collect();
-        let read = |flag: &str, path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))
-        };
         let mut builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .connect_timeout(std::time::Duration::from_secs(3));
         if let Some(ca) = &args.ca {
-            let cert = reqwest::Certificate::from_pem(&read("--etcd-ca", ca)?)
+            let cert = reqwest::Certificate::from_pem(&read_flag_file("--etcd-ca", ca)?)
                 .map_err(|e| Error::Config(format!("--etcd-ca {}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
         if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-            let mut pem = read("--etcd-cert", cert)?;
-            pem.push(b'\n');
-            pem.extend(read("--etcd-key", key)?);
+            let pem = identity_pem(("--etcd-cert", cert), ("--etcd-key", key))?;
             let identity = reqwest::Identity::from_pem(&pem)
                 .map_err(|e| Error::Config(format!("--etcd-cert/--etcd-key: {e}")))?;
             builder = builder.identity(identity);

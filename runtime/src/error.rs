@@ -28,6 +28,13 @@ pub enum RuntimeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// A file a flag names (a CA, a certificate, a key, an NKey seed) cannot be read.
+    #[error("{flag} {}: {source}", path.display())]
+    File {
+        flag: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// TLS is misconfigured: retrying cannot help, the flag must change.
     #[error("TLS to {server} failed, {problem} (check {flag}): {source}")]
     Tls {

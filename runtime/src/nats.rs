@@ -31,6 +31,7 @@ pub async fn connect(
             e,
             RuntimeError::Tls { .. }
                 | RuntimeError::Credentials { .. }
+                | RuntimeError::File { .. }
                 | RuntimeError::Stream { .. }
         )
     };
@@ -108,7 +109,8 @@ async fn options(
             .map_err(|e| flag("--nats-creds", creds, &e))?;
     }
     if let Some(file) = &args.nkey {
-        let seed = std::fs::read_to_string(file).map_err(|e| flag("--nats-nkey", file, &e))?;
+        let seed = crate::tls::read_flag_file("--nats-nkey", file)?;
+        let seed = String::from_utf8_lossy(&seed);
         let seed = seed.trim();
         if !seed.starts_with("SU") {
             return Err(flag("--nats-nkey", file, &"not a user NKey seed (SU…)"));
@@ -120,8 +122,9 @@ async fn options(
         ("--nats-cert", &args.cert),
         ("--nats-key", &args.key),
     ] {
+        // (Read now so a missing file names its flag; async-nats reads them at connect.)
         if let Some(path) = path {
-            std::fs::metadata(path).map_err(|e| flag(name, path, &e))?;
+            crate::tls::read_flag_file(name, path)?;
         }
     }
     if let Some(ca) = &args.ca {

@@ -3,6 +3,7 @@
 //! retrying forever.
 
 use std::error::Error as StdError;
+use std::path::Path;
 
 use crate::RuntimeError;
 
@@ -13,6 +14,26 @@ pub struct TlsFlags {
     pub ca: &'static str,
     /// The client certificate flag (`--nats-cert`): the server refused our certificate.
     pub cert: &'static str,
+}
+
+/// The file `flag` names, read whole; one that cannot be read is an error naming the flag.
+pub fn read_flag_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, RuntimeError> {
+    std::fs::read(path).map_err(|source| RuntimeError::File {
+        flag,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A client identity as reqwest takes it: the certificate, then the key, in one PEM.
+pub fn identity_pem(
+    cert: (&'static str, &Path),
+    key: (&'static str, &Path),
+) -> Result<Vec<u8>, RuntimeError> {
+    let mut pem = read_flag_file(cert.0, cert.1)?;
+    pem.push(b'\n');
+    pem.extend(read_flag_file(key.0, key.1)?);
+    Ok(pem)
 }
 
 /// The rustls error somewhere in `err`'s chain of causes (`std::io::Error` hides its inner

@@ -28,6 +28,18 @@ impl Proc {
         })
     }
 
+    /// Starts the workspace's `binary` with `args`, logging at info into `<logs>/<name>.log`.
+    pub fn spawn_workspace<A: AsRef<std::ffi::OsStr>>(
+        logs: &Path,
+        name: &str,
+        binary: &str,
+        args: impl IntoIterator<Item = A>,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(crate::workspace_binary(binary)?);
+        cmd.args(args).env("KSR_LOG", "info");
+        Self::spawn(name, cmd, &logs.join(format!("{name}.log")))
+    }
+
     /// Fails if the process has exited, quoting the end of its log.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(child) = &mut self.child

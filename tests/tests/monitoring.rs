@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use ksr_test_support::{
     ConsulServer, EtcdServer, NatsServer, Proc, eventually, free_ports, http, server_binary,
-    workspace_binary,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -144,11 +143,13 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() -> anyhow::
     )?;
     let ports = free_ports(3)?;
     let spawn = |name: &str, port: u16, args: Vec<String>| -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(workspace_binary(name)?);
-        cmd.args(args)
-            .args(["--admin-addr", &format!("127.0.0.1:{port}")])
-            .args(["--nats-url", &nats.url()]);
-        Proc::spawn(name, cmd, &dir.path().join(format!("{name}.log")))
+        let common = [
+            "--admin-addr".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--nats-url".to_owned(),
+            nats.url(),
+        ];
+        Proc::spawn_workspace(dir.path(), name, name, args.into_iter().chain(common))
     };
     let manifests_dir = manifests.clone();
     let manifests = manifests.to_string_lossy().into_owned();

@@ -103,11 +103,8 @@ async fn each_role_does_its_job_with_its_own_nkey_and_nothing_more() -> anyhow::
 
     let nkey = |role: &str| path(&keys.join(format!("{role}.nk"))).to_owned();
     let spawn = |name: &str, binary: &str, args: Vec<String>| -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(workspace_binary(binary)?);
-        cmd.args(args)
-            .args(["--admin-addr", "127.0.0.1:0"])
-            .env("KSR_LOG", "info");
-        Proc::spawn(name, cmd, &logs.join(format!("{name}.log")))
+        let admin = ["--admin-addr".to_owned(), "127.0.0.1:0".to_owned()];
+        Proc::spawn_workspace(logs, name, binary, args.into_iter().chain(admin))
     };
     let mut procs = Vec::new();
     for (cluster, ip) in [("east", "10.96.0.1"), ("west", "10.97.0.1")] {

@@ -32,9 +32,7 @@ fn spawn(
     binary: &str,
     args: &[String],
 ) -> anyhow::Result<Proc> {
-    let mut cmd = Command::new(workspace_binary(binary)?);
-    cmd.args(args).env("KSR_LOG", "info");
-    Proc::spawn(name, cmd, &logs.join(format!("{name}.log")))
+    Proc::spawn_workspace(logs, name, binary, args)
 }
 
 impl System {

@@ -105,11 +105,8 @@ impl Servers {
     }
 
     fn spawn(&self, name: &str, binary: &str, args: Vec<String>) -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(workspace_binary(binary)?);
-        cmd.args(args)
-            .args(["--admin-addr", "127.0.0.1:0"])
-            .env("KSR_LOG", "info");
-        Proc::spawn(name, cmd, &self.dir.path().join(format!("{name}.log")))
+        let admin = ["--admin-addr".to_owned(), "127.0.0.1:0".to_owned()];
+        Proc::spawn_workspace(self.dir.path(), name, binary, args.into_iter().chain(admin))
     }
 
     /// A watcher of cluster `east` reading one Service from a manifest directory.

@@ -137,8 +137,8 @@ impl ServiceRef {
 /// the files source) drops them.
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
-    tx: Option<mpsc::Sender<(ServiceRef, Outcome)>>,
-    metrics: Option<WatcherMetrics>,
+    /// The writer's queue, and the metrics that count what it drops.
+    queue: Option<(mpsc::Sender<(ServiceRef, Outcome)>, WatcherMetrics)>,
 }
 
 impl Notifier {
@@ -160,20 +160,16 @@ impl Notifier {
         };
         tokio::spawn(writer.run(rx, shutdown));
         Self {
-            tx: Some(tx),
-            metrics: Some(metrics),
+            queue: Some((tx, metrics)),
         }
     }
 
     /// Queues `outcome` for `service`; never waits.
     pub fn notify(&self, service: ServiceRef, outcome: Outcome) {
-        let Some(tx) = &self.tx else {
-            return;
-        };
-        if tx.try_send((service, outcome)).is_err()
-            && let Some(m) = &self.metrics
+        if let Some((tx, metrics)) = &self.queue
+            && tx.try_send((service, outcome)).is_err()
         {
-            m.event_errors("dropped");
+            metrics.event_errors("dropped");
         }
     }
 }
