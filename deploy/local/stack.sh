@@ -7,7 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-bin="$root/.servers/bin"
+bin="${KSR_SERVERS_DIR:-$root/.servers}/bin"
 run="${KSR_RUN_DIR:-$root/.run}"
 base="${KSR_PORT_BASE:-24000}"          # ports base+0 … base+20 on 127.0.0.1
 nats_port=$((base)); etcd_port=$((base + 1)); etcd_peer=$((base + 2))
@@ -17,7 +17,7 @@ consul_lan=$((base + 6)); consul_wan=$((base + 7))
 export PROTOC="$bin/protoc"
 echo "building the release binaries (first run: a few minutes)…"
 cargo build --release --locked -q -p ksr-watcher -p ksr-publisher-vulcand -p ksr-publisher-consul -p ksrctl
-target="$root/target/release"
+target="${CARGO_TARGET_DIR:-$root/target}/release"
 
 rm -rf "$run" && mkdir -p "$run/logs"
 pids=()
