@@ -15,6 +15,9 @@ pub struct Args {
     /// Reconcile only at each publisher's start-up and prove it never repaired anything.
     #[arg(long)]
     no_reconcile: bool,
+    /// Three-node NATS (stream at R3), etcd and Consul clusters; the faults kill their leaders.
+    #[arg(long)]
+    clustered: bool,
     /// Where the processes' logs go (default: a temporary directory, kept on failure).
     #[arg(long)]
     logs: Option<std::path::PathBuf>,
@@ -38,12 +41,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         reconcile: !args.no_reconcile,
         bin_dir,
         log_dir: log_dir.clone(),
+        clustered: args.clustered,
     };
     println!(
-        "soak: seed {}, {} changes, {} faults, reconciliation {}",
+        "soak: seed {}, {} changes, {} faults{}, reconciliation {}",
         s.seed,
         s.changes,
         s.faults,
+        if s.clustered {
+            " on clustered servers"
+        } else {
+            ""
+        },
         if s.reconcile {
             "every 2 s"
         } else {

@@ -3,6 +3,7 @@
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 
+use ksr_runtime::config::ReplicasArgs;
 use ksr_runtime::replay::Replay;
 
 use crate::checkpoints::{Checkpoints, Replayed};
@@ -18,11 +19,12 @@ pub fn next_boundary(done: u64, every: u64) -> u64 {
 pub async fn run(
     stream_args: &NatsArgs,
     args: &CheckpointArgs,
+    replicas: ReplicasArgs,
     every: u64,
     follow: bool,
 ) -> Result<Outcome, Error> {
     let (js, stream) = read::open(stream_args).await?;
-    let checkpoints = Checkpoints::create(&js, &args.bucket, &stream).await?;
+    let checkpoints = Checkpoints::create(&js, &args.bucket, &stream, replicas).await?;
     let stale = checkpoints.stale();
     if !stale.is_empty() {
         checkpoints.delete(stale).await?;

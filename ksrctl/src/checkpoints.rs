@@ -124,6 +124,7 @@ impl Checkpoints {
         js: &jetstream::Context,
         bucket: &str,
         stream: &Stream,
+        replicas: ksr_runtime::config::ReplicasArgs,
     ) -> Result<Self, Error> {
         if let Some(found) = Self::open(js, bucket, stream).await? {
             return Ok(found);
@@ -134,6 +135,7 @@ impl Checkpoints {
                 description: Some("kube-service-router routing-table checkpoints".into()),
                 storage: StorageType::File,
                 compression: true,
+                num_replicas: usize::from(replicas.replicas),
                 ..Default::default()
             })
             .await
@@ -147,7 +149,9 @@ impl Checkpoints {
             store,
             bucket: bucket.to_owned(),
             stream: info.config.name.clone(),
-            created_unix_ns: i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+            // The incarnation: the same on every replica of a clustered stream.
+            created_unix_ns: i64::try_from(ksr_runtime::nats::incarnation_of(info))
+                .unwrap_or(i64::MAX),
             listed: Vec::new(),
             stale: Vec::new(),
         };

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ksr_runtime::config::parse_dns_label;
 
 #[derive(Debug, Parser)]
-#[command(name = "ksrctl", version, about = "kube-service-router operator tool")]
+#[command(
+    name = "ksrctl",
+    version = ksr_runtime::build_info::version(),
+    about = "kube-service-router operator tool"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -237,6 +241,8 @@ pub enum Command {
         stream: NatsArgs,
         #[command(flatten)]
         checkpoints: CheckpointArgs,
+        #[command(flatten)]
+        replicas: ksr_runtime::config::ReplicasArgs,
         /// A checkpoint every this many stream sequences.
         #[arg(
             long = "every",

@@ -316,9 +316,10 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
         Command::Checkpoint {
             stream,
             checkpoints,
+            replicas,
             every,
             follow,
-        } => checkpointer::run(&stream, &checkpoints, every, follow).await,
+        } => checkpointer::run(&stream, &checkpoints, replicas, every, follow).await,
         Command::ConfirmRemovals { stream, cluster } => confirm_removals(&stream, &cluster).await,
         Command::NatsAuth {
             out,

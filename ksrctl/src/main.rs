@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         filter: std::env::var("KSR_LOG").unwrap_or_else(|_| "error".into()),
         format: ksr_runtime::config::LogFormat::Text,
     };
-    if let Err(e) = ksr_runtime::telemetry::init(&log) {
+    if let Err(e) = ksr_runtime::telemetry::init(&log, "ksrctl") {
         eprintln!("ksrctl: {e}");
         return ExitCode::from(2);
     }

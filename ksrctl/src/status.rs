@@ -86,7 +86,7 @@ pub async fn read(
     let nats = |e: &dyn std::fmt::Display| Error::Nats(e.to_string());
     let info = stream.info().await.map_err(|e| nats(&e))?.clone();
     let s = &info.state;
-    let incarnation = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+    let incarnation = ksr_runtime::nats::incarnation_of(&info);
     let status_stream = StreamStatus {
         name: info.config.name.clone(),
         created: ns(info.created),

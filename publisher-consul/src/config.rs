@@ -9,7 +9,7 @@ use ksr_runtime::config::{AdminArgs, ConsumerArgs, LogArgs, NatsArgs, parse_dns_
 
 /// Registers kube-service-router's routed Services in the Consul catalog (Consul DNS).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ksr-publisher-consul", version, about)]
+#[command(name = "ksr-publisher-consul", version = ksr_runtime::build_info::version(), about)]
 pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,

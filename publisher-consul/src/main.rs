@@ -7,7 +7,7 @@ use ksr_publisher_consul::{app, config::Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    ksr_runtime::telemetry::init(&config.log)?;
+    ksr_runtime::telemetry::init(&config.log, "ksr-publisher-consul")?;
     let shutdown = ksr_runtime::shutdown::on_signal();
     app::run(config, shutdown).await?;
     Ok(())

@@ -8,7 +8,7 @@ use ksr_runtime::config::{AdminArgs, ConsumerArgs, LogArgs, NatsArgs, parse_dns_
 
 /// Projects kube-service-router's route events into vulcand's etcd keys.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ksr-publisher-vulcand", version, about)]
+#[command(name = "ksr-publisher-vulcand", version = ksr_runtime::build_info::version(), about)]
 pub struct Config {
     #[command(flatten)]
     pub nats: NatsArgs,

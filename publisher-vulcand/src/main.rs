@@ -7,7 +7,7 @@ use ksr_publisher_vulcand::{app, config::Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    ksr_runtime::telemetry::init(&config.log)?;
+    ksr_runtime::telemetry::init(&config.log, "ksr-publisher-vulcand")?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let shutdown = ksr_runtime::shutdown::on_signal();
     app::run(config, shutdown).await?;

@@ -53,6 +53,18 @@ pub struct NatsArgs {
     pub key: Option<PathBuf>,
 }
 
+/// How many copies JetStream keeps of what a process creates (the route stream, the
+/// checkpoint bucket): 1 on a single server, 3 on a three-node cluster to survive the loss of
+/// any one node. Only raises the replicas of an existing stream, never lowers them.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ReplicasArgs {
+    /// Replicas of the JetStream stream (or bucket) this process creates; at most the number of
+    /// NATS servers in the cluster.
+    #[arg(long = "stream-replicas", env = "KSR_STREAM_REPLICAS", id = "stream_replicas", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+}
+
 /// Where the admin server listens.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {

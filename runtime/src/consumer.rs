@@ -93,6 +93,7 @@ struct ReasonLabel {
 pub struct ConsumerMetrics {
     applied: Family<KindLabel, Counter>,
     stale: Counter,
+    redelivered: Counter,
     removals_skipped: Counter,
     terminated: Family<ReasonLabel, Counter>,
     apply_errors: Family<ReasonLabel, Counter>,
@@ -114,6 +115,7 @@ impl ConsumerMetrics {
         let m = Self {
             applied: Family::default(),
             stale: Counter::default(),
+            redelivered: Counter::default(),
             removals_skipped: Counter::default(),
             terminated: Family::default(),
             apply_errors: Family::default(),
@@ -138,6 +140,13 @@ impl ConsumerMetrics {
                 "events_stale",
                 "Events skipped: the target already had a newer sequence",
                 m.stale.clone(),
+            );
+            r.register(
+                "redeliveries",
+                "Messages delivered again (not acknowledged in time, negative-acknowledged, or \
+                 delivered to a replica that died): the fence makes them harmless, their count \
+                 shows what faults cost",
+                m.redelivered.clone(),
             );
             r.register(
                 "removals_skipped",
@@ -243,7 +252,7 @@ async fn recreated(consumer: &PullConsumer, stream: &Stream, incarnation: u64) -
         return true;
     }
     match stream.get_info().await {
-        Ok(info) => u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0) != incarnation,
+        Ok(info) => crate::nats::incarnation_of(&info) != incarnation,
         Err(_) => false,
     }
 }
@@ -265,8 +274,8 @@ pub async fn run<P: Projector>(
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(options.batch_size)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRES)
             .messages()
             .await
         {
@@ -321,6 +330,12 @@ pub async fn run<P: Projector>(
     Ok(())
 }
 
+/// Idle heartbeat of a pull request (two missed ones and it is renewed: a stream leader lost
+/// with the request), and how long one lasts. (1 s heartbeats did not resume the pipeline any
+/// sooner after a stream-leader kill: the new leader's election and catch-up dominate.)
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+
 /// Decodes one message; the reason is a metric label when it is poison.
 pub fn decode_message(msg: &async_nats::Message) -> Result<Event, (&'static str, String)> {
     let event = codec::decode(&msg.payload).map_err(|e| (e.reason(), e.to_string()))?;
@@ -365,6 +380,9 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
         };
         let seq = info.stream_sequence;
         pending = info.pending;
+        if info.delivered > 1 {
+            metrics.redelivered.inc();
+        }
         newest_published_ns = newest_published_ns.max(info.published.unix_timestamp_nanos());
         match decode_message(&msg) {
             Ok(event) => {

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod build_info;
 pub mod claims;
 pub mod config;
 pub mod consumer;

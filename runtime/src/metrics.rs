@@ -20,8 +20,8 @@ impl BuildLabels {
     /// (`KSR_GIT_COMMIT` at build time; `unknown` otherwise).
     fn current() -> Self {
         Self {
-            version: env!("CARGO_PKG_VERSION"),
-            commit: option_env!("KSR_GIT_COMMIT").unwrap_or("unknown"),
+            version: crate::build_info::VERSION,
+            commit: crate::build_info::COMMIT,
         }
     }
 }

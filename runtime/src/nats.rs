@@ -199,16 +199,43 @@ impl StreamSettings {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
             max_messages_per_subject: -1,
+            metadata: [(INCARNATION_KEY.to_owned(), now_ns().to_string())].into(),
             ..Default::default()
         }
     }
 }
 
+/// The stream metadata key that holds its incarnation.
+pub const INCARNATION_KEY: &str = "ksr.incarnation";
+
 /// The incarnation of a stream: its creation time in unix nanoseconds. A stream deleted and
 /// created again restarts its sequences at 1; records fenced by (incarnation, sequence) tell
 /// the two apart, so a recreated stream never looks older than what it replaces.
 pub fn incarnation(stream: &stream::Stream) -> u64 {
-    u64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(0)
+    incarnation_of(stream.cached_info())
+}
+
+/// The incarnation in `info`: the creation time stamped in the stream's metadata
+/// ([`INCARNATION_KEY`], replicated with its configuration), else the time the answering
+/// server created its copy. Only the first is stable on a cluster: every replica of an R3
+/// stream reports its own creation time, so a new stream leader would look like a recreated
+/// stream (found by the clustered fault test). Watchers stamp it ([`ensure_stream`]).
+pub fn incarnation_of(info: &stream::Info) -> u64 {
+    info.config
+        .metadata
+        .get(INCARNATION_KEY)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| created_ns(info))
+}
+
+fn created_ns(info: &stream::Info) -> u64 {
+    u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0)
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The stream's incarnation and first remaining sequence, read now (not from a cache):
@@ -220,8 +247,7 @@ pub async fn incarnation_and_first_seq(
         stream: stream.cached_info().config.name.clone(),
         message: format!("reading its state: {e}"),
     })?;
-    let incarnation = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
-    Ok((incarnation, info.state.first_sequence))
+    Ok((incarnation_of(&info), info.state.first_sequence))
 }
 
 /// Gets the stream (creating it when `create` and missing) and checks that the server kept
@@ -249,9 +275,20 @@ pub async fn ensure_stream(
                     "does not exist ({e}) and creating it is not allowed"
                 )));
             }
-            js.create_stream(settings.config())
-                .await
-                .map_err(|e| err(format!("cannot create: {e}")))?
+            match js.create_stream(settings.config()).await {
+                Ok(created) => created,
+                // Another watcher created it first (its incarnation stamp differs from ours,
+                // so the server calls it another configuration): use theirs.
+                Err(e)
+                    if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) =>
+                {
+                    js.get_stream(&settings.name)
+                        .await
+                        .map_err(|e| err(format!("cannot read: {e}")))?
+                }
+                Err(e) => return Err(err(format!("cannot create: {e}"))),
+            }
         }
         Err(e) => return Err(err(format!("cannot read: {e}"))),
     };
@@ -279,6 +316,43 @@ pub async fn ensure_stream(
         return Err(err(
             "is not file-backed: events would not survive a restart".into(),
         ));
+    }
+    let unstamped = !cfg.metadata.contains_key(INCARNATION_KEY);
+    let fewer = cfg.num_replicas < settings.replicas;
+    if create && (unstamped || fewer) {
+        let mut updated = cfg.clone();
+        if unstamped {
+            // A stream created before incarnations were stamped (or by hand): stamp the
+            // creation time this server reports, once; from then on every replica agrees.
+            updated
+                .metadata
+                .insert(INCARNATION_KEY.to_owned(), created_ns(info).to_string());
+        }
+        if fewer {
+            // Moving to a cluster: JetStream copies the stream to the new replicas online.
+            tracing::info!(stream = %settings.name, from = cfg.num_replicas, to = settings.replicas,
+                           "raising the stream's replicas");
+            updated.num_replicas = settings.replicas;
+        }
+        js.update_stream(updated)
+            .await
+            .map_err(|e| err(format!("cannot update its configuration: {e}")))?;
+        stream = js
+            .get_stream(&settings.name)
+            .await
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if !stream
+            .cached_info()
+            .config
+            .metadata
+            .contains_key(INCARNATION_KEY)
+        {
+            tracing::warn!(stream = %settings.name,
+                           "the server drops stream metadata (nats-server older than 2.10): on a cluster a new stream leader will look like a recreated stream");
+        }
+    } else if cfg.num_replicas > settings.replicas {
+        tracing::info!(stream = %settings.name, replicas = cfg.num_replicas, asked = settings.replicas,
+                       "the stream keeps its replicas (raised, never lowered, here)");
     }
     Ok(stream)
 }

@@ -56,6 +56,10 @@ pub async fn read(
     Ok(out)
 }
 
+/// How long a bounded replay waits for its next message before failing (the caller retries
+/// with a fresh consumer): messages flow continuously while any are pending.
+const STALLED: Duration = Duration::from_secs(10);
+
 /// A fresh delivery subject for a push consumer.
 fn unique_inbox() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -160,9 +164,9 @@ impl Replay {
         let next = if self.follow {
             messages.next().await
         } else {
-            tokio::time::timeout(Duration::from_secs(30), messages.next())
+            tokio::time::timeout(STALLED, messages.next())
                 .await
-                .map_err(|_| err("replay stalled for 30 s".into()))?
+                .map_err(|_| err(format!("replay stalled for {} s", STALLED.as_secs())))?
         };
         let Some(msg) = next else {
             self.done = true;

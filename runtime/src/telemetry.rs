@@ -5,8 +5,9 @@ use tracing_subscriber::EnvFilter;
 use crate::RuntimeError;
 use crate::config::{LogArgs, LogFormat};
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(args: &LogArgs) -> Result<(), RuntimeError> {
+/// Installs the global subscriber and logs the first line: which binary, version and commit
+/// starts. Call once, from `main`.
+pub fn init(args: &LogArgs, binary: &str) -> Result<(), RuntimeError> {
     let filter = EnvFilter::try_new(&args.filter)
         .map_err(|e| RuntimeError::Telemetry(format!("--log {:?}: {e}", args.filter)))?;
     // Colour codes only for a terminal: a log file or a pipeline gets plain text.
@@ -20,5 +21,12 @@ pub fn init(args: &LogArgs) -> Result<(), RuntimeError> {
     } else {
         builder.try_init()
     };
-    result.map_err(|e| RuntimeError::Telemetry(e.to_string()))
+    result.map_err(|e| RuntimeError::Telemetry(e.to_string()))?;
+    tracing::info!(
+        binary,
+        version = crate::build_info::VERSION,
+        commit = crate::build_info::COMMIT,
+        "starting"
+    );
+    Ok(())
 }

@@ -20,6 +20,19 @@ pub struct ConsulOptions {
     /// HTTPS on a port of its own (beside plain HTTP, which the readiness check uses),
     /// requiring client certificates that chain to the CA.
     pub tls: Option<crate::tls::ServerTls>,
+    /// A member of a [`ConsulCluster`] instead of a single self-elected server.
+    pub member: Option<ConsulMember>,
+}
+
+/// How an agent joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ConsulMember {
+    pub node: String,
+    /// A server (`-bootstrap-expect` servers elect a leader), or a client agent.
+    pub server: bool,
+    pub bootstrap_expect: usize,
+    /// Serf LAN ports of the servers to join.
+    pub join: Vec<u16>,
 }
 
 /// A running single-server Consul with a data dir; killed on drop.
@@ -43,7 +56,14 @@ impl ConsulServer {
 
     pub async fn start_with(options: ConsulOptions) -> anyhow::Result<Self> {
         let p = free_ports(6)?;
-        let mut server = Self {
+        let mut server = Self::agent(options, &p)?;
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// An agent not started yet, on ports `p` (http, dns, server, serf LAN, serf WAN, https).
+    fn agent(options: ConsulOptions, p: &[u16]) -> anyhow::Result<Self> {
+        Ok(Self {
             dir: tempfile::Builder::new().prefix("ksr-consul-").tempdir()?,
             http_port: p[0],
             dns_port: p[1],
@@ -53,9 +73,7 @@ impl ConsulServer {
             https_port: p[5],
             options,
             proc: None,
-        };
-        server.spawn().await?;
-        Ok(server)
+        })
     }
 
     /// `http://127.0.0.1:<http port>`.
@@ -78,8 +96,11 @@ impl ConsulServer {
     }
 
     /// The agent's own node name (entries placed on it are subject to anti-entropy).
-    pub fn node_name(&self) -> &'static str {
-        "ksr-test-agent"
+    pub fn node_name(&self) -> &str {
+        self.options
+            .member
+            .as_ref()
+            .map_or("ksr-test-agent", |m| m.node.as_str())
     }
 
     /// The master token when ACLs are on.
@@ -186,11 +207,30 @@ impl ConsulServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.launch()?;
+        self.await_ready().await
+    }
+
+    /// Spawns the agent without waiting (a cluster's servers need each other to elect).
+    fn launch(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(server_binary("consul")?);
-        cmd.arg("agent")
-            .arg("-server")
-            .arg("-bootstrap")
-            .arg("-node")
+        cmd.arg("agent");
+        match &self.options.member {
+            None => {
+                cmd.arg("-server").arg("-bootstrap");
+            }
+            Some(m) => {
+                if m.server {
+                    cmd.arg("-server")
+                        .arg("-bootstrap-expect")
+                        .arg(m.bootstrap_expect.to_string());
+                }
+                for port in m.join.iter().filter(|p| **p != self.serf_lan_port) {
+                    cmd.arg("-retry-join").arg(format!("127.0.0.1:{port}"));
+                }
+            }
+        }
+        cmd.arg("-node")
             .arg(self.node_name())
             .arg("-datacenter")
             .arg("dc1")
@@ -217,8 +257,18 @@ impl ConsulServer {
             .arg("warn")
             .arg("-hcl")
             .arg(self.hcl());
-        let mut proc = Proc::spawn("consul", cmd, &self.dir.path().join("consul.log"))?;
+        self.proc = Some(Proc::spawn(
+            "consul",
+            cmd,
+            &self.dir.path().join("consul.log"),
+        )?);
+        Ok(())
+    }
+
+    /// Waits until a leader is elected and the catalog lists this agent's node.
+    async fn await_ready(&mut self) -> anyhow::Result<()> {
         let port = self.http_port;
+        let node = self.node_name().to_owned();
         // Ready when a leader is elected and the catalog answers (the agent's own node is in it).
         let token = self
             .master_token()
@@ -234,17 +284,91 @@ impl ConsulServer {
                     _ => return None,
                 }
                 match http::get(port, &nodes_path).await {
-                    Some((200, body)) if body.contains("ksr-test-agent") => Some(()),
+                    Some((200, body)) if body.contains(&format!("\"{node}\"")) => Some(()),
                     _ => None,
                 }
             },
         )
         .await;
         if let Err(e) = ready {
-            proc.check_alive()?;
-            anyhow::bail!("{e}; log:\n{}", proc.log_tail());
+            if let Some(proc) = &mut self.proc {
+                proc.check_alive()?;
+                anyhow::bail!("{e}; log:\n{}", proc.log_tail());
+            }
+            return Err(e);
         }
-        self.proc = Some(proc);
         Ok(())
+    }
+
+    /// The server RPC port (how `/v1/status/leader` names a server).
+    pub fn server_port(&self) -> u16 {
+        self.server_port
+    }
+}
+
+/// Three (or `n`) Consul servers electing a leader among themselves, and one client agent
+/// joined to them: the agent is what clients talk to, as on a real node, so any server can
+/// be killed under them.
+#[derive(Debug)]
+pub struct ConsulCluster {
+    pub servers: Vec<ConsulServer>,
+    pub agent: ConsulServer,
+}
+
+impl ConsulCluster {
+    /// One self-elected server that is also the agent clients talk to (no other servers).
+    pub async fn single() -> anyhow::Result<Self> {
+        Ok(Self {
+            servers: Vec::new(),
+            agent: ConsulServer::start().await?,
+        })
+    }
+
+    /// Starts `n` servers and the client agent at once, and waits until all are in the
+    /// catalog under an elected leader.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let ports = free_ports(6 * (n + 1))?;
+        let join: Vec<u16> = (0..n).map(|i| ports[6 * i + 3]).collect();
+        let mut agents = Vec::with_capacity(n + 1);
+        for i in 0..=n {
+            let member = ConsulMember {
+                node: if i < n {
+                    format!("ksr-server-{i}")
+                } else {
+                    "ksr-test-agent".into()
+                },
+                server: i < n,
+                bootstrap_expect: n,
+                join: join.clone(),
+            };
+            let mut a = ConsulServer::agent(
+                ConsulOptions {
+                    member: Some(member),
+                    ..ConsulOptions::default()
+                },
+                &ports[6 * i..6 * i + 6],
+            )?;
+            a.launch()?;
+            agents.push(a);
+        }
+        for a in &mut agents {
+            a.await_ready().await?;
+        }
+        let agent = agents.pop().ok_or_else(|| anyhow::anyhow!("no agent"))?;
+        Ok(Self {
+            servers: agents,
+            agent,
+        })
+    }
+
+    /// The server that leads now, if one does (asked through the client agent).
+    pub async fn leader(&self) -> Option<usize> {
+        let (200, body) = http::get(self.agent.http_port(), "/v1/status/leader").await? else {
+            return None;
+        };
+        let addr: String = serde_json::from_str(&body).ok()?;
+        self.servers
+            .iter()
+            .position(|s| addr.ends_with(&format!(":{}", s.server_port())))
     }
 }

@@ -19,10 +19,14 @@ pub struct EtcdOptions {
     pub tls: Option<crate::tls::ServerTls>,
 }
 
-/// A running single-member etcd with its own data dir; killed on drop.
+/// A running etcd member with its own data dir (alone, or one of an [`EtcdCluster`]);
+/// killed on drop.
 #[derive(Debug)]
 pub struct EtcdServer {
     dir: TempDir,
+    name: String,
+    /// `--initial-cluster` (this member alone when not part of a cluster).
+    initial_cluster: Option<String>,
     client_port: u16,
     peer_port: u16,
     metrics_port: u16,
@@ -37,16 +41,34 @@ impl EtcdServer {
 
     pub async fn start_with(options: EtcdOptions) -> anyhow::Result<Self> {
         let ports = free_ports(3)?;
-        let mut server = Self {
+        let mut server = Self::member(options, "ksr-test", None, [ports[0], ports[1], ports[2]])?;
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// A member not started yet: client, peer and metrics `ports`.
+    fn member(
+        options: EtcdOptions,
+        name: &str,
+        initial_cluster: Option<String>,
+        ports: [u16; 3],
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
             dir: tempfile::Builder::new().prefix("ksr-etcd-").tempdir()?,
+            name: name.to_owned(),
+            initial_cluster,
             client_port: ports[0],
             peer_port: ports[1],
             metrics_port: ports[2],
             options,
             proc: None,
-        };
-        server.spawn().await?;
-        Ok(server)
+        })
+    }
+
+    /// Whether this member leads its cluster now (`etcd_server_is_leader` on its metrics).
+    pub async fn is_leader(&self) -> bool {
+        matches!(http::get(self.metrics_port, "/metrics").await,
+                 Some((200, body)) if body.lines().any(|l| l == "etcd_server_is_leader 1"))
     }
 
     /// `127.0.0.1:<port>`, as etcd-client takes it.
@@ -123,6 +145,12 @@ impl EtcdServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.launch()?;
+        self.await_ready().await
+    }
+
+    /// Spawns the process without waiting (a cluster's members need each other to be ready).
+    fn launch(&mut self) -> anyhow::Result<()> {
         let scheme = if self.options.tls.is_some() {
             "https"
         } else {
@@ -132,7 +160,7 @@ impl EtcdServer {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(server_binary("etcd")?);
         cmd.arg("--name")
-            .arg("ksr-test")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--listen-client-urls")
@@ -144,7 +172,11 @@ impl EtcdServer {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(format!("ksr-test={peer}"))
+            .arg(
+                self.initial_cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{}={peer}", self.name)),
+            )
             .arg("--log-level")
             .arg("warn");
         if self.options.enable_v2 {
@@ -161,7 +193,12 @@ impl EtcdServer {
                 .arg(&tls.ca)
                 .arg("--client-cert-auth");
         }
-        let mut proc = Proc::spawn("etcd", cmd, &self.dir.path().join("etcd.log"))?;
+        self.proc = Some(Proc::spawn("etcd", cmd, &self.dir.path().join("etcd.log"))?);
+        Ok(())
+    }
+
+    /// Waits until the member reports itself healthy (it has a leader).
+    async fn await_ready(&mut self) -> anyhow::Result<()> {
         let port = self.metrics_port;
         let ready = wait_until("etcd health", Duration::from_secs(30), || async {
             match http::get(port, "/health").await {
@@ -171,10 +208,71 @@ impl EtcdServer {
         })
         .await;
         if let Err(e) = ready {
-            proc.check_alive()?;
-            anyhow::bail!("{e}; log:\n{}", proc.log_tail());
+            if let Some(proc) = &mut self.proc {
+                proc.check_alive()?;
+                anyhow::bail!("{e}; log:\n{}", proc.log_tail());
+            }
+            return Err(e);
         }
-        self.proc = Some(proc);
         Ok(())
+    }
+}
+
+/// A three- (or `n`-) member etcd cluster on loopback; any member can be killed and started
+/// again.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// One member alone.
+    pub async fn single() -> anyhow::Result<Self> {
+        Ok(Self {
+            members: vec![EtcdServer::start().await?],
+        })
+    }
+
+    /// Starts `n` members at once and waits until each is healthy.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let ports = free_ports(3 * n)?;
+        let initial: Vec<String> = (0..n)
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[3 * i + 1]))
+            .collect();
+        let mut members = Vec::with_capacity(n);
+        for i in 0..n {
+            let p = [ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]];
+            let mut m = EtcdServer::member(
+                EtcdOptions::default(),
+                &format!("m{i}"),
+                Some(initial.join(",")),
+                p,
+            )?;
+            m.launch()?;
+            members.push(m);
+        }
+        for m in &mut members {
+            m.await_ready().await?;
+        }
+        Ok(Self { members })
+    }
+
+    /// Every member's endpoint, comma-separated (the form `--etcd-endpoints` takes).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(EtcdServer::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The member that leads now, if one does.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.is_leader().await {
+                return Some(i);
+            }
+        }
+        None
     }
 }

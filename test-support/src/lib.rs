@@ -26,9 +26,9 @@ pub mod verify;
 pub mod wait;
 
 pub use binaries::{server_binary, workspace_root};
-pub use consul::{ConsulOptions, ConsulServer};
-pub use etcd::{EtcdOptions, EtcdServer};
-pub use nats::{NatsOptions, NatsServer};
+pub use consul::{ConsulCluster, ConsulMember, ConsulOptions, ConsulServer};
+pub use etcd::{EtcdCluster, EtcdOptions, EtcdServer};
+pub use nats::{NatsCluster, NatsOptions, NatsServer};
 pub use ports::free_ports;
 pub use process::Proc;
 pub use replica::Replica;

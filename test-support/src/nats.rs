@@ -61,6 +61,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's name (`-n`), as JetStream names a stream's leader and replicas.
+    pub fn name(&self) -> String {
+        format!("ksr-test-{}", self.port)
+    }
+
     /// Where JetStream keeps its data (survives [`stop`](Self::stop)).
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("jetstream")
@@ -96,7 +101,7 @@ impl NatsServer {
             .arg("-sd")
             .arg(self.store_dir())
             .arg("-n")
-            .arg(format!("ksr-test-{}", self.port));
+            .arg(self.name());
         if let Some(config) = &self.options.config {
             let path = self.dir.path().join("nats.conf");
             std::fs::write(&path, config)?;
@@ -121,5 +126,101 @@ impl NatsServer {
         }
         self.proc = Some(proc);
         Ok(())
+    }
+}
+
+/// Three (or `n`) nats-servers routed into one cluster (`ksr`), JetStream on each: streams
+/// can be replicated, and any node can be killed, stalled and started again.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// One server, not clustered (the stream at R1).
+    pub async fn single() -> anyhow::Result<Self> {
+        Ok(Self {
+            nodes: vec![NatsServer::start().await?],
+        })
+    }
+
+    /// Starts `n` nodes, each routed to all the others, and waits until JetStream has a meta
+    /// leader (a stream can be created).
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let cluster_ports = free_ports(n)?;
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect();
+        let mut nodes = Vec::with_capacity(n);
+        for port in &cluster_ports {
+            let config = format!(
+                "cluster {{ name: ksr, listen: \"127.0.0.1:{port}\", routes: [{}] }}\n",
+                routes.join(", ")
+            );
+            nodes.push(
+                NatsServer::start_with(NatsOptions {
+                    config: Some(config),
+                })
+                .await?,
+            );
+        }
+        let cluster = Self { nodes };
+        // Every node sees a meta leader and all its peers current (else an R3 stream has
+        // "no suitable peers for placement").
+        for node in &cluster.nodes {
+            let monitor = node.monitor_port;
+            let what = format!("JetStream meta group of {n} on {}", node.name());
+            let formed = wait_until(&what, Duration::from_secs(60), || async {
+                let (200, body) = http::get(monitor, "/jsz").await? else {
+                    return None;
+                };
+                let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+                let meta = &jsz["meta_cluster"];
+                // (Only the leader lists its peers.)
+                let peers_current = meta["replicas"]
+                    .as_array()
+                    .is_none_or(|peers| peers.iter().all(|p| p["current"] == true));
+                (meta["leader"].as_str().is_some_and(|l| !l.is_empty())
+                    && meta["cluster_size"].as_u64() >= Some(n as u64)
+                    && peers_current)
+                    .then_some(())
+            })
+            .await;
+            if let Err(e) = formed {
+                anyhow::bail!("{e}; log:\n{}", node.log());
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Every node's URL, comma-separated (the form `--nats-url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node that leads `stream` now (as the cluster reports it, asked through any node
+    /// that answers).
+    pub async fn stream_leader(&self, stream: &str) -> anyhow::Result<usize> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(self.urls().split(',').collect::<Vec<_>>().as_slice())
+            .await?;
+        let js = async_nats::jetstream::new(client);
+        let mut s = js.get_stream(stream).await?;
+        let info = s.info().await?;
+        let leader = info
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .ok_or_else(|| anyhow::anyhow!("stream {stream} has no leader now"))?;
+        self.nodes
+            .iter()
+            .position(|n| n.name() == leader)
+            .ok_or_else(|| anyhow::anyhow!("leader {leader} is not a node of this cluster"))
     }
 }

@@ -52,9 +52,14 @@ pub struct Report {
 }
 
 impl Recorder {
-    /// Follows etcd at `endpoint` (owner `ksr`, prefix `vulcand`) and, when given, Consul's
+    /// Follows etcd at `endpoints` (comma-separated members of one cluster, tried in turn
+    /// when the one followed dies; owner `ksr`, prefix `vulcand`) and, when given, Consul's
     /// HTTP port (our node `ksr`, the router at `router`).
-    pub fn start(endpoint: String, consul: Option<(u16, String, u16)>, registry: Registry) -> Self {
+    pub fn start(
+        endpoints: String,
+        consul: Option<(u16, String, u16)>,
+        registry: Registry,
+    ) -> Self {
         let mut r = Self {
             stop: CancellationToken::new(),
             tasks: Vec::new(),
@@ -64,7 +69,7 @@ impl Recorder {
             unrecorded: Arc::default(),
         };
         r.tasks = vec![tokio::spawn(follow_etcd(
-            endpoint,
+            endpoints,
             registry,
             r.findings.clone(),
             r.revisions.clone(),
@@ -315,7 +320,7 @@ impl EtcdInvariants {
 }
 
 async fn follow_etcd(
-    endpoint: String,
+    endpoints: String,
     registry: Registry,
     findings: Arc<Mutex<Vec<String>>>,
     revisions: Arc<AtomicU64>,
@@ -324,8 +329,13 @@ async fn follow_etcd(
 ) {
     let mut state = EtcdInvariants::default();
     let mut next: i64 = 1;
+    let endpoints: Vec<&str> = endpoints.split(',').collect();
+    let mut attempt = 0usize;
     while !stop.is_cancelled() {
-        let Ok(mut client) = etcd_client::Client::connect([endpoint.as_str()], None).await else {
+        // One member at a time, the next one after each failure (a dead member's watch ends).
+        let endpoint = endpoints[attempt % endpoints.len()];
+        attempt += 1;
+        let Ok(mut client) = etcd_client::Client::connect([endpoint], None).await else {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,

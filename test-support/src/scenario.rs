@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::apiserver::{FakeApiServer, Resource};
 use crate::model::{Ages, Service, Settings};
 use crate::recorder::{Recorder, Registry};
-use crate::{ConsulServer, EtcdServer, NatsServer, Proc, eventually, free_ports, http};
+use crate::{ConsulCluster, EtcdCluster, NatsCluster, Proc, eventually, free_ports, http};
 
 /// The router address the Consul publishers register.
 pub const ROUTER: &str = "127.0.0.9";
@@ -48,6 +48,11 @@ pub struct Scenario {
     pub bin_dir: PathBuf,
     /// Where process logs go.
     pub log_dir: PathBuf,
+    /// Three-node NATS (the stream at R3), etcd and Consul clusters (Consul behind a client
+    /// agent), and the faults strike their leaders: the stream leader, another NATS node, a
+    /// NATS node stalled past the ack wait, the etcd leader, the Consul leader. Otherwise one
+    /// server of each and the single-server faults.
+    pub clustered: bool,
 }
 
 /// What a run did and checked.
@@ -67,6 +72,11 @@ pub struct Outcome {
     pub vulcand_keys: usize,
     pub consul_entries: usize,
     pub dns_names_checked: usize,
+    /// After each kill of the stream leader: how long until a change made after the kill was
+    /// in etcd (the pipeline resumed).
+    pub resumed_after_leader_kill: Vec<Duration>,
+    /// Messages the publishers received again (every life of every replica).
+    pub redeliveries: f64,
     pub elapsed: Duration,
 }
 
@@ -94,7 +104,15 @@ impl std::fmt::Display for Outcome {
             f,
             "repairs: {} counted by the publishers, {} etcd revisions wrote vulcand keys without records",
             self.repairs, self.unrecorded_writes
-        )
+        )?;
+        for d in &self.resumed_after_leader_kill {
+            write!(
+                f,
+                "\nstream leader killed: a change made after the kill was in etcd {} ms later",
+                d.as_millis()
+            )?;
+        }
+        write!(f, "\nredeliveries: {}", self.redeliveries)
     }
 }
 
@@ -106,8 +124,9 @@ struct Process {
     log: PathBuf,
     admin_port: u16,
     proc: Option<Proc>,
-    /// Repairs counted by earlier lives of the process.
+    /// Repairs and redeliveries counted by earlier lives of the process.
     repairs: f64,
+    redeliveries: f64,
 }
 
 impl Process {
@@ -128,6 +147,7 @@ impl Process {
             admin_port,
             proc: None,
             repairs: 0.0,
+            redeliveries: 0.0,
         };
         p.start()?;
         Ok(p)
@@ -152,10 +172,11 @@ impl Process {
         matches!(http::get(self.admin_port, "/readyz").await, Some((200, _)))
     }
 
-    /// Counts this life's repairs, then SIGKILLs it.
-    async fn kill(&mut self, repairs_metric: Option<&str>) {
-        if let Some(m) = repairs_metric {
-            self.repairs += self.metric(m).await;
+    /// Counts this life's repairs and redeliveries (a publisher of `kind`), then SIGKILLs it.
+    async fn kill(&mut self, kind: Option<Kind>) {
+        if let Some(kind) = kind {
+            self.repairs += self.metric(kind.repairs()).await;
+            self.redeliveries += self.metric(kind.redeliveries()).await;
         }
         if let Some(mut p) = self.proc.take() {
             p.kill();
@@ -192,6 +213,13 @@ impl Kind {
             Kind::Consul => "ksr_consul_reconcile_repairs_total",
         }
     }
+
+    fn redeliveries(self) -> &'static str {
+        match self {
+            Kind::Vulcand => "ksr_vulcand_redeliveries_total",
+            Kind::Consul => "ksr_consul_redeliveries_total",
+        }
+    }
 }
 
 /// The faults, each struck once per cycle.
@@ -207,6 +235,12 @@ enum Fault {
     StallEtcd,
     StallPublisher(Kind),
     KillRandomReplicas,
+    // Clustered servers.
+    KillStreamLeader,
+    KillNatsFollower,
+    StallNatsNode,
+    KillEtcdLeader,
+    KillConsulLeader,
 }
 
 const CYCLE: [Fault; 12] = [
@@ -222,6 +256,17 @@ const CYCLE: [Fault; 12] = [
     Fault::StallPublisher(Kind::Vulcand),
     Fault::KillWatcher(1),
     Fault::KillRandomReplicas,
+];
+
+/// The faults on clustered servers, in this order (not shuffled): the stream leader first,
+/// then another node, then a stall; the etcd and Consul leaders between.
+const CLUSTER_CYCLE: [Fault; 6] = [
+    Fault::KillStreamLeader,
+    Fault::KillEtcdLeader,
+    Fault::KillNatsFollower,
+    Fault::KillConsulLeader,
+    Fault::StallNatsNode,
+    Fault::KillStreamLeader,
 ];
 
 /// A small xorshift generator: runs are reproducible from their seed.
@@ -286,6 +331,8 @@ fn slots() -> Vec<Slot> {
         slot("c", "y", vec![Some("x-b")], vec![None, Some("/admin.*")]),
         // `host: s0` in team-a shares s0-team-a with the Service s0 there.
         slot("team-a", "z", vec![None, Some("s0")], vec![None]),
+        // Last: the Service [`Workload::probe`] changes to see the pipeline resume.
+        slot("shop", "probe", vec![None], vec![Some("/probe/.*")]),
     ]);
     out
 }
@@ -326,10 +373,22 @@ impl Workload {
             .insert(ip, key.clone());
     }
 
+    /// Changes the `probe` Service of `shop` in `east` (cluster-ip mode) now; returns the
+    /// address its vulcand server will have.
+    fn probe(&mut self) -> std::net::SocketAddr {
+        let slot = self.slots.len() - 1;
+        let key = ServiceKey::new(self.apis[0].0, "shop", "probe");
+        self.changes += 1;
+        self.upsert(0, slot, key.clone());
+        let spec = &self.specs[&key];
+        std::net::SocketAddr::new(spec.cluster_ip, spec.version)
+    }
+
     /// Applies one random change.
     fn step(&mut self) {
         self.changes += 1;
-        let slot = self.rng.next(self.slots.len() as u64) as usize;
+        // (Not the last slot: the probe changes only when the test says.)
+        let slot = self.rng.next(self.slots.len() as u64 - 1) as usize;
         let c = self.rng.next(2) as usize;
         let (ns, name) = (self.slots[slot].namespace, self.slots[slot].name.clone());
         let key = ServiceKey::new(self.apis[c].0, ns, &name);
@@ -470,9 +529,9 @@ impl Workload {
 
 /// Everything running.
 struct System {
-    nats: NatsServer,
-    etcd: EtcdServer,
-    consul: ConsulServer,
+    nats: NatsCluster,
+    etcd: EtcdCluster,
+    consul: ConsulCluster,
     watchers: Vec<Process>,
     vulcand: Vec<Process>,
     consuls: Vec<Process>,
@@ -536,6 +595,24 @@ async fn load_for(w: &mut Workload, d: Duration) {
     load_until(w, d, || async { false }).await;
 }
 
+/// Whether some member of `endpoints` holds a vulcand server `{"URL":"http://<addr>"}`.
+async fn in_etcd(endpoints: &str, addr: &std::net::SocketAddr) -> bool {
+    let want = format!("http://{addr}");
+    for endpoint in endpoints.split(',') {
+        let Ok(mut client) = etcd_client::Client::connect([endpoint], None).await else {
+            continue;
+        };
+        let options = etcd_client::GetOptions::new().with_prefix();
+        if let Ok(resp) = client.get("vulcand/backends/", Some(options)).await {
+            return resp
+                .kvs()
+                .iter()
+                .any(|kv| String::from_utf8_lossy(kv.value()).contains(&want));
+        }
+    }
+    false
+}
+
 /// Whether any of `procs` reports `metric` above zero.
 async fn busy(procs: &[&Process], metric: &str) -> bool {
     for p in procs {
@@ -560,13 +637,24 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let mut out = Outcome::default();
     let mut rng = Rng::new(s.seed);
-    let nats = NatsServer::start().await?;
-    let etcd = EtcdServer::start().await?;
-    let consul = ConsulServer::start().await?;
+    let (nats, etcd, consul) = if s.clustered {
+        let (n, e, c) = tokio::join!(
+            NatsCluster::start(3),
+            EtcdCluster::start(3),
+            ConsulCluster::start(3)
+        );
+        (n?, e?, c?)
+    } else {
+        (
+            NatsCluster::single().await?,
+            EtcdCluster::single().await?,
+            ConsulCluster::single().await?,
+        )
+    };
     let registry = Registry::default();
     let recorder = Recorder::start(
-        etcd.endpoint(),
-        Some((consul.http_port(), ROUTER.into(), 80)),
+        etcd.endpoints(),
+        Some((consul.agent.http_port(), ROUTER.into(), 80)),
         registry.clone(),
     );
     let apis = vec![
@@ -577,7 +665,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     let common = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
             "--nats-url",
-            &nats.url(),
+            &nats.urls(),
             "--max-retry-delay",
             "300ms",
             "--ack-wait",
@@ -609,7 +697,9 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
                 "--cluster".into(),
                 (*cluster).into(),
                 "--nats-url".into(),
-                nats.url(),
+                nats.urls(),
+                "--stream-replicas".into(),
+                nats.nodes.len().to_string(),
                 "--kube-url".into(),
                 api.url().into(),
                 "--address-mode".into(),
@@ -628,7 +718,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
             &s.log_dir,
             &format!("vulcand-{i}"),
             "ksr-publisher-vulcand",
-            common(&["--etcd-endpoints", &etcd.endpoint()]),
+            common(&["--etcd-endpoints", &etcd.endpoints()]),
         )?);
         consuls.push(Process::new(
             &s.bin_dir,
@@ -637,7 +727,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
             "ksr-publisher-consul",
             common(&[
                 "--consul-address",
-                &consul.url(),
+                &consul.agent.url(),
                 "--router-address",
                 ROUTER,
             ]),
@@ -668,8 +758,12 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
         "the processes did not become ready"
     );
     let per_fault = (s.changes / (s.faults + 1)).max(1);
-    let mut cycle: Vec<Fault> = CYCLE.to_vec();
-    for i in (1..cycle.len()).rev() {
+    let mut cycle: Vec<Fault> = if s.clustered {
+        CLUSTER_CYCLE.to_vec()
+    } else {
+        CYCLE.to_vec()
+    };
+    for i in (1..cycle.len()).rev().filter(|_| !s.clustered) {
         cycle.swap(i, rng.next(i as u64 + 1) as usize);
     }
     for n in 0..s.faults {
@@ -679,7 +773,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
             load_for(&mut w, BURST_EVERY).await;
         }
         let fault = cycle[n % cycle.len()];
-        let (what, busy_now) = strike(&mut sys, &mut w, &mut rng, fault).await?;
+        let (what, busy_now) = strike(&mut sys, &mut w, &mut rng, fault, &mut out).await?;
         out.struck_busy += usize::from(busy_now);
         out.faults.push(format!(
             "{what}{}",
@@ -701,15 +795,15 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
         router_address: ROUTER.into(),
         ..Settings::default()
     };
-    let js = async_nats::jetstream::new(async_nats::connect(sys.nats.url()).await?);
+    let js = async_nats::jetstream::new(async_nats::connect(sys.nats.nodes[0].url()).await?);
     let (routed, etcd_keys, consul_entries) = eventually(Duration::from_secs(120), || async {
         let events = crate::events::stream_events(&js).await?;
         let ages = Ages::from_stream(&events);
         let services = w.modelled(&ages).ok_or_else(|| {
             anyhow::anyhow!("the stream does not end with the clusters' state yet")
         })?;
-        let etcd_all = sys.etcd.contents("").await?;
-        let consul_all = sys.consul.contents("ksr", false).await?;
+        let etcd_all = sys.etcd.members[0].contents("").await?;
+        let consul_all = sys.consul.agent.contents("ksr", false).await?;
         let diff = crate::verify::vulcand(&settings, &services, &ages, &etcd_all)
             + &crate::verify::consul(&settings, &["test"], &services, &ages, &consul_all);
         anyhow::ensure!(diff.is_empty(), "{diff}");
@@ -743,7 +837,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     names.dedup();
     for name in &names {
         eventually(Duration::from_secs(10), || async {
-            let a = crate::dns::query_a(sys.consul.dns_port(), name).await?;
+            let a = crate::dns::query_a(sys.consul.agent.dns_port(), name).await?;
             anyhow::ensure!(
                 a.addrs == vec![ROUTER.parse::<std::net::Ipv4Addr>()?],
                 "{name}: {a:?}"
@@ -753,17 +847,18 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
         .await?;
     }
     let gone = "never-routed-shop.test.service.consul";
-    let a = crate::dns::query_a(sys.consul.dns_port(), gone).await?;
+    let a = crate::dns::query_a(sys.consul.agent.dns_port(), gone).await?;
     anyhow::ensure!(a.rcode == crate::dns::NXDOMAIN, "{gone}: {a:?}");
     out.dns_names_checked = names.len() + 1;
 
-    // Repairs counted by every life of every publisher.
+    // Repairs and redeliveries counted by every life of every publisher.
     for kind in [Kind::Vulcand, Kind::Consul] {
         for p in sys.publishers(kind).iter() {
             out.repairs += p.repairs + p.metric(kind.repairs()).await;
+            out.redeliveries += p.redeliveries + p.metric(kind.redeliveries()).await;
         }
     }
-    let mut client = etcd_client::Client::connect([sys.etcd.endpoint()], None).await?;
+    let mut client = sys.etcd.members[0].client().await?;
     let rev = client
         .get("ksr-recorder-end", None)
         .await?
@@ -820,12 +915,12 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
-/// The servers.
+/// A server: the node or member of its cluster (0 when single).
 #[derive(Debug, Clone, Copy)]
 enum Server {
-    Nats,
-    Etcd,
-    Consul,
+    Nats(usize),
+    Etcd(usize),
+    Consul(usize),
 }
 
 impl System {
@@ -852,25 +947,40 @@ impl System {
             }
             Fault::PublisherAndEtcd => (vec![&self.vulcand[replica]], Kind::Vulcand.in_flight()),
             Fault::KillConsul => (self.consuls.iter().collect(), Kind::Consul.in_flight()),
-            Fault::KillNats | Fault::KillEtcd | Fault::StallEtcd | Fault::KillRandomReplicas => {
-                (self.vulcand.iter().collect(), Kind::Vulcand.in_flight())
-            }
+            Fault::KillNats
+            | Fault::KillEtcd
+            | Fault::StallEtcd
+            | Fault::KillRandomReplicas
+            | Fault::KillStreamLeader
+            | Fault::KillNatsFollower
+            | Fault::StallNatsNode
+            | Fault::KillEtcdLeader => (self.vulcand.iter().collect(), Kind::Vulcand.in_flight()),
+            Fault::KillConsulLeader => (self.consuls.iter().collect(), Kind::Consul.in_flight()),
         }
     }
 
     fn stop(&mut self, server: Server) {
         match server {
-            Server::Nats => self.nats.stop(),
-            Server::Etcd => self.etcd.stop(),
-            Server::Consul => self.consul.stop(),
+            Server::Nats(i) => self.nats.nodes[i].stop(),
+            Server::Etcd(i) => self.etcd.members[i].stop(),
+            Server::Consul(i) => self.consul_server(i).stop(),
         }
     }
 
     async fn restart(&mut self, server: Server) -> anyhow::Result<()> {
         match server {
-            Server::Nats => self.nats.restart().await,
-            Server::Etcd => self.etcd.restart().await,
-            Server::Consul => self.consul.restart().await,
+            Server::Nats(i) => self.nats.nodes[i].restart().await,
+            Server::Etcd(i) => self.etcd.members[i].restart().await,
+            Server::Consul(i) => self.consul_server(i).restart().await,
+        }
+    }
+
+    /// Consul server `i`: the single agent when not clustered.
+    fn consul_server(&mut self, i: usize) -> &mut crate::ConsulServer {
+        if self.consul.servers.is_empty() {
+            &mut self.consul.agent
+        } else {
+            &mut self.consul.servers[i]
         }
     }
 
@@ -899,10 +1009,10 @@ impl System {
         Ok(())
     }
 
-    fn process(&mut self, group: ProcGroup, i: usize) -> (&mut Process, Option<&'static str>) {
+    fn process(&mut self, group: ProcGroup, i: usize) -> (&mut Process, Option<Kind>) {
         match group {
             ProcGroup::Watcher => (&mut self.watchers[i], None),
-            ProcGroup::Publisher(kind) => (&mut self.publishers(kind)[i], Some(kind.repairs())),
+            ProcGroup::Publisher(kind) => (&mut self.publishers(kind)[i], Some(kind)),
         }
     }
 }
@@ -921,6 +1031,7 @@ async fn strike(
     w: &mut Workload,
     rng: &mut Rng,
     fault: Fault,
+    out: &mut Outcome,
 ) -> anyhow::Result<(String, bool)> {
     // Wait (under load, up to 5 s) until the processes concerned hold work.
     const PATIENCE: Duration = Duration::from_secs(5);
@@ -941,32 +1052,32 @@ async fn strike(
             format!("SIGKILL {}", sys.publishers(kind)[replica].name)
         }
         Fault::KillNats => {
-            sys.crash(w, Some(Server::Nats), &[]).await?;
+            sys.crash(w, Some(Server::Nats(0)), &[]).await?;
             "SIGKILL nats-server".into()
         }
         Fault::KillEtcd => {
-            sys.crash(w, Some(Server::Etcd), &[]).await?;
+            sys.crash(w, Some(Server::Etcd(0)), &[]).await?;
             "SIGKILL etcd".into()
         }
         Fault::KillConsul => {
-            sys.crash(w, Some(Server::Consul), &[]).await?;
+            sys.crash(w, Some(Server::Consul(0)), &[]).await?;
             "SIGKILL Consul".into()
         }
         Fault::PublisherAndEtcd => {
             let p = (ProcGroup::Publisher(Kind::Vulcand), replica);
-            sys.crash(w, Some(Server::Etcd), &[p]).await?;
+            sys.crash(w, Some(Server::Etcd(0)), &[p]).await?;
             format!("SIGKILL vulcand-{replica} and etcd at once")
         }
         Fault::NatsAndWatcher => {
             let c = replica % 2;
-            sys.crash(w, Some(Server::Nats), &[(ProcGroup::Watcher, c)])
+            sys.crash(w, Some(Server::Nats(0)), &[(ProcGroup::Watcher, c)])
                 .await?;
             format!("SIGKILL nats-server and watcher-{} at once", cluster(c))
         }
         Fault::StallEtcd => {
-            sys.etcd.signal("STOP")?;
+            sys.etcd.members[0].signal("STOP")?;
             load_for(w, stall).await;
-            sys.etcd.signal("CONT")?;
+            sys.etcd.members[0].signal("CONT")?;
             "SIGSTOP etcd for longer than the ack wait, then SIGCONT".into()
         }
         Fault::StallPublisher(kind) => {
@@ -995,6 +1106,59 @@ async fn strike(
                 .map(|(g, i)| sys.process(*g, *i).0.name.clone())
                 .collect();
             format!("SIGKILL {} at random", names.join(" and "))
+        }
+        Fault::KillStreamLeader => {
+            let leader = sys
+                .nats
+                .stream_leader(ksr_proto::subject::DEFAULT_STREAM)
+                .await?;
+            sys.stop(Server::Nats(leader));
+            let killed = Instant::now();
+            // The pipeline resumed when a change made after the kill is in etcd.
+            let probe = w.probe();
+            let etcd = sys.etcd.endpoints();
+            let resumed = load_until(w, READY, || in_etcd(&etcd, &probe)).await;
+            anyhow::ensure!(
+                resumed,
+                "nothing applied after the stream leader was killed"
+            );
+            out.resumed_after_leader_kill.push(killed.elapsed());
+            sys.restart(Server::Nats(leader)).await?;
+            format!("SIGKILL the stream leader (nats node {leader})")
+        }
+        Fault::KillNatsFollower => {
+            let leader = sys
+                .nats
+                .stream_leader(ksr_proto::subject::DEFAULT_STREAM)
+                .await?;
+            let node = (leader + 1 + rng.next(2) as usize) % sys.nats.nodes.len();
+            sys.crash(w, Some(Server::Nats(node)), &[]).await?;
+            format!("SIGKILL nats node {node}, not the stream leader")
+        }
+        Fault::StallNatsNode => {
+            let node = rng.next(sys.nats.nodes.len() as u64) as usize;
+            sys.nats.nodes[node].signal("STOP")?;
+            load_for(w, stall).await;
+            sys.nats.nodes[node].signal("CONT")?;
+            format!("SIGSTOP nats node {node} for longer than the ack wait, then SIGCONT")
+        }
+        Fault::KillEtcdLeader => {
+            let leader = sys
+                .etcd
+                .leader()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("the etcd cluster has no leader"))?;
+            sys.crash(w, Some(Server::Etcd(leader)), &[]).await?;
+            format!("SIGKILL the etcd leader (member {leader})")
+        }
+        Fault::KillConsulLeader => {
+            let leader = sys
+                .consul
+                .leader()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("the Consul cluster has no leader"))?;
+            sys.crash(w, Some(Server::Consul(leader)), &[]).await?;
+            format!("SIGKILL the Consul leader (server {leader})")
         }
     };
     // Everything ready again before the next fault (under load).

@@ -7,6 +7,7 @@ use clap::Parser;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde_json::Value;
 
@@ -97,6 +98,7 @@ fn every_base_manifest_is_a_typed_kubernetes_object() {
             "NetworkPolicy" => drop(typed::<NetworkPolicy>(doc)),
             "StatefulSet" => drop(typed::<StatefulSet>(doc)),
             "Deployment" => drop(typed::<Deployment>(doc)),
+            "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(doc)),
             other => panic!("unexpected kind {other} in deploy/kubernetes/base"),
         }
     }
@@ -444,12 +446,7 @@ fn every_ksr_process_authenticates_to_nats_with_its_roles_nkey_from_a_secret() {
         }
     }
     assert_eq!(seen, 4, "watcher, both publishers and the checkpointer");
-    let nats = base_objects()
-        .into_iter()
-        .find(|(k, d)| k == "ConfigMap" && d["metadata"]["name"] == "nats-config")
-        .expect("the nats-config ConfigMap");
-    let conf = nats.1["data"]["nats.conf"].as_str().unwrap_or_default();
-    assert!(conf.contains("include ksr-auth.conf"), "{conf}");
+    assert!(nats_conf().contains("include ksr-auth.conf"));
 }
 
 /// Every pod template of the base: (workload name, pod spec).
@@ -593,4 +590,282 @@ fn network_policies_let_only_our_processes_reach_nats_and_only_vulcand_and_its_p
             }
         }
     }
+}
+
+/// The NATS servers' configuration (the kustomization generates ConfigMap nats-config from it).
+fn nats_conf() -> String {
+    let kustomization = &docs(&root().join("base/kustomization.yaml"))[0];
+    let generator = kustomization["configMapGenerator"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == "nats-config")
+        .expect("a nats-config generator");
+    assert_eq!(generator["files"], serde_json::json!(["nats.conf"]));
+    assert_eq!(generator["options"]["disableNameSuffixHash"], true);
+    std::fs::read_to_string(root().join("base/nats.conf")).expect("nats.conf")
+}
+
+/// The base workload called `name`.
+fn workload(name: &str) -> Value {
+    base_objects()
+        .into_iter()
+        .find(|(k, d)| (k == "Deployment" || k == "StatefulSet") && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no workload {name}"))
+        .1
+}
+
+/// Every argument of the `ksr-...` workloads' containers.
+fn args_of(name: &str) -> Vec<String> {
+    ksr_containers()
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .flat_map(|(_, a)| a)
+        .collect()
+}
+
+/// The servers a comma-separated flag value lists.
+fn listed(args: &[String], flag: &str) -> Vec<String> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"))
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn nats_runs_as_a_three_server_cluster_and_every_client_knows_every_server() {
+    let set = workload("nats");
+    assert_eq!(set["spec"]["replicas"], 3);
+    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel");
+    let service = set["spec"]["serviceName"].as_str().expect("serviceName");
+    let pods: Vec<String> = (0..3)
+        .map(|i| format!("nats-{i}.{service}.kube-service-router.svc"))
+        .collect();
+    let conf = nats_conf();
+    assert!(conf.contains("server_name: $POD_NAME"), "{conf}");
+    for pod in &pods {
+        assert!(
+            conf.contains(&format!("nats-route://{pod}:6222")),
+            "no route to {pod}"
+        );
+    }
+    let headless = base_objects()
+        .into_iter()
+        .find(|(k, d)| k == "Service" && d["metadata"]["name"] == service)
+        .expect("the headless Service")
+        .1;
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    let want: Vec<String> = pods.iter().map(|p| format!("nats://{p}:4222")).collect();
+    for name in [
+        "ksr-watcher",
+        "ksr-publisher-vulcand",
+        "ksr-publisher-consul",
+        "ksr-checkpointer",
+    ] {
+        assert_eq!(listed(&args_of(name), "--nats-url"), want, "{name}");
+    }
+    // What creates the stream or the checkpoint bucket makes it as replicated as the cluster.
+    for name in ["ksr-watcher", "ksr-checkpointer"] {
+        assert!(
+            args_of(name).contains(&"--stream-replicas=3".to_owned()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn etcd_runs_as_three_members_and_the_publisher_knows_every_member() {
+    let set = workload("etcd");
+    assert_eq!(set["spec"]["replicas"], 3);
+    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel");
+    let service = set["spec"]["serviceName"].as_str().expect("serviceName");
+    let members: Vec<String> = (0..3)
+        .map(|i| format!("etcd-{i}.{service}.kube-service-router.svc"))
+        .collect();
+    for path in [
+        root().join("base/etcd.yaml"),
+        root().join("overlays/vulcand-v0.8/etcd.yaml"),
+    ] {
+        let set = docs(&path)
+            .into_iter()
+            .find(|d| d["kind"] == "StatefulSet")
+            .expect("etcd");
+        let command: Vec<String> = serde_json::from_value(
+            set["spec"]["template"]["spec"]["containers"][0]["command"].clone(),
+        )
+        .expect("a command");
+        let initial = listed(&command, "--initial-cluster");
+        let want: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("etcd-{i}=http://{m}:2380"))
+            .collect();
+        assert_eq!(initial, want, "{}", path.display());
+        assert!(
+            command.contains(&"--name=$(POD_NAME)".to_owned()),
+            "{}",
+            path.display()
+        );
+    }
+    let want: Vec<String> = members.iter().map(|m| format!("{m}:2379")).collect();
+    for (name, args) in ksr_containers()
+        .into_iter()
+        .filter(|(n, _)| n == "ksr-publisher-vulcand")
+    {
+        assert_eq!(listed(&args, "--etcd-endpoints"), want, "{name}");
+    }
+}
+
+#[test]
+fn replicated_workloads_spread_over_machines_keep_a_disruption_budget_and_probe_health() {
+    let objects = base_objects();
+    let budgets: Vec<&Value> = objects
+        .iter()
+        .filter(|(k, _)| k == "PodDisruptionBudget")
+        .map(|(_, d)| d)
+        .collect();
+    let mut replicated = 0;
+    for (kind, d) in objects
+        .iter()
+        .filter(|(k, _)| k == "Deployment" || k == "StatefulSet")
+    {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1);
+        let labels = &d["spec"]["template"]["metadata"]["labels"];
+        let pod = &d["spec"]["template"]["spec"];
+        if replicas > 1 {
+            replicated += 1;
+            let budget = budgets
+                .iter()
+                .find(|b| &b["spec"]["selector"]["matchLabels"] == labels)
+                .unwrap_or_else(|| panic!("{kind} {name}: no PodDisruptionBudget"));
+            let allows_one_down = budget["spec"]["maxUnavailable"] == 1
+                || budget["spec"]["minAvailable"]
+                    .as_u64()
+                    .is_some_and(|m| m >= 1 && m < replicas);
+            assert!(allows_one_down, "{name}: {budget}");
+            let anti = &pod["affinity"]["podAntiAffinity"];
+            let terms: Vec<&Value> = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(
+                    anti["preferredDuringSchedulingIgnoredDuringExecution"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|t| &t["podAffinityTerm"]),
+                )
+                .collect();
+            assert!(
+                terms
+                    .iter()
+                    .any(|t| &t["labelSelector"]["matchLabels"] == labels
+                        && t["topologyKey"] == "kubernetes.io/hostname"),
+                "{name}: replicas not spread over machines"
+            );
+            if kind == "StatefulSet" {
+                // A quorum member per machine, or one machine's loss loses quorum.
+                assert!(
+                    anti["requiredDuringSchedulingIgnoredDuringExecution"].is_array(),
+                    "{name}: quorum members must be on different machines"
+                );
+            }
+        }
+        // Our processes: alive on /livez, ready on /readyz (the checkpointer has no admin port).
+        for c in pod["containers"].as_array().into_iter().flatten() {
+            if name.starts_with("ksr-") && name != "ksr-checkpointer" {
+                assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez", "{name}");
+                assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+            } else if name != "ksr-checkpointer" && name != "vulcand" {
+                assert!(
+                    c["readinessProbe"].is_object(),
+                    "{name}: no readiness probe"
+                );
+                assert!(c["livenessProbe"].is_object(), "{name}: no liveness probe");
+            }
+        }
+    }
+    assert!(
+        replicated >= 5,
+        "nats, etcd, the watcher and both publishers"
+    );
+}
+
+#[test]
+fn every_ksr_container_runs_a_binary_of_the_one_image_kustomize_names() {
+    let kustomization = &docs(&root().join("base/kustomization.yaml"))[0];
+    let images = kustomization["images"].as_array().expect("images:");
+    assert!(
+        images
+            .iter()
+            .any(|i| i["name"] == "ksr" && i["newName"].is_string() && i["newTag"].is_string()),
+        "{images:?}"
+    );
+    let dockerfile = std::fs::read_to_string(ksr_test_support::workspace_root().join("Dockerfile"))
+        .expect("Dockerfile");
+    let mut seen = 0;
+    for path in yaml_files(&root()) {
+        for doc in docs(&path) {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            for c in doc["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if !name.starts_with("ksr-") || c["image"].is_null() {
+                    continue;
+                }
+                seen += 1;
+                assert_eq!(c["image"], "ksr", "{name}");
+                let command = c["command"][0].as_str().unwrap_or_default();
+                let binary = command
+                    .strip_prefix("/usr/local/bin/")
+                    .unwrap_or_else(|| panic!("{name}: {command}"));
+                assert!(
+                    ksr_test_support::workspace_binary(binary).is_ok(),
+                    "{name}: {binary} is not ours"
+                );
+                assert!(
+                    dockerfile.contains(&format!("target/release/{binary}")),
+                    "{name}: the image lacks {binary}"
+                );
+            }
+        }
+    }
+    assert_eq!(seen, 4);
+}
+
+#[test]
+fn the_nats_configuration_is_valid_for_the_real_nats_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("nats.conf"), nats_conf())?;
+    let keys = dir.path().join("keys");
+    let out = std::process::Command::new(ksr_test_support::workspace_binary("ksrctl")?)
+        .args(["nats-auth", "--out"])
+        .arg(&keys)
+        .args(["--clusters", "cluster-1"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::copy(keys.join("ksr-auth.conf"), dir.path().join("ksr-auth.conf"))?;
+    let out = std::process::Command::new(ksr_test_support::server_binary("nats-server")?)
+        .env("POD_NAME", "nats-0")
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.path().join("nats.conf"))
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(out.status.success() && said.contains("is valid"), "{said}");
+    Ok(())
 }

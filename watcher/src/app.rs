@@ -51,6 +51,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         nats::StreamSettings::routes(&config.nats.stream)
     };
     settings.max_age = config.stream_max_age;
+    settings.replicas = usize::from(config.stream_replicas.replicas);
     let Some(stream) = until_ready(&shutdown, &health, "stream", || {
         nats::ensure_stream(&js, &settings, config.create_stream)
     })

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use ksr_runtime::config::{AdminArgs, LogArgs, NatsArgs, parse_dns_label, parse_duration};
+use ksr_runtime::config::{
+    AdminArgs, LogArgs, NatsArgs, ReplicasArgs, parse_dns_label, parse_duration,
+};
 
 use crate::normalize::AddressMode;
 use crate::source::kube::KubeArgs;
@@ -23,7 +25,7 @@ pub enum SourceKind {
 
 /// Watches labelled Services and publishes their routes to the JetStream stream.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ksr-watcher", version, about)]
+#[command(name = "ksr-watcher", version = ksr_runtime::build_info::version(), about)]
 pub struct Config {
     /// This cluster's name (a DNS label); it prefixes every subject and Msg-Id.
     #[arg(long = "cluster", env = "KSR_CLUSTER", value_parser = parse_dns_label)]
@@ -33,6 +35,8 @@ pub struct Config {
     /// Create the stream when missing (otherwise wait for it).
     #[arg(long = "create-stream", env = "KSR_CREATE_STREAM", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_stream: bool,
+    #[command(flatten)]
+    pub stream_replicas: ReplicasArgs,
     /// The stream captures only this cluster's subjects (`ksr.routes.<cluster>.>`), so each
     /// cluster can have its own stream and an aggregate stream sources them all.
     #[arg(long = "cluster-stream", env = "KSR_CLUSTER_STREAM")]

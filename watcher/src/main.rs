@@ -7,7 +7,7 @@ use ksr_watcher::{app, config::Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    ksr_runtime::telemetry::init(&config.log)?;
+    ksr_runtime::telemetry::init(&config.log, "ksr-watcher")?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let shutdown = ksr_runtime::shutdown::on_signal();
     app::run(config, shutdown).await?;

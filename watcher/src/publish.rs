@@ -331,7 +331,7 @@ impl Publisher {
             .await
         {
             Ok(future) => future.await,
-            Err(e) => return Err(Error::Nats(format!("publish: {e}"))),
+            Err(e) => return Err(Error::Publish(e)),
         };
         self.metrics
             .publish_seconds
@@ -339,7 +339,7 @@ impl Publisher {
         match ack {
             Ok(ack) => Ok(Some(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(Error::Nats(format!("publish: {e}"))),
+            Err(e) => Err(Error::Publish(e)),
         }
     }
 }

@@ -336,7 +336,7 @@ impl Runner {
                         keys.extend(self.known.keys().map(|k| (k.namespace.clone(), k.name.clone())));
                     }
                     self.metrics.pending_services.set(keys.len() as i64);
-                    let failed = self.flush(keys, is_full).await;
+                    let (failed, uncertain) = self.flush(keys, is_full).await;
                     self.metrics.held_removals.set(self.held.len() as i64);
                     if failed.is_empty() {
                         self.metrics.last_publish.set(ksr_runtime::consumer::unix_now());
@@ -354,7 +354,10 @@ impl Runner {
                         self.metrics.publish_failures.inc();
                         self.health.set_not_ready(format!("{} Services could not be published yet", failed.len()));
                         dirty.extend(failed);
-                        reload = true;
+                        // What may have been stored is read back from the stream; what
+                        // certainly was not (no stream leader answered) is simply retried,
+                        // without a replay that would wait for the new leader.
+                        reload |= uncertain;
                     }
                     self.metrics.pending_services.set(dirty.len() as i64);
                     let routed = self.known.values().filter(|k| k.event.as_ref().is_some_and(|e| e.route().is_some())).count();
@@ -421,8 +424,9 @@ impl Runner {
         rest.into_iter().chain(released).collect()
     }
 
-    /// Publishes the differences for `keys`; returns the keys that failed.
-    async fn flush(&mut self, keys: BTreeSet<ObjKey>, full: bool) -> Vec<ObjKey> {
+    /// Publishes the differences for `keys`; returns the keys that failed, and whether any
+    /// of them may have been stored all the same.
+    async fn flush(&mut self, keys: BTreeSet<ObjKey>, full: bool) -> (Vec<ObjKey>, bool) {
         let mut wanted = Vec::with_capacity(keys.len());
         for obj in keys {
             let (route, origin) = match self.desired(&obj) {
@@ -484,6 +488,7 @@ impl Runner {
             .collect()
             .await;
         let mut failed = Vec::new();
+        let mut uncertain = false;
         for (job, r) in results {
             match r {
                 Ok(Some(known)) => {
@@ -497,11 +502,12 @@ impl Runner {
                 Err(e) => {
                     self.metrics.publish_errors.inc();
                     tracing::warn!(cluster = job.key.cluster, namespace = job.key.namespace, service = job.key.name, error = %e, "publish failed; will retry");
+                    uncertain |= !e.certainly_not_stored();
                     failed.push(job.obj);
                 }
             }
         }
-        failed
+        (failed, uncertain)
     }
 }
 
