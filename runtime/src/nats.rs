@@ -199,7 +199,6 @@ impl StreamSettings {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
             max_messages_per_subject: -1,
-            metadata: [(INCARNATION_KEY.to_owned(), now_ns().to_string())].into(),
             ..Default::default()
         }
     }
@@ -230,12 +229,6 @@ pub fn incarnation_of(info: &stream::Info) -> u64 {
 
 fn created_ns(info: &stream::Info) -> u64 {
     u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0)
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The stream's incarnation and first remaining sequence, read now (not from a cache):
@@ -277,8 +270,8 @@ pub async fn ensure_stream(
             }
             match js.create_stream(settings.config()).await {
                 Ok(created) => created,
-                // Another watcher created it first (its incarnation stamp differs from ours,
-                // so the server calls it another configuration): use theirs.
+                // Another watcher created it first with another configuration (a different
+                // --stream-max-age, say): use theirs.
                 Err(e)
                     if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(ref j)
                         if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) =>
@@ -322,8 +315,11 @@ pub async fn ensure_stream(
     if create && (unstamped || fewer) {
         let mut updated = cfg.clone();
         if unstamped {
-            // A stream created before incarnations were stamped (or by hand): stamp the
-            // creation time this server reports, once; from then on every replica agrees.
+            // Just created (racing watchers send the same configuration, which JetStream
+            // takes as one create: a different one, such as a stamp of each watcher's own
+            // clock, times out on a cluster), or created before incarnations were stamped, or
+            // by hand: stamp the creation time the stream leader reports, once; from then on
+            // every replica agrees.
             updated
                 .metadata
                 .insert(INCARNATION_KEY.to_owned(), created_ns(info).to_string());

@@ -170,6 +170,7 @@ impl NatsCluster {
         // "no suitable peers for placement").
         for node in &cluster.nodes {
             let monitor = node.monitor_port;
+            let name = node.name();
             let what = format!("JetStream meta group of {n} on {}", node.name());
             let formed = wait_until(&what, Duration::from_secs(60), || async {
                 let (200, body) = http::get(monitor, "/jsz").await? else {
@@ -177,14 +178,18 @@ impl NatsCluster {
                 };
                 let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
                 let meta = &jsz["meta_cluster"];
-                // (Only the leader lists its peers.)
-                let peers_current = meta["replicas"]
-                    .as_array()
-                    .is_none_or(|peers| peers.iter().all(|p| p["current"] == true));
-                (meta["leader"].as_str().is_some_and(|l| !l.is_empty())
-                    && meta["cluster_size"].as_u64() >= Some(n as u64)
-                    && peers_current)
-                    .then_some(())
+                let leader = meta["leader"].as_str().filter(|l| !l.is_empty())?;
+                // The leader lists its peers: all there, current and online.
+                let peers_current = if leader == name {
+                    let peers = meta["replicas"].as_array()?;
+                    peers.len() + 1 >= n
+                        && peers
+                            .iter()
+                            .all(|p| p["current"] == true && p["offline"] != true)
+                } else {
+                    true
+                };
+                (meta["cluster_size"].as_u64() >= Some(n as u64) && peers_current).then_some(())
             })
             .await;
             if let Err(e) = formed {

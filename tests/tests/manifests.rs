@@ -566,6 +566,22 @@ fn network_policies_let_only_our_processes_reach_nats_and_only_vulcand_and_its_p
         .map(str::to_owned)
         .collect()
     );
+    // The quorum members reach each other: NATS routes, etcd peers.
+    for (app, port) in [("nats", 6222), ("etcd", 2380)] {
+        assert!(
+            by_target(app).iter().any(|p| {
+                p["spec"]["ingress"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|rule| {
+                        rule["from"][0]["podSelector"]["matchLabels"]["app"] == app
+                            && rule["ports"][0]["port"] == port
+                    })
+            }),
+            "{app} members cannot reach each other on {port}"
+        );
+    }
     for path in yaml_files(&root()) {
         for doc in docs(&path) {
             if doc["metadata"]["name"] != "vulcand" {
