@@ -92,7 +92,7 @@ fn the_release_tarball_runs_reports_its_version_and_holds_what_its_manifests_run
         "ksr-publisher-consul",
         "ksrctl",
     ] {
-        let said = run(&mut Command::new(release.join("bin").join(binary)).arg("--version"))?;
+        let said = run(Command::new(release.join("bin").join(binary)).arg("--version"))?;
         anyhow::ensure!(
             said.starts_with(&format!("{binary} 0.1.0 (commit ")),
             "{binary} --version: {said}"
