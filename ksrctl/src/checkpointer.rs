@@ -79,8 +79,8 @@ pub async fn run(
         if seq >= last {
             progress = None;
         }
-        if let Err((reason, message)) = &record.event {
-            read::report_unreadable(seq, &record.subject, reason, message);
+        if let Err(e) = &record.event {
+            read::report_unreadable(seq, &record.subject, e.reason(), e);
         }
         replayed.apply(record);
         if seq < boundary {

@@ -64,14 +64,13 @@ impl Replayed {
             Ok(event) => self
                 .table
                 .apply(record.seq, record.published_unix_ns, event),
-            Err((reason, message)) if self.unreadable.len() < MAX_UNREADABLE => {
-                self.unreadable.push(Unreadable {
-                    seq: record.seq,
-                    subject: record.subject,
-                    reason: reason.to_owned(),
-                    message,
-                })
-            }
+            // (Stored as text: a checkpoint is read back by other releases.)
+            Err(e) if self.unreadable.len() < MAX_UNREADABLE => self.unreadable.push(Unreadable {
+                seq: record.seq,
+                subject: record.subject,
+                reason: e.reason().to_owned(),
+                message: e.to_string(),
+            }),
             Err(_) => self.unreadable_unlisted += 1,
         }
     }

@@ -132,8 +132,8 @@ async fn events(
     while let Some(r) = live.next().await? {
         let event = match &r.event {
             Ok(e) => e,
-            Err((reason, message)) => {
-                read::report_unreadable(r.seq, &r.subject, reason, message);
+            Err(e) => {
+                read::report_unreadable(r.seq, &r.subject, e.reason(), e);
                 continue;
             }
         };

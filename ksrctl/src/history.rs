@@ -347,10 +347,12 @@ pub struct EventRow {
 
 /// The printable form of a record, or why it cannot be read.
 pub fn event_row(r: &Latest) -> Result<EventRow, String> {
-    let event = r.event.as_ref().map_err(|(reason, message)| {
+    let event = r.event.as_ref().map_err(|e| {
         format!(
-            "unreadable event at sequence {} on {} ({reason}): {message}",
-            r.seq, r.subject
+            "unreadable event at sequence {} on {} ({}): {e}",
+            r.seq,
+            r.subject,
+            e.reason()
         )
     })?;
     let route = event.route();

@@ -94,6 +94,8 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
             p.publish.extend([
                 format!("ksr.routes.{cluster}.>"),
                 format!("$JS.API.STREAM.CREATE.{s}"),
+                // Stamping the stream's incarnation and raising its replicas.
+                format!("$JS.API.STREAM.UPDATE.{s}"),
             ]);
             p.subscribe.push(format!("ksr.control.{cluster}.>"));
             p.allow_responses = true;

@@ -67,7 +67,7 @@ impl Drop for Progress {
 }
 
 /// Reports an unreadable event on standard error.
-pub fn report_unreadable(seq: u64, subject: &str, reason: &str, message: &str) {
+pub fn report_unreadable(seq: u64, subject: &str, reason: &str, message: &dyn std::fmt::Display) {
     eprintln!(
         "ksrctl: skipping unreadable event at sequence {seq} on {subject} ({reason}): {message}"
     );
@@ -108,14 +108,16 @@ pub async fn each_owned(
             progress.set(read);
         }
         last = record.seq;
-        let unreadable = record.event.as_ref().err().map(|(reason, message)| {
-            (record.seq, record.subject.clone(), *reason, message.clone())
-        });
+        let unreadable = record
+            .event
+            .as_ref()
+            .err()
+            .map(|e| (record.seq, record.subject.clone(), e.clone()));
         if f(record).is_break() {
             break;
         }
-        if let Some((seq, subject, reason, message)) = unreadable {
-            report_unreadable(seq, &subject, reason, &message);
+        if let Some((seq, subject, e)) = unreadable {
+            report_unreadable(seq, &subject, e.reason(), &e);
         }
     }
     Ok(last)

@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio_util::sync::CancellationToken;
 
-use ksr_proto::{Event, ServiceKey, codec, subject};
+use ksr_proto::{Event, ServiceKey};
 
 use crate::RuntimeError;
 use crate::health::Health;
@@ -336,20 +336,6 @@ pub async fn run<P: Projector>(
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 
-/// Decodes one message; the reason is a metric label when it is poison.
-pub fn decode_message(msg: &async_nats::Message) -> Result<Event, (&'static str, String)> {
-    let event = codec::decode(&msg.payload).map_err(|e| (e.reason(), e.to_string()))?;
-    let key =
-        subject::parse_subject(msg.subject.as_str()).map_err(|e| ("bad_subject", e.to_string()))?;
-    if key != event.key {
-        return Err((
-            "subject_mismatch",
-            format!("subject {} carries an event for {}", msg.subject, event.key),
-        ));
-    }
-    Ok(event)
-}
-
 fn gone(stream: &Stream, consumer: &str) -> RuntimeError {
     RuntimeError::StreamRecreated {
         stream: stream.cached_info().config.name.clone(),
@@ -384,14 +370,15 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
             metrics.redelivered.inc();
         }
         newest_published_ns = newest_published_ns.max(info.published.unix_timestamp_nanos());
-        match decode_message(&msg) {
+        match crate::decode::decode_message(&msg) {
             Ok(event) => {
                 decoded.push((seq, event));
                 keep.push(msg);
             }
-            Err((reason, message)) => {
+            Err(e) => {
+                let reason = e.reason();
                 metrics.terminate(reason);
-                tracing::error!(seq, subject = %msg.subject, reason, error = %message, "poison event terminated");
+                tracing::error!(seq, subject = %msg.subject, reason, error = %e, "poison event terminated");
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
                     tracing::warn!(seq, error = %e, "could not terminate poison event");
                 }

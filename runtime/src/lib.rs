@@ -10,6 +10,7 @@ pub mod build_info;
 pub mod claims;
 pub mod config;
 pub mod consumer;
+pub mod decode;
 pub mod dns;
 pub mod drift;
 mod error;

@@ -23,8 +23,8 @@ pub struct Latest {
     /// When the stream stored it, nanoseconds since the Unix epoch.
     pub published_unix_ns: i64,
     pub subject: String,
-    /// The event, or why it could not be decoded (reason label, message).
-    pub event: Result<Event, (&'static str, String)>,
+    /// The event, or why it could not be decoded.
+    pub event: Result<Event, crate::decode::DecodeError>,
     /// The identity of the cluster its watcher watched (`Ksr-Cluster-Id`), when it says.
     pub cluster_id: Option<String>,
 }
@@ -187,7 +187,7 @@ impl Replay {
             seq,
             published_unix_ns,
             subject: msg.subject.to_string(),
-            event: crate::consumer::decode_message(&msg),
+            event: crate::decode::decode_message(&msg),
             cluster_id,
         }))
     }
@@ -211,12 +211,12 @@ pub async fn acknowledged_latest(
                 incarnation,
                 event,
             }),
-            Err((reason, message)) => {
+            Err(e) => {
                 tracing::warn!(
                     seq = l.seq,
                     subject = l.subject,
-                    reason,
-                    error = message,
+                    reason = e.reason(),
+                    error = %e,
                     "reconcile: skipping undecodable event"
                 );
                 None

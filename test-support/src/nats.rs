@@ -166,35 +166,34 @@ impl NatsCluster {
             );
         }
         let cluster = Self { nodes };
-        // Every node sees a meta leader and all its peers current (else an R3 stream has
-        // "no suitable peers for placement").
-        for node in &cluster.nodes {
-            let monitor = node.monitor_port;
-            let name = node.name();
-            let what = format!("JetStream meta group of {n} on {}", node.name());
-            let formed = wait_until(&what, Duration::from_secs(60), || async {
-                let (200, body) = http::get(monitor, "/jsz").await? else {
-                    return None;
+        // Ready when JetStream can place a stream on every node (before that, an R3 stream
+        // gets "no suitable peers for placement").
+        let url = cluster.nodes[0].url();
+        let placed = wait_until(
+            "an R3 stream placed on every node",
+            Duration::from_secs(60),
+            || async {
+                let client = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(2))
+                    .connect(url.as_str())
+                    .await
+                    .ok()?;
+                let js = async_nats::jetstream::new(client);
+                let probe = async_nats::jetstream::stream::Config {
+                    name: "KSR_TEST_CLUSTER_READY".into(),
+                    subjects: vec!["ksr-test-cluster-ready".into()],
+                    num_replicas: n,
+                    ..Default::default()
                 };
-                let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
-                let meta = &jsz["meta_cluster"];
-                let leader = meta["leader"].as_str().filter(|l| !l.is_empty())?;
-                // The leader lists its peers: all there, current and online.
-                let peers_current = if leader == name {
-                    let peers = meta["replicas"].as_array()?;
-                    peers.len() + 1 >= n
-                        && peers
-                            .iter()
-                            .all(|p| p["current"] == true && p["offline"] != true)
-                } else {
-                    true
-                };
-                (meta["cluster_size"].as_u64() >= Some(n as u64) && peers_current).then_some(())
-            })
-            .await;
-            if let Err(e) = formed {
-                anyhow::bail!("{e}; log:\n{}", node.log());
-            }
+                js.get_or_create_stream(probe).await.ok()?;
+                js.delete_stream("KSR_TEST_CLUSTER_READY").await.ok()?;
+                Some(())
+            },
+        )
+        .await;
+        if let Err(e) = placed {
+            let logs: Vec<String> = cluster.nodes.iter().map(NatsServer::log).collect();
+            anyhow::bail!("{e}; logs:\n{}", logs.join("\n---\n"));
         }
         Ok(cluster)
     }

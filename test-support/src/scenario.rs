@@ -595,6 +595,14 @@ async fn load_for(w: &mut Workload, d: Duration) {
     load_until(w, d, || async { false }).await;
 }
 
+/// The NATS node leading the route stream (waiting while it is being elected).
+async fn stream_leader(sys: &System) -> anyhow::Result<usize> {
+    eventually(READY, || {
+        sys.nats.stream_leader(ksr_proto::subject::DEFAULT_STREAM)
+    })
+    .await
+}
+
 /// Whether some member of `endpoints` holds a vulcand server `{"URL":"http://<addr>"}`.
 async fn in_etcd(endpoints: &str, addr: &std::net::SocketAddr) -> bool {
     let want = format!("http://{addr}");
@@ -850,6 +858,21 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     let a = crate::dns::query_a(sys.consul.agent.dns_port(), gone).await?;
     anyhow::ensure!(a.rcode == crate::dns::NXDOMAIN, "{gone}: {a:?}");
     out.dns_names_checked = names.len() + 1;
+    // Every watcher sees every copy of the stream current again.
+    let copies = sys.nats.nodes.len() as f64;
+    for watcher in &sys.watchers {
+        eventually(Duration::from_secs(60), || async {
+            let current = watcher.metric("ksr_watcher_stream_replicas_current").await;
+            let desired = watcher.metric("ksr_watcher_stream_replicas_desired").await;
+            anyhow::ensure!(
+                (current, desired) == (copies, copies),
+                "{}: {current} of {desired} stream copies current",
+                watcher.name
+            );
+            Ok(())
+        })
+        .await?;
+    }
 
     // Repairs and redeliveries counted by every life of every publisher.
     for kind in [Kind::Vulcand, Kind::Consul] {
@@ -1108,10 +1131,7 @@ async fn strike(
             format!("SIGKILL {} at random", names.join(" and "))
         }
         Fault::KillStreamLeader => {
-            let leader = sys
-                .nats
-                .stream_leader(ksr_proto::subject::DEFAULT_STREAM)
-                .await?;
+            let leader = stream_leader(sys).await?;
             sys.stop(Server::Nats(leader));
             let killed = Instant::now();
             // The pipeline resumed when a change made after the kill is in etcd.
@@ -1127,10 +1147,7 @@ async fn strike(
             format!("SIGKILL the stream leader (nats node {leader})")
         }
         Fault::KillNatsFollower => {
-            let leader = sys
-                .nats
-                .stream_leader(ksr_proto::subject::DEFAULT_STREAM)
-                .await?;
+            let leader = stream_leader(sys).await?;
             let node = (leader + 1 + rng.next(2) as usize) % sys.nats.nodes.len();
             sys.crash(w, Some(Server::Nats(node)), &[]).await?;
             format!("SIGKILL nats node {node}, not the stream leader")
@@ -1143,20 +1160,24 @@ async fn strike(
             format!("SIGSTOP nats node {node} for longer than the ack wait, then SIGCONT")
         }
         Fault::KillEtcdLeader => {
-            let leader = sys
-                .etcd
-                .leader()
-                .await
-                .ok_or_else(|| anyhow::anyhow!("the etcd cluster has no leader"))?;
+            let leader = eventually(READY, || async {
+                sys.etcd
+                    .leader()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("the etcd cluster has no leader"))
+            })
+            .await?;
             sys.crash(w, Some(Server::Etcd(leader)), &[]).await?;
             format!("SIGKILL the etcd leader (member {leader})")
         }
         Fault::KillConsulLeader => {
-            let leader = sys
-                .consul
-                .leader()
-                .await
-                .ok_or_else(|| anyhow::anyhow!("the Consul cluster has no leader"))?;
+            let leader = eventually(READY, || async {
+                sys.consul
+                    .leader()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("the Consul cluster has no leader"))
+            })
+            .await?;
             sys.crash(w, Some(Server::Consul(leader)), &[]).await?;
             format!("SIGKILL the Consul leader (server {leader})")
         }

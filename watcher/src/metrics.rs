@@ -43,6 +43,10 @@ pub struct WatcherMetrics {
     pub last_publish: Gauge<f64, AtomicU64>,
     /// Publishing rounds that left changes unpublished, in a row.
     pub publish_failures: Gauge,
+    /// Copies of the stream that are current now (its leader and the replicas caught up), and
+    /// how many it is configured to have.
+    pub stream_replicas_current: Gauge,
+    pub stream_replicas_desired: Gauge,
     events_written: Counter,
     event_errors: Family<ReasonLabel, Counter>,
 }
@@ -66,6 +70,8 @@ impl WatcherMetrics {
             last_full_list: Gauge::default(),
             last_publish: Gauge::default(),
             publish_failures: Gauge::default(),
+            stream_replicas_current: Gauge::default(),
+            stream_replicas_desired: Gauge::default(),
             events_written: Counter::default(),
             event_errors: Family::default(),
         };
@@ -151,6 +157,16 @@ impl WatcherMetrics {
                 "consecutive_publish_failures",
                 "Publishing rounds in a row that left changes unpublished",
                 m.publish_failures.clone(),
+            );
+            r.register(
+                "stream_replicas_current",
+                "Copies of the stream current now: its leader and every replica caught up and online",
+                m.stream_replicas_current.clone(),
+            );
+            r.register(
+                "stream_replicas_desired",
+                "Copies of the stream its configuration asks for",
+                m.stream_replicas_desired.clone(),
             );
             r.register(
                 "kubernetes_events",

@@ -121,11 +121,36 @@ impl Publisher {
     pub async fn stream_changed(&self) -> bool {
         use async_nats::jetstream::context::GetStreamErrorKind;
         match self.js.get_stream(&self.settings.name).await {
-            Ok(now) => nats::incarnation(&now) != nats::incarnation(&self.stream()),
+            Ok(now) => {
+                self.observe_replicas(now.cached_info());
+                nats::incarnation(&now) != nats::incarnation(&self.stream())
+            }
             // Only a stream the server says is gone; not NATS being unreachable.
             Err(e) => matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
                 if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND),
         }
+    }
+
+    /// Sets the replica gauges from the stream's state as its leader reports it.
+    fn observe_replicas(&self, info: &jetstream::stream::Info) {
+        let desired = info.config.num_replicas.max(1);
+        let current = match &info.cluster {
+            // Not clustered: the one copy.
+            None => 1,
+            Some(c) => {
+                usize::from(c.leader.as_deref().is_some_and(|l| !l.is_empty()))
+                    + c.replicas
+                        .iter()
+                        .filter(|p| p.current && !p.offline)
+                        .count()
+            }
+        };
+        self.metrics
+            .stream_replicas_desired
+            .set(i64::try_from(desired).unwrap_or(i64::MAX));
+        self.metrics
+            .stream_replicas_current
+            .set(i64::try_from(current).unwrap_or(i64::MAX));
     }
 
     /// The last message of every subject of this cluster, from the stream as it is now: a
@@ -134,6 +159,7 @@ impl Publisher {
     pub async fn load(&self) -> Result<HashMap<ServiceKey, Known>, Error> {
         let before = nats::incarnation(&self.stream());
         let stream = nats::ensure_stream(&self.js, &self.settings, self.create).await?;
+        self.observe_replicas(stream.cached_info());
         if nats::incarnation(&stream) != before {
             tracing::warn!(
                 cluster = self.cluster,
@@ -156,12 +182,12 @@ impl Publisher {
             };
             let event = match l.event {
                 Ok(e) => Some(e),
-                Err((reason, message)) => {
+                Err(e) => {
                     tracing::warn!(
                         seq = l.seq,
                         subject = l.subject,
-                        reason,
-                        error = message,
+                        reason = e.reason(),
+                        error = %e,
                         "last event of a subject is undecodable; it will be superseded"
                     );
                     None
