@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Soak: the end-to-end fault scenario at any size, against the release binaries.
-#   bash scripts/soak.sh [--changes N] [--faults M] [--seed S] [--no-reconcile] [--logs DIR]
+#   bash scripts/soak.sh [--changes N] [--faults M] [--seed S] [--no-reconcile] [--clustered] [--logs DIR]
+# (--clustered: three-node NATS, etcd and Consul; the faults kill their leaders.)
 # Prints what it changed, each fault, how many etcd revisions and Consul indexes the
 # recorder checked, and that the end state equals the model; exits non-zero otherwise.
 set -euo pipefail

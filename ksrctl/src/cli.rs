@@ -269,6 +269,15 @@ pub enum Command {
         #[command(subcommand)]
         target: Target,
     },
+    /// Raises the stream's replicas to --stream-replicas (never lowers them; JetStream copies it
+    /// online) and stamps its incarnation if it has none (a stream made before this release,
+    /// or by hand). Operator credentials: the watchers may only create the stream.
+    StreamUpgrade {
+        #[command(flatten)]
+        stream: NatsArgs,
+        #[command(flatten)]
+        replicas: ksr_runtime::config::ReplicasArgs,
+    },
     /// Releases the removals a watcher of CLUSTER holds back (its mass-removal guard): use it
     /// when the Services really are gone.
     ConfirmRemovals {

@@ -321,6 +321,7 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
             follow,
         } => checkpointer::run(&stream, &checkpoints, replicas, every, follow).await,
         Command::ConfirmRemovals { stream, cluster } => confirm_removals(&stream, &cluster).await,
+        Command::StreamUpgrade { stream, replicas } => stream_upgrade(&stream, replicas).await,
         Command::NatsAuth {
             out,
             clusters,
@@ -364,6 +365,24 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
 }
 
 /// Asks the watchers of `cluster` to publish the removals they hold back.
+async fn stream_upgrade(
+    stream: &crate::cli::NatsArgs,
+    replicas: ksr_runtime::config::ReplicasArgs,
+) -> Result<Outcome, Error> {
+    let js = async_nats::jetstream::new(crate::read::connect(stream).await?);
+    let done =
+        ksr_runtime::nats::upgrade_stream(&js, &stream.stream, usize::from(replicas.replicas))
+            .await?;
+    let (from, to) = done.replicas;
+    println!(
+        "stream {}: replicas {from} → {to}; incarnation {}",
+        stream.stream,
+        done.stamped
+            .map_or_else(|| "already stamped".to_owned(), |i| format!("stamped {i}"))
+    );
+    Ok(Outcome::Clean)
+}
+
 async fn confirm_removals(stream: &crate::cli::NatsArgs, cluster: &str) -> Result<Outcome, Error> {
     let client = crate::read::connect(stream).await?;
     let subject = ksr_proto::subject::confirm_removals_subject(cluster);

@@ -94,8 +94,6 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
             p.publish.extend([
                 format!("ksr.routes.{cluster}.>"),
                 format!("$JS.API.STREAM.CREATE.{s}"),
-                // Stamping the stream's incarnation and raising its replicas.
-                format!("$JS.API.STREAM.UPDATE.{s}"),
             ]);
             p.subscribe.push(format!("ksr.control.{cluster}.>"));
             p.allow_responses = true;
@@ -121,8 +119,12 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
         }
         Role::Operator => {
             audit(n, &mut p);
-            p.publish
-                .extend(["ksr.routes.>".to_owned(), "ksr.control.>".to_owned()]);
+            p.publish.extend([
+                "ksr.routes.>".to_owned(),
+                "ksr.control.>".to_owned(),
+                // `ksrctl stream-upgrade`: replicas and the incarnation stamp.
+                format!("$JS.API.STREAM.UPDATE.{s}"),
+            ]);
         }
     }
     p
@@ -240,6 +242,24 @@ mod tests {
             );
         }
         assert_eq!(p.subscribe, vec!["_INBOX.>", "ksr.control.east.>"]);
+    }
+
+    #[test]
+    fn only_the_operator_may_update_the_stream() {
+        let update = "$JS.API.STREAM.UPDATE.KSR_ROUTES".to_owned();
+        assert!(
+            permissions(&Role::Operator, &names())
+                .publish
+                .contains(&update)
+        );
+        for role in [
+            Role::Watcher("east".into()),
+            Role::Publisher("vulcand"),
+            Role::Checkpointer,
+            Role::Ksrctl,
+        ] {
+            assert!(!permissions(&role, &names()).publish.contains(&update));
+        }
     }
 
     #[test]

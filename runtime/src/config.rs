@@ -55,7 +55,7 @@ pub struct NatsArgs {
 
 /// How many copies JetStream keeps of what a process creates (the route stream, the
 /// checkpoint bucket): 1 on a single server, 3 on a three-node cluster to survive the loss of
-/// any one node. Only raises the replicas of an existing stream, never lowers them.
+/// any one node. An existing stream keeps its replicas (`ksrctl stream-upgrade` raises them).
 #[derive(Debug, Clone, Copy, Args)]
 pub struct ReplicasArgs {
     /// Replicas of the JetStream stream (or bucket) this process creates; at most the number of

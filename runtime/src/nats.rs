@@ -199,6 +199,8 @@ impl StreamSettings {
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
             max_messages_per_subject: -1,
+            // This creation's incarnation, in the configuration every replica shares.
+            metadata: [(INCARNATION_KEY.to_owned(), now_ns().to_string())].into(),
             ..Default::default()
         }
     }
@@ -229,6 +231,62 @@ pub fn incarnation_of(info: &stream::Info) -> u64 {
 
 fn created_ns(info: &stream::Info) -> u64 {
     u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0)
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// What [`upgrade_stream`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamUpgrade {
+    pub replicas: (usize, usize),
+    /// The incarnation stamped now (`None`: it was stamped already).
+    pub stamped: Option<u64>,
+}
+
+/// Brings an existing stream up to date, as an operator (the watchers may only create it):
+/// raises its replicas to `replicas` (never lowers them; JetStream copies it to the new
+/// replicas online) and stamps its incarnation when a stream made before stamping (or by
+/// hand) has none — the creation time its leader reports, the value fences already carry on a
+/// single server.
+pub async fn upgrade_stream(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<StreamUpgrade, RuntimeError> {
+    let err = |message: String| RuntimeError::Stream {
+        stream: name.to_owned(),
+        message,
+    };
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| err(format!("cannot read info: {e}")))?;
+    let mut updated = info.config.clone();
+    let stamped = (!updated.metadata.contains_key(INCARNATION_KEY)).then(|| created_ns(info));
+    if let Some(incarnation) = stamped {
+        updated
+            .metadata
+            .insert(INCARNATION_KEY.to_owned(), incarnation.to_string());
+    }
+    let before = updated.num_replicas;
+    updated.num_replicas = before.max(replicas);
+    if stamped.is_some() || updated.num_replicas != before {
+        js.update_stream(updated.clone())
+            .await
+            .map_err(|e| err(format!("cannot update its configuration: {e}")))?;
+    }
+    Ok(StreamUpgrade {
+        replicas: (before, updated.num_replicas),
+        stamped,
+    })
 }
 
 /// The stream's incarnation and first remaining sequence, read now (not from a cache):
@@ -270,8 +328,9 @@ pub async fn ensure_stream(
             }
             match js.create_stream(settings.config()).await {
                 Ok(created) => created,
-                // Another watcher created it first with another configuration (a different
-                // --stream-max-age, say): use theirs.
+                // Another watcher created it first (each stamps its own incarnation, so the
+                // server calls it another configuration): use theirs. (On a cluster JetStream
+                // may instead let this create time out; the caller retries and finds it.)
                 Err(e)
                     if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(ref j)
                         if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) =>
@@ -310,45 +369,10 @@ pub async fn ensure_stream(
             "is not file-backed: events would not survive a restart".into(),
         ));
     }
-    let unstamped = !cfg.metadata.contains_key(INCARNATION_KEY);
-    let fewer = cfg.num_replicas < settings.replicas;
-    if create && (unstamped || fewer) {
-        let mut updated = cfg.clone();
-        if unstamped {
-            // Just created (racing watchers send the same configuration, which JetStream
-            // takes as one create: a different one, such as a stamp of each watcher's own
-            // clock, times out on a cluster), or created before incarnations were stamped, or
-            // by hand: stamp the creation time the stream leader reports, once; from then on
-            // every replica agrees.
-            updated
-                .metadata
-                .insert(INCARNATION_KEY.to_owned(), created_ns(info).to_string());
-        }
-        if fewer {
-            // Moving to a cluster: JetStream copies the stream to the new replicas online.
-            tracing::info!(stream = %settings.name, from = cfg.num_replicas, to = settings.replicas,
-                           "raising the stream's replicas");
-            updated.num_replicas = settings.replicas;
-        }
-        js.update_stream(updated)
-            .await
-            .map_err(|e| err(format!("cannot update its configuration: {e}")))?;
-        stream = js
-            .get_stream(&settings.name)
-            .await
-            .map_err(|e| err(format!("cannot read: {e}")))?;
-        if !stream
-            .cached_info()
-            .config
-            .metadata
-            .contains_key(INCARNATION_KEY)
-        {
-            tracing::warn!(stream = %settings.name,
-                           "the server drops stream metadata (nats-server older than 2.10): on a cluster a new stream leader will look like a recreated stream");
-        }
-    } else if cfg.num_replicas > settings.replicas {
-        tracing::info!(stream = %settings.name, replicas = cfg.num_replicas, asked = settings.replicas,
-                       "the stream keeps its replicas (raised, never lowered, here)");
+    if !cfg.metadata.contains_key(INCARNATION_KEY) || cfg.num_replicas < settings.replicas {
+        tracing::warn!(stream = %settings.name, replicas = cfg.num_replicas, asked = settings.replicas,
+                       stamped = cfg.metadata.contains_key(INCARNATION_KEY),
+                       "the stream has fewer replicas than asked or no incarnation stamp: run `ksrctl stream-upgrade` (operator credentials)");
     }
     Ok(stream)
 }

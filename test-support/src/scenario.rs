@@ -595,6 +595,20 @@ async fn load_for(w: &mut Workload, d: Duration) {
     load_until(w, d, || async { false }).await;
 }
 
+/// The member `find` says leads its cluster (waiting while one is being elected).
+async fn leader<F, Fut>(cluster: &str, find: F) -> anyhow::Result<usize>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<usize>>,
+{
+    eventually(READY, || async {
+        find()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the {cluster} cluster has no leader"))
+    })
+    .await
+}
+
 /// The NATS node leading the route stream (waiting while it is being elected).
 async fn stream_leader(sys: &System) -> anyhow::Result<usize> {
     eventually(READY, || {
@@ -1160,24 +1174,12 @@ async fn strike(
             format!("SIGSTOP nats node {node} for longer than the ack wait, then SIGCONT")
         }
         Fault::KillEtcdLeader => {
-            let leader = eventually(READY, || async {
-                sys.etcd
-                    .leader()
-                    .await
-                    .ok_or_else(|| anyhow::anyhow!("the etcd cluster has no leader"))
-            })
-            .await?;
+            let leader = leader("etcd", || sys.etcd.leader()).await?;
             sys.crash(w, Some(Server::Etcd(leader)), &[]).await?;
             format!("SIGKILL the etcd leader (member {leader})")
         }
         Fault::KillConsulLeader => {
-            let leader = eventually(READY, || async {
-                sys.consul
-                    .leader()
-                    .await
-                    .ok_or_else(|| anyhow::anyhow!("the Consul cluster has no leader"))
-            })
-            .await?;
+            let leader = leader("Consul", || sys.consul.leader()).await?;
             sys.crash(w, Some(Server::Consul(leader)), &[]).await?;
             format!("SIGKILL the Consul leader (server {leader})")
         }

@@ -650,15 +650,25 @@ fn listed(args: &[String], flag: &str) -> Vec<String> {
         .collect()
 }
 
+/// A three-member StatefulSet started all at once (members need each other to be ready):
+/// its headless Service and each member's DNS name.
+fn quorum(name: &str) -> (String, Vec<String>) {
+    let set = workload(name);
+    assert_eq!(set["spec"]["replicas"], 3, "{name}");
+    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel", "{name}");
+    let service = set["spec"]["serviceName"]
+        .as_str()
+        .expect("serviceName")
+        .to_owned();
+    let members = (0..3)
+        .map(|i| format!("{name}-{i}.{service}.kube-service-router.svc"))
+        .collect();
+    (service, members)
+}
+
 #[test]
 fn nats_runs_as_a_three_server_cluster_and_every_client_knows_every_server() {
-    let set = workload("nats");
-    assert_eq!(set["spec"]["replicas"], 3);
-    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel");
-    let service = set["spec"]["serviceName"].as_str().expect("serviceName");
-    let pods: Vec<String> = (0..3)
-        .map(|i| format!("nats-{i}.{service}.kube-service-router.svc"))
-        .collect();
+    let (service, pods) = quorum("nats");
     let conf = nats_conf();
     assert!(conf.contains("server_name: $POD_NAME"), "{conf}");
     for pod in &pods {
@@ -694,13 +704,7 @@ fn nats_runs_as_a_three_server_cluster_and_every_client_knows_every_server() {
 
 #[test]
 fn etcd_runs_as_three_members_and_the_publisher_knows_every_member() {
-    let set = workload("etcd");
-    assert_eq!(set["spec"]["replicas"], 3);
-    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel");
-    let service = set["spec"]["serviceName"].as_str().expect("serviceName");
-    let members: Vec<String> = (0..3)
-        .map(|i| format!("etcd-{i}.{service}.kube-service-router.svc"))
-        .collect();
+    let (_, members) = quorum("etcd");
     for path in [
         root().join("base/etcd.yaml"),
         root().join("overlays/vulcand-v0.8/etcd.yaml"),

@@ -1,9 +1,12 @@
 //! The route stream on a three-node NATS cluster: made with the replicas asked for by watchers
-//! racing to create it, raised (never lowered) when it exists with fewer, and one incarnation
-//! whichever server answers — the fence of every record depends on it.
+//! racing to create it, raised (never lowered) by `ksrctl stream-upgrade` when it exists with
+//! fewer, and one incarnation whichever server answers — the fence of every record depends on
+//! it.
 
 use async_nats::jetstream::{self, stream};
-use ksr_runtime::nats::{INCARNATION_KEY, StreamSettings, ensure_stream, incarnation};
+use ksr_runtime::nats::{
+    INCARNATION_KEY, StreamSettings, StreamUpgrade, ensure_stream, incarnation, upgrade_stream,
+};
 use ksr_test_support::NatsCluster;
 
 fn settings(replicas: usize) -> StreamSettings {
@@ -40,7 +43,7 @@ async fn watchers_racing_to_create_the_stream_make_one_r3_stream_with_one_incarn
         on(&cluster, 2).await?,
     );
     // Each retries as a watcher does: on a cluster, JetStream answers only one of several
-    // concurrent creates or updates of a stream and lets the others time out (10 s; measured
+    // concurrent creates with different configurations (each stamps its own incarnation) and lets the others time out (10 s; measured
     // here, nats-server 2.10.27) — a one-off delay at a fresh installation, never a second
     // stream or incarnation.
     let make = |js: jetstream::Context| async move {
@@ -72,7 +75,7 @@ async fn watchers_racing_to_create_the_stream_make_one_r3_stream_with_one_incarn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_single_replica_stream_made_by_hand_is_raised_to_r3_and_stamped_once()
+async fn a_single_replica_stream_made_by_hand_is_raised_to_r3_and_stamped_once_by_an_operator()
 -> anyhow::Result<()> {
     let cluster = NatsCluster::start(3).await?;
     let js = on(&cluster, 0).await?;
@@ -93,8 +96,25 @@ async fn a_single_replica_stream_made_by_hand_is_raised_to_r3_and_stamped_once()
     let read = ensure_stream(&js, &settings(3), false).await?;
     assert_eq!(read.cached_info().config.num_replicas, 1);
     assert_eq!(incarnation(&read), before);
-    // The watcher raises it and stamps the creation time it was made with.
-    let raised = ensure_stream(&js, &settings(3), true).await?;
+    // A watcher may only create it: it leaves it as it is (and says so in its log).
+    let watched = ensure_stream(&js, &settings(3), true).await?;
+    assert_eq!(watched.cached_info().config.num_replicas, 1);
+    // `ksrctl stream-upgrade` raises it and stamps the creation time it was made with.
+    let out = std::process::Command::new(ksr_test_support::workspace_binary("ksrctl")?)
+        .args(["stream-upgrade", "--stream-replicas", "3", "--nats-url"])
+        .arg(cluster.urls())
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        said.trim(),
+        format!("stream KSR_ROUTES: replicas 1 → 3; incarnation stamped {before}")
+    );
+    let raised = ensure_stream(&js, &settings(3), false).await?;
     assert_eq!(raised.cached_info().config.num_replicas, 3);
     assert_eq!(
         raised.cached_info().config.metadata.get(INCARNATION_KEY),
@@ -107,7 +127,15 @@ async fn a_single_replica_stream_made_by_hand_is_raised_to_r3_and_stamped_once()
     })
     .await?;
     assert_eq!(seen.len(), 3);
-    // A watcher asking for fewer replicas never lowers them.
+    // Asking for fewer replicas never lowers them; a stamped stream keeps its stamp.
+    let again = upgrade_stream(&js, "KSR_ROUTES", 1).await?;
+    assert_eq!(
+        again,
+        StreamUpgrade {
+            replicas: (3, 3),
+            stamped: None
+        }
+    );
     let kept = ensure_stream(&js, &settings(1), true).await?;
     assert_eq!(kept.cached_info().config.num_replicas, 3);
     assert_eq!(incarnation(&kept), before);
