@@ -233,6 +233,13 @@ fn created_ns(info: &stream::Info) -> u64 {
     u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0)
 }
 
+/// Whether the stream lives on a JetStream cluster (a single server names none).
+fn clustered(info: &stream::Info) -> bool {
+    info.cluster
+        .as_ref()
+        .is_some_and(|c| c.name.as_deref().is_some_and(|n| !n.is_empty()))
+}
+
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -269,6 +276,12 @@ pub async fn upgrade_stream(
         .info()
         .await
         .map_err(|e| err(format!("cannot read info: {e}")))?;
+    if replicas > 1 && !clustered(info) {
+        // A single server stores any number and keeps one copy.
+        return Err(err(format!(
+            "the NATS server is not clustered: {replicas} replicas would be a number, not copies"
+        )));
+    }
     let mut updated = info.config.clone();
     let stamped = (!updated.metadata.contains_key(INCARNATION_KEY)).then(|| created_ns(info));
     if let Some(incarnation) = stamped {
@@ -368,6 +381,10 @@ pub async fn ensure_stream(
         return Err(err(
             "is not file-backed: events would not survive a restart".into(),
         ));
+    }
+    if settings.replicas > 1 && !clustered(info) {
+        tracing::warn!(stream = %settings.name, asked = settings.replicas,
+                       "--stream-replicas asks for copies but the NATS server is not clustered: the stream has one");
     }
     if !cfg.metadata.contains_key(INCARNATION_KEY) || cfg.num_replicas < settings.replicas {
         tracing::warn!(stream = %settings.name, replicas = cfg.num_replicas, asked = settings.replicas,

@@ -141,3 +141,15 @@ async fn a_single_replica_stream_made_by_hand_is_raised_to_r3_and_stamped_once_b
     assert_eq!(incarnation(&kept), before);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_single_server_refuses_replicas_it_cannot_keep() -> anyhow::Result<()> {
+    let nats = ksr_test_support::NatsServer::start().await?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    ensure_stream(&js, &settings(1), true).await?;
+    let refused = upgrade_stream(&js, "KSR_ROUTES", 3).await.unwrap_err();
+    assert!(refused.to_string().contains("not clustered"), "{refused}");
+    let kept = ensure_stream(&js, &settings(1), false).await?;
+    assert_eq!(kept.cached_info().config.num_replicas, 1);
+    Ok(())
+}
