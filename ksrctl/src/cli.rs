@@ -315,6 +315,18 @@ pub enum Command {
         #[command(flatten)]
         checkpoints: CheckpointArgs,
     },
+    /// The whole story of one Service: its events in the stream and what each publisher last
+    /// reported doing with it (serving it, keeping it waiting behind an older claim and whose,
+    /// or refusing it).
+    Explain {
+        #[command(flatten)]
+        stream: NatsArgs,
+        /// The Service: CLUSTER/NAMESPACE/NAME.
+        #[arg(value_parser = parse_service)]
+        service: ksr_proto::ServiceKey,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// The stream, its consumers' lag, each cluster's last event, the newest checkpoint.
     Status {
         #[command(flatten)]
@@ -326,6 +338,18 @@ pub enum Command {
     },
 }
 
+/// Parses `CLUSTER/NAMESPACE/NAME` (three DNS labels).
+fn parse_service(s: &str) -> Result<ksr_proto::ServiceKey, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let [cluster, namespace, name] = parts[..] else {
+        return Err(format!("{s:?} is not CLUSTER/NAMESPACE/NAME"));
+    };
+    for part in [cluster, namespace, name] {
+        ksr_runtime::config::parse_dns_label(part)?;
+    }
+    Ok(ksr_proto::ServiceKey::new(cluster, namespace, name))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -335,6 +359,14 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn explain_takes_one_service_as_cluster_namespace_name() {
+        assert!(parse_service("east/shop/web").is_ok());
+        for bad in ["east/web", "east/shop/web/x", "east/Shop/web", "east//web"] {
+            assert!(parse_service(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

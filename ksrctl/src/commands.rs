@@ -13,7 +13,7 @@ use ksr_runtime::replay::Replay;
 use crate::checkpoints::{self, Checkpoints, Replayed};
 use crate::cli::{Command, FilterArgs, Output};
 use crate::history::{self, At, EventRow, Filter};
-use crate::{Error, Outcome, changes, checkpointer, read, routes, status, verify};
+use crate::{Error, Outcome, changes, checkpointer, explain, read, routes, status, verify};
 
 fn instant(s: &str) -> Result<At, Error> {
     history::parse_instant(s, history::now_ns()).map_err(Error::Usage)
@@ -358,6 +358,19 @@ pub async fn run(command: Command) -> Result<Outcome, Error> {
                 println!("{}", serde_json::to_string(&st)?);
             } else {
                 print!("{}", status::render(&st));
+            }
+            Ok(Outcome::Clean)
+        }
+        Command::Explain {
+            stream,
+            service,
+            output,
+        } => {
+            let e = explain::explain(&stream, &service).await?;
+            if output.resolve() == Output::Json {
+                println!("{}", serde_json::to_string(&e)?);
+            } else {
+                print!("{}", explain::render(&e));
             }
             Ok(Outcome::Clean)
         }

@@ -68,8 +68,22 @@ fn read(n: &Names, p: &mut Permissions) {
     p.subscribe.push("_INBOX.>".into());
 }
 
+/// Reading the publishers' per-Service status bucket (its newest entries, a watch of them).
+fn read_status(n: &Names, p: &mut Permissions) {
+    let b = format!("KV_{}", ksr_runtime::status::bucket(&n.stream));
+    p.publish.extend([
+        format!("$JS.API.STREAM.INFO.{b}"),
+        // Ephemeral (ordered) consumers only, as on the route stream.
+        format!("$JS.API.CONSUMER.CREATE.{b}"),
+        format!("$JS.API.STREAM.MSG.GET.{b}"),
+        format!("$JS.API.DIRECT.GET.{b}.>"),
+        format!("$JS.FC.{b}.>"),
+    ]);
+}
+
 /// Reading checkpoints (an object store) and consumer states, as ksrctl does.
 fn audit(n: &Names, p: &mut Permissions) {
+    read_status(n, p);
     let (s, b) = (&n.stream, format!("OBJ_{}", n.checkpoint_bucket));
     p.publish.extend([
         "$JS.API.STREAM.NAMES".to_owned(),
@@ -97,6 +111,8 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
             ]);
             p.subscribe.push(format!("ksr.control.{cluster}.>"));
             p.allow_responses = true;
+            // The publishers' status of this cluster's Services, for Kubernetes Events.
+            read_status(n, &mut p);
         }
         Role::Publisher(kind) => {
             let d = format!("ksr-{kind}-{}", n.owner);
@@ -105,6 +121,13 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
                 format!("$JS.API.CONSUMER.INFO.{s}.{d}"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{s}.{d}"),
                 format!("$JS.ACK.{s}.{d}.>"),
+            ]);
+            // Its own per-Service status entries, and the bucket when it is missing.
+            let b = ksr_runtime::status::bucket(s);
+            p.publish.extend([
+                format!("$KV.{b}.{d}.>"),
+                format!("$JS.API.STREAM.INFO.KV_{b}"),
+                format!("$JS.API.STREAM.CREATE.KV_{b}"),
             ]);
         }
         Role::Ksrctl => audit(n, &mut p),
@@ -242,6 +265,12 @@ mod tests {
             );
         }
         assert_eq!(p.subscribe, vec!["_INBOX.>", "ksr.control.east.>"]);
+        // It reads the publishers' status, never writes it.
+        assert!(!p.publish.iter().any(|s| s.starts_with("$KV.")));
+        assert!(
+            p.publish
+                .contains(&"$JS.API.CONSUMER.CREATE.KV_KSR_ROUTES_status".to_owned())
+        );
     }
 
     #[test]
@@ -271,6 +300,9 @@ mod tests {
             p.publish
                 .contains(&"$JS.ACK.KSR_ROUTES.ksr-vulcand-ksr.>".to_owned())
         );
+        // Status entries under its own name only.
+        let kv: Vec<_> = p.publish.iter().filter(|s| s.starts_with("$KV.")).collect();
+        assert_eq!(kv, vec!["$KV.KSR_ROUTES_status.ksr-vulcand-ksr.>"]);
     }
 
     #[test]

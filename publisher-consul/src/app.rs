@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         projector: &projector,
         registry: &registry,
         health: &health,
+        js: &js,
     };
     let projector = &projector;
     let env = environment.as_str();

@@ -117,6 +117,13 @@ impl Target for ConsulTarget {
         key.namespace.clone()
     }
 
+    fn describe(record: &ConsulRecord) -> String {
+        format!(
+            "{}.{}.service.consul",
+            record.meta.label, record.meta.environment
+        )
+    }
+
     fn ops(&self, id: &str, before: Option<&ConsulRecord>, after: &ConsulRecord) -> Vec<CatalogOp> {
         let from = before.and_then(|r| self.instance(id, r));
         let to = self.instance(id, after);

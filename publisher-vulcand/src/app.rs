@@ -153,6 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         projector: &projector,
         registry: &registry,
         health: &health,
+        js: &js,
     };
     let projector = &projector;
     let reconcile = |stream: Stream, floor: u64| async move {

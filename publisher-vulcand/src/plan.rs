@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use ksr_proto::ServiceKey;
 use ksr_runtime::consumer::Delivery;
 use ksr_runtime::plan::{Desired, DesiredOf, Target};
+use ksr_runtime::status::Standing;
 
 use crate::layout::Layout;
 use crate::projection::{KeyOp, Projection, diff, project};
@@ -84,6 +85,48 @@ impl Target for VulcandTarget {
         waiting.sort();
         waiting.dedup();
         (owner, waiting)
+    }
+
+    fn describe(record: &HostRecord) -> String {
+        record.meta.host.clone()
+    }
+
+    /// The owning namespace's path owners serve; its other Services wait for the owner of
+    /// their path; every other namespace waits for the owning one.
+    fn standings(record: &HostRecord) -> Vec<(ServiceKey, u64, Standing)> {
+        let host = &record.meta.host;
+        let name = |path: &str| format!("{host} path {path}");
+        let routed = routes(record);
+        let (owners, others) = record.claims.split(Self::group);
+        let owner_since = owners.iter().map(|c| c.since).min().unwrap_or(0);
+        let mut out = Vec::new();
+        for (path, claims) in &routed.paths {
+            for c in claims {
+                let s = Standing::Serving { name: name(path) };
+                out.push((c.key(), c.seq, s));
+            }
+        }
+        for c in &routed.waiting_paths {
+            let holders = routed.paths.get(c.data.path.as_str());
+            let holder = holders.and_then(|h| h.first());
+            let s = Standing::Waiting {
+                name: name(&c.data.path),
+                owner: holder.map_or_else(String::new, |h| format!("{}/{}", h.namespace, h.name)),
+                owner_since: holders
+                    .map(|h| h.iter().map(|c| c.data.path_since).min().unwrap_or(0))
+                    .unwrap_or(0),
+            };
+            out.push((c.key(), c.seq, s));
+        }
+        for c in others {
+            let s = Standing::Waiting {
+                name: name(&c.data.path),
+                owner: routed.owner.unwrap_or_default().to_owned(),
+                owner_since,
+            };
+            out.push((c.key(), c.seq, s));
+        }
+        out
     }
 
     fn ops(&self, _id: &str, before: Option<&HostRecord>, after: &HostRecord) -> Vec<KeyOp> {
@@ -195,6 +238,19 @@ mod tests {
             VulcandTarget::status(&r),
             (Some("b-c".into()), vec!["c".into()])
         );
+        let standings = VulcandTarget::standings(&r);
+        assert_eq!(
+            standings[1],
+            (
+                ServiceKey::new("east", "c", "intruder"),
+                2,
+                Standing::Waiting {
+                    name: "x-b-c.test.service.consul path /admin.*".into(),
+                    owner: "b-c".into(),
+                    owner_since: 5
+                }
+            )
+        );
     }
 
     #[test]
@@ -220,5 +276,22 @@ mod tests {
             VulcandTarget::status(&r).1,
             vec!["a/other on /.*".to_owned()]
         );
+        let other = VulcandTarget::standings(&r)
+            .into_iter()
+            .find(|(k, _, _)| k.name == "other")
+            .unwrap();
+        assert_eq!(
+            other.2,
+            Standing::Waiting {
+                name: "x-b-c.test.service.consul path /.*".into(),
+                owner: "a/web".into(),
+                owner_since: 1
+            }
+        );
+        let serving = VulcandTarget::standings(&r)
+            .into_iter()
+            .filter(|(_, _, s)| matches!(s, Standing::Serving { .. }))
+            .count();
+        assert_eq!(serving, 3, "web in two clusters and api");
     }
 }

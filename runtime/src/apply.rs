@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use crate::config::Policy;
 use crate::consumer::{ApplyReport, Delivery};
-use crate::plan::{StateOf, Target, UnitOf, pack, plan};
+use crate::plan::{StateOf, Target, UnitOf, changes, pack, plan};
 
 /// How many transactions of one batch are in flight at once.
 const CONCURRENCY: usize = 8;
@@ -122,6 +122,7 @@ pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<Appl
             match result {
                 Ok(Commit::Committed(c)) => {
                     store.settle(&units, &c, &mut report);
+                    report.changes.extend(changes::<S::T>(&units));
                     if let Err(e) = store.after_commit(&units, &c).await {
                         failure = Some(e);
                     }
@@ -178,6 +179,7 @@ pub async fn apply_alone<S: Store>(
         match result {
             Ok(Commit::Committed(c)) => {
                 store.settle(&units, &c, report);
+                report.changes.extend(changes::<S::T>(&units));
                 return store.after_commit(&units, &c).await;
             }
             Ok(Commit::Conflict) => {

@@ -52,6 +52,8 @@ pub struct ApplyReport {
     pub rejected: Vec<(u64, String)>,
     /// Removals acknowledged without being applied (`--policy upsert-only`).
     pub skipped_removals: u64,
+    /// Where the Services the batch touched stand now ([`crate::status`]).
+    pub changes: Vec<crate::status::Change>,
 }
 
 /// A failed apply: transient failures are retried by redelivery.
@@ -233,6 +235,20 @@ impl ConsumerMetrics {
     }
 }
 
+/// A report's status changes, with the Services whose events the target refused.
+fn report_changes(report: &ApplyReport, deliveries: &[Delivery]) -> Vec<crate::status::Change> {
+    let mut out = report.changes.clone();
+    for (seq, reason) in &report.rejected {
+        if let Some(d) = deliveries.iter().find(|d| d.seq == *seq) {
+            let standing = crate::status::Standing::Rejected {
+                reason: reason.clone(),
+            };
+            out.push((d.event.key.clone(), d.seq, Some(standing)));
+        }
+    }
+    out
+}
+
 /// Loop settings.
 #[derive(Debug, Clone)]
 pub struct LoopOptions {
@@ -240,6 +256,8 @@ pub struct LoopOptions {
     pub max_retry_delay: Duration,
     /// The incarnation of the stream consumed ([`crate::nats::incarnation`]).
     pub incarnation: u64,
+    /// Where each applied batch's status changes go (none: not reported).
+    pub status: Option<crate::status_writer::StatusWriter>,
 }
 
 /// Whether the consumer (or its stream) is gone, or its stream is another incarnation than
@@ -421,6 +439,9 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
             }
             metrics.stale.inc_by(report.stale);
             metrics.removals_skipped.inc_by(report.skipped_removals);
+            if let Some(status) = &options.status {
+                status.report(report_changes(&report, &deliveries));
+            }
             let now_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i128)

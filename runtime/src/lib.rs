@@ -22,6 +22,8 @@ pub mod replay;
 pub mod retry;
 pub mod serve;
 pub mod shutdown;
+pub mod status;
+pub mod status_writer;
 pub mod telemetry;
 pub mod tls;
 

@@ -18,6 +18,7 @@ use ksr_proto::ServiceKey;
 
 use crate::claims::Claims;
 use crate::consumer::Delivery;
+use crate::status::{Change, Standing};
 
 /// A record as last read or written: `rev` is its revision in the store, 0 when absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +280,32 @@ pub trait Target {
         w.dedup();
         (owner, w)
     }
+    /// How a record's name reads to a Service's owner (a hostname, a DNS name).
+    fn describe(record: &NameRecord<Self::Meta, Self::Data>) -> String;
+    /// Where each claim of a record stands, with the sequence of the event that set it: by
+    /// default the owning group serves it and every other group waits for that group.
+    fn standings(record: &NameRecord<Self::Meta, Self::Data>) -> Vec<(ServiceKey, u64, Standing)> {
+        let (owners, waiting) = record.claims.split(Self::group);
+        let name = Self::describe(record);
+        let owner = owners
+            .first()
+            .map(|c| Self::group_label(&c.key()))
+            .unwrap_or_default();
+        let owner_since = owners.iter().map(|c| c.since).min().unwrap_or(0);
+        let serving = owners.iter().map(|c| {
+            let s = Standing::Serving { name: name.clone() };
+            (c.key(), c.seq, s)
+        });
+        let waits = waiting.iter().map(|c| {
+            let s = Standing::Waiting {
+                name: name.clone(),
+                owner: owner.clone(),
+                owner_since,
+            };
+            (c.key(), c.seq, s)
+        });
+        serving.chain(waits).collect()
+    }
     /// The target writes that turn the projection of `before` into that of `after`.
     fn ops(
         &self,
@@ -367,6 +394,27 @@ pub fn simulate<T: Target>(target: &T, latest: &[Delivery]) -> (StateOf<T>, Vec<
         }
     }
     (state, planned.rejected)
+}
+
+/// The status changes committed units make: where every Service claiming a name they wrote
+/// stands now, and the Services that claim nothing any more.
+pub fn changes<T: Target>(units: &[UnitOf<T>]) -> Vec<Change> {
+    let mut out = Vec::new();
+    for u in units {
+        for (key, record) in &u.services {
+            if record.claim.is_none() {
+                out.push((key.clone(), record.seq, None));
+            }
+        }
+        for record in u.names.iter().filter_map(|(_, r)| r.as_ref()) {
+            out.extend(
+                T::standings(record)
+                    .into_iter()
+                    .map(|(key, seq, s)| (key, seq, Some(s))),
+            );
+        }
+    }
+    out
 }
 
 /// Recomputes a record's derived `owner` and `waiting`.

@@ -12,6 +12,7 @@ use crate::consumer::{self, ConsumerMetrics, LoopOptions, Projector};
 use crate::health::Health;
 use crate::metrics::MetricsRegistry;
 use crate::retry::until_ok;
+use crate::status_writer::{StatusTarget, StatusWriter};
 use crate::{RuntimeError, nats, shutdown};
 
 /// What a publisher brings to [`follow`].
@@ -25,6 +26,8 @@ pub struct Publisher<'a, P> {
     pub projector: &'a P,
     pub registry: &'a MetricsRegistry,
     pub health: &'a Health,
+    /// Where the per-Service status goes ([`crate::status`]).
+    pub js: &'a async_nats::jetstream::Context,
 }
 
 /// Creates the durable consumer and runs the consumer loop and the reconciliation loop until
@@ -40,6 +43,7 @@ pub async fn consume<P, R, Fut>(
     p: &Publisher<'_, P>,
     stream: &Stream,
     metrics: &ConsumerMetrics,
+    status: Option<StatusWriter>,
     reconcile: R,
     shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError>
@@ -61,6 +65,7 @@ where
         batch_size: p.args.batch_size as usize,
         max_retry_delay: p.args.max_retry_delay,
         incarnation: nats::incarnation(stream),
+        status,
     };
     let stop = CancellationToken::new();
     let work = async {
@@ -167,6 +172,7 @@ where
     let health = p.health;
     // Registered once: the consumer is bound anew after a stream is created again.
     let metrics = ConsumerMetrics::new(p.registry, p.name);
+    let mut status: Option<StatusWriter> = None;
     loop {
         let Some(stream) = crate::retry::until_ready(shutdown, health, "stream", &get_stream).await
         else {
@@ -180,8 +186,18 @@ where
         health.set_detail(format!(
             "following stream {name}, incarnation {incarnation} (its creation time)"
         ));
+        let writer = status.get_or_insert_with(|| {
+            let to = StatusTarget {
+                target: p.name,
+                publisher: p.durable.clone(),
+                bucket: crate::status::bucket(name),
+                replicas: stream.cached_info().config.num_replicas,
+            };
+            StatusWriter::start(p.js.clone(), to, p.registry, shutdown.clone())
+        });
+        let writer = Some(writer.clone());
         let pass = |floor| reconcile(stream.clone(), floor);
-        match consume(&p, &stream, &metrics, pass, shutdown).await {
+        match consume(&p, &stream, &metrics, writer, pass, shutdown).await {
             Err(RuntimeError::StreamRecreated { stream, consumer }) => {
                 health.set_not_ready(format!(
                     "stream {stream} was deleted or created again; binding {consumer} anew"

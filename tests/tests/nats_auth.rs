@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use ksr_test_support::apiserver::{FakeApiServer, Resource};
 use ksr_test_support::{
     ConsulServer, EtcdServer, NatsOptions, NatsServer, Proc, eventually, workspace_binary,
 };
@@ -107,28 +108,41 @@ async fn each_role_does_its_job_with_its_own_nkey_and_nothing_more() -> anyhow::
         Proc::spawn_workspace(logs, name, binary, args.into_iter().chain(admin))
     };
     let mut procs = Vec::new();
+    // East watches a (fake) apiserver: it also follows the publishers' status for its
+    // Services' Events. West reads manifests.
+    let api = FakeApiServer::start().await?;
+    api.apply(
+        Resource::Services,
+        serde_json::json!({"metadata": {"name": "web", "namespace": "default", "uid": "uid-web",
+                                        "labels": {"type": "ingress"}},
+                           "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}}),
+    );
     for (cluster, ip) in [("east", "10.96.0.1"), ("west", "10.97.0.1")] {
-        let manifests = dir.path().join(cluster);
-        std::fs::create_dir_all(&manifests)?;
-        std::fs::write(manifests.join("web.yaml"), manifest("web", ip))?;
-        procs.push(spawn(
-            &format!("watcher-{cluster}"),
-            "ksr-watcher",
+        let source: Vec<String> = if cluster == "east" {
+            vec!["--kube-url".into(), api.url().into()]
+        } else {
+            let manifests = dir.path().join(cluster);
+            std::fs::create_dir_all(&manifests)?;
+            std::fs::write(manifests.join("web.yaml"), manifest("web", ip))?;
             vec![
-                "--cluster".into(),
-                cluster.into(),
                 "--source".into(),
                 "files".into(),
                 "--manifests".into(),
                 path(&manifests).into(),
                 "--manifests-poll".into(),
                 "50ms".into(),
-                "--nats-url".into(),
-                nats.url(),
-                "--nats-nkey".into(),
-                nkey(&format!("watcher-{cluster}")),
-            ],
-        )?);
+            ]
+        };
+        let mut args: Vec<String> = vec![
+            "--cluster".into(),
+            cluster.into(),
+            "--nats-url".into(),
+            nats.url(),
+            "--nats-nkey".into(),
+            nkey(&format!("watcher-{cluster}")),
+        ];
+        args.extend(source);
+        procs.push(spawn(&format!("watcher-{cluster}"), "ksr-watcher", args)?);
     }
     procs.push(spawn(
         "publisher-vulcand",
@@ -174,8 +188,31 @@ async fn each_role_does_its_job_with_its_own_nkey_and_nothing_more() -> anyhow::
     })
     .await?;
 
+    // Each publisher reports its status with its own key, east's watcher reads it with its
+    // own and tells the Service's owner.
+    eventually(WAIT, || async {
+        let notes: Vec<String> = api
+            .events()
+            .iter()
+            .filter(|e| e["reason"] == "Routed")
+            .filter_map(|e| e["note"].as_str().map(str::to_owned))
+            .collect();
+        for target in ["vulcand", "consul"] {
+            anyhow::ensure!(
+                notes
+                    .iter()
+                    .any(|n| n.starts_with(&format!("{target} serves it"))),
+                "{notes:?}\n{}",
+                violations(&nats)
+            );
+        }
+        Ok(())
+    })
+    .await?;
+
     // ksrctl reads with the read-only key; the checkpointer writes checkpoints with its own.
     ksrctl_ok(&nats, &keys, "ksrctl", &["status"])?;
+    ksrctl_ok(&nats, &keys, "ksrctl", &["explain", "east/default/web"])?;
     ksrctl_ok(&nats, &keys, "ksrctl", &["events"])?;
     ksrctl_ok(
         &nats,
@@ -245,6 +282,23 @@ async fn each_role_does_its_job_with_its_own_nkey_and_nothing_more() -> anyhow::
             .is_err(),
         "ksrctl's read-only key published an event"
     );
+    let status = reader.get_key_value("KSR_ROUTES_status").await?;
+    anyhow::ensure!(
+        status
+            .put("ksr-vulcand-ksr.east.default.web", "forged".into())
+            .await
+            .is_err(),
+        "ksrctl's read-only key wrote a status"
+    );
+    let consul_publisher = connect_as(&nats, &keys, "publisher-consul").await?;
+    let their_status = consul_publisher.get_key_value("KSR_ROUTES_status").await?;
+    anyhow::ensure!(
+        their_status
+            .put("ksr-vulcand-ksr.east.default.web", "forged".into())
+            .await
+            .is_err(),
+        "a publisher wrote another publisher's status"
+    );
     let store = reader.get_object_store("KSR_CHECKPOINTS").await?;
     let mut forged: &[u8] = b"forged";
     anyhow::ensure!(
@@ -260,6 +314,7 @@ async fn each_role_does_its_job_with_its_own_nkey_and_nothing_more() -> anyhow::
         "$JS.API.STREAM.DELETE.KSR_ROUTES",
         "$JS.API.STREAM.PURGE.KSR_ROUTES",
         "$O.KSR_CHECKPOINTS",
+        "$KV.KSR_ROUTES_status.ksr-vulcand-ksr",
     ] {
         anyhow::ensure!(
             log.contains(denied),
@@ -272,6 +327,7 @@ async fn each_role_does_its_job_with_its_own_nkey_and_nothing_more() -> anyhow::
         "STREAM.DELETE",
         "STREAM.PURGE",
         "$O.KSR_CHECKPOINTS",
+        "$KV.KSR_ROUTES_status.ksr-vulcand-ksr",
         "ksr.control.east.confirm-removals",
     ];
     for line in log.lines().filter(|l| l.contains("Violation")) {

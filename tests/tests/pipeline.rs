@@ -127,6 +127,15 @@ impl System {
         Ok(urls)
     }
 
+    /// `e` with the end of every process's log.
+    fn with_logs(&self, e: anyhow::Error) -> anyhow::Error {
+        let mut text = e.to_string();
+        for p in self.watchers.iter().chain(&self.publishers) {
+            text.push_str(&format!("\n--- {p:?}\n{}", p.log_tail()));
+        }
+        anyhow::anyhow!(text)
+    }
+
     async fn resolves(&self, host: &str) -> anyhow::Result<bool> {
         let a = dns::query_a(self.consul.dns_port(), host).await?;
         Ok(a.addrs == vec![ROUTER])
@@ -436,4 +445,126 @@ async fn a_service_that_becomes_external_name_or_headless_leaves_etcd_and_consul
         Ok(())
     })
     .await
+}
+
+/// A labelled Service of namespace `ns` with a uid and annotations.
+fn owned_svc(ns: &str, name: &str, annotations: Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+                        "labels": {"type": "ingress"}, "annotations": annotations},
+           "spec": {"clusterIP": "10.96.5.5", "ports": [{"name": "http", "port": 80}]}})
+}
+
+/// (type, reason, note) of the Events on `ns/name`.
+fn events_on(api: &FakeApiServer, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    api.events()
+        .into_iter()
+        .filter(|e| e["regarding"]["namespace"] == ns && e["regarding"]["name"] == name)
+        .map(|e| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (s(&e["type"]), s(&e["reason"]), s(&e["note"]))
+        })
+        .collect()
+}
+
+fn has(events: &[(String, String, String)], type_: &str, reason: &str, words: &[&str]) -> bool {
+    events
+        .iter()
+        .any(|(t, r, n)| t == type_ && r == reason && words.iter().all(|w| n.contains(w)))
+}
+
+#[tokio::test]
+async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who_holds_its_name()
+-> anyhow::Result<()> {
+    let sys = System::start().await?;
+    // `x` in namespace `b-c` and `host: x-b` in namespace `c` both make `x-b-c`: one hostname
+    // for vulcand and one name for Consul. The older claim keeps both.
+    sys.east
+        .apply(Resource::Services, owned_svc("b-c", "x", json!({})));
+    let host = "x-b-c.test.service.consul";
+    eventually(WAIT, || async {
+        let e = events_on(&sys.east, "b-c", "x");
+        for target in ["vulcand", "consul"] {
+            anyhow::ensure!(
+                has(
+                    &e,
+                    "Normal",
+                    "Routed",
+                    &[&format!("{target} serves it as x-b-c.test")]
+                ),
+                "{target}: {e:?}"
+            );
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| sys.with_logs(e))?;
+    sys.east.apply(
+        Resource::Services,
+        owned_svc("c", "intruder", json!({"host": "x-b"})),
+    );
+    eventually(WAIT, || async {
+        let e = events_on(&sys.east, "c", "intruder");
+        for (target, name) in [("vulcand", host), ("consul", host)] {
+            anyhow::ensure!(
+                has(&e, "Warning", "Conflict", &[target, name, "held by b-c"]),
+                "{target}: {e:?}"
+            );
+        }
+        Ok(())
+    })
+    .await?;
+    // What the targets hold agrees (read with etcd's own client): b-c's route only.
+    assert_eq!(sys.servers(host).await?.len(), 1);
+    // `ksrctl explain` tells the same story from the stream and the publishers' reports.
+    let explained = eventually(WAIT, || async {
+        let out = Command::new(workspace_binary("ksrctl")?)
+            .args(["explain", "east/c/intruder", "--output", "table"])
+            .args(["--nats-url", &sys.nats.url()])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(
+            text.matches("held by b-c").count() == 2
+                && text.contains("ksr-vulcand-ksr")
+                && text.contains("ksr-consul-ksr")
+                && text.contains("Every report follows the newest event"),
+            "{text}"
+        );
+        Ok(text)
+    })
+    .await?;
+    assert!(
+        explained.contains("Events in the stream (1)"),
+        "{explained}"
+    );
+    // The owner goes: the waiting Service takes the name over, and its owner is told so.
+    sys.east.delete(Resource::Services, "b-c", "x");
+    eventually(WAIT, || async {
+        let e = events_on(&sys.east, "c", "intruder");
+        for target in ["vulcand", "consul"] {
+            anyhow::ensure!(
+                has(
+                    &e,
+                    "Normal",
+                    "Routed",
+                    &[&format!("{target} serves it as x-b-c.test")]
+                ),
+                "{target}: {e:?}"
+            );
+        }
+        Ok(())
+    })
+    .await?;
+    // Every one of these Events refers to the Service with its uid (what `kubectl describe`
+    // selects on).
+    for e in sys.east.events() {
+        let r = &e["regarding"];
+        let uid = format!(
+            "uid-{}-{}",
+            r["namespace"].as_str().unwrap_or_default(),
+            r["name"].as_str().unwrap_or_default()
+        );
+        assert_eq!(r["uid"], uid.as_str(), "{e}");
+    }
+    Ok(())
 }

@@ -62,6 +62,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let watch_slices = config.address_mode == AddressMode::Endpoints;
     let mut notifier = Notifier::default();
+    // The publishers' status is only told to Service owners through Kubernetes Events.
+    let mut statuses = tokio::sync::mpsc::channel(1).1;
     let (events, cluster_id) = match config.source {
         SourceKind::Files => {
             let dir = config.manifests.clone().ok_or_else(|| {
@@ -92,6 +94,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 client.clone(),
                 format!("ksr-watcher-{}", config.cluster),
                 metrics.clone(),
+                shutdown.clone(),
+            );
+            statuses = crate::status::follow(
+                js.clone(),
+                ksr_runtime::status::bucket(&config.nats.stream),
+                config.cluster.clone(),
                 shutdown.clone(),
             );
             let events =
@@ -141,7 +149,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     )
     .with_notifier(notifier);
     tracing::info!(cluster = config.cluster, cluster_id, source = ?config.source, selector = config.selector.as_str(), "watching");
-    let result = runner.run(events, confirmations, shutdown).await;
+    let result = runner.run(events, confirmations, statuses, shutdown).await;
     let _ = admin_task.await;
     result
 }

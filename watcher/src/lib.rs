@@ -16,5 +16,6 @@ pub mod notify;
 pub mod publish;
 pub mod runner;
 pub mod source;
+pub mod status;
 
 pub use error::Error;

@@ -1,9 +1,11 @@
-//! Kubernetes Events on the Service for its owner — routed, rejected (and why), unrouted — so
-//! `kubectl describe service X` tells a team what the router did with its Service.
+//! Kubernetes Events on the Service for its owner — published, rejected (and why), unrouted,
+//! held back; and from the publishers' status: routed (by which target, as what), in conflict
+//! (who holds the name), refused — so `kubectl describe service X` tells a team what the router
+//! did with its Service.
 //!
 //! Events are advisory: the runner hands outcomes over without waiting ([`Notifier::notify`]
 //! never blocks; a full queue drops the outcome and counts it), and a failed Event write is
-//! counted and logged, never retried into the routing path. Per Service, an outcome equal to
+//! counted and logged, never retried into the routing path. Per Service and source (the watcher, each publisher), an outcome equal to
 //! the last one written is not written again, and writes are rate-limited by a token bucket
 //! (a burst of [`BURST`], then one per [`REFILL`]): a flapping Service produces a bounded
 //! number of writes, and its latest outcome is written once a token is available. The same
@@ -56,7 +58,7 @@ struct Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Published to the route stream under this hostname and path, to this Service port.
-    Routed {
+    Published {
         host: String,
         path: String,
         port: String,
@@ -68,16 +70,54 @@ pub enum Outcome {
     },
     /// No longer routed: the label was removed or the Service became unroutable.
     Unrouted,
+    /// Its removal is held back by the watcher's mass-removal guard until an operator confirms.
+    HeldBack { cluster: String },
+    /// A publisher's target serves it under `name`.
+    Served {
+        publisher: String,
+        target: String,
+        name: String,
+    },
+    /// A publisher keeps it waiting: `owner`'s older claim (since stream event `owner_since`)
+    /// holds `name`.
+    Conflict {
+        publisher: String,
+        target: String,
+        name: String,
+        owner: String,
+        owner_since: u64,
+    },
+    /// A publisher's target refused its event.
+    Refused {
+        publisher: String,
+        target: String,
+        reason: String,
+    },
+    /// A publisher no longer reports on it (it claims nothing there): nothing to write, and
+    /// that publisher's next report is news again.
+    Cleared { publisher: String },
 }
 
 impl Outcome {
-    fn event(&self) -> Event {
+    /// Who says it: the watcher, or a publisher (each keeps its own last word per Service).
+    fn source(&self) -> &str {
+        match self {
+            Outcome::Served { publisher, .. }
+            | Outcome::Conflict { publisher, .. }
+            | Outcome::Refused { publisher, .. }
+            | Outcome::Cleared { publisher } => publisher,
+            _ => "watcher",
+        }
+    }
+
+    /// The Event to write (none for [`Outcome::Cleared`]).
+    fn event(&self) -> Option<Event> {
         let (type_, reason, note) = match self {
-            Outcome::Routed { host, path, port } => (
+            Outcome::Published { host, path, port } => (
                 EventType::Normal,
-                "Routed",
+                "Published",
                 format!(
-                    "routed as {host} (path {path}) to port {port}; vulcand and Consul DNS serve it once the publishers apply it"
+                    "published to the route stream as {host} (path {path}) to port {port}; each publisher reports whether it serves it (Routed) or why not"
                 ),
             ),
             Outcome::Rejected { reason, message } => (
@@ -91,12 +131,51 @@ impl Outcome {
                 "no longer routed: its label was removed, it was deleted or it became unroutable"
                     .to_owned(),
             ),
+            Outcome::HeldBack { cluster } => (
+                EventType::Warning,
+                "HeldBack",
+                format!(
+                    "its removal is held back: the watcher saw too many Services of cluster {cluster} go at once (mass-removal guard), so its route stays; an operator releases the removals with `ksrctl confirm-removals --cluster {cluster}`"
+                ),
+            ),
+            Outcome::Served {
+                publisher,
+                target,
+                name,
+            } => (
+                EventType::Normal,
+                "Routed",
+                format!("{target} serves it as {name} (publisher {publisher})"),
+            ),
+            Outcome::Conflict {
+                publisher,
+                target,
+                name,
+                owner,
+                owner_since,
+            } => (
+                EventType::Warning,
+                "Conflict",
+                format!(
+                    "{target} does not serve it: {name} is held by {owner}, whose claim is older (since stream event #{owner_since}); this Service waits and takes over when that claim goes (publisher {publisher})"
+                ),
+            ),
+            Outcome::Refused {
+                publisher,
+                target,
+                reason,
+            } => (
+                EventType::Warning,
+                "Rejected",
+                format!("{target} refused it: {reason} (publisher {publisher})"),
+            ),
+            Outcome::Cleared { .. } => return None,
         };
-        Event {
+        Some(Event {
             type_,
             reason,
             note: truncate(note, 1024),
-        }
+        })
     }
 }
 
@@ -213,7 +292,8 @@ struct Writer {
     /// `reportingInstance` (the watcher of one cluster).
     instance: String,
     metrics: WatcherMetrics,
-    services: HashMap<(String, String), Entry>,
+    /// Per (namespace, Service, source of the outcome).
+    services: HashMap<(String, String, String), Entry>,
     /// Per (namespace, Service, reason, note).
     series: HashMap<(String, String, &'static str, String), Series>,
 }
@@ -238,7 +318,15 @@ impl Writer {
     /// is news without a token.
     async fn offer(&mut self, service: ServiceRef, outcome: Outcome) {
         let now = Instant::now();
-        let key = (service.namespace.clone(), service.name.clone());
+        let key = (
+            service.namespace.clone(),
+            service.name.clone(),
+            outcome.source().to_owned(),
+        );
+        if let Outcome::Cleared { .. } = outcome {
+            self.services.remove(&key);
+            return;
+        }
         let entry = self
             .services
             .entry(key.clone())
@@ -285,7 +373,10 @@ impl Writer {
     }
 
     async fn write(&mut self, service: &ServiceRef, outcome: &Outcome) {
-        match self.record(service, outcome.event()).await {
+        let Some(event) = outcome.event() else {
+            return;
+        };
+        match self.record(service, event).await {
             Ok(()) => self.metrics.event_written(),
             Err(e) => {
                 self.metrics.event_errors("write_failed");
@@ -363,22 +454,43 @@ mod tests {
 
     #[test]
     fn outcomes_read_as_events_an_owner_understands() {
-        let routed = Outcome::Routed {
+        let routed = Outcome::Published {
             host: "web-shop.test.service.consul".into(),
             path: "/.*".into(),
             port: "http (80/TCP)".into(),
         }
-        .event();
-        assert_eq!(routed.reason, "Routed");
+        .event()
+        .unwrap();
+        assert_eq!(routed.reason, "Published");
         assert_eq!(routed.type_, EventType::Normal);
         assert!(routed.note.contains("web-shop.test.service.consul"));
         let rejected = Outcome::Rejected {
             reason: "invalid_path_annotation",
             message: "x".repeat(5000),
         }
-        .event();
+        .event()
+        .unwrap();
         assert_eq!(rejected.type_, EventType::Warning);
         assert!(rejected.note.len() <= 1024);
+        let conflict = Outcome::Conflict {
+            publisher: "ksr-vulcand-ksr".into(),
+            target: "vulcand".into(),
+            name: "web.example.com path /.*".into(),
+            owner: "shop".into(),
+            owner_since: 12,
+        };
+        assert_eq!(conflict.source(), "ksr-vulcand-ksr");
+        let event = conflict.event().unwrap();
+        assert_eq!(
+            (event.reason, event.type_),
+            ("Conflict", EventType::Warning)
+        );
+        assert!(event.note.contains("held by shop"), "{}", event.note);
+        assert!(event.note.contains("#12"), "{}", event.note);
+        let cleared = Outcome::Cleared {
+            publisher: "ksr-vulcand-ksr".into(),
+        };
+        assert_eq!(cleared.event(), None);
     }
 
     #[tokio::test(start_paused = true)]

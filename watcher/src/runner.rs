@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use ksr_proto::{RouteState, ServiceKey};
 
 use crate::notify::{Notifier, Outcome, ServiceRef};
+use crate::status::StatusChange;
 use ksr_runtime::Health;
+use ksr_runtime::status::{Standing, Status};
 
 use crate::Error;
 use crate::guard::RemovalGuard;
@@ -226,6 +228,7 @@ impl Runner {
         mut self,
         source: impl Stream<Item = SourceEvent>,
         mut confirmations: tokio::sync::mpsc::Receiver<Confirmation>,
+        mut statuses: tokio::sync::mpsc::Receiver<StatusChange>,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
         self.health.set_not_ready("reading the stream");
@@ -303,6 +306,7 @@ impl Runner {
                         reload = true;
                     }
                 }
+                Some(change) = statuses.recv() => self.tell_status(change),
                 Some(reply) = confirmations.recv() => {
                     let n = self.held.len();
                     if n > 0 {
@@ -414,7 +418,15 @@ impl Runner {
                         "confirm with ksrctl confirm-removals, or restart with --allow-mass-removal"
                     );
                 }
-                self.held = removals.into_iter().map(|j| j.obj).collect();
+                let held: BTreeSet<ObjKey> = removals.into_iter().map(|j| j.obj).collect();
+                for obj in held.difference(&self.held) {
+                    let service = self.routed_refs.get(obj).cloned();
+                    if let Some(service) = service.or_else(|| self.service_ref(obj)) {
+                        let cluster = self.config.cluster.clone();
+                        self.notifier.notify(service, Outcome::HeldBack { cluster });
+                    }
+                }
+                self.held = held;
                 return rest;
             }
             self.held.clear();
@@ -526,7 +538,7 @@ impl Runner {
                     .service(obj)
                     .and_then(crate::normalize::chosen_port)
                     .unwrap_or_default();
-                let routed = Outcome::Routed {
+                let routed = Outcome::Published {
                     host: r.hostname(),
                     path: r.path.clone(),
                     port,
@@ -544,6 +556,49 @@ impl Runner {
             }
         };
         self.notifier.notify(outcome.0, outcome.1);
+    }
+
+    /// A publisher's status of one of this cluster's Services: told to its owner when it
+    /// says something new (served, waiting behind an older claim, refused).
+    fn tell_status(&mut self, change: StatusChange) {
+        if change.service.cluster != self.config.cluster {
+            return;
+        }
+        let obj: ObjKey = (change.service.namespace, change.service.name);
+        let service = self.service_ref(&obj);
+        let Some(service) = service.or_else(|| self.routed_refs.get(&obj).cloned()) else {
+            return;
+        };
+        let publisher = change.publisher;
+        let outcome = match change.status {
+            None => Outcome::Cleared { publisher },
+            Some(Status {
+                target, standing, ..
+            }) => match standing {
+                Standing::Serving { name } => Outcome::Served {
+                    publisher,
+                    target,
+                    name,
+                },
+                Standing::Waiting {
+                    name,
+                    owner,
+                    owner_since,
+                } => Outcome::Conflict {
+                    publisher,
+                    target,
+                    name,
+                    owner,
+                    owner_since,
+                },
+                Standing::Rejected { reason } => Outcome::Refused {
+                    publisher,
+                    target,
+                    reason,
+                },
+            },
+        };
+        self.notifier.notify(service, outcome);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Kubernetes Events on the Service for its owner, recorded by the fake apiserver: routed (as
-//! what), rejected (and why), unrouted; a flapping Service makes a bounded number of writes.
+//! Kubernetes Events on the Service for its owner, recorded by the fake apiserver: published
+//! (as what), rejected (and why), unrouted; a flapping Service makes a bounded number of writes.
 
 mod common;
 
@@ -61,7 +61,7 @@ async fn owners_see_their_service_routed_rejected_and_unrouted() -> anyhow::Resu
         let web = events_of(&api, "web");
         anyhow::ensure!(
             web.iter().any(|(t, r, n, _)| t == "Normal"
-                && r == "Routed"
+                && r == "Published"
                 && n.contains("web-team.test.service.consul")),
             "{web:?}"
         );
@@ -97,7 +97,7 @@ async fn owners_see_their_service_routed_rejected_and_unrouted() -> anyhow::Resu
         let web = events_of(&api, "web");
         anyhow::ensure!(
             web.iter()
-                .any(|(_, r, n, _)| r == "Routed" && n.contains("shop-team.test.service.consul")),
+                .any(|(_, r, n, _)| r == "Published" && n.contains("shop-team.test.service.consul")),
             "{web:?}"
         );
         Ok(())
@@ -155,5 +155,62 @@ async fn a_flapping_service_makes_a_bounded_number_of_event_writes() -> anyhow::
     );
     // Alternating between two outcomes counts them in two series instead of new Events.
     assert!(creates <= 2, "{creates} Events created");
+    Ok(())
+}
+
+#[tokio::test]
+async fn owners_see_a_removal_the_guard_holds_back() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        api.apply(Resource::Services, svc(n, true, json!({})));
+    }
+    let w = bench.watcher_with(
+        &["--source", "kubernetes", "--kube-url", api.url()],
+        &["--watch-timeout", "1"],
+    );
+    w.ready().await?;
+    eventually(WAIT, || async {
+        for n in &names {
+            let e = events_of(&api, n);
+            anyhow::ensure!(e.iter().any(|(_, r, _, _)| r == "Published"), "{n}: {e:?}");
+        }
+        Ok(())
+    })
+    .await?;
+    // Every Service goes while the watch is silent, and the history is gone: the watcher
+    // relists and sees a mass removal, which it holds back.
+    let (_, watches) = api.requests(Resource::Services);
+    api.hang_watches(1);
+    api.drop_watches();
+    ksr_test_support::wait_until("the hanging watch", WAIT, || async {
+        (api.requests(Resource::Services).1 > watches).then_some(())
+    })
+    .await?;
+    for n in &names {
+        api.delete(Resource::Services, "team", n);
+    }
+    api.compact();
+    eventually(WAIT, || async {
+        for n in &names {
+            let e = events_of(&api, n);
+            anyhow::ensure!(
+                e.iter().any(|(t, r, note, _)| t == "Warning"
+                    && r == "HeldBack"
+                    && note.contains("ksrctl confirm-removals --cluster east")),
+                "{n}: {e:?}"
+            );
+        }
+        Ok(())
+    })
+    .await?;
+    // The Event names the Service as Kubernetes does, uid included.
+    let held = api
+        .events()
+        .into_iter()
+        .find(|e| e["reason"] == "HeldBack" && e["regarding"]["name"] == "s0")
+        .expect("a HeldBack Event on s0");
+    assert_eq!(held["regarding"]["uid"], "uid-s0");
     Ok(())
 }

@@ -1,0 +1,250 @@
+//! Writing per-Service [`Status`] to the status bucket without ever holding up routing.
+//!
+//! The consumer loop hands over what each applied batch changed ([`StatusWriter::report`]
+//! only takes a lock and wakes the writer); the writer task coalesces changes per Service
+//! (the newest wins), skips what it wrote already, and puts or deletes keys concurrently.
+//! A failed write is counted, logged and tried again later; the bucket is created when
+//! missing. Nothing here can fail or slow down an apply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use ksr_proto::ServiceKey;
+
+use crate::metrics::MetricsRegistry;
+use crate::status::{self, Change, Standing, Status};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Status writes in flight at once.
+const CONCURRENCY: usize = 32;
+/// Wait after a failed write (or bucket creation) before trying again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// `ksr_<publisher>_status_…`.
+#[derive(Debug, Clone, Default)]
+struct StatusMetrics {
+    writes: Counter,
+    errors: Counter,
+    pending: Gauge,
+}
+
+/// Where a publisher's status goes.
+#[derive(Debug, Clone)]
+pub struct StatusWriter {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<HashMap<ServiceKey, (u64, Option<Standing>)>>,
+    wake: Notify,
+}
+
+/// Who writes, and where.
+#[derive(Debug, Clone)]
+pub struct StatusTarget {
+    /// `vulcand` or `consul`.
+    pub target: &'static str,
+    /// The durable consumer's name.
+    pub publisher: String,
+    /// The status bucket ([`status::bucket`]).
+    pub bucket: String,
+    /// Copies of the bucket when it is created (the route stream's).
+    pub replicas: usize,
+}
+
+impl StatusWriter {
+    /// Starts the writer task; it stops with `shutdown`.
+    pub fn start(
+        js: jetstream::Context,
+        to: StatusTarget,
+        registry: &MetricsRegistry,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let metrics = StatusMetrics::default();
+        registry.register(|r| {
+            let r = r.sub_registry_with_prefix(to.target);
+            r.register(
+                "status_writes",
+                "Per-Service status entries written to the status bucket",
+                metrics.writes.clone(),
+            );
+            r.register(
+                "status_errors",
+                "Status writes that failed (advisory: routing is unaffected; retried)",
+                metrics.errors.clone(),
+            );
+            r.register(
+                "status_pending",
+                "Per-Service status changes waiting to be written",
+                metrics.pending.clone(),
+            );
+        });
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        });
+        let task = Task {
+            js,
+            to,
+            metrics,
+            shared: shared.clone(),
+            written: HashMap::new(),
+        };
+        tokio::spawn(task.run(shutdown));
+        Self { shared }
+    }
+
+    /// Queues `changes` (the newest per Service wins); never waits.
+    pub fn report(&self, changes: impl IntoIterator<Item = Change>) {
+        let mut any = false;
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            for (key, seq, standing) in changes {
+                let newer = pending.get(&key).is_none_or(|(s, _)| *s <= seq);
+                if newer {
+                    pending.insert(key, (seq, standing));
+                    any = true;
+                }
+            }
+        }
+        if any {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+struct Task {
+    js: jetstream::Context,
+    to: StatusTarget,
+    metrics: StatusMetrics,
+    shared: Arc<Shared>,
+    /// What is in the bucket for each Service, as far as this writer knows.
+    written: HashMap<ServiceKey, (u64, Option<Standing>)>,
+}
+
+impl Task {
+    async fn run(mut self, stop: CancellationToken) {
+        let mut store = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.shared.wake.notified() => {}
+            }
+            loop {
+                if store.is_none() {
+                    store = self.open().await;
+                }
+                let failed = match &store {
+                    Some(kv) => self.flush(kv).await,
+                    None => true,
+                };
+                if !failed {
+                    break;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+
+    /// The bucket, created when missing.
+    async fn open(&self) -> Option<kv::Store> {
+        let name = &self.to.bucket;
+        if let Ok(kv) = self.js.get_key_value(name).await {
+            return Some(kv);
+        }
+        let config = kv::Config {
+            bucket: name.clone(),
+            description: "kube-service-router: each publisher's status of each Service".into(),
+            history: 1,
+            num_replicas: self.to.replicas.max(1),
+            ..Default::default()
+        };
+        match self.js.create_key_value(config).await {
+            Ok(kv) => Some(kv),
+            Err(e) => {
+                self.metrics.errors.inc();
+                tracing::warn!(bucket = name, error = %e, "cannot create the status bucket (advisory); retrying");
+                None
+            }
+        }
+    }
+
+    /// Writes what is pending; true if some write failed (it stays pending).
+    async fn flush(&mut self, kv: &kv::Store) -> bool {
+        let batch: Vec<_> = match self.shared.pending.lock() {
+            Ok(mut p) => p.drain().collect(),
+            Err(_) => return false,
+        };
+        let due: Vec<_> = batch
+            .into_iter()
+            .filter(|(k, v)| self.written.get(k) != Some(v))
+            .collect();
+        self.metrics.pending.set(due.len() as i64);
+        let to = &self.to;
+        let results: Vec<_> = futures::stream::iter(due)
+            .map(|(service, (seq, standing))| async move {
+                let key = status::key(&to.publisher, &service);
+                let result = match &standing {
+                    Some(s) => {
+                        let value = Status {
+                            target: to.target.to_owned(),
+                            publisher: to.publisher.clone(),
+                            seq,
+                            standing: s.clone(),
+                            at_ms: status::unix_now_ms(),
+                        };
+                        kv.put(&key, value.encode().into())
+                            .await
+                            .map(|_| ())
+                            .map_err(BoxError::from)
+                    }
+                    None => kv.purge(&key).await.map_err(BoxError::from),
+                };
+                (service, seq, standing, result)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut failed = false;
+        for (service, seq, standing, result) in results {
+            match result {
+                Ok(()) => {
+                    self.metrics.writes.inc();
+                    if standing.is_none() {
+                        self.written.remove(&service);
+                    } else {
+                        self.written.insert(service, (seq, standing));
+                    }
+                }
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    if !failed {
+                        tracing::warn!(bucket = self.to.bucket, error = %e, "status write failed (advisory: routing is unaffected); retrying");
+                    }
+                    failed = true;
+                    // Back in the queue unless something newer arrived meanwhile.
+                    if let Ok(mut p) = self.shared.pending.lock() {
+                        p.entry(service).or_insert((seq, standing));
+                    }
+                }
+            }
+        }
+        self.metrics
+            .pending
+            .set(self.shared.pending.lock().map_or(0, |p| p.len() as i64));
+        failed
+    }
+}
