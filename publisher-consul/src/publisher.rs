@@ -376,4 +376,8 @@ impl Projector for ConsulProjector {
             message: e.to_string(),
         })
     }
+
+    fn standings(&self) -> Vec<ksr_runtime::status::Change> {
+        ksr_runtime::plan::standings::<ConsulTarget>(&ksr_runtime::apply::Store::state(self))
+    }
 }

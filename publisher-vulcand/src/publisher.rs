@@ -539,4 +539,8 @@ impl Projector for VulcandProjector {
             message: e.to_string(),
         })
     }
+
+    fn standings(&self) -> Vec<ksr_runtime::status::Change> {
+        ksr_runtime::plan::standings::<VulcandTarget>(&ksr_runtime::apply::Store::state(self))
+    }
 }

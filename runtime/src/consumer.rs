@@ -78,6 +78,13 @@ pub trait Projector: Send + Sync {
         &self,
         batch: &[Delivery],
     ) -> impl Future<Output = Result<ApplyReport, ApplyError>> + Send;
+
+    /// Where every Service claiming a name stands now, from the cached records: reported
+    /// again after each reconciliation pass, so a status lost in a crash between a commit and
+    /// its report is written again. None by default.
+    fn standings(&self) -> Vec<crate::status::Change> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

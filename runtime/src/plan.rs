@@ -417,6 +417,16 @@ pub fn changes<T: Target>(units: &[UnitOf<T>]) -> Vec<Change> {
     out
 }
 
+/// Where every Service claiming a name in `state` stands.
+pub fn standings<T: Target>(state: &StateOf<T>) -> Vec<Change> {
+    state
+        .names()
+        .filter_map(|(_, v)| v.value.as_ref())
+        .flat_map(T::standings)
+        .map(|(key, seq, s)| (key, seq, Some(s)))
+        .collect()
+}
+
 /// Recomputes a record's derived `owner` and `waiting`.
 pub fn refresh_status<T: Target>(record: &mut NameRecord<T::Meta, T::Data>) {
     let (owner, waiting) = T::status(record);

@@ -83,10 +83,16 @@ where
             stop.cancel();
             r
         };
+        let reconciled = || {
+            if let Some(status) = &options.status {
+                status.report_all(p.projector.standings());
+            }
+        };
         let reconciling = reconcile_loop(
             consumer.clone(),
             p.args.reconcile_interval,
             &reconcile,
+            reconciled,
             metrics,
             stop.clone(),
         );
@@ -101,6 +107,7 @@ async fn reconcile_loop<R, Fut>(
     mut consumer: PullConsumer,
     interval: Duration,
     reconcile: &R,
+    reconciled: impl Fn(),
     metrics: &ConsumerMetrics,
     stop: CancellationToken,
 ) where
@@ -139,6 +146,7 @@ async fn reconcile_loop<R, Fut>(
         match reconcile(ack_floor).await {
             Ok(()) => {
                 metrics.reconciled(true);
+                reconciled();
                 first = false;
             }
             Err(e) => {

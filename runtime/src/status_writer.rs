@@ -6,7 +6,7 @@
 //! A failed write is counted, logged and tried again later; the bucket is created when
 //! missing. Nothing here can fail or slow down an apply.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ pub struct StatusWriter {
 #[derive(Debug)]
 struct Shared {
     pending: Mutex<HashMap<ServiceKey, (u64, Option<Standing>)>>,
+    /// Every Service with a standing, from the last full report: what this writer wrote
+    /// for any other Service (a refusal aside) is deleted.
+    full: Mutex<Option<HashSet<ServiceKey>>>,
     wake: Notify,
 }
 
@@ -92,6 +95,7 @@ impl StatusWriter {
         });
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
+            full: Mutex::new(None),
             wake: Notify::new(),
         });
         let task = Task {
@@ -120,6 +124,19 @@ impl StatusWriter {
         if any {
             self.shared.wake.notify_one();
         }
+    }
+}
+
+impl StatusWriter {
+    /// Reports the standing of every Service claiming a name (after a reconciliation pass):
+    /// what differs from what this writer wrote is written, and statuses it wrote for
+    /// Services not among them are deleted (refusals stay: they are not claims).
+    pub fn report_all(&self, all: Vec<Change>) {
+        if let Ok(mut full) = self.shared.full.lock() {
+            *full = Some(all.iter().map(|(k, _, _)| k.clone()).collect());
+        }
+        self.report(all);
+        self.shared.wake.notify_one();
     }
 }
 
@@ -184,8 +201,19 @@ impl Task {
 
     /// Writes what is pending; true if some write failed (it stays pending).
     async fn flush(&mut self, kv: &kv::Store) -> bool {
+        let full = self.shared.full.lock().ok().and_then(|mut f| f.take());
         let batch: Vec<_> = match self.shared.pending.lock() {
-            Ok(mut p) => p.drain().collect(),
+            Ok(mut p) => {
+                if let Some(full) = full {
+                    for (key, (seq, standing)) in &self.written {
+                        let refused = matches!(standing, Some(Standing::Rejected { .. }));
+                        if !refused && !full.contains(key) && !p.contains_key(key) {
+                            p.insert(key.clone(), (*seq, None));
+                        }
+                    }
+                }
+                p.drain().collect()
+            }
             Err(_) => return false,
         };
         let due: Vec<_> = batch

@@ -475,7 +475,7 @@ fn has(events: &[(String, String, String)], type_: &str, reason: &str, words: &[
 #[tokio::test]
 async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who_holds_its_name()
 -> anyhow::Result<()> {
-    let sys = System::start().await?;
+    let mut sys = System::start().await?;
     // `x` in namespace `b-c` and `host: x-b` in namespace `c` both make `x-b-c`: one hostname
     // for vulcand and one name for Consul. The older claim keeps both.
     sys.east
@@ -537,6 +537,30 @@ async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who
         explained.contains("Events in the stream (1)"),
         "{explained}"
     );
+
+    // A status lost (here: purged by hand; in life, a crash between a commit and its report)
+    // is written again by the publisher's next start, after its first reconciliation pass.
+    let js = async_nats::jetstream::new(async_nats::connect(sys.nats.url()).await?);
+    let bucket = js.get_key_value("KSR_ROUTES_status").await?;
+    let key = "ksr-vulcand-ksr.east.c.intruder";
+    bucket.purge(key).await?;
+    sys.publishers.clear();
+    sys.start_publishers()?;
+    eventually(WAIT, || async {
+        let entry = bucket.get(key).await?;
+        let status = entry
+            .map(|v| ksr_runtime::status::Status::decode(&v))
+            .transpose()?;
+        anyhow::ensure!(
+            status.as_ref().is_some_and(|s| matches!(
+                &s.standing,
+                ksr_runtime::status::Standing::Waiting { owner, .. } if owner == "b-c"
+            )),
+            "{status:?}"
+        );
+        Ok(())
+    })
+    .await?;
     // The owner goes: the waiting Service takes the name over, and its owner is told so.
     sys.east.delete(Resource::Services, "b-c", "x");
     eventually(WAIT, || async {
