@@ -112,6 +112,10 @@ mod tests {
             host_since: 0,
             route_since: 0,
             full_host: None,
+            scheme: Default::default(),
+            tls_skip_verify: false,
+            consul_tags: Vec::new(),
+            consul_meta: Default::default(),
         };
         Event {
             key: ServiceKey::new("east", "default", "web"),

@@ -1,7 +1,6 @@
 //! `ksrctl explain CLUSTER/NAMESPACE/NAME`: the whole story of one Service — every event of it
 //! in the stream, and what each publisher last reported doing with it (serving it under which
-//! name, keeping it waiting behind whose older claim, or refusing it, and whether that report
-//! follows the newest event).
+//! name, keeping it waiting behind whose older claim, or refusing it, and since which event).
 
 use std::ops::ControlFlow;
 
@@ -172,22 +171,10 @@ pub fn render(e: &Explanation) -> String {
     }
     out.push_str(&history::table(&cells));
     if let Some(newest) = e.newest() {
-        let behind: Vec<_> = e
-            .reports
-            .iter()
-            .filter(|r| r.status.seq < newest)
-            .map(|r| format!("{} (#{})", r.publisher, r.status.seq))
-            .collect();
-        if behind.is_empty() {
-            out.push_str(&format!(
-                "\nEvery report follows the newest event (#{newest}).\n"
-            ));
-        } else {
-            out.push_str(&format!(
-                "\nNot reported on the newest event (#{newest}) yet: {}.\n",
-                behind.join(", ")
-            ));
-        }
+        out.push_str(&format!(
+            "\nThe newest event is #{newest}; each report holds from the event named (later events \
+             that changed nothing of its standing are not reported again).\n"
+        ));
     }
     out
 }

@@ -147,6 +147,9 @@ pub struct Routed {
     pub name: String,
     pub host: String,
     pub path: String,
+    /// How the edge speaks to the backends: `http`, `https`, or `https-unverified`
+    /// (certificates not checked).
+    pub scheme: String,
     pub backends: Vec<String>,
     /// Sequence and time of the event that set this state.
     pub seq: u64,
@@ -225,12 +228,21 @@ fn routed(key: &ServiceKey, route: &RouteState, seq: u64, published_unix_ns: i64
         name: key.name.clone(),
         host: route.hostname(),
         path: route.path.clone(),
+        scheme: scheme_text(route),
         backends: route
             .ready_backends()
             .map(|b| std::net::SocketAddr::new(b.ip, b.port).to_string())
             .collect(),
         seq,
         since: format_time(published_unix_ns),
+    }
+}
+
+/// `http`, `https` or `https-unverified`.
+pub fn scheme_text(route: &RouteState) -> String {
+    match (route.scheme, route.tls_skip_verify) {
+        (s, false) => s.to_string(),
+        (s, true) => format!("{s}-unverified"),
     }
 }
 
@@ -430,9 +442,11 @@ pub fn event_cells(r: &EventRow) -> Vec<String> {
 /// Table rows of a routing table.
 pub fn state_table(state: &BTreeMap<ServiceKey, Routed>) -> String {
     let mut t = vec![
-        ["HOST", "PATH", "BACKENDS", "SERVICE", "SEQ", "SINCE"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "HOST", "PATH", "SCHEME", "BACKENDS", "SERVICE", "SEQ", "SINCE",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     let mut routes: Vec<&Routed> = state.values().collect();
     routes.sort_by(|a, b| (&a.host, &a.path, &a.cluster).cmp(&(&b.host, &b.path, &b.cluster)));
@@ -440,6 +454,7 @@ pub fn state_table(state: &BTreeMap<ServiceKey, Routed>) -> String {
         t.push(vec![
             r.host.clone(),
             r.path.clone(),
+            r.scheme.clone(),
             r.backends.join(" "),
             format!("{}/{}/{}", r.cluster, r.namespace, r.name),
             r.seq.to_string(),

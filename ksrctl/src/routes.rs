@@ -91,19 +91,29 @@ pub async fn resolve(dns: SocketAddr, host: &str) -> String {
 
 /// An aligned table of routes and their DNS answers.
 pub fn render(routes: &[Route], answers: &BTreeMap<String, String>) -> String {
-    let rows: Vec<[String; 4]> = routes
+    let rows: Vec<[String; 5]> = routes
         .iter()
         .map(|r| {
-            let servers = r
-                .servers
-                .iter()
-                .map(|s| s.trim_start_matches("http://"))
-                .collect::<Vec<_>>()
-                .join(" ");
+            let split = |s: &str| -> (String, String) {
+                match s.split_once("://") {
+                    Some((scheme, addr)) => (scheme.to_owned(), addr.to_owned()),
+                    None => (String::new(), s.to_owned()),
+                }
+            };
+            let (mut schemes, servers): (Vec<String>, Vec<String>) =
+                r.servers.iter().map(|s| split(s)).unzip();
+            schemes.sort();
+            schemes.dedup();
+            let servers = servers.join(" ");
             let dns = answers.get(&r.host).cloned().unwrap_or_else(|| "-".into());
             [
                 r.host.clone(),
                 r.path.clone(),
+                if schemes.is_empty() {
+                    "-".into()
+                } else {
+                    schemes.join(",")
+                },
                 if servers.is_empty() {
                     "(no ready servers)".into()
                 } else {
@@ -113,7 +123,7 @@ pub fn render(routes: &[Route], answers: &BTreeMap<String, String>) -> String {
             ]
         })
         .collect();
-    let header = ["HOST", "PATH", "SERVERS", "CONSUL DNS"].map(String::from);
+    let header = ["HOST", "PATH", "SCHEME", "SERVERS", "CONSUL DNS"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -16,12 +16,13 @@ use bincode::config;
 use crate::ProtoError;
 use crate::model::Event;
 use crate::v1::EventV1;
+use crate::v2::EventV2;
 
 /// Magic bytes that open every event.
 pub const MAGIC: [u8; 2] = *b"KS";
 /// The newest schema version this build writes (and every older one it decodes). An event
 /// is written at the oldest version that can carry it ([`version_for`]).
-pub const SCHEMA_VERSION: u16 = 2;
+pub const SCHEMA_VERSION: u16 = 3;
 /// Envelope header length.
 pub const HEADER_LEN: usize = 4;
 /// The largest payload we decode; anything larger is refused before allocating.
@@ -31,13 +32,16 @@ fn bincode_config() -> impl config::Config {
     config::standard().with_limit::<MAX_PAYLOAD>()
 }
 
-/// The schema version `event` is written at: 1 unless it needs version 2 (a full hostname),
-/// so consumers of the previous release keep reading everything it can represent.
+/// The schema version `event` is written at: the oldest that can carry it (1; 2 for a full
+/// hostname; 3 for https to the backends or Consul tags and metadata), so consumers of earlier releases keep reading
+/// everything they can represent.
 pub fn version_for(event: &Event) -> u16 {
-    if event.route().is_some_and(|r| r.full_host.is_some()) {
+    if EventV1::of(event).is_some() {
+        1
+    } else if EventV2::of(event).is_some() {
         2
     } else {
-        1
+        3
     }
 }
 
@@ -48,8 +52,9 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, ProtoError> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
-    let written = match EventV1::of(event) {
-        Some(v1) if version == 1 => bincode::encode_into_std_write(v1, &mut out, bincode_config()),
+    let written = match (version, EventV1::of(event), EventV2::of(event)) {
+        (1, Some(v1), _) => bincode::encode_into_std_write(v1, &mut out, bincode_config()),
+        (2, _, Some(v2)) => bincode::encode_into_std_write(v2, &mut out, bincode_config()),
         _ => bincode::encode_into_std_write(event, &mut out, bincode_config()),
     };
     written.map_err(|e| ProtoError::Encode(e.to_string()))?;
@@ -77,7 +82,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, ProtoError> {
     let payload = &bytes[HEADER_LEN..];
     let event = match version {
         1 => decode_payload::<EventV1>(1, payload)?.into(),
-        2 => decode_payload::<Event>(2, payload)?,
+        2 => decode_payload::<EventV2>(2, payload)?.into(),
+        3 => decode_payload::<Event>(3, payload)?,
         found => {
             return Err(ProtoError::UnknownVersion {
                 found,

@@ -14,7 +14,8 @@ pub mod route;
 pub mod selector;
 pub mod subject;
 mod v1;
+mod v2;
 
 pub use codec::{decode, encode};
 pub use error::ProtoError;
-pub use model::{Backend, Change, Event, EventKind, RouteState, ServiceKey, ServicePort};
+pub use model::{Backend, Change, Event, EventKind, RouteState, Scheme, ServiceKey, ServicePort};

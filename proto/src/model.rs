@@ -1,5 +1,6 @@
 //! The event model: one Service key, and the complete desired route state for it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -97,6 +98,46 @@ pub struct RouteState {
     /// (`--allowed-host-domains`): then it is the hostname, and `label` is its first label.
     /// Events without one are written as schema version 1.
     pub full_host: Option<String>,
+    /// How the edge speaks to the backends (`scheme` annotation; https by default for a port
+    /// named `https` or numbered 443). Schema version 3.
+    #[serde(default)]
+    pub scheme: Scheme,
+    /// Whether the edge skips verifying the backends' TLS certificates (https only; the
+    /// `tls-insecure-skip-verify` annotation). Schema version 3.
+    #[serde(default)]
+    pub tls_skip_verify: bool,
+    /// Tags the Service adds to its Consul entry (`consul-tags`), sorted. Schema version 3.
+    #[serde(default)]
+    pub consul_tags: Vec<String>,
+    /// Metadata the Service adds to its Consul entry (`consul-meta.<key>`). Schema version 3.
+    #[serde(default)]
+    pub consul_meta: BTreeMap<String, String>,
+}
+
+/// How the edge speaks to a route's backends.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl RouteState {
@@ -126,6 +167,8 @@ impl RouteState {
 
     /// Sorts and de-duplicates ports and backends so equal states encode to equal bytes.
     pub fn normalize(&mut self) {
+        self.consul_tags.sort();
+        self.consul_tags.dedup();
         self.ports.sort();
         self.ports.dedup();
         self.backends.sort();
@@ -189,6 +232,31 @@ impl RouteState {
             }
         }
         route::validate_path(&self.path)?;
+        if self.consul_tags.len() > names::MAX_CONSUL_TAGS {
+            return Err(ProtoError::InvalidEvent(format!(
+                "{} Consul tags, more than {}",
+                self.consul_tags.len(),
+                names::MAX_CONSUL_TAGS
+            )));
+        }
+        for tag in &self.consul_tags {
+            names::validate_consul_tag(tag)?;
+        }
+        if self.consul_meta.len() > names::MAX_CONSUL_META {
+            return Err(ProtoError::InvalidEvent(format!(
+                "{} Consul metadata pairs, more than {}",
+                self.consul_meta.len(),
+                names::MAX_CONSUL_META
+            )));
+        }
+        for (key, value) in &self.consul_meta {
+            names::validate_consul_meta(key, value)?;
+        }
+        if self.tls_skip_verify && self.scheme != Scheme::Https {
+            return Err(ProtoError::InvalidEvent(
+                "tls_skip_verify without the https scheme".into(),
+            ));
+        }
         if self.backends.iter().any(|b| b.port == 0) {
             return Err(ProtoError::InvalidEvent("backend port 0".into()));
         }

@@ -128,6 +128,62 @@ pub fn host_label(
     Ok(label)
 }
 
+/// The most tags one Service adds to its Consul entry (`consul-tags`).
+pub const MAX_CONSUL_TAGS: usize = 8;
+/// The most metadata pairs one Service adds (`consul-meta.<key>`): Consul allows 64 per
+/// entry, and ksr writes a few of its own.
+pub const MAX_CONSUL_META: usize = 32;
+/// Consul's limits on a metadata key and value (its `metaKeyMaxLength`, `metaValueMaxLength`).
+pub const MAX_CONSUL_META_KEY: usize = 128;
+pub const MAX_CONSUL_META_VALUE: usize = 512;
+
+/// A tag a Service adds to its Consul entry: one lower-case DNS label, so that
+/// `<tag>.<service>.service.consul` resolves.
+pub fn validate_consul_tag(tag: &str) -> Result<(), ProtoError> {
+    check_dns1123_label("Consul tag", tag)
+}
+
+/// A metadata pair a Service adds to its Consul entry, by Consul's own rules (a key of
+/// letters, digits, `_` and `-`, at most 128 bytes, not under the prefix `consul-` Consul keeps
+/// for itself; a value of at most 512 bytes) and ours (not under `ksr-`, which ksr writes).
+pub fn validate_consul_meta(key: &str, value: &str) -> Result<(), ProtoError> {
+    const WHAT: &str = "Consul metadata key";
+    if key.is_empty() {
+        return Err(invalid(WHAT, key, "must not be empty"));
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(invalid(
+            WHAT,
+            key,
+            "may hold only letters, digits, '_' and '-'",
+        ));
+    }
+    if key.len() > MAX_CONSUL_META_KEY {
+        return Err(invalid(WHAT, key, "must be at most 128 bytes"));
+    }
+    if key.starts_with("consul-") {
+        return Err(invalid(WHAT, key, "the prefix consul- is Consul's own"));
+    }
+    if key.starts_with("ksr-") {
+        return Err(invalid(
+            WHAT,
+            key,
+            "the prefix ksr- is kube-service-router's own",
+        ));
+    }
+    if value.len() > MAX_CONSUL_META_VALUE {
+        return Err(invalid(
+            "Consul metadata value",
+            value,
+            "must be at most 512 bytes",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,10 @@
 //! Schema version 1, frozen: decoded forever, and still written for every event it can
-//! represent (all but those with a full hostname), so publishers of the previous release keep
+//! represent (no full hostname, nothing of version 3), so publishers of the previous release keep
 //! reading what a newer watcher writes during a rolling upgrade.
 
 use bincode::{Decode, Encode};
 
-use crate::model::{Backend, Change, Event, RouteState, ServiceKey, ServicePort};
+use crate::model::{Backend, Change, Event, RouteState, Scheme, ServiceKey, ServicePort};
 
 #[derive(Debug, Clone, Encode, Decode)]
 pub(crate) struct RouteStateV1 {
@@ -47,6 +47,10 @@ impl From<RouteStateV1> for RouteState {
             host_since: r.host_since,
             route_since: r.route_since,
             full_host: None,
+            scheme: Scheme::Http,
+            tls_skip_verify: false,
+            consul_tags: Vec::new(),
+            consul_meta: Default::default(),
         }
     }
 }
@@ -69,7 +73,8 @@ impl From<EventV1> for Event {
 }
 
 fn route_v1(r: &RouteState) -> Option<RouteStateV1> {
-    r.full_host.is_none().then(|| RouteStateV1 {
+    let plain = r.full_host.is_none() && crate::v2::plain_backends(r);
+    plain.then(|| RouteStateV1 {
         label: r.label.clone(),
         environment: r.environment.clone(),
         domain: r.domain.clone(),

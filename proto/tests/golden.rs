@@ -20,7 +20,7 @@ fn bless_if_requested() {
         return;
     }
     ONCE.call_once(|| {
-        for (stem, event) in common::golden_v2() {
+        for (stem, event) in common::golden_v3() {
             let bin = golden_dir().join(format!("{stem}.bin"));
             let json = golden_dir().join(format!("{stem}.json"));
             let bytes = codec::encode(&event).expect("golden events are valid");

@@ -52,9 +52,10 @@ fn header_errors_are_typed() {
 fn a_decodable_but_invalid_event_is_rejected() {
     let mut event = common::golden_v1()[0].1.clone();
     event.key.namespace = "Not_Valid".into();
-    // Written by hand at version 2 (the in-memory event's own layout), bypassing encode.
+    // Written by hand at the newest version (the in-memory event's own layout), bypassing
+    // encode.
     let mut bytes = codec::MAGIC.to_vec();
-    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&codec::SCHEMA_VERSION.to_le_bytes());
     bytes.extend(bincode::encode_to_vec(&event, bincode::config::standard()).unwrap());
     assert_eq!(codec::decode(&bytes).unwrap_err().reason(), "invalid_name");
     assert_eq!(codec::encode(&event).unwrap_err().reason(), "invalid_name");

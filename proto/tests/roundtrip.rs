@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use ksr_proto::{Backend, Change, Event, RouteState, ServiceKey, ServicePort, codec, names, route};
+use ksr_proto::{
+    Backend, Change, Event, RouteState, Scheme, ServiceKey, ServicePort, codec, names, route,
+};
 use proptest::prelude::*;
 
 mod common;
@@ -37,9 +39,24 @@ fn route_state() -> impl Strategy<Value = RouteState> {
         any::<u64>(),
         any::<u64>(),
         proptest::option::of("[a-z]([a-z0-9-]{0,10}[a-z0-9])?\\.example\\.(com|org)"),
+        any::<(bool, bool)>(),
+        prop::collection::vec("[a-z][a-z0-9]{0,6}", 0..3),
+        prop::collection::btree_map("[A-Za-z0-9_]{1,8}", "[ -~]{0,10}", 0..3),
     )
         .prop_map(
-            |(label, environment, path, ports, backends, host_since, route_since, domain)| {
+            |(
+                label,
+                environment,
+                path,
+                ports,
+                backends,
+                host_since,
+                route_since,
+                domain,
+                tls,
+                consul_tags,
+                consul_meta,
+            )| {
                 // A full hostname (schema version 2) starts with the label.
                 let full_host = domain.map(|d| format!("{label}.{d}"));
                 let mut r = RouteState {
@@ -59,6 +76,12 @@ fn route_state() -> impl Strategy<Value = RouteState> {
                     host_since,
                     route_since,
                     full_host,
+                    // https (schema version 3), its certificate checked or not.
+                    scheme: if tls.0 { Scheme::Https } else { Scheme::Http },
+                    tls_skip_verify: tls.0 && tls.1,
+                    // Consul tags and metadata (schema version 3 as well).
+                    consul_tags,
+                    consul_meta,
                 };
                 r.normalize();
                 r
@@ -152,6 +175,10 @@ fn claims_continue_while_the_hostname_and_path_stay() {
         host_since: 0,
         route_since: 0,
         full_host: None,
+        scheme: Default::default(),
+        tls_skip_verify: false,
+        consul_tags: Vec::new(),
+        consul_meta: Default::default(),
     };
     // First event (seq 5) begins both claims.
     let mut next = base.clone();

@@ -18,8 +18,18 @@ pub struct NameMeta {
     pub label: String,
 }
 
+/// What one Service adds to the entry of its name (`consul-tags`, `consul-meta.<key>`); absent
+/// (`null`, as in records of earlier releases) when it adds nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extras {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
 /// Every Service claiming one name.
-pub type ConsulRecord = NameRecord<NameMeta, ()>;
+pub type ConsulRecord = NameRecord<NameMeta, Option<Extras>>;
 /// Our records as last read or written.
 pub type State = ksr_runtime::plan::StateOf<ConsulTarget>;
 /// One atomic piece of Consul work.
@@ -34,6 +44,10 @@ pub enum CatalogOp {
 
 /// The longest Meta value Consul accepts.
 const MAX_META_VALUE: usize = 512;
+/// The most tags and Service-given metadata pairs one entry carries, whatever the number of
+/// Services behind it (Consul allows 64 metadata pairs; ksr writes five of its own).
+pub const MAX_ENTRY_TAGS: usize = 32;
+pub const MAX_ENTRY_META: usize = 32;
 
 /// Plans Consul names: a Service claims `<label>.<environment>`; Services of one namespace
 /// share a name (one instance, whatever the clusters and Services behind it); namespaces
@@ -59,7 +73,27 @@ impl ConsulTarget {
             s
         };
         let since = owners.iter().map(|c| c.since).min().unwrap_or(0);
-        let meta = BTreeMap::from([
+        // What the owners add: every tag (sorted, at most MAX_ENTRY_TAGS besides the name's
+        // own), and each metadata key from the oldest claim that sets it (at most
+        // MAX_ENTRY_META keys, the oldest claims' first).
+        let mut oldest_first: Vec<_> = owners.iter().collect();
+        oldest_first.sort_by_key(|c| (c.since, c.key()));
+        let mut tags: BTreeSet<&str> = BTreeSet::new();
+        let mut extra_meta: BTreeMap<String, String> = BTreeMap::new();
+        for c in &oldest_first {
+            let Some(extras) = &c.data else { continue };
+            tags.extend(extras.tags.iter().map(String::as_str));
+            for (k, v) in &extras.meta {
+                if extra_meta.len() < MAX_ENTRY_META || extra_meta.contains_key(k) {
+                    extra_meta.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+        tags.remove(record.meta.label.as_str());
+        let mut all_tags = vec![record.meta.label.clone()];
+        all_tags.extend(tags.into_iter().take(MAX_ENTRY_TAGS).map(str::to_owned));
+        let mut meta = extra_meta;
+        meta.extend([
             ("ksr-owner".to_owned(), self.owner.clone()),
             ("ksr-namespace".to_owned(), first.namespace.clone()),
             (
@@ -75,7 +109,7 @@ impl ConsulTarget {
         Some(ServiceBody {
             id: id.to_owned(),
             service: record.meta.environment.clone(),
-            tags: vec![record.meta.label.clone()],
+            tags: all_tags,
             address: self.router_address.clone(),
             port: self.router_port,
             meta,
@@ -85,7 +119,7 @@ impl ConsulTarget {
 
 impl Target for ConsulTarget {
     type Meta = NameMeta;
-    type Data = ();
+    type Data = Option<Extras>;
     type Group = String;
     type Op = CatalogOp;
 
@@ -104,7 +138,12 @@ impl Target for ConsulTarget {
                 environment: environment.to_owned(),
                 label: label.to_owned(),
             },
-            data: (),
+            data: (!route.consul_tags.is_empty() || !route.consul_meta.is_empty()).then(|| {
+                Extras {
+                    tags: route.consul_tags.clone(),
+                    meta: route.consul_meta.clone(),
+                }
+            }),
             since: route.host_claimed_since(d.seq),
         }))
     }

@@ -55,6 +55,8 @@ impl Target for VulcandTarget {
                     .ready_backends()
                     .map(|b| SocketAddr::new(b.ip, b.port))
                     .collect(),
+                scheme: route.scheme,
+                tls_skip_verify: route.tls_skip_verify,
             },
             since: route.host_claimed_since(d.seq),
         }))
@@ -213,6 +215,8 @@ mod tests {
                     path: path.into(),
                     path_since: *path_since,
                     backends: vec![format!("10.0.0.{}:80", i + 1).parse().unwrap()],
+                    scheme: Default::default(),
+                    tls_skip_verify: false,
                 },
             );
         }

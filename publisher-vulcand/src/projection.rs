@@ -19,10 +19,29 @@ pub enum KeyClass {
 /// vulcand key → (class, JSON value).
 pub type Projection = BTreeMap<String, (KeyClass, String)>;
 
+/// vulcand's backend value (`engine.Backend` as `BackendFromJSON` reads it, v0.8 and later).
 #[derive(Serialize)]
 struct BackendValue<'a> {
     #[serde(rename = "Type")]
     kind: &'a str,
+    /// `engine.HTTPBackendSettings`; absent: vulcand's defaults (and certificates verified).
+    #[serde(rename = "Settings", skip_serializing_if = "Option::is_none")]
+    settings: Option<BackendSettings>,
+}
+
+/// The part of `engine.HTTPBackendSettings` we set.
+#[derive(Serialize)]
+struct BackendSettings {
+    /// `TLS *TLSSettings` (`json:",omitempty"`).
+    #[serde(rename = "TLS")]
+    tls: TlsSettings,
+}
+
+/// The part of `engine.TLSSettings` we set; the rest keeps vulcand's defaults.
+#[derive(Serialize)]
+struct TlsSettings {
+    #[serde(rename = "InsecureSkipVerify")]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Serialize)]
@@ -58,9 +77,27 @@ pub fn project(layout: &Layout, record: &HostRecord) -> Projection {
             continue;
         };
         let id = layout.route_id(host, path);
+        // The backend's settings follow the oldest claim of the path's Service (its clusters
+        // fan in); each server speaks its own claim's scheme.
+        let oldest = owners
+            .iter()
+            .min_by_key(|c| (c.data.path_since, c.cluster.as_str()));
+        let settings = oldest
+            .filter(|c| c.data.tls_skip_verify)
+            .map(|_| BackendSettings {
+                tls: TlsSettings {
+                    insecure_skip_verify: true,
+                },
+            });
         out.insert(
             layout.backend_key(&id),
-            (KeyClass::Backend, json(&BackendValue { kind: "http" })),
+            (
+                KeyClass::Backend,
+                json(&BackendValue {
+                    kind: "http",
+                    settings,
+                }),
+            ),
         );
         for claim in owners {
             for addr in &claim.data.backends {
@@ -69,7 +106,7 @@ pub fn project(layout: &Layout, record: &HostRecord) -> Projection {
                     (
                         KeyClass::Server,
                         json(&ServerValue {
-                            url: format!("http://{addr}"),
+                            url: format!("{}://{addr}", claim.data.scheme),
                         }),
                     ),
                 );
@@ -148,4 +185,91 @@ pub fn diff(from: &Projection, to: &Projection) -> Vec<KeyOp> {
 /// Sorts writes into vulcand's safe order (stable within a class).
 pub fn sort_ops(ops: &mut [KeyOp]) {
     ops.sort_by_key(KeyOp::order);
+}
+
+#[cfg(test)]
+mod tests {
+    use ksr_proto::{Scheme, ServiceKey};
+
+    use super::*;
+    use crate::records::{HostMeta, PathClaim};
+
+    fn record(claims: &[(&str, u64, Scheme, bool)]) -> HostRecord {
+        let mut r = HostRecord::new(HostMeta {
+            host: "dash-kd.test.service.consul".into(),
+        });
+        for (i, (cluster, since, scheme, skip)) in claims.iter().enumerate() {
+            r.claims.upsert(
+                &ServiceKey::new(*cluster, "kd", "dash"),
+                i as u64 + 1,
+                *since,
+                PathClaim {
+                    path: "/.*".into(),
+                    path_since: *since,
+                    backends: vec![format!("10.0.0.{}:8443", i + 1).parse().unwrap()],
+                    scheme: *scheme,
+                    tls_skip_verify: *skip,
+                },
+            );
+        }
+        r
+    }
+
+    /// The values of the keys `select` picks.
+    fn values(p: &Projection, select: impl Fn(&str) -> bool) -> Vec<&str> {
+        p.iter()
+            .filter(|(k, _)| select(k))
+            .map(|(_, (_, v))| v.as_str())
+            .collect()
+    }
+
+    fn backend(p: &Projection) -> Vec<&str> {
+        values(p, |k| k.ends_with("/backend"))
+    }
+
+    fn servers(p: &Projection) -> Vec<&str> {
+        values(p, |k| k.contains("/servers/"))
+    }
+
+    /// The JSON keys vulcand reads, as its sources name them (v0.8.0-beta.2 and later,
+    /// `engine/model.go` and `engine/tls.go`): `backend` is `{"Type","Settings"}`, Settings is
+    /// `HTTPBackendSettings{Timeouts, KeepAlive, TLS *TLSSettings}`, TLSSettings has
+    /// `InsecureSkipVerify bool`; a server is `{"URL"}`.
+    #[test]
+    fn https_backends_carry_the_scheme_and_only_an_unverified_one_has_tls_settings() {
+        let layout = Layout::new("vulcand", "ksr");
+        let verified = project(&layout, &record(&[("east", 1, Scheme::Https, false)]));
+        assert_eq!(backend(&verified), vec![r#"{"Type":"http"}"#]);
+        assert_eq!(
+            servers(&verified),
+            vec![r#"{"URL":"https://10.0.0.1:8443"}"#]
+        );
+
+        let unverified = project(&layout, &record(&[("east", 1, Scheme::Https, true)]));
+        let parsed: serde_json::Value = serde_json::from_str(backend(&unverified)[0]).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"Type": "http", "Settings": {"TLS": {"InsecureSkipVerify": true}}})
+        );
+
+        // Two clusters of one Service fan in: the backend follows the oldest claim, each
+        // server its own scheme.
+        let fanned = project(
+            &layout,
+            &record(&[
+                ("east", 5, Scheme::Http, false),
+                ("west", 2, Scheme::Https, true),
+            ]),
+        );
+        assert!(backend(&fanned)[0].contains("InsecureSkipVerify"));
+        let mut servers = servers(&fanned);
+        servers.sort();
+        assert_eq!(
+            servers,
+            vec![
+                r#"{"URL":"http://10.0.0.1:8443"}"#,
+                r#"{"URL":"https://10.0.0.2:8443"}"#
+            ]
+        );
+    }
 }

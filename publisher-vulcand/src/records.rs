@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use ksr_proto::Scheme;
+
 use ksr_runtime::claims::Claim;
 use ksr_runtime::plan::NameRecord;
 pub use ksr_runtime::plan::ServiceRecord;
@@ -29,6 +31,16 @@ pub struct PathClaim {
     pub path_since: u64,
     /// The Service's ready backends.
     pub backends: Vec<SocketAddr>,
+    /// How vulcand speaks to them (absent in records of earlier releases: http).
+    #[serde(default, skip_serializing_if = "is_http")]
+    pub scheme: Scheme,
+    /// Whether vulcand skips verifying their certificates (https only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_skip_verify: bool,
+}
+
+fn is_http(s: &Scheme) -> bool {
+    *s == Scheme::Http
 }
 
 /// One Service's claim on a hostname.

@@ -162,6 +162,9 @@ async fn migrate_legacy(kv: &mut KvClient, layout: &Layout) -> Result<(), Error>
                     path: record.meta.path.clone(),
                     path_since: c.since,
                     backends: c.data.clone(),
+                    // Legacy records predate https backends.
+                    scheme: Default::default(),
+                    tls_skip_verify: false,
                 };
                 host.claims.upsert(&c.key(), c.seq, c.since, data);
             }

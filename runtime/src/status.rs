@@ -36,7 +36,8 @@ pub struct Status {
     pub target: String,
     /// The publisher (its durable consumer's name).
     pub publisher: String,
-    /// Stream sequence of the Service's event this standing follows from.
+    /// Stream sequence of the Service's event from which it stands so (later events that
+    /// leave its standing as it is are not written again).
     pub seq: u64,
     #[serde(flatten)]
     pub standing: Standing,
@@ -82,7 +83,7 @@ pub fn unix_now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A change to report: the Service, the sequence it follows from, and its standing (`None`:
+/// A change to report: the Service, the sequence of the event it follows from, and its standing (`None`:
 /// the Service claims nothing in this target any more, its status is deleted).
 pub type Change = (ServiceKey, u64, Option<Standing>);
 

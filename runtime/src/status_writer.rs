@@ -2,7 +2,9 @@
 //!
 //! The consumer loop hands over what each applied batch changed ([`StatusWriter::report`]
 //! only takes a lock and wakes the writer); the writer task coalesces changes per Service
-//! (the newest wins), skips what it wrote already, and puts or deletes keys concurrently.
+//! (the newest wins), skips standings it wrote already (the same standing at a later event is
+//! not news: status costs JetStream writes only when a standing changes), and puts or deletes
+//! keys concurrently.
 //! A failed write is counted, logged and tried again later; the bucket is created when
 //! missing. Nothing here can fail or slow down an apply.
 
@@ -218,7 +220,10 @@ impl Task {
         };
         let due: Vec<_> = batch
             .into_iter()
-            .filter(|(k, v)| self.written.get(k) != Some(v))
+            // Only a new standing is news: the same standing at a later event (new backends,
+            // say) is not written again, so status costs writes only when a Service's
+            // standing changes, not on every event.
+            .filter(|(k, (_, standing))| self.written.get(k).map(|(_, s)| s) != Some(standing))
             .collect();
         self.metrics.pending.set(due.len() as i64);
         let to = &self.to;

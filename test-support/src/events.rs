@@ -27,6 +27,10 @@ pub fn route(label: &str, env: &str, path: &str, ips: &[&str]) -> RouteState {
         host_since: 0,
         route_since: 0,
         full_host: None,
+        scheme: Default::default(),
+        tls_skip_verify: false,
+        consul_tags: Vec::new(),
+        consul_meta: Default::default(),
     };
     r.normalize();
     r

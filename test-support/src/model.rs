@@ -8,9 +8,11 @@
 //! - A hostname belongs to the namespace whose Service's continuous claim on it began first
 //!   (a stream sequence). Within that namespace each path goes to the Service (all its
 //!   clusters) whose claim on hostname + path began first; the others wait.
-//! - Each routed hostname + path is `vulcand/backends/<id>/backend` `{"Type":"http"}`, one
-//!   `servers/<cluster>-<ip>-<port>` `{"URL":"http://ip:port"}` per ready address of the
-//!   routing Service in every cluster, and `vulcand/frontends/<id>/frontend`; `<id>` is
+//! - Each routed hostname + path is `vulcand/backends/<id>/backend` `{"Type":"http"}` (with
+//!   `"Settings":{"TLS":{"InsecureSkipVerify":true}}` when the routing Service's oldest cluster
+//!   asks not to verify certificates), one `servers/<cluster>-<ip>-<port>`
+//!   `{"URL":"<scheme>://ip:port"}` per ready address of the routing Service in every cluster
+//!   (its own scheme), and `vulcand/frontends/<id>/frontend`; `<id>` is
 //!   `<owner>.<hostname>.<FNV-1a 64 of the path, 16 hex>`.
 //! - Each Consul name `<tag>.<env>` is one instance on our node, owned by the namespace that
 //!   claimed it first, at the router's address, with `ksr-*` metadata; plus the router's own
@@ -57,6 +59,13 @@ pub struct Service {
     pub path: String,
     /// Ready addresses: each becomes a server.
     pub servers: Vec<SocketAddr>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Whether vulcand must skip verifying the servers' certificates.
+    pub skip_verify: bool,
+    /// What it adds to its Consul entry.
+    pub consul_tags: Vec<String>,
+    pub consul_meta: BTreeMap<String, String>,
     /// Where its claim on the hostname, and on hostname + path, began.
     pub host_since: u64,
     pub route_since: u64,
@@ -139,10 +148,17 @@ pub fn expected(settings: &Settings, services: &[Service]) -> Expected {
             let name = oldest(owners.iter().map(|s| (s.route_since, s.key.name.as_str())))
                 .expect("a path in the map has a claim");
             let id = format!("{owner}.{host}.{:016x}", fnv1a64(path.as_bytes()));
-            out.vulcand.insert(
-                format!("{prefix}/backends/{id}/backend"),
-                r#"{"Type":"http"}"#.into(),
-            );
+            let first = owners
+                .iter()
+                .filter(|s| s.key.name == name)
+                .min_by_key(|s| (s.route_since, s.key.cluster.as_str()));
+            let backend = if first.is_some_and(|s| s.skip_verify) {
+                r#"{"Type":"http","Settings":{"TLS":{"InsecureSkipVerify":true}}}"#
+            } else {
+                r#"{"Type":"http"}"#
+            };
+            out.vulcand
+                .insert(format!("{prefix}/backends/{id}/backend"), backend.into());
             for s in &owners {
                 if s.key.name != name {
                     waiting.insert(format!("{}/{} on {}", s.key.namespace, s.key.name, path));
@@ -156,7 +172,10 @@ pub fn expected(settings: &Settings, services: &[Service]) -> Expected {
                             s.key.cluster,
                             addr.port()
                         ),
-                        format!(r#"{{"URL":{}}}"#, json_str(&format!("http://{addr}"))),
+                        format!(
+                            r#"{{"URL":{}}}"#,
+                            json_str(&format!("{}://{addr}", s.scheme))
+                        ),
                     );
                 }
             }
@@ -201,7 +220,27 @@ pub fn expected(settings: &Settings, services: &[Service]) -> Expected {
             set.into_iter().collect::<Vec<_>>().join(",")
         };
         let since = owners.iter().map(|s| s.host_since).min().unwrap_or(0);
-        let meta = BTreeMap::from([
+        // Tags: the name's own, then the union of the owners' (sorted, 32 at most). Metadata:
+        // each key as the oldest claim that sets it says (claim age, then Service key), 32
+        // keys at most, the oldest claims' first; ksr's own keys last.
+        let mut tags: BTreeSet<String> = owners
+            .iter()
+            .flat_map(|s| s.consul_tags.iter().cloned())
+            .collect();
+        tags.remove(tag);
+        let mut entry_tags = vec![tag.to_owned()];
+        entry_tags.extend(tags.into_iter().take(32));
+        let mut by_age: Vec<&&&Service> = owners.iter().collect();
+        by_age.sort_by(|a, b| (a.host_since, &a.key).cmp(&(b.host_since, &b.key)));
+        let mut meta: BTreeMap<String, String> = BTreeMap::new();
+        for s in by_age {
+            for (k, v) in &s.consul_meta {
+                if !meta.contains_key(k) && meta.len() < 32 {
+                    meta.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        meta.extend([
             ("ksr-owner".to_owned(), owner.clone()),
             ("ksr-namespace".to_owned(), ns.to_owned()),
             ("ksr-services".to_owned(), join(&|s| s.key.name.as_str())),
@@ -213,7 +252,7 @@ pub fn expected(settings: &Settings, services: &[Service]) -> Expected {
             id.clone(),
             ConsulEntry {
                 service: env.to_owned(),
-                tags: vec![tag.to_owned()],
+                tags: entry_tags,
                 address: settings.router_address.clone(),
                 port: settings.router_port,
                 meta,
@@ -351,6 +390,13 @@ pub fn services_from_stream(events: &[(u64, Event)]) -> Vec<Service> {
                 .filter(|b| b.ready)
                 .map(|b| SocketAddr::new(b.ip, b.port))
                 .collect(),
+            scheme: match r.scheme {
+                ksr_proto::Scheme::Http => "http",
+                ksr_proto::Scheme::Https => "https",
+            },
+            skip_verify: r.tls_skip_verify,
+            consul_tags: r.consul_tags.clone(),
+            consul_meta: r.consul_meta.clone(),
             host_since,
             route_since,
         });
@@ -405,6 +451,10 @@ mod tests {
             consul: Some((tag, "test".into())),
             path: path.into(),
             servers: vec![format!("10.0.{}.1:80", since.0).parse().unwrap()],
+            scheme: "http",
+            skip_verify: false,
+            consul_tags: Vec::new(),
+            consul_meta: BTreeMap::new(),
             host_since: since.0,
             route_since: since.1,
         }

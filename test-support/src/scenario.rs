@@ -519,6 +519,11 @@ impl Workload {
                 consul: Some((label, "test".into())),
                 path,
                 servers,
+                // The scenario's Services carry no scheme annotation (ports.rs covers them).
+                scheme: "http",
+                skip_verify: false,
+                consul_tags: Vec::new(),
+                consul_meta: Default::default(),
                 host_since,
                 route_since,
             });

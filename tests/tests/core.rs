@@ -85,6 +85,16 @@ fn history(rng: &mut Rng, n: usize) -> Vec<(u64, Event)> {
                     ready: rng.next(4) != 0,
                 })
                 .collect();
+            // Some Services speak https to their backends, some of those unverified.
+            if rng.next(4) == 0 {
+                r.scheme = ksr_proto::Scheme::Https;
+                r.tls_skip_verify = rng.next(2) == 0;
+            }
+            // Some add Consul tags and metadata; Services sharing a name merge them.
+            if rng.next(3) == 0 {
+                r.consul_tags = vec![(*rng.pick(&["canary", "v2", "blue"])).to_owned()];
+                r.consul_meta = [("team".to_owned(), format!("{cluster}-{}", rng.next(3)))].into();
+            }
             r.normalize();
             let prev_route = prev.as_ref().and_then(|(s, r)| r.as_ref().map(|r| (r, *s)));
             r.continue_claims(prev_route);

@@ -527,7 +527,7 @@ async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who
             text.matches("held by b-c").count() == 2
                 && text.contains("ksr-vulcand-ksr")
                 && text.contains("ksr-consul-ksr")
-                && text.contains("Every report follows the newest event"),
+                && text.contains("The newest event is #"),
             "{text}"
         );
         Ok(text)
@@ -591,4 +591,62 @@ async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who
         assert_eq!(r["uid"], uid.as_str(), "{e}");
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn https_backends_and_consul_tags_and_metadata_go_from_annotations_to_etcd_and_consul()
+-> anyhow::Result<()> {
+    let sys = System::start().await?;
+    // kubernetes-dashboard's Service (one port 443 → 8443), with a self-signed certificate
+    // and a team's tags and metadata.
+    sys.east.apply(
+        Resource::Services,
+        json!({"metadata": {"name": "dash", "namespace": "kd", "uid": "uid-dash",
+                            "labels": {"type": "ingress"},
+                            "annotations": {"tls-insecure-skip-verify": "true",
+                                            "consul-tags": "canary,ops",
+                                            "consul-meta.team": "platform"}},
+               "spec": {"clusterIP": "10.96.7.7", "ports": [{"port": 443, "targetPort": 8443}]}}),
+    );
+    let host = "dash-kd.test.service.consul";
+    eventually(WAIT, || async {
+        anyhow::ensure!(
+            sys.servers(host).await? == vec![r#"{"URL":"https://10.96.7.7:443"}"#.to_owned()],
+            "servers {:?}",
+            sys.servers(host).await?
+        );
+        Ok(())
+    })
+    .await
+    .map_err(|e| sys.with_logs(e))?;
+    // vulcand's backend carries the TLS setting, read back with etcd's own client.
+    let mut client = etcd_client::Client::connect([sys.etcd.endpoint()], None).await?;
+    let id = ksr_publisher_vulcand::layout::Layout::new("vulcand", "ksr").route_id(host, "/.*");
+    let backend = client
+        .get(format!("vulcand/backends/{id}/backend"), None)
+        .await?;
+    let value: Value = serde_json::from_slice(backend.kvs()[0].value())?;
+    assert_eq!(
+        value,
+        json!({"Type": "http", "Settings": {"TLS": {"InsecureSkipVerify": true}}})
+    );
+    // Consul's catalog holds the tags and metadata, and its DNS answers by tag.
+    eventually(WAIT, || async {
+        let entry = sys
+            .consul
+            .get_json("/v1/catalog/service/test?tag=canary")
+            .await?;
+        let first = &entry[0];
+        anyhow::ensure!(
+            first["ServiceTags"] == json!(["dash-kd", "canary", "ops"])
+                && first["ServiceMeta"]["team"] == "platform",
+            "{entry}"
+        );
+        anyhow::ensure!(
+            sys.resolves("ops.test.service.consul").await?,
+            "no DNS answer by tag"
+        );
+        Ok(())
+    })
+    .await
 }

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use k8s_openapi::api::core::v1::{Service, ServicePort as K8sPort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use ksr_proto::{Backend, RouteState, ServicePort, names, route};
+use ksr_proto::{Backend, RouteState, Scheme, ServicePort, names, route};
 
 /// Annotation replacing the name part of the hostname.
 pub const HOST_ANNOTATION: &str = "host";
@@ -19,6 +19,14 @@ pub const HOST_ANNOTATION: &str = "host";
 pub const PATH_ANNOTATION: &str = "path";
 /// Annotation choosing the Service port (by name or number).
 pub const PORT_ANNOTATION: &str = "port";
+/// Annotation choosing how the edge speaks to the backends (`http`, `https`).
+pub const SCHEME_ANNOTATION: &str = "scheme";
+/// Annotation (`"true"`) that makes the edge skip verifying the backends' TLS certificates.
+pub const TLS_SKIP_VERIFY_ANNOTATION: &str = "tls-insecure-skip-verify";
+/// Annotation with tags (comma-separated) the Service adds to its Consul entry.
+pub const CONSUL_TAGS_ANNOTATION: &str = "consul-tags";
+/// Annotation prefix: `consul-meta.<key>: <value>` adds a metadata pair to its Consul entry.
+pub const CONSUL_META_PREFIX: &str = "consul-meta.";
 /// The EndpointSlice label naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -127,6 +135,8 @@ impl Normalizer {
             &k8s_ports,
             annotations.get(PORT_ANNOTATION).map(String::as_str),
         )?;
+        let (scheme, tls_skip_verify) = backend_scheme(&annotations, &chosen)?;
+        let (consul_tags, consul_meta) = consul_extras(&annotations)?;
         if spec.type_.as_deref() == Some("ExternalName") {
             return Err(unroutable(
                 "external_name",
@@ -200,6 +210,10 @@ impl Normalizer {
             host_since: 0,
             route_since: 0,
             full_host,
+            scheme,
+            tls_skip_verify,
+            consul_tags,
+            consul_meta,
         };
         state.normalize();
         // Exactly what publishing checks: whatever passes here encodes.
@@ -286,6 +300,109 @@ pub fn chosen_port(svc: &Service) -> Option<String> {
 /// Whether `port` carries TCP (the default protocol), the only one routed over HTTP.
 fn is_tcp(port: &K8sPort) -> bool {
     port.protocol.as_deref().unwrap_or("TCP") == "TCP"
+}
+
+/// How the edge speaks to the backends behind `chosen`: the `scheme` annotation, else https
+/// for a port named `https`, numbered 443 or whose `appProtocol` is `https`; and whether it
+/// skips verifying their certificates (`tls-insecure-skip-verify: "true"`, https only).
+pub fn backend_scheme(
+    annotations: &std::collections::BTreeMap<String, String>,
+    chosen: &K8sPort,
+) -> Result<(Scheme, bool), Rejection> {
+    let scheme = match annotations.get(SCHEME_ANNOTATION).map(|s| s.trim()) {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        Some(other) => {
+            return Err(reject(
+                "invalid_scheme_annotation",
+                format!("scheme annotation {other:?}: must be http or https"),
+            ));
+        }
+        None => {
+            let says_https = chosen.name.as_deref() == Some("https")
+                || chosen.port == 443
+                || chosen.app_protocol.as_deref() == Some("https");
+            if says_https {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            }
+        }
+    };
+    let skip = match annotations
+        .get(TLS_SKIP_VERIFY_ANNOTATION)
+        .map(|s| s.trim())
+    {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(reject(
+                "invalid_tls_annotation",
+                format!("{TLS_SKIP_VERIFY_ANNOTATION} annotation {other:?}: must be true or false"),
+            ));
+        }
+    };
+    if skip && scheme != Scheme::Https {
+        return Err(reject(
+            "invalid_tls_annotation",
+            format!(
+                "{TLS_SKIP_VERIFY_ANNOTATION} applies to https backends only, and this route speaks http (set scheme: https)"
+            ),
+        ));
+    }
+    Ok((scheme, skip))
+}
+
+/// The tags (`consul-tags: "a,b"`) and metadata (`consul-meta.<key>: value`) a Service adds
+/// to its Consul entry, validated by Consul's rules and bounded.
+pub fn consul_extras(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<(Vec<String>, std::collections::BTreeMap<String, String>), Rejection> {
+    let mut tags: Vec<String> = annotations
+        .get(CONSUL_TAGS_ANNOTATION)
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    tags.dedup();
+    if tags.len() > names::MAX_CONSUL_TAGS {
+        return Err(reject(
+            "invalid_consul_tags_annotation",
+            format!(
+                "{} Consul tags, at most {} are allowed",
+                tags.len(),
+                names::MAX_CONSUL_TAGS
+            ),
+        ));
+    }
+    for tag in &tags {
+        names::validate_consul_tag(tag)
+            .map_err(|e| reject("invalid_consul_tags_annotation", e.to_string()))?;
+    }
+    let meta: std::collections::BTreeMap<String, String> = annotations
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(CONSUL_META_PREFIX)?.to_owned(), v.clone())))
+        .collect();
+    if meta.len() > names::MAX_CONSUL_META {
+        return Err(reject(
+            "invalid_consul_meta_annotation",
+            format!(
+                "{} Consul metadata annotations, at most {} are allowed",
+                meta.len(),
+                names::MAX_CONSUL_META
+            ),
+        ));
+    }
+    for (key, value) in &meta {
+        names::validate_consul_meta(key, value)
+            .map_err(|e| reject("invalid_consul_meta_annotation", e.to_string()))?;
+    }
+    Ok((tags, meta))
 }
 
 /// How strongly `port` says it speaks HTTP: 3 by its `appProtocol` (`http`, `http2`, `h2c`,

@@ -62,6 +62,8 @@ pub enum Outcome {
         host: String,
         path: String,
         port: String,
+        /// `http`, `https` (and whether certificates are verified).
+        scheme: String,
     },
     /// Not routed: the spec is invalid (`reason` is the metric label, `message` says why).
     Rejected {
@@ -113,11 +115,16 @@ impl Outcome {
     /// The Event to write (none for [`Outcome::Cleared`]).
     fn event(&self) -> Option<Event> {
         let (type_, reason, note) = match self {
-            Outcome::Published { host, path, port } => (
+            Outcome::Published {
+                host,
+                path,
+                port,
+                scheme,
+            } => (
                 EventType::Normal,
                 "Published",
                 format!(
-                    "published to the route stream as {host} (path {path}) to port {port}; each publisher reports whether it serves it (Routed) or why not"
+                    "published to the route stream as {host} (path {path}) to port {port} over {scheme}; each publisher reports whether it serves it (Routed) or why not"
                 ),
             ),
             Outcome::Rejected { reason, message } => (
@@ -458,6 +465,7 @@ mod tests {
             host: "web-shop.test.service.consul".into(),
             path: "/.*".into(),
             port: "http (80/TCP)".into(),
+            scheme: "http".into(),
         }
         .event()
         .unwrap();

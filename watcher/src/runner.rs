@@ -306,7 +306,6 @@ impl Runner {
                         reload = true;
                     }
                 }
-                Some(change) = statuses.recv() => self.tell_status(change),
                 Some(reply) = confirmations.recv() => {
                     let n = self.held.len();
                     if n > 0 {
@@ -367,6 +366,9 @@ impl Runner {
                     let routed = self.known.values().filter(|k| k.event.as_ref().is_some_and(|e| e.route().is_some())).count();
                     self.metrics.services.set(routed as i64);
                 }
+                // Last (the select is biased): advisory news never delays publishing, however
+                // many statuses the publishers write.
+                Some(change) = statuses.recv() => self.tell_status(change),
             }
         }
     }
@@ -538,10 +540,22 @@ impl Runner {
                     .service(obj)
                     .and_then(crate::normalize::chosen_port)
                     .unwrap_or_default();
+                if r.tls_skip_verify {
+                    tracing::warn!(
+                        namespace = obj.0,
+                        service = obj.1,
+                        host = r.hostname(),
+                        "routed over https without verifying the backends' certificates (tls-insecure-skip-verify)"
+                    );
+                }
                 let routed = Outcome::Published {
                     host: r.hostname(),
                     path: r.path.clone(),
                     port,
+                    scheme: match (r.scheme, r.tls_skip_verify) {
+                        (s, false) => s.to_string(),
+                        (s, true) => format!("{s}, certificates not verified"),
+                    },
                 };
                 (service, routed)
             }

@@ -159,3 +159,139 @@ fn the_port_annotation_wins_by_name_or_number_and_must_be_tcp() {
         Err("invalid_port_annotation")
     );
 }
+
+// kubernetes-dashboard (its recommended.yaml): one unnamed port 443 → 8443.
+const DASHBOARD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: kubernetes-dashboard, namespace: kubernetes-dashboard, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.70
+  ports:
+  - {port: 443, targetPort: 8443}
+"#;
+
+// metrics-server (its components.yaml): a port named https with a named targetPort.
+const METRICS_SERVER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.80
+  ports:
+  - {name: https, port: 443, protocol: TCP, targetPort: https}
+"#;
+
+/// The scheme and certificate check of the route, or the rejection reason.
+fn routed_scheme(yaml: &str) -> Result<(&'static str, bool), &'static str> {
+    normalizer()
+        .route(&parse(yaml), &[])
+        .map(|r| (r.scheme.as_str(), r.tls_skip_verify))
+        .map_err(|e| e.reason)
+}
+
+fn with_annotations(yaml: &str, annotations: &str) -> String {
+    yaml.replace(
+        "labels: {type: ingress}}",
+        &format!("labels: {{type: ingress}}, annotations: {{{annotations}}}}}"),
+    )
+}
+
+#[test]
+fn a_port_named_https_or_numbered_443_speaks_https_unless_the_scheme_annotation_says_otherwise() {
+    assert_eq!(routed_scheme(DASHBOARD), Ok(("https", false)));
+    assert_eq!(routed_scheme(METRICS_SERVER), Ok(("https", false)));
+    // The demo api has https 443 and http 80: http 80 is routed, over http.
+    assert_eq!(routed_scheme(DEMO_API), Ok(("http", false)));
+    assert_eq!(routed_scheme(COCKROACH), Ok(("http", false)));
+    // The annotation wins either way.
+    assert_eq!(
+        routed_scheme(&with_annotations(DASHBOARD, "scheme: http")),
+        Ok(("http", false))
+    );
+    assert_eq!(
+        routed_scheme(&with_annotations(COCKROACH, "scheme: https")),
+        Ok(("https", false))
+    );
+    // The dashboard's self-signed certificate: not verified, only when asked.
+    assert_eq!(
+        routed_scheme(&with_annotations(
+            DASHBOARD,
+            "tls-insecure-skip-verify: \"true\""
+        )),
+        Ok(("https", true))
+    );
+    // Invalid values and a certificate check skipped on plain http are refused.
+    assert_eq!(
+        routed_scheme(&with_annotations(DASHBOARD, "scheme: HTTPS")),
+        Err("invalid_scheme_annotation")
+    );
+    assert_eq!(
+        routed_scheme(&with_annotations(
+            DASHBOARD,
+            "tls-insecure-skip-verify: \"yes\""
+        )),
+        Err("invalid_tls_annotation")
+    );
+    assert_eq!(
+        routed_scheme(&with_annotations(
+            COCKROACH,
+            "tls-insecure-skip-verify: \"true\""
+        )),
+        Err("invalid_tls_annotation")
+    );
+}
+
+/// The Consul tags and metadata of the route, or the rejection reason.
+fn routed_consul(
+    yaml: &str,
+) -> Result<(Vec<String>, std::collections::BTreeMap<String, String>), &'static str> {
+    normalizer()
+        .route(&parse(yaml), &[])
+        .map(|r| (r.consul_tags, r.consul_meta))
+        .map_err(|e| e.reason)
+}
+
+#[test]
+fn consul_tags_and_metadata_come_from_annotations_and_are_checked_by_consuls_rules() {
+    let (tags, meta) = routed_consul(&with_annotations(
+        COCKROACH,
+        r#"consul-tags: " v2,canary, v2 ", consul-meta.team: db, consul-meta.tier_x: "1""#,
+    ))
+    .expect("routed");
+    assert_eq!(tags, vec!["canary", "v2"], "trimmed, sorted, once each");
+    assert_eq!(meta.get("team").map(String::as_str), Some("db"));
+    assert_eq!(meta.get("tier_x").map(String::as_str), Some("1"));
+    assert_eq!(
+        routed_consul(COCKROACH),
+        Ok((Vec::new(), Default::default()))
+    );
+    for (annotations, reason) in [
+        (r#"consul-tags: "Canary""#, "invalid_consul_tags_annotation"),
+        (r#"consul-tags: "a.b""#, "invalid_consul_tags_annotation"),
+        (
+            r#"consul-tags: "a,b,c,d,e,f,g,h,i""#,
+            "invalid_consul_tags_annotation",
+        ),
+        (r#"consul-meta.a.b: "x""#, "invalid_consul_meta_annotation"),
+        (
+            r#"consul-meta.consul-x: "x""#,
+            "invalid_consul_meta_annotation",
+        ),
+        (
+            r#"consul-meta.ksr-owner: "x""#,
+            "invalid_consul_meta_annotation",
+        ),
+    ] {
+        assert_eq!(
+            routed_consul(&with_annotations(COCKROACH, annotations)),
+            Err(reason),
+            "{annotations}"
+        );
+    }
+    let long_value = format!("consul-meta.note: \"{}\"", "x".repeat(513));
+    assert_eq!(
+        routed_consul(&with_annotations(COCKROACH, &long_value)),
+        Err("invalid_consul_meta_annotation")
+    );
+}

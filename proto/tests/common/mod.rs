@@ -31,6 +31,10 @@ pub fn webtest1_route() -> RouteState {
         host_since: 0,
         route_since: 0,
         full_host: None,
+        scheme: Default::default(),
+        tls_skip_verify: false,
+        consul_tags: Vec::new(),
+        consul_meta: Default::default(),
     }
 }
 
@@ -115,9 +119,41 @@ pub fn golden_v2() -> Vec<(&'static str, Event)> {
     )]
 }
 
+/// (file stem, event) for every golden vector of schema version 3: https to the backends.
+pub fn golden_v3() -> Vec<(&'static str, Event)> {
+    let mut verified = webtest1_route();
+    verified.ports[0] = ServicePort {
+        name: "https".into(),
+        port: 443,
+        protocol: "TCP".into(),
+    };
+    verified.scheme = ksr_proto::Scheme::Https;
+    let mut unverified = verified.clone();
+    verified.consul_tags = vec!["canary".into(), "v2".into()];
+    verified.consul_meta = [("team".to_owned(), "web shop".to_owned())].into();
+    unverified.tls_skip_verify = true;
+    unverified.full_host = Some("webtest1-default.mydomain.com".into());
+    let event = |change| Event {
+        key: ServiceKey::new("east", "default", "webtest1"),
+        change,
+        resource_version: "33333".into(),
+        observed_unix_ms: 1_790_000_000_000,
+        observer: "ksr-watcher-0".into(),
+        manager: None,
+    };
+    vec![
+        ("v3_added_https_consul_tags", event(Change::Added(verified))),
+        (
+            "v3_updated_https_unverified_full_host",
+            event(Change::Updated(unverified)),
+        ),
+    ]
+}
+
 /// Every golden vector with the schema version it must be written at.
 pub fn golden_all() -> Vec<(&'static str, u16, Event)> {
     let v1 = golden_v1().into_iter().map(|(s, e)| (s, 1, e));
-    v1.chain(golden_v2().into_iter().map(|(s, e)| (s, 2, e)))
-        .collect()
+    let v2 = golden_v2().into_iter().map(|(s, e)| (s, 2, e));
+    let v3 = golden_v3().into_iter().map(|(s, e)| (s, 3, e));
+    v1.chain(v2).chain(v3).collect()
 }
