@@ -147,6 +147,9 @@ pub struct Routed {
     pub name: String,
     pub host: String,
     pub path: String,
+    /// The Service port routed, as far as the event tells (`http (80/TCP)`); in endpoints or
+    /// node-port mode the backends' ports are target ports (`→ 8080`).
+    pub port: String,
     /// How the edge speaks to the backends: `http`, `https`, or `https-unverified`
     /// (certificates not checked).
     pub scheme: String,
@@ -228,6 +231,7 @@ fn routed(key: &ServiceKey, route: &RouteState, seq: u64, published_unix_ns: i64
         name: key.name.clone(),
         host: route.hostname(),
         path: route.path.clone(),
+        port: port_text(route),
         scheme: scheme_text(route),
         backends: route
             .ready_backends()
@@ -235,6 +239,30 @@ fn routed(key: &ServiceKey, route: &RouteState, seq: u64, published_unix_ns: i64
             .collect(),
         seq,
         since: format_time(published_unix_ns),
+    }
+}
+
+/// The routed Service port: the Service port the backends' port is (cluster-ip mode), else the
+/// backends' ports (target ports or node ports).
+pub fn port_text(route: &RouteState) -> String {
+    let mut ports: Vec<u16> = route.backends.iter().map(|b| b.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    match ports[..] {
+        [] => "-".into(),
+        [p] => match route.ports.iter().find(|s| s.port == p) {
+            Some(s) if s.name.is_empty() => format!("{p}/{}", s.protocol),
+            Some(s) => format!("{} ({p}/{})", s.name, s.protocol),
+            None => format!("→ {p}"),
+        },
+        _ => format!(
+            "→ {}",
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
 }
 
@@ -252,7 +280,10 @@ pub fn scheme_text(route: &RouteState) -> String {
 pub enum RouteChange {
     Appeared { route: Routed },
     Disappeared { route: Routed },
-    Changed { before: Routed, after: Routed },
+    Changed {
+        before: Box<Routed>,
+        after: Box<Routed>,
+    },
 }
 
 /// What changed from `before` to `after` (ignoring which event set an unchanged route).
@@ -260,15 +291,17 @@ pub fn diff(
     before: &BTreeMap<ServiceKey, Routed>,
     after: &BTreeMap<ServiceKey, Routed>,
 ) -> Vec<RouteChange> {
-    let same =
-        |a: &Routed, b: &Routed| a.host == b.host && a.path == b.path && a.backends == b.backends;
+    let same = |a: &Routed, b: &Routed| {
+        (&a.host, &a.path, &a.port, &a.scheme, &a.backends)
+            == (&b.host, &b.path, &b.port, &b.scheme, &b.backends)
+    };
     let mut out = Vec::new();
     for (k, b) in before {
         match after.get(k) {
             None => out.push(RouteChange::Disappeared { route: b.clone() }),
             Some(a) if !same(a, b) => out.push(RouteChange::Changed {
-                before: b.clone(),
-                after: a.clone(),
+                before: Box::new(b.clone()),
+                after: Box::new(a.clone()),
             }),
             _ => {}
         }
@@ -337,6 +370,41 @@ mod tests {
         };
         assert_eq!(f.subject(), "ksr.routes.east.shop.>");
         assert_eq!(Filter::default().subject(), "ksr.routes.>");
+    }
+
+    #[test]
+    fn the_routed_port_is_named_when_the_event_tells_it() {
+        let mut r = ksr_proto::RouteState {
+            ports: vec![
+                ksr_proto::ServicePort {
+                    name: "https".into(),
+                    port: 443,
+                    protocol: "TCP".into(),
+                },
+                ksr_proto::ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    protocol: "TCP".into(),
+                },
+            ],
+            backends: vec![ksr_proto::Backend {
+                ip: "10.0.0.1".parse().unwrap(),
+                port: 80,
+                ready: true,
+            }],
+            ..serde_json::from_str(
+                r#"{"label":"a-b","environment":"test","domain":"service.consul","path":"/.*",
+                    "ports":[],"backends":[],"host_since":0,"route_since":0,"full_host":null}"#,
+            )
+            .unwrap()
+        };
+        assert_eq!(port_text(&r), "http (80/TCP)");
+        assert_eq!(scheme_text(&r), "http");
+        r.backends[0].port = 8443;
+        r.scheme = ksr_proto::Scheme::Https;
+        r.tls_skip_verify = true;
+        assert_eq!(port_text(&r), "→ 8443", "a target port");
+        assert_eq!(scheme_text(&r), "https-unverified");
     }
 }
 
@@ -454,6 +522,7 @@ pub fn state_table(state: &BTreeMap<ServiceKey, Routed>) -> String {
         t.push(vec![
             r.host.clone(),
             r.path.clone(),
+            r.port.clone(),
             r.scheme.clone(),
             r.backends.join(" "),
             format!("{}/{}/{}", r.cluster, r.namespace, r.name),
@@ -468,9 +537,10 @@ pub fn state_table(state: &BTreeMap<ServiceKey, Routed>) -> String {
 pub fn diff_text(changes: &[RouteChange]) -> String {
     let show = |r: &Routed| {
         format!(
-            "{} {} [{}] ({}/{}/{})",
+            "{} {} {} [{}] ({}/{}/{})",
             r.host,
             r.path,
+            r.scheme,
             r.backends.join(" "),
             r.cluster,
             r.namespace,

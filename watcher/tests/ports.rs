@@ -295,3 +295,52 @@ fn consul_tags_and_metadata_come_from_annotations_and_are_checked_by_consuls_rul
         Err("invalid_consul_meta_annotation")
     );
 }
+
+/// A rollout where the container port named `web` moved from 8080 to 9090: each
+/// EndpointSlice carries the number its own pods resolve the named targetPort to.
+#[test]
+fn in_endpoints_mode_a_named_target_port_is_resolved_per_endpoint_slice() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let svc = parse(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, labels: {type: ingress}}
+spec:
+  clusterIP: 10.96.0.90
+  ports:
+  - {name: metrics, port: 9100, targetPort: 9100}
+  - {name: http, port: 80, targetPort: web}
+"#,
+    );
+    let slice = |name: &str, port: u16, ip: &str| -> EndpointSlice {
+        serde_saphyr::from_str(&format!(
+            r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports:
+- {{name: metrics, port: 9100, protocol: TCP}}
+- {{name: http, port: {port}, protocol: TCP}}
+endpoints:
+- addresses: ["{ip}"]
+  conditions: {{ready: true}}
+"#
+        ))
+        .expect("an EndpointSlice")
+    };
+    let (old, new) = (
+        slice("web-old", 8080, "10.1.0.1"),
+        slice("web-new", 9090, "10.1.0.2"),
+    );
+    let mut n = normalizer();
+    n.mode = AddressMode::Endpoints;
+    let route = n.route(&svc, &[&old, &new]).expect("routed");
+    let backends: Vec<String> = route
+        .backends
+        .iter()
+        .map(|b| format!("{}:{}", b.ip, b.port))
+        .collect();
+    assert_eq!(backends, vec!["10.1.0.1:8080", "10.1.0.2:9090"]);
+}
