@@ -150,7 +150,7 @@ pub fn render(e: &Explanation) -> String {
         [
             "PUBLISHER",
             "TARGET",
-            "EVENT",
+            "SINCE",
             "STANDING",
             "DETAIL",
             "WRITTEN",

@@ -278,8 +278,12 @@ pub fn scheme_text(route: &RouteState) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "change", rename_all = "lowercase")]
 pub enum RouteChange {
-    Appeared { route: Routed },
-    Disappeared { route: Routed },
+    Appeared {
+        route: Routed,
+    },
+    Disappeared {
+        route: Routed,
+    },
     Changed {
         before: Box<Routed>,
         after: Box<Routed>,
@@ -400,11 +404,26 @@ mod tests {
         };
         assert_eq!(port_text(&r), "http (80/TCP)");
         assert_eq!(scheme_text(&r), "http");
+
         r.backends[0].port = 8443;
         r.scheme = ksr_proto::Scheme::Https;
         r.tls_skip_verify = true;
         assert_eq!(port_text(&r), "→ 8443", "a target port");
         assert_eq!(scheme_text(&r), "https-unverified");
+        // Each column of the table stands under its header (in characters).
+        let key = ServiceKey::new("east", "b", "a");
+        let state = BTreeMap::from([(key.clone(), routed(&key, &r, 7, 0))]);
+        let text = state_table(&state);
+        let (header, row) = (text.lines().next().unwrap(), text.lines().nth(1).unwrap());
+        let column = |line: &str, pat: &str| line.find(pat).map(|i| line[..i].chars().count());
+        for (name, cell) in [
+            ("PORT", "→ 8443"),
+            ("SCHEME", "https-unverified"),
+            ("BACKENDS", "10.0.0.1:8443"),
+            ("SERVICE", "east/b/a"),
+        ] {
+            assert_eq!(column(header, name), column(row, cell), "{name}:\n{text}");
+        }
     }
 }
 
@@ -511,7 +530,7 @@ pub fn event_cells(r: &EventRow) -> Vec<String> {
 pub fn state_table(state: &BTreeMap<ServiceKey, Routed>) -> String {
     let mut t = vec![
         [
-            "HOST", "PATH", "SCHEME", "BACKENDS", "SERVICE", "SEQ", "SINCE",
+            "HOST", "PATH", "PORT", "SCHEME", "BACKENDS", "SERVICE", "SEQ", "SINCE",
         ]
         .map(String::from)
         .to_vec(),

@@ -472,6 +472,25 @@ fn has(events: &[(String, String, String)], type_: &str, reason: &str, words: &[
         .any(|(t, r, n)| t == type_ && r == reason && words.iter().all(|w| n.contains(w)))
 }
 
+/// Waits until east's Service `ns/name` has a Routed Event from vulcand and from Consul, each
+/// naming `name_prefix`.
+async fn served_by_both(
+    sys: &System,
+    ns: &str,
+    name: &str,
+    name_prefix: &str,
+) -> anyhow::Result<()> {
+    eventually(WAIT, || async {
+        let e = events_on(&sys.east, ns, name);
+        for target in ["vulcand", "consul"] {
+            let words = format!("{target} serves it as {name_prefix}");
+            anyhow::ensure!(has(&e, "Normal", "Routed", &[&words]), "{target}: {e:?}");
+        }
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who_holds_its_name()
 -> anyhow::Result<()> {
@@ -481,23 +500,9 @@ async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who
     sys.east
         .apply(Resource::Services, owned_svc("b-c", "x", json!({})));
     let host = "x-b-c.test.service.consul";
-    eventually(WAIT, || async {
-        let e = events_on(&sys.east, "b-c", "x");
-        for target in ["vulcand", "consul"] {
-            anyhow::ensure!(
-                has(
-                    &e,
-                    "Normal",
-                    "Routed",
-                    &[&format!("{target} serves it as x-b-c.test")]
-                ),
-                "{target}: {e:?}"
-            );
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| sys.with_logs(e))?;
+    served_by_both(&sys, "b-c", "x", "x-b-c.test")
+        .await
+        .map_err(|e| sys.with_logs(e))?;
     sys.east.apply(
         Resource::Services,
         owned_svc("c", "intruder", json!({"host": "x-b"})),
@@ -563,22 +568,7 @@ async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who
     .await?;
     // The owner goes: the waiting Service takes the name over, and its owner is told so.
     sys.east.delete(Resource::Services, "b-c", "x");
-    eventually(WAIT, || async {
-        let e = events_on(&sys.east, "c", "intruder");
-        for target in ["vulcand", "consul"] {
-            anyhow::ensure!(
-                has(
-                    &e,
-                    "Normal",
-                    "Routed",
-                    &[&format!("{target} serves it as x-b-c.test")]
-                ),
-                "{target}: {e:?}"
-            );
-        }
-        Ok(())
-    })
-    .await?;
+    served_by_both(&sys, "c", "intruder", "x-b-c.test").await?;
     // Every one of these Events refers to the Service with its uid (what `kubectl describe`
     // selects on).
     for e in sys.east.events() {
