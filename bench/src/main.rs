@@ -44,7 +44,7 @@ enum Bench {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = ksr_test_support::http_client();
+    ksr_runtime::tls::install_crypto_provider();
     match Cli::parse().bench {
         Bench::Vulcand(args) => vulcand::run(args).await,
         Bench::Consul(args) => consul::run(args).await,

@@ -25,12 +25,22 @@ pub struct Report {
     pub written: String,
 }
 
+/// How far one publisher has applied the stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub publisher: String,
+    /// The stream sequence up to which it has applied (and acknowledged) every event.
+    pub up_to: u64,
+}
+
 /// Everything ksr knows about one Service.
 #[derive(Debug, Serialize)]
 pub struct Explanation {
     pub service: String,
     /// Its events in the stream, oldest first.
     pub events: Vec<EventRow>,
+    /// Each publisher's progress through the stream (its durable consumer's ack floor).
+    pub applied: Vec<Applied>,
     /// What each publisher last reported (none: no publisher reported on it).
     pub reports: Vec<Report>,
     /// Whether the status bucket exists (publishers of older releases write none).
@@ -64,20 +74,25 @@ pub async fn explain(args: &crate::cli::NatsArgs, key: &ServiceKey) -> Result<Ex
     let nats = |e: &dyn std::fmt::Display| Error::Nats(e.to_string());
     let bucket = status::bucket(&stream.cached_info().config.name);
     let mut reports = Vec::new();
+    // The publishers are the stream's durable consumers: one status key each.
+    let consumers: Vec<_> = stream
+        .consumers()
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| nats(&e))?;
+    let mut applied: Vec<Applied> = consumers
+        .into_iter()
+        .filter_map(|c| {
+            Some(Applied {
+                publisher: c.config.durable_name?,
+                up_to: c.ack_floor.stream_sequence,
+            })
+        })
+        .collect();
+    applied.sort_by(|a, b| a.publisher.cmp(&b.publisher));
     let kv = js.get_key_value(&bucket).await.ok();
     if let Some(kv) = &kv {
-        // The publishers are the stream's durable consumers: one status key each.
-        let consumers: Vec<_> = stream
-            .consumers()
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| nats(&e))?;
-        let mut durables: Vec<String> = consumers
-            .into_iter()
-            .filter_map(|c| c.config.durable_name)
-            .collect();
-        durables.sort();
-        for publisher in durables {
+        for publisher in applied.iter().map(|a| a.publisher.clone()) {
             let entry = kv
                 .entry(status::key(&publisher, key))
                 .await
@@ -99,9 +114,33 @@ pub async fn explain(args: &crate::cli::NatsArgs, key: &ServiceKey) -> Result<Ex
     Ok(Explanation {
         service: format!("{}/{}/{}", key.cluster, key.namespace, key.name),
         events,
+        applied,
         reports,
         status_bucket: kv.is_some(),
     })
+}
+
+/// Which publishers have applied the Service's newest event (their ack floor is past it).
+fn applied_text(e: &Explanation) -> String {
+    let Some(newest) = e.newest() else {
+        return String::new();
+    };
+    let behind: Vec<String> = e
+        .applied
+        .iter()
+        .filter(|a| a.up_to < newest)
+        .map(|a| format!("{} (up to #{})", a.publisher, a.up_to))
+        .collect();
+    if behind.is_empty() {
+        format!(
+            "\nEvery publisher has applied its newest event (#{newest}); each report holds from the event it names.\n"
+        )
+    } else {
+        format!(
+            "\nNot applied yet by: {} — its newest event is #{newest}.\n",
+            behind.join(", ")
+        )
+    }
 }
 
 /// What a report says, in words.
@@ -123,7 +162,7 @@ fn standing_text(s: &Standing) -> (&'static str, String) {
 }
 
 /// The explanation as text: the events as `ksrctl events` prints them, then one line per
-/// publisher, then whether every publisher has caught up with the newest event.
+/// publisher's report, then whether every publisher has applied the newest event.
 pub fn render(e: &Explanation) -> String {
     let mut out = format!("Service {}\n\n", e.service);
     if e.events.is_empty() {
@@ -137,6 +176,10 @@ pub fn render(e: &Explanation) -> String {
         out.push_str(&history::table(&cells));
     }
     out.push('\n');
+    if !e.status_bucket || e.reports.is_empty() {
+        out.push_str(applied_text(e).trim_start());
+        out.push('\n');
+    }
     if !e.status_bucket {
         out.push_str("No publisher has reported any status yet (no status bucket).\n");
         return out;
@@ -170,12 +213,7 @@ pub fn render(e: &Explanation) -> String {
         ]);
     }
     out.push_str(&history::table(&cells));
-    if let Some(newest) = e.newest() {
-        out.push_str(&format!(
-            "\nThe newest event is #{newest}; each report holds from the event named (later events \
-             that changed nothing of its standing are not reported again).\n"
-        ));
-    }
+    out.push_str(&applied_text(e));
     out
 }
 
@@ -202,6 +240,7 @@ mod tests {
         let e = Explanation {
             service: "east/c/intruder".into(),
             events: Vec::new(),
+            applied: Vec::new(),
             reports: vec![
                 report(
                     "ksr-vulcand-ksr",

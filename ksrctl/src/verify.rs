@@ -21,7 +21,7 @@ struct Found {
     ours: Vec<Drift>,
     /// Entries that are not ours (other Consul nodes); reported, never changed.
     foreign: Vec<Drift>,
-    refused: Vec<(u64, String)>,
+    refused: Vec<ksr_runtime::consumer::Rejected>,
     /// vulcand frontends of ours that vulcand could not load (key, reason).
     unloadable: Vec<(String, String)>,
     services: usize,
@@ -79,8 +79,8 @@ fn output_of(target: &Target) -> Output {
     }
 }
 
-fn print_refused(refused: &[(u64, String)]) {
-    for (seq, reason) in refused {
+fn print_refused(refused: &[ksr_runtime::consumer::Rejected]) {
+    for ksr_runtime::consumer::Rejected { seq, error: reason } in refused {
         eprintln!("ksrctl: the event at sequence {seq} can never be written: {reason}");
     }
 }

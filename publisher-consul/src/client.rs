@@ -140,7 +140,6 @@ pub struct ConsulClient {
 
 impl ConsulClient {
     pub fn new(args: &ConsulArgs) -> Result<Self, Error> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = reqwest::Url::parse(&args.address)
             .map_err(|e| Error::Config(format!("--consul-address {:?}: {e}", args.address)))?;
         let host = url.host_str().ok_or_else(|| {

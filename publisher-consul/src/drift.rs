@@ -23,7 +23,7 @@ pub struct CatalogDrift {
     /// Instances on other nodes that answer for a routed name (keyed `<node>/<ID>`).
     pub foreign: Vec<Drift>,
     /// Events Consul can never register (seq, reason).
-    pub refused: Vec<(u64, String)>,
+    pub refused: Vec<ksr_runtime::consumer::Rejected>,
 }
 
 fn render(body: &ServiceBody) -> String {

@@ -8,6 +8,7 @@ use ksr_publisher_consul::{app, config::Config};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     ksr_runtime::telemetry::init(&config.log, "ksr-publisher-consul")?;
+    ksr_runtime::tls::install_crypto_provider();
     let shutdown = ksr_runtime::shutdown::on_signal();
     app::run(config, shutdown).await?;
     Ok(())

@@ -123,7 +123,7 @@ impl Target for ConsulTarget {
     type Group = String;
     type Op = CatalogOp;
 
-    fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, String> {
+    fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, ksr_proto::ProtoError> {
         // A full hostname outside the Consul domain is routed by vulcand only.
         let Some(route) = d.event.route() else {
             return Ok(None);

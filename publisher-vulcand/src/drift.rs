@@ -74,7 +74,7 @@ pub struct Report {
     /// How our keys differ from the stream's projection.
     pub drift: Vec<Drift>,
     /// Events vulcand can never route (seq, reason).
-    pub refused: Vec<(u64, String)>,
+    pub refused: Vec<ksr_runtime::consumer::Rejected>,
     /// Frontends of ours in etcd that vulcand could not load (key, reason).
     pub unloadable: Vec<(String, String)>,
 }

@@ -38,13 +38,13 @@ impl Target for VulcandTarget {
     type Group = String;
     type Op = KeyOp;
 
-    fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, String> {
+    fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, ksr_proto::ProtoError> {
         let Some(route) = d.event.route() else {
             return Ok(None);
         };
         let host = route.hostname();
         // Defence in depth: events can come from older watchers, other tools or a replay.
-        ksr_proto::route::route_expression(&host, &route.path).map_err(|e| e.to_string())?;
+        ksr_proto::route::route_expression(&host, &route.path)?;
         Ok(Some(Desired {
             id: self.layout.host_id(&host),
             meta: HostMeta { host },

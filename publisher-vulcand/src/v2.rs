@@ -76,7 +76,6 @@ pub fn class_of(key: &str) -> KeyClass {
 
 impl V2Client {
     pub fn new(args: &EtcdArgs) -> Result<Self, Error> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let scheme = if args.ca.is_some() { "https" } else { "http" };
         let bases: Vec<String> = args
             .endpoint_list()

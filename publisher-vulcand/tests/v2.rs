@@ -16,6 +16,7 @@ fn v2_client(flags: &[&str]) -> anyhow::Result<V2Client> {
     let config = ksr_publisher_vulcand::config::Config::try_parse_from(
         std::iter::once("x").chain(flags.iter().copied()),
     )?;
+    ksr_runtime::tls::install_crypto_provider();
     Ok(V2Client::new(&config.etcd)?)
 }
 

@@ -6,14 +6,13 @@
 //! many rounds. What a transaction *is* belongs to the [`Store`].
 
 use std::collections::HashSet;
-use std::fmt::Display;
 use std::future::Future;
 use std::sync::MutexGuard;
 
 use futures::StreamExt;
 
 use crate::config::Policy;
-use crate::consumer::{ApplyReport, Delivery};
+use crate::consumer::{ApplyReport, Delivery, Rejected};
 use crate::plan::{StateOf, Target, UnitOf, changes, pack, plan};
 
 /// How many transactions of one batch are in flight at once.
@@ -34,7 +33,7 @@ pub enum Commit<C> {
 pub trait Store: Sync {
     type T: Target + Sync;
     type Committed: Send;
-    type Error: Display + Send;
+    type Error: std::error::Error + Send + Sync + 'static;
 
     fn target(&self) -> &Self::T;
     /// The cached records.
@@ -187,7 +186,7 @@ pub async fn apply_alone<S: Store>(
                 store.refresh(&units).await?;
             }
             Err(e) if store.is_invalid(&e) => {
-                report.rejected.push((d.seq, e.to_string()));
+                report.rejected.push(Rejected::new(d.seq, e));
                 return Ok(());
             }
             Err(e) => return Err(e),

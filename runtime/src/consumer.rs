@@ -48,12 +48,28 @@ pub struct ApplyReport {
     pub applied: u64,
     /// Events skipped because the target already held a newer (or the same) sequence.
     pub stale: u64,
-    /// Events that can never be applied (stream sequence, reason): terminated, not retried.
-    pub rejected: Vec<(u64, String)>,
+    /// Events that can never be applied: terminated, not retried.
+    pub rejected: Vec<Rejected>,
     /// Removals acknowledged without being applied (`--policy upsert-only`).
     pub skipped_removals: u64,
     /// Where the Services the batch touched stand now ([`crate::status`]).
     pub changes: Vec<crate::status::Change>,
+}
+
+/// An event a target can never apply (stream sequence), and why.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub seq: u64,
+    pub error: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl Rejected {
+    pub fn new(seq: u64, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            seq,
+            error: std::sync::Arc::new(error),
+        }
+    }
 }
 
 /// A failed apply: transient failures are retried by redelivery.
@@ -245,10 +261,10 @@ impl ConsumerMetrics {
 /// A report's status changes, with the Services whose events the target refused.
 fn report_changes(report: &ApplyReport, deliveries: &[Delivery]) -> Vec<crate::status::Change> {
     let mut out = report.changes.clone();
-    for (seq, reason) in &report.rejected {
-        if let Some(d) = deliveries.iter().find(|d| d.seq == *seq) {
+    for r in &report.rejected {
+        if let Some(d) = deliveries.iter().find(|d| d.seq == r.seq) {
             let standing = crate::status::Standing::Rejected {
-                reason: reason.clone(),
+                reason: r.error.to_string(),
             };
             out.push((d.event.key.clone(), d.seq, Some(standing)));
         }
@@ -435,7 +451,7 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
             metrics.applied_now();
             for d in &deliveries {
                 let skipped = report.skipped_removals > 0 && d.event.route().is_none();
-                if !skipped && !report.rejected.iter().any(|(s, _)| *s == d.seq) {
+                if !skipped && !report.rejected.iter().any(|r| r.seq == d.seq) {
                     metrics
                         .applied
                         .get_or_create(&KindLabel {
@@ -458,9 +474,9 @@ async fn process_batch<P: Projector, V: Future<Output = bool>>(
                 .set(((now_ns - newest_published_ns).max(0) as f64) / 1e9);
             for msg in keep {
                 let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                if let Some((_, reason)) = report.rejected.iter().find(|(s, _)| *s == seq) {
+                if let Some(r) = report.rejected.iter().find(|r| r.seq == seq) {
                     metrics.terminate("rejected");
-                    tracing::error!(seq, subject = %msg.subject, reason = %reason, "event rejected by the projection; terminated");
+                    tracing::error!(seq, subject = %msg.subject, reason = %r.error, "event rejected by the projection; terminated");
                     let _ = msg.ack_with(AckKind::Term).await;
                 } else if let Err(e) = msg.ack().await {
                     // Not fatal: the message is redelivered and the fence skips it.

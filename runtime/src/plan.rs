@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use ksr_proto::ServiceKey;
 
 use crate::claims::Claims;
-use crate::consumer::Delivery;
+use crate::consumer::{Delivery, Rejected};
 use crate::status::{Change, Standing};
 
 /// A record as last read or written: `rev` is its revision in the store, 0 when absent.
@@ -262,7 +262,7 @@ pub trait Target {
     type Op: Clone + Debug;
 
     /// The name the event claims, or the reason it can never be written.
-    fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, String>;
+    fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, ksr_proto::ProtoError>;
     /// Claims of one group share a name (fan-in); different groups conflict.
     fn group(key: &ServiceKey) -> Self::Group;
     /// How a group is shown in `owner` / `waiting`.
@@ -368,13 +368,13 @@ pub type StateOf<T> = State<<T as Target>::Meta, <T as Target>::Data>;
 pub struct PlanOutput<M, D, O> {
     pub units: Vec<Unit<M, D, O>>,
     pub stale: Vec<u64>,
-    pub rejected: Vec<(u64, String)>,
+    pub rejected: Vec<Rejected>,
 }
 
 /// The records an empty store holds once `latest` (the newest event per Service, sorted by
 /// sequence) is applied: what a rebuild writes, computed without a store. Events the target
 /// refuses come back with their reason.
-pub fn simulate<T: Target>(target: &T, latest: &[Delivery]) -> (StateOf<T>, Vec<(u64, String)>) {
+pub fn simulate<T: Target>(target: &T, latest: &[Delivery]) -> (StateOf<T>, Vec<Rejected>) {
     let planned = plan(target, &State::default(), latest);
     let mut state = State::default();
     // Units never share a record, so applying them one after the other is the whole story.
@@ -465,7 +465,7 @@ pub fn plan<T: Target>(
                 old: current.and_then(|r| r.claim.clone()),
                 want,
             }),
-            Err(reason) => out.rejected.push((d.seq, reason)),
+            Err(e) => out.rejected.push(Rejected::new(d.seq, e)),
         }
     }
 

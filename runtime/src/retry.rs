@@ -6,6 +6,41 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
 
+/// Delays for advisory background work that keeps failing (status writes, status watches):
+/// doubling from `min` up to `max`, with jitter, starting over after a success — so a
+/// struggling server is not kept busy by what routing does not need.
+#[derive(Debug)]
+pub struct Backoff {
+    builder: ExponentialBuilder,
+    delays: Option<<ExponentialBuilder as backon::BackoffBuilder>::Backoff>,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            builder: ExponentialBuilder::default()
+                .with_min_delay(min)
+                .with_max_delay(max)
+                .with_jitter()
+                .without_max_times(),
+            delays: None,
+        }
+    }
+
+    /// The wait after one more failure in a row.
+    pub fn next_delay(&mut self) -> Duration {
+        use backon::BackoffBuilder;
+        let builder = self.builder;
+        let delays = self.delays.get_or_insert_with(|| builder.build());
+        delays.next().unwrap_or(Duration::from_secs(1))
+    }
+
+    /// A success: the next failure waits the shortest delay again.
+    pub fn reset(&mut self) {
+        self.delays = None;
+    }
+}
+
 /// Retries `f` with exponential backoff (200 ms up to 10 s, forever) until it succeeds, or
 /// returns `None` once `shutdown` is cancelled. Each failure is logged with `what`.
 pub async fn until_ok<T, E, F, Fut>(shutdown: &CancellationToken, what: &str, f: F) -> Option<T>
@@ -143,5 +178,18 @@ mod tests {
         .await;
         assert_eq!(got, Some(Err("bad CA")));
         assert_eq!(calls.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn advisory_backoff_grows_to_its_cap_and_starts_over_after_a_success() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let mut b = Backoff::new(min, max);
+        let first = b.next_delay();
+        assert!(first >= min && first <= 2 * min, "{first:?}");
+        let later: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+        assert!(later.iter().all(|d| *d <= 2 * max), "{later:?}");
+        assert!(later.last().is_some_and(|d| *d >= max), "{later:?}");
+        b.reset();
+        assert!(b.next_delay() <= 2 * min);
     }
 }

@@ -29,8 +29,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Status writes in flight at once.
 const CONCURRENCY: usize = 32;
-/// Wait after a failed write (or bucket creation) before trying again.
-const RETRY: Duration = Duration::from_secs(2);
+/// Waits after failed writes (or bucket creation) in a row: 1 s doubling up to 60 s.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// `ksr_<publisher>_status_…`.
 #[derive(Debug, Clone, Default)]
@@ -154,6 +155,7 @@ struct Task {
 impl Task {
     async fn run(mut self, stop: CancellationToken) {
         let mut store = None;
+        let mut backoff = crate::retry::Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -168,11 +170,12 @@ impl Task {
                     None => true,
                 };
                 if !failed {
+                    backoff.reset();
                     break;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
         }

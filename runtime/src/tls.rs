@@ -94,6 +94,15 @@ pub fn misconfigured(
     })
 }
 
+/// Installs ring as the process's rustls provider (idempotent). Each `main` calls it once at
+/// start, before any client is built: the HTTP clients (Consul, etcd's v2 API) use reqwest
+/// without a provider of its own, so a library constructor never installs one behind the
+/// process's back.
+pub fn install_crypto_provider() {
+    // Err only when a provider is installed already: the one wanted.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,7 @@ pub use wait::{eventually, wait_until};
 
 /// A reqwest client for plain-HTTP loopback calls in tests (installs the ring TLS provider).
 pub fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    ksr_runtime::tls::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(std::time::Duration::from_secs(10))

@@ -532,7 +532,7 @@ async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who
             text.matches("held by b-c").count() == 2
                 && text.contains("ksr-vulcand-ksr")
                 && text.contains("ksr-consul-ksr")
-                && text.contains("The newest event is #"),
+                && text.contains("Every publisher has applied its newest event"),
             "{text}"
         );
         Ok(text)

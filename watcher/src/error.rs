@@ -3,14 +3,32 @@
 /// Failures of the watcher.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("NATS: {0}")]
-    Nats(String),
+    #[error("NATS: reading the stream's newest event of {subject}: {source}")]
+    LastEvent {
+        subject: String,
+        #[source]
+        source: async_nats::jetstream::stream::LastRawMessageError,
+    },
+    #[error("NATS: {key}: kept conflicting with another writer")]
+    Contention { key: ksr_proto::ServiceKey },
     #[error("NATS: publish: {0}")]
     Publish(#[source] async_nats::jetstream::context::PublishError),
-    #[error("source: {0}")]
-    Source(String),
+    #[error("Kubernetes: {what}: {source}")]
+    Kube {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "Kubernetes: no configuration (KUBECONFIG, ~/.kube/config or the in-cluster service account): {0}"
+    )]
+    KubeConfig(#[source] kube::config::InferConfigError),
+    #[error("Kubernetes: namespace kube-system has no UID (it names the cluster)")]
+    NoClusterUid,
+    #[error("the source ended")]
+    SourceEnded,
     #[error("invalid event: {0}")]
-    Invalid(String),
+    Invalid(#[source] ksr_proto::ProtoError),
     #[error("configuration: {0}")]
     Config(String),
     #[error(transparent)]

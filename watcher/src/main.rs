@@ -8,7 +8,7 @@ use ksr_watcher::{app, config::Config};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     ksr_runtime::telemetry::init(&config.log, "ksr-watcher")?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    ksr_runtime::tls::install_crypto_provider();
     let shutdown = ksr_runtime::shutdown::on_signal();
     app::run(config, shutdown).await?;
     Ok(())

@@ -223,10 +223,10 @@ impl Publisher {
                 }))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(Error::Nats(format!(
-                "reading {}: {e}",
-                subject::subject(key)
-            ))),
+            Err(source) => Err(Error::LastEvent {
+                subject: subject::subject(key),
+                source,
+            }),
         }
     }
 
@@ -324,9 +324,7 @@ impl Publisher {
                 }
             }
         }
-        Err(Error::Nats(format!(
-            "{key}: kept conflicting with another writer"
-        )))
+        Err(Error::Contention { key: key.clone() })
     }
 
     /// Publishes; `Ok(None)` when the expected last subject sequence was stale.
@@ -336,7 +334,7 @@ impl Publisher {
         expected: u64,
         msg_id: &str,
     ) -> Result<Option<u64>, Error> {
-        let payload = codec::encode(event).map_err(|e| Error::Invalid(e.to_string()))?;
+        let payload = codec::encode(event).map_err(Error::Invalid)?;
         let mut headers = HeaderMap::new();
         headers.insert(
             subject::HEADER_SCHEMA,

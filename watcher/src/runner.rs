@@ -280,7 +280,7 @@ impl Runner {
                 _ = shutdown.cancelled() => return Ok(()),
                 event = source.next() => {
                     let Some(event) = event else {
-                        return Err(Error::Source("the source ended".into()));
+                        return Err(Error::SourceEnded);
                     };
                     match &event {
                         SourceEvent::Error(e) => {

@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 use ksr_proto::ServiceKey;
 use ksr_runtime::status::{self, Status};
 
-/// Wait before opening the bucket or the watch again.
-const RETRY: Duration = Duration::from_secs(2);
+/// Waits before opening the bucket or the watch again, failures in a row: 1 s doubling up
+/// to 60 s.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// One publisher's status of one Service changed (`None`: deleted, it claims nothing there).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,7 @@ async fn run(js: jetstream::Context, bucket: &str, cluster: &str, tx: mpsc::Send
     let filter = format!("*.{cluster}.>");
     let mut next_revision: Option<u64> = None;
     let mut said = false;
+    let mut backoff = ksr_runtime::retry::Backoff::new(RETRY_MIN, RETRY_MAX);
     loop {
         let kv = match js.get_key_value(bucket).await {
             Ok(kv) => kv,
@@ -61,7 +64,7 @@ async fn run(js: jetstream::Context, bucket: &str, cluster: &str, tx: mpsc::Send
                 }
                 // Everything the bucket will hold is news: read it from its start.
                 next_revision.get_or_insert(1);
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -73,7 +76,7 @@ async fn run(js: jetstream::Context, bucket: &str, cluster: &str, tx: mpsc::Send
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(bucket, error = %e, "cannot watch the status bucket; retrying");
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -86,6 +89,7 @@ async fn run(js: jetstream::Context, bucket: &str, cluster: &str, tx: mpsc::Send
                 }
             };
             next_revision = Some(entry.revision + 1);
+            backoff.reset();
             let Some((publisher, service)) = status::parse_key(&entry.key) else {
                 continue;
             };
@@ -108,6 +112,6 @@ async fn run(js: jetstream::Context, bucket: &str, cluster: &str, tx: mpsc::Send
                 return;
             }
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }

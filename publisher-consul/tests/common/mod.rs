@@ -172,6 +172,7 @@ impl Bench {
             router_port: 80,
         };
         let registry = ksr_runtime::metrics::MetricsRegistry::new();
+        ksr_runtime::tls::install_crypto_provider();
         let p = ConsulProjector::new(
             ConsulClient::new(&args)?,
             Layout::new("ksr"),

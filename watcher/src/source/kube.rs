@@ -32,15 +32,14 @@ pub struct KubeArgs {
 /// (created once with the cluster, the same through every apiserver of it).
 pub async fn cluster_identity(client: &kube::Client) -> Result<String, Error> {
     let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
-    let ns = api.get("kube-system").await.map_err(|e| {
-        Error::Source(format!(
-            "reading namespace kube-system (its UID names the cluster): {e}"
-        ))
+    let ns = api.get("kube-system").await.map_err(|source| Error::Kube {
+        what: "reading namespace kube-system (its UID names the cluster)",
+        source,
     })?;
     ns.metadata
         .uid
         .map(|uid| format!("k8s:{uid}"))
-        .ok_or_else(|| Error::Source("namespace kube-system has no UID".into()))
+        .ok_or(Error::NoClusterUid)
 }
 
 pub async fn client(args: &KubeArgs) -> Result<kube::Client, Error> {
@@ -49,11 +48,18 @@ pub async fn client(args: &KubeArgs) -> Result<kube::Client, Error> {
             let uri = url
                 .parse()
                 .map_err(|e| Error::Config(format!("--kube-url {url:?}: {e}")))?;
-            kube::Client::try_from(kube::Config::new(uri)).map_err(|e| Error::Source(e.to_string()))
+            kube::Client::try_from(kube::Config::new(uri)).map_err(|source| Error::Kube {
+                what: "building the client",
+                source,
+            })
         }
-        None => kube::Client::try_default()
-            .await
-            .map_err(|e| Error::Source(format!("no Kubernetes configuration: {e}"))),
+        None => {
+            let config = kube::Config::infer().await.map_err(Error::KubeConfig)?;
+            kube::Client::try_from(config).map_err(|source| Error::Kube {
+                what: "building the client",
+                source,
+            })
+        }
     }
 }
 
