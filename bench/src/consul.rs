@@ -12,7 +12,10 @@ use ksr_test_support::{ConsulServer, NatsServer, dns};
 use crate::procs::Proc;
 use crate::report::percentiles;
 
-const ROUTER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
+/// The routers' addresses: 127.0.0.9, 127.0.0.10 …
+fn routers(n: u8) -> Vec<Ipv4Addr> {
+    (0..n).map(|i| Ipv4Addr::new(127, 0, 0, 9 + i)).collect()
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,6 +28,9 @@ pub struct Args {
     /// Churn duration in seconds.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Edge routers every name resolves to (one catalog entry per name and router).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    routers: u8,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -32,9 +38,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let consul = ConsulServer::start().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     ensure_stream(&js, &StreamSettings::routes("KSR_ROUTES"), true).await?;
+    let routers = routers(args.routers);
+    let router_list = routers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     println!(
-        "publisher-consul benchmark: {} Services, then {} new names/s for {} s (Consul 1.8.7 with a data dir)",
-        args.services, args.rate, args.seconds
+        "publisher-consul benchmark: {} Services × {} routers, then {} new names/s for {} s (Consul 1.8.7 with a data dir)",
+        args.services, args.routers, args.rate, args.seconds
     );
 
     let events = (0..args.services).map(|i| {
@@ -60,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "--consul-address".into(),
             consul.url(),
             "--router-address".into(),
-            ROUTER.to_string(),
+            router_list,
             "--admin-addr".into(),
             "127.0.0.1:0".into(),
             "--reconcile-interval".into(),
@@ -83,9 +95,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  publisher RSS after initial projection: {rss:.1} MiB (peak {peak:.1} MiB)");
     let sample = dns::query_a(consul.dns_port(), "svc7-ns7.test.service.consul").await?;
+    let mut got = sample.addrs.clone();
+    got.sort();
     anyhow::ensure!(
-        sample.addrs == vec![ROUTER],
-        "a projected name does not resolve: {sample:?}"
+        got == routers,
+        "a projected name does not resolve to every router: {sample:?}"
     );
     let t = Instant::now();
     for i in 0..200 {
@@ -105,12 +119,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let dns_port = consul.dns_port();
+    let routers = std::sync::Arc::new(routers);
     let churn_start = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
     for n in 0..total {
         tick.tick().await;
         let e = added("east", "churn", &format!("new{n}"), &["10.0.0.2"]);
         let js = js.clone();
+        let routers = routers.clone();
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             ksr_test_support::events::publish(&js, &e).await.ok()?;
@@ -119,8 +135,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             let name = format!("new{n}-churn.test.service.consul");
             while t.elapsed() < Duration::from_secs(30) {
-                if let Ok(a) = dns::query_a(dns_port, &name).await
-                    && a.addrs == vec![ROUTER]
+                if let Ok(mut a) = dns::query_a(dns_port, &name).await
+                    && {
+                        a.addrs.sort();
+                        a.addrs == *routers
+                    }
                 {
                     return Some(Ok(t.elapsed()));
                 }

@@ -6,6 +6,7 @@
 
 mod consul;
 mod drive;
+mod e2e;
 mod etcdv2;
 mod procs;
 mod replay;
@@ -40,6 +41,9 @@ enum Bench {
     Replay(replay::Args),
     /// The whole pipeline under seeded changes and faults, checked against the model.
     Soak(soak::Args),
+    /// The whole pipeline at estate size (apiservers → watchers → NATS → both publishers),
+    /// at several sizes in one run.
+    E2e(e2e::Args),
 }
 
 #[tokio::main]
@@ -52,5 +56,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Watcher(args) => watcher::run(args).await,
         Bench::Replay(args) => replay::run(args).await,
         Bench::Soak(args) => soak::run(args).await,
+        Bench::E2e(args) => e2e::run(args).await,
     }
 }

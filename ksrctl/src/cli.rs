@@ -139,9 +139,6 @@ pub struct ConsulTargetArgs {
     /// The installation (publisher `--owner`) whose registrations are checked or written.
     #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
     pub owner: String,
-    /// The publisher's catalog node (default: the owner).
-    #[arg(long = "consul-node", env = "KSR_CONSUL_NODE", value_parser = parse_dns_label)]
-    pub node: Option<String>,
     /// The publisher's durable consumer, for its lag (default: ksr-consul-<owner>).
     #[arg(long = "durable", env = "KSR_DURABLE")]
     pub durable: Option<String>,

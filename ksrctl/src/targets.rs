@@ -36,11 +36,10 @@ pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error
 /// The Consul projector of installation `--owner` (our records loaded from Consul KV).
 pub async fn consul(args: &ConsulTargetArgs) -> Result<ConsulProjector, Error> {
     let client = ksr_publisher_consul::client::ConsulClient::new(&args.consul)?;
-    let target = args.router.target(&args.owner);
+    let target = args.router.target(&args.owner)?;
     Ok(ConsulProjector::new(
         client,
         ksr_publisher_consul::layout::Layout::new(&args.owner),
-        args.node.clone().unwrap_or_else(|| args.owner.clone()),
         target,
         ksr_publisher_consul::publisher::metrics(&MetricsRegistry::new()),
     )

@@ -169,7 +169,7 @@ async fn verify_finds_hand_added_consul_instances_and_rebuild_equals_the_live_pu
     let drift = verify(live.url()).await?;
     assert_eq!(drift.code, 1, "{drift:?}");
     assert!(
-        drift.stdout.contains("extra      intruder.test"),
+        drift.stdout.contains("extra      ksr/intruder.test"),
         "{drift:?}"
     );
     assert!(

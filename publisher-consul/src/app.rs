@@ -37,7 +37,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let settings = nats::StreamSettings::routes(&config.nats.stream);
     health.set_not_ready(format!("waiting for stream {}", settings.name));
 
-    let target = config.router.target(&config.owner);
+    let target = config.router.target(&config.owner)?;
+    let health_url = config.router_health.url.clone();
+    if let Some(url) = &health_url
+        && target.routers.len() > 1
+        && !url.contains("{address}")
+    {
+        return Err(Error::Config(format!(
+            "--router-health-url {url:?} has no {{address}}: every router would be judged by one URL"
+        )));
+    }
     let layout = Layout::new(&config.owner);
     let metrics = crate::publisher::metrics(&registry);
     health.set_not_ready(format!("connecting to Consul at {}", client.base_url()));
@@ -45,7 +54,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         ConsulProjector::new(
             client.clone(),
             layout.clone(),
-            config.node_name(),
             target.clone(),
             metrics.clone(),
         )
@@ -67,6 +75,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     {
         return Ok(());
     }
+    // Router health: probed and written beside the projection, never in its way.
+    let router_metrics = crate::router_health::RouterMetrics::new(&registry);
+    let prober = match health_url {
+        Some(url) => Some(tokio::spawn(crate::router_health::run(
+            client.clone(),
+            target.routers.clone(),
+            config.router_health.clone(),
+            url,
+            router_metrics,
+            shutdown.clone(),
+        ))),
+        None => {
+            if let Err(e) = crate::router_health::clear(&client, &target.routers).await {
+                tracing::warn!(error = %e, "cannot remove router health checks left from an earlier configuration");
+            }
+            None
+        }
+    };
 
     let durable = config
         .consumer
@@ -92,6 +118,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     let get_stream = || nats::ensure_stream(&js, &settings, false);
     let result = serve::follow(publisher, get_stream, reconcile, &shutdown).await;
+    shutdown.cancel();
+    if let Some(prober) = prober
+        && let Ok(Err(e)) = prober.await
+    {
+        tracing::warn!(error = %e, "router health probing stopped");
+    }
     let _ = admin_task.await;
     result.map_err(Error::from)
 }

@@ -41,6 +41,25 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// A node-level health check, as set and as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCheck {
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// `passing`, `warning` or `critical`.
+    #[serde(rename = "Status")]
+    pub status: String,
+    #[serde(rename = "Output", default)]
+    pub output: String,
+    #[serde(rename = "Notes", default)]
+    pub notes: String,
+    /// Empty for a node-level check.
+    #[serde(rename = "ServiceID", default)]
+    pub service_id: String,
+}
+
 /// A KV entry.
 #[derive(Debug, Clone)]
 pub struct KvEntry {
@@ -301,6 +320,100 @@ impl ConsulClient {
             "/v1/catalog/register",
             Some(&req),
             "registering the router",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The checks of `node` (empty when the node does not exist).
+    pub async fn node_checks(&self, node: &str) -> Result<Vec<NodeCheck>, Error> {
+        let (status, text) = self
+            .send(
+                Method::GET,
+                &format!("/v1/health/node/{node}?consistent"),
+                None,
+                "reading a node's checks",
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND || text.trim() == "null" {
+            return Ok(Vec::new());
+        }
+        Self::parse("reading a node's checks", &text)
+    }
+
+    /// Sets a node-level check of `node` (every instance on the node is answered by DNS only
+    /// while it is not critical). The node is left as it is (`SkipNodeUpdate`).
+    pub async fn set_node_check(
+        &self,
+        node: &str,
+        address: &str,
+        check: &NodeCheck,
+    ) -> Result<(), Error> {
+        let mut check = serde_json::to_value(check).map_err(|e| Error::Server {
+            what: "setting a router's check".into(),
+            status: 0,
+            message: e.to_string(),
+        })?;
+        check["Node"] = json!(node);
+        let body =
+            json!({"Node": node, "Address": address, "SkipNodeUpdate": true, "Check": check});
+        self.send(
+            Method::PUT,
+            "/v1/catalog/register",
+            Some(&body),
+            "setting a router's check",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes check `check_id` from `node`.
+    pub async fn remove_node_check(&self, node: &str, check_id: &str) -> Result<(), Error> {
+        let body = json!({"Node": node, "CheckID": check_id});
+        self.send(
+            Method::PUT,
+            "/v1/catalog/deregister",
+            Some(&body),
+            "removing a router's check",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The nodes whose metadata has every `key: value` of `meta`.
+    pub async fn nodes_with_meta(&self, meta: &[(&str, &str)]) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Node {
+            #[serde(rename = "Node")]
+            node: String,
+        }
+        let query: Vec<String> = meta
+            .iter()
+            .map(|(k, v)| format!("node-meta={k}:{v}"))
+            .collect();
+        let (_, text) = self
+            .send(
+                Method::GET,
+                &format!("/v1/catalog/nodes?consistent&{}", query.join("&")),
+                None,
+                "listing our nodes",
+            )
+            .await?;
+        let nodes: Option<Vec<Node>> = Self::parse("listing our nodes", &text)?;
+        Ok(nodes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.node)
+            .collect())
+    }
+
+    /// Deregisters `node` with every instance and check on it.
+    pub async fn deregister_node(&self, node: &str) -> Result<(), Error> {
+        self.send(
+            Method::PUT,
+            "/v1/catalog/deregister",
+            Some(&json!({"Node": node})),
+            "deregistering a node of a removed router",
         )
         .await?;
         Ok(())

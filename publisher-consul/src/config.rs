@@ -2,10 +2,13 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser};
 
-use ksr_runtime::config::{AdminArgs, ConsumerArgs, LogArgs, NatsArgs, parse_dns_label};
+use ksr_runtime::config::{
+    AdminArgs, ConsumerArgs, LogArgs, NatsArgs, parse_dns_label, parse_duration,
+};
 
 /// Registers kube-service-router's routed Services in the Consul catalog (Consul DNS).
 #[derive(Debug, Clone, Parser)]
@@ -19,47 +22,75 @@ pub struct Config {
     pub consul: ConsulArgs,
     #[command(flatten)]
     pub router: RouterArgs,
+    #[command(flatten)]
+    pub router_health: RouterHealthArgs,
     /// Names this installation: our KV prefix is `ksr/<owner>/consul/`.
     #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
     pub owner: String,
-    /// The synthetic catalog node our registrations live on (default: the owner). One node
-    /// per installation: reconciliation only ever touches this node.
-    #[arg(long = "consul-node", env = "KSR_CONSUL_NODE", value_parser = parse_dns_label)]
-    pub node: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
 
-/// The edge router every routed name resolves to, and the environment it serves.
+/// The edge routers every routed name resolves to, the environment they serve and the node
+/// our entries live on.
 #[derive(Debug, Clone, Args)]
 pub struct RouterArgs {
-    /// The edge router's address: every routed name resolves to it.
+    /// The edge routers' addresses (repeat the flag or separate with commas; at most 8):
+    /// every routed name resolves to each of them that is healthy. The first router's entries
+    /// live on `--consul-node`, each further one's on `<node>-<address>`.
     #[arg(
         long = "router-address",
         env = "KSR_ROUTER_ADDRESS",
-        default_value = "127.0.0.1"
+        default_value = "127.0.0.1",
+        value_delimiter = ','
     )]
-    pub router_address: IpAddr,
-    /// The edge router's HTTP port.
+    pub router_addresses: Vec<IpAddr>,
+    /// The edge routers' HTTP port.
     #[arg(long = "router-port", env = "KSR_ROUTER_PORT", default_value_t = 80)]
     pub router_port: u16,
     /// Environment the router itself is registered for (service `vulcan`, tagged with it);
     /// vulcaningress's ENVIRONMENT_NAME.
     #[arg(long = "environment", env = "ENVIRONMENT_NAME", default_value = "test", value_parser = parse_dns_label)]
     pub environment: String,
+    /// The synthetic catalog node our registrations live on (default: the owner); one node
+    /// per router (see --router-address). Reconciliation only ever touches these nodes.
+    #[arg(long = "consul-node", env = "KSR_CONSUL_NODE", value_parser = parse_dns_label)]
+    pub node: Option<String>,
 }
 
 impl RouterArgs {
-    /// The planning target of installation `owner`.
-    pub fn target(&self, owner: &str) -> crate::target::ConsulTarget {
-        crate::target::ConsulTarget {
+    /// The planning target of installation `owner` (an error names `--router-address` when
+    /// the addresses are repeated or too many).
+    pub fn target(&self, owner: &str) -> Result<crate::target::ConsulTarget, crate::Error> {
+        let node = self.node.clone().unwrap_or_else(|| owner.to_owned());
+        Ok(crate::target::ConsulTarget {
             owner: owner.to_owned(),
-            router_address: self.router_address.to_string(),
+            routers: crate::routers::routers(&node, &self.router_addresses)?,
             router_port: self.router_port,
-        }
+        })
     }
+}
+
+/// How the publisher learns which routers are up (publisher only: ksrctl never probes).
+#[derive(Debug, Clone, Args)]
+pub struct RouterHealthArgs {
+    /// A URL that answers 2xx while a router is healthy, `{address}` standing for each
+    /// router's address (e.g. `http://{address}:8182/v2/status`, vulcand's status on its API
+    /// port). Each router's node then carries a health check the publisher keeps current, and
+    /// Consul DNS answers only with healthy routers. Without it every router is answered.
+    #[arg(long = "router-health-url", env = "KSR_ROUTER_HEALTH_URL", value_parser = crate::router_health::parse_url_template)]
+    pub url: Option<String>,
+    /// How often each router is probed.
+    #[arg(long = "router-health-interval", env = "KSR_ROUTER_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// How long one probe may take before it counts as failed.
+    #[arg(long = "router-health-timeout", env = "KSR_ROUTER_HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Consecutive failed probes that mark a router critical (one success marks it passing).
+    #[arg(long = "router-health-failures", env = "KSR_ROUTER_HEALTH_FAILURES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub failures: u32,
 }
 
 /// How to reach Consul.
@@ -111,12 +142,6 @@ pub struct ConsulArgs {
     pub key: Option<PathBuf>,
 }
 
-impl Config {
-    pub fn node_name(&self) -> String {
-        self.node.clone().unwrap_or_else(|| self.owner.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -134,5 +159,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--environment"), "{err}");
+    }
+
+    #[test]
+    fn router_addresses_come_repeated_or_comma_separated() {
+        let c = Config::try_parse_from([
+            "x",
+            "--router-address",
+            "10.0.0.1,10.0.0.2",
+            "--router-address",
+            "fd00::3",
+        ])
+        .unwrap();
+        let t = c.router.target("ksr").unwrap();
+        let nodes: Vec<_> = t.routers.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(nodes, ["ksr", "ksr-10-0-0-2", "ksr-fd00--3"]);
+        let c = Config::try_parse_from(["x", "--router-address", "10.0.0.1,10.0.0.1"]).unwrap();
+        let err = c.router.target("ksr").unwrap_err().to_string();
+        assert!(err.contains("--router-address"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_health_url_names_the_flag() {
+        for bad in [
+            "not a url",
+            "ftp://{address}/",
+            "http://{address}:8182/{other}",
+        ] {
+            let err = Config::try_parse_from(["x", "--router-health-url", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--router-health-url"), "{bad}: {err}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The Consul catalog as it is and as name records project it, for verification.
 //!
-//! Our node must hold exactly the router's registration and one instance per owned name.
+//! Each router's node must hold exactly the router's registration and one instance per owned
+//! name, at that router's address.
 //! Instances on other nodes are never ours to change, but one carrying a routed name's tag
 //! makes Consul DNS answer with a second address, so it is reported as foreign drift.
 
@@ -13,12 +14,12 @@ use crate::Error;
 use crate::client::ServiceBody;
 use crate::layout::Layout;
 use crate::publisher::ConsulProjector;
-use crate::target::State;
+use crate::target::{ConsulTarget, State};
 
 /// Drift of the catalog against the stream.
 #[derive(Debug, Default)]
 pub struct CatalogDrift {
-    /// Entries of our node (keyed by instance ID) a rebuild repairs.
+    /// Entries of our nodes (keyed `<node>/<ID>`) a rebuild repairs.
     pub ours: Vec<Drift>,
     /// Instances on other nodes that answer for a routed name (keyed `<node>/<ID>`).
     pub foreign: Vec<Drift>,
@@ -30,40 +31,55 @@ fn render(body: &ServiceBody) -> String {
     serde_json::to_string(body).unwrap_or_default()
 }
 
-/// The instances `state` projects to on our node, with the router's for `environment`.
+/// The instances `state` projects to on each router's node, with the router's own for
+/// `environment`, keyed `<node>/<ID>`.
 pub fn expected_instances(
     p: &ConsulProjector,
     state: &State,
     environment: &str,
 ) -> BTreeMap<String, ServiceBody> {
-    let mut out: BTreeMap<String, ServiceBody> = state
+    let target = p.target();
+    let names: Vec<(&String, ServiceBody)> = state
         .names()
-        .filter_map(|(id, v)| {
-            let record = v.value.as_ref()?;
-            Some((id.clone(), p.target().instance(id, record)?))
-        })
+        .filter_map(|(id, v)| Some((id, target.instance(id, v.value.as_ref()?)?)))
         .collect();
-    let router = p.target().router(environment);
-    out.insert(router.id.clone(), router);
+    let mut out = BTreeMap::new();
+    for router in &target.routers {
+        for (id, body) in &names {
+            out.insert(
+                format!("{}/{id}", router.node),
+                ConsulTarget::at(body, router),
+            );
+        }
+        let own = target.router(environment, router);
+        out.insert(format!("{}/{}", router.node, own.id), own);
+    }
     out
 }
 
 /// How the catalog differs from `latest` (the newest event of every Service) applied to an
-/// empty Consul, the router registered for `environment`.
+/// empty Consul, each router registered for `environment`. Entries are keyed `<node>/<ID>`;
+/// nodes of routers no longer configured count as ours (reconciliation deregisters them).
 pub async fn drift(
     p: &ConsulProjector,
     latest: &[Delivery],
     environment: &str,
 ) -> Result<CatalogDrift, Error> {
-    let (state, refused) = ksr_runtime::plan::simulate(p.target(), latest);
+    let target = p.target();
+    let (state, refused) = ksr_runtime::plan::simulate(target, latest);
     let expected = expected_instances(p, &state, environment);
-    let actual: BTreeMap<String, String> = p
-        .client()
-        .node_services(p.node())
-        .await?
-        .into_iter()
-        .map(|b| (b.id.clone(), render(&b)))
-        .collect();
+    let mut nodes: BTreeSet<String> = target.routers.iter().map(|r| r.node.clone()).collect();
+    nodes.extend(
+        p.client()
+            .nodes_with_meta(&[("ksr-owner", &target.owner), ("ksr-node", target.node())])
+            .await?,
+    );
+    let mut actual: BTreeMap<String, String> = BTreeMap::new();
+    for node in &nodes {
+        for b in p.client().node_services(node).await? {
+            actual.insert(format!("{node}/{}", b.id), render(&b));
+        }
+    }
     let wanted: BTreeMap<String, String> = expected
         .iter()
         .map(|(id, b)| (id.clone(), render(b)))
@@ -82,7 +98,7 @@ pub async fn drift(
     let mut foreign = Vec::new();
     for service in services {
         for (node, body) in p.client().service_instances(service).await? {
-            if node != p.node()
+            if !nodes.contains(&node)
                 && body
                     .tags
                     .iter()

@@ -7,7 +7,9 @@
 //! the Consul service named after the environment, tagged with `<name>-<namespace>`, at the
 //! router's address. Writes go through `/v1/txn` (at most 64 operations) together with our
 //! fences in Consul KV (check-and-set on their ModifyIndex), so replays, duplicates and racing
-//! replicas never regress state, and unchanged registrations are never rewritten.
+//! replicas never regress state, and unchanged registrations are never rewritten. With several
+//! edge routers every name is one instance per router, each router on its own node, whose
+//! node-level health check ([`router_health`]) takes a router that is down out of DNS.
 
 pub mod app;
 pub mod client;
@@ -17,6 +19,8 @@ mod error;
 pub mod layout;
 pub mod publisher;
 pub mod reconcile;
+pub mod router_health;
+pub mod routers;
 pub mod target;
 
 pub use error::Error;

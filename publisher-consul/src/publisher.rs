@@ -31,7 +31,6 @@ pub struct ConsulProjector {
     health: ksr_runtime::Health,
     client: ConsulClient,
     layout: Layout,
-    node: String,
     target: ConsulTarget,
     state: Mutex<State>,
     metrics: ConsulMetrics,
@@ -42,7 +41,6 @@ impl ConsulProjector {
     pub async fn new(
         client: ConsulClient,
         layout: Layout,
-        node: String,
         target: ConsulTarget,
         metrics: ConsulMetrics,
     ) -> Result<Self, Error> {
@@ -50,7 +48,6 @@ impl ConsulProjector {
         let p = Self {
             client,
             layout,
-            node,
             target,
             state: Mutex::new(state),
             metrics,
@@ -99,8 +96,9 @@ impl ConsulProjector {
         &self.layout
     }
 
+    /// The installation's node (the first router's).
     pub fn node(&self) -> &str {
-        &self.node
+        self.target.node()
     }
 
     pub fn target(&self) -> &ConsulTarget {
@@ -124,8 +122,9 @@ impl ConsulProjector {
         self.metrics.observe(&self.lock());
     }
 
-    /// Consul counts every operation, the fence checks included.
-    fn cost(unit: &Unit) -> (usize, usize) {
+    /// Consul counts every operation, the fence checks included; each catalog write is one
+    /// operation per router.
+    fn cost(&self, unit: &Unit) -> (usize, usize) {
         let checks_only = unit
             .compares
             .iter()
@@ -135,7 +134,10 @@ impl ConsulProjector {
             })
             .count();
         (
-            unit.ops.len() + unit.services.len() + unit.names.len() + checks_only,
+            unit.ops.len() * self.target.routers.len()
+                + unit.services.len()
+                + unit.names.len()
+                + checks_only,
             0,
         )
     }
@@ -188,17 +190,19 @@ impl ConsulProjector {
                 });
             }
             for op in &u.ops {
-                ops.push(match op {
-                    CatalogOp::Set(body) => TxnOp::ServiceSet {
-                        node: self.node.clone(),
-                        body: body.clone(),
-                    },
-                    CatalogOp::Delete { id, service } => TxnOp::ServiceDelete {
-                        node: self.node.clone(),
-                        id: id.clone(),
-                        service: service.clone(),
-                    },
-                });
+                for router in &self.target.routers {
+                    ops.push(match op {
+                        CatalogOp::Set(body) => TxnOp::ServiceSet {
+                            node: router.node.clone(),
+                            body: ConsulTarget::at(body, router),
+                        },
+                        CatalogOp::Delete { id, service } => TxnOp::ServiceDelete {
+                            node: router.node.clone(),
+                            id: id.clone(),
+                            service: service.clone(),
+                        },
+                    });
+                }
             }
         }
         ops
@@ -314,7 +318,7 @@ impl Store for ConsulProjector {
     }
 
     fn cost(&self, unit: &Unit) -> (usize, usize) {
-        ConsulProjector::cost(unit)
+        ConsulProjector::cost(self, unit)
     }
 
     async fn commit(&self, units: &[Unit]) -> Result<Commit<BTreeMap<String, u64>>, Error> {
@@ -327,7 +331,8 @@ impl Store for ConsulProjector {
         })
     }
 
-    /// A single event's unit always fits one transaction (≤ 5 operations).
+    /// A single event's unit always fits one transaction (≤ 4 operations and one catalog
+    /// write per router: at most 8 routers).
     async fn commit_oversized(&self, unit: &Unit) -> Result<Commit<BTreeMap<String, u64>>, Error> {
         self.commit(std::slice::from_ref(unit)).await
     }

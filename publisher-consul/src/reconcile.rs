@@ -2,14 +2,16 @@
 //!
 //! Runs once the consumer has caught up (never mass-deregistering at start-up), then
 //! periodically:
-//! 1. our node is ensured (created if it was removed);
+//! 1. every router's node is ensured (created if it was removed);
 //! 2. stream pass — the newest event of every subject at or below the consumer's ack floor
 //!    goes through the normal fenced apply (lost records are rebuilt; applied events skip);
-//! 3. catalog pass — one listing of our node: the router's own entry is re-registered if
-//!    missing, and the instances on it are compared with the projection of our name
-//!    records: missing or altered ones are registered again, ones no record wants are
-//!    deregistered, each guarded by a check on its name record so a racing apply wins.
-//!    Other nodes, and other owners' instances of the same service names, are never touched.
+//! 3. catalog pass — one listing of each router's node: the router's own entry is
+//!    re-registered if missing, and the instances on it are compared with the projection of
+//!    our name records: missing or altered ones are registered again, ones no record wants
+//!    are deregistered, each guarded by a check on its name record so a racing apply wins;
+//!    then the nodes of routers no longer configured (our `ksr-owner` and `ksr-node`
+//!    metadata) are deregistered. Other nodes, and other owners' instances of the same
+//!    service names, are never touched.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +23,8 @@ use crate::Error;
 use crate::client::{ServiceBody, TxnOp, TxnOutcome};
 use crate::layout::Layout;
 use crate::publisher::ConsulProjector;
+use crate::routers::Router;
+use crate::target::{ConsulTarget, State};
 
 /// What one reconciliation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -32,35 +36,65 @@ pub struct ReconcileReport {
     pub collected: u64,
 }
 
-/// Creates our node if missing and (re-)registers the router for `environment`.
+/// Creates every router's node if missing and (re-)registers each router for
+/// `environment`.
 pub async fn ensure_node_and_router(p: &ConsulProjector, environment: &str) -> Result<(), Error> {
-    ensure_node(p).await?;
-    let current = p.client().node_services(p.node()).await?;
-    ensure_router(p, environment, &current).await
+    ensure_nodes(p).await?;
+    for router in &p.target().routers {
+        let current = p.client().node_services(&router.node).await?;
+        ensure_router(p, environment, router, &current).await?;
+    }
+    Ok(())
 }
 
-/// Creates our node if missing (its metadata is never overwritten).
-async fn ensure_node(p: &ConsulProjector) -> Result<(), Error> {
+/// Creates every router's node if missing (their metadata is never overwritten).
+async fn ensure_nodes(p: &ConsulProjector) -> Result<(), Error> {
     let target = p.target();
-    p.client()
-        .ensure_node(p.node(), &target.router_address, &target.node_meta())
-        .await
-}
-
-/// Registers the router for `environment` unless `current` (our node's instances) has it.
-async fn ensure_router(
-    p: &ConsulProjector,
-    environment: &str,
-    current: &[ServiceBody],
-) -> Result<(), Error> {
-    let target = p.target();
-    let router = target.router(environment);
-    if !current.contains(&router) {
+    for router in &target.routers {
         p.client()
-            .register_service(p.node(), &target.router_address, &router)
+            .ensure_node(&router.node, &router.address, &target.node_meta())
             .await?;
     }
     Ok(())
+}
+
+/// Registers `router` for `environment` unless `current` (its node's instances) has it.
+async fn ensure_router(
+    p: &ConsulProjector,
+    environment: &str,
+    router: &Router,
+    current: &[ServiceBody],
+) -> Result<(), Error> {
+    let body = p.target().router(environment, router);
+    if !current.contains(&body) {
+        p.client()
+            .register_service(&router.node, &router.address, &body)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deregisters the nodes of routers no longer in `--router-address` (found by their
+/// `ksr-owner` and `ksr-node` metadata), with everything on them.
+async fn remove_departed_routers(p: &ConsulProjector) -> Result<u64, Error> {
+    let target = p.target();
+    let ours = p
+        .client()
+        .nodes_with_meta(&[("ksr-owner", &target.owner), ("ksr-node", target.node())])
+        .await?;
+    let mut removed = 0;
+    for node in ours {
+        if target.routers.iter().any(|r| r.node == node) {
+            continue;
+        }
+        p.client().deregister_node(&node).await?;
+        tracing::info!(
+            node,
+            "reconcile deregistered the node of a router no longer configured"
+        );
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Runs all passes; `ack_floor` is the consumer's acknowledged stream sequence.
@@ -71,7 +105,7 @@ pub async fn reconcile(
     environment: &str,
 ) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
-    ensure_node(p).await?;
+    ensure_nodes(p).await?;
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
     p.quarantine(&p.snapshot().await?);
@@ -90,25 +124,62 @@ pub async fn reconcile(
             expected.insert(id.clone(), (body, v.rev));
         }
     }
+    for router in &p.target().routers {
+        catalog_pass(p, &state, &expected, router, environment, &mut report).await?;
+    }
+    if p.policy() != ksr_runtime::config::Policy::UpsertOnly {
+        report.deregistered += remove_departed_routers(p).await?;
+    }
+    report.collected = collect_tombstones(p, stream).await?;
+    if report.collected > 0 {
+        tracing::info!(
+            collected = report.collected,
+            "reconcile collected tombstones that protect nothing"
+        );
+    }
+    let m = p.metrics();
+    m.repairs.inc_by(report.registered + report.deregistered);
+    m.reconcile_runs.inc();
+    if report.replayed + report.registered + report.deregistered > 0 {
+        tracing::warn!(?report, "reconcile repaired drift");
+    }
+    Ok(report)
+}
+
+/// The catalog pass on one router's node: one listing (it is large: every routed name)
+/// serves the router's own entry and the comparison with the name records.
+async fn catalog_pass(
+    p: &ConsulProjector,
+    state: &State,
+    expected: &BTreeMap<String, (ServiceBody, u64)>,
+    router: &Router,
+    environment: &str,
+    report: &mut ReconcileReport,
+) -> Result<(), Error> {
     let router_id = Layout::router_id(environment);
-    // One listing of our node (it is large: every routed name) serves both checks.
-    let listing = p.client().node_services(p.node()).await?;
-    ensure_router(p, environment, &listing).await?;
+    let node = router.node.as_str();
+    let listing = p.client().node_services(node).await?;
+    ensure_router(p, environment, router, &listing).await?;
     let actual: BTreeMap<String, _> = listing.into_iter().map(|b| (b.id.clone(), b)).collect();
-    for (id, (body, rev)) in &expected {
-        if actual.get(id) != Some(body) {
+    for (id, (body, rev)) in expected {
+        let body = ConsulTarget::at(body, router);
+        if actual.get(id) != Some(&body) {
             let ops = vec![
                 TxnOp::KvCheck {
                     key: p.layout().name_record_key(id),
                     index: *rev,
                 },
                 TxnOp::ServiceSet {
-                    node: p.node().to_owned(),
-                    body: body.clone(),
+                    node: node.to_owned(),
+                    body,
                 },
             ];
             if matches!(p.client().txn(&ops).await?, TxnOutcome::Committed(_)) {
-                tracing::info!(id, "reconcile registered a missing or altered instance");
+                tracing::info!(
+                    id,
+                    node,
+                    "reconcile registered a missing or altered instance"
+                );
                 report.registered += 1;
             }
         }
@@ -132,7 +203,7 @@ pub async fn reconcile(
                 index: rev,
             },
             TxnOp::ServiceDelete {
-                node: p.node().to_owned(),
+                node: node.to_owned(),
                 id: id.clone(),
                 service: body.service.clone(),
             },
@@ -140,26 +211,14 @@ pub async fn reconcile(
         if matches!(p.client().txn(&ops).await?, TxnOutcome::Committed(_)) {
             tracing::info!(
                 id,
+                node,
                 service = body.service,
                 "reconcile deregistered an orphan instance of ours"
             );
             report.deregistered += 1;
         }
     }
-    report.collected = collect_tombstones(p, stream).await?;
-    if report.collected > 0 {
-        tracing::info!(
-            collected = report.collected,
-            "reconcile collected tombstones that protect nothing"
-        );
-    }
-    let m = p.metrics();
-    m.repairs.inc_by(report.registered + report.deregistered);
-    m.reconcile_runs.inc();
-    if report.replayed + report.registered + report.deregistered > 0 {
-        tracing::warn!(?report, "reconcile repaired drift");
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// Deletes the tombstones no event can outdate any more

@@ -10,6 +10,7 @@ use ksr_runtime::plan::{Desired, DesiredOf, NameRecord, Target};
 
 use crate::client::ServiceBody;
 use crate::layout::Layout;
+use crate::routers::Router;
 
 /// What a routed name is: `<label>.<environment>.service.consul`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,17 +51,33 @@ pub const MAX_ENTRY_TAGS: usize = 32;
 pub const MAX_ENTRY_META: usize = 32;
 
 /// Plans Consul names: a Service claims `<label>.<environment>`; Services of one namespace
-/// share a name (one instance, whatever the clusters and Services behind it); namespaces
-/// conflict (`a` + `b-c` and `a-b` + `c` both make `a-b-c`) and the older claim keeps it.
+/// share a name (one instance per router, whatever the clusters and Services behind it);
+/// namespaces conflict (`a` + `b-c` and `a-b` + `c` both make `a-b-c`) and the older claim
+/// keeps it.
 #[derive(Debug, Clone)]
 pub struct ConsulTarget {
     pub owner: String,
-    pub router_address: String,
+    /// Every router, each on its own node (the first on the installation's node).
+    pub routers: Vec<Router>,
     pub router_port: u16,
 }
 
 impl ConsulTarget {
-    /// The catalog instance a name record projects to (None when nobody owns it).
+    /// The installation's node: the first router's.
+    pub fn node(&self) -> &str {
+        self.routers.first().map_or("", |r| r.node.as_str())
+    }
+
+    /// `body` as registered on `router`'s node: at its address.
+    pub fn at(body: &ServiceBody, router: &Router) -> ServiceBody {
+        ServiceBody {
+            address: router.address.clone(),
+            ..body.clone()
+        }
+    }
+
+    /// The catalog instance a name record projects to (None when nobody owns it), the same
+    /// on every router's node but for its address (left empty here; see [`Self::at`]).
     pub fn instance(&self, id: &str, record: &ConsulRecord) -> Option<ServiceBody> {
         let (owners, _) = record.claims.split(Self::group);
         let first = owners.first()?;
@@ -110,7 +127,7 @@ impl ConsulTarget {
             id: id.to_owned(),
             service: record.meta.environment.clone(),
             tags: all_tags,
-            address: self.router_address.clone(),
+            address: String::new(),
             port: self.router_port,
             meta,
         })
@@ -179,23 +196,26 @@ impl Target for ConsulTarget {
 }
 
 impl ConsulTarget {
-    /// The router's own registration: service `vulcan` tagged with the environment.
-    pub fn router(&self, environment: &str) -> ServiceBody {
+    /// A router's own registration on its node: service `vulcan` tagged with the
+    /// environment.
+    pub fn router(&self, environment: &str, router: &Router) -> ServiceBody {
         ServiceBody {
             id: Layout::router_id(environment),
             service: "vulcan".to_owned(),
             tags: vec![environment.to_owned()],
-            address: self.router_address.clone(),
+            address: router.address.clone(),
             port: self.router_port,
             meta: BTreeMap::from([("ksr-owner".to_owned(), self.owner.clone())]),
         }
     }
 
-    /// The metadata that marks our synthetic node as ours (and as an external node, so
-    /// consul-esm style tooling leaves it alone).
+    /// The metadata that marks a router's synthetic node as ours (and as an external node,
+    /// so consul-esm style tooling leaves it alone); `ksr-node` names the installation's
+    /// node, so a node of a router that was removed from `--router-address` is found again.
     pub fn node_meta(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("ksr-owner".to_owned(), self.owner.clone()),
+            ("ksr-node".to_owned(), self.node().to_owned()),
             ("external-node".to_owned(), "true".to_owned()),
             ("external-probe".to_owned(), "false".to_owned()),
         ])

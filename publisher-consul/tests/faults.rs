@@ -265,16 +265,47 @@ async fn the_documented_least_privilege_policies_are_enough() -> anyhow::Result<
         resp.text().await?
     );
 
-    let _p = bench.publisher(&["--consul-token", &token, "--reconcile-interval", "300ms"]);
+    // Two routers, health-checked: the second router's node and both checks are covered.
+    let second = std::net::Ipv4Addr::new(127, 0, 0, 10);
+    let (port, _a, _b) = common::two_endpoints(ROUTER, second).await?;
+    let health = format!("http://{{address}}:{port}/");
+    let _p = bench.publisher_for(
+        &format!("{ROUTER},{second}"),
+        &[
+            "--consul-token",
+            &token,
+            "--reconcile-interval",
+            "300ms",
+            "--router-health-url",
+            &health,
+            "--router-health-interval",
+            "200ms",
+        ],
+    );
     bench
         .publish(&added("east", "default", "web", &["10.0.0.1"]))
         .await?;
-    bench
-        .wait_resolves("web-default.test.service.consul", true)
+    for name in [
+        "web-default.test.service.consul",
+        "test.vulcan.service.consul",
+    ] {
+        ksr_test_support::eventually(common::WAIT, || async {
+            let mut got = bench.resolve(name).await?.addrs;
+            got.sort();
+            anyhow::ensure!(got == vec![ROUTER, second], "{name}: {got:?}");
+            Ok(())
+        })
         .await?;
-    bench
-        .wait_resolves("test.vulcan.service.consul", true)
-        .await?;
+    }
+    ksr_test_support::eventually(common::WAIT, || async {
+        let checks = bench
+            .consul
+            .get_json("/v1/health/node/ksr-127-0-0-10")
+            .await?;
+        anyhow::ensure!(checks.to_string().contains("ksr-router-health"), "{checks}");
+        Ok(())
+    })
+    .await?;
     bench
         .publish(&ksr_test_support::events::removed("east", "default", "web"))
         .await?;

@@ -77,6 +77,11 @@ impl ConsulServer {
     }
 
     /// `http://127.0.0.1:<http port>`.
+    /// The server's data directory (its size is the catalog's and KV's on disk).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use ksr_proto::{Backend, Change, Event, RouteState, ServiceKey};
 use ksr_publisher_consul::client::ServiceBody;
+use ksr_publisher_consul::routers::Router;
 use ksr_publisher_consul::target::{CatalogOp, ConsulTarget};
 use ksr_publisher_vulcand::layout::Layout;
 use ksr_publisher_vulcand::plan::VulcandTarget;
@@ -202,12 +203,21 @@ fn write_vulcand(contents: &mut BTreeMap<String, String>, op: &KeyOp) {
     }
 }
 
+/// The one router of the simulated Consul (the model's default address).
+fn router() -> Router {
+    Router {
+        node: "ksr".into(),
+        address: Settings::default().router_address,
+    }
+}
+
 fn write_consul(contents: &mut BTreeMap<String, String>, op: &CatalogOp) {
     match op {
         CatalogOp::Set(body) => {
+            let placed = ConsulTarget::at(body, &router());
             contents.insert(
                 body.id.clone(),
-                serde_json::to_string(body).expect("test data is well formed"),
+                serde_json::to_string(&placed).expect("test data is well formed"),
             );
         }
         CatalogOp::Delete { id, .. } => {
@@ -303,7 +313,7 @@ fn run_case(seed: u64, events: usize, replicas: usize, max_ops: usize, faults: F
     let consul = Arc::new(Mutex::new(Backing::new(seed ^ 0xa5a5, faults)));
     let target = ConsulTarget {
         owner: "ksr".into(),
-        router_address: settings.router_address.clone(),
+        routers: vec![router()],
         router_port: settings.router_port,
     };
     let stores: Vec<MemStore<ConsulTarget>> = (0..replicas)

@@ -4,11 +4,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use ksr_proto::Event;
 use ksr_publisher_consul::{app, config::Config};
@@ -50,6 +52,11 @@ impl Bench {
 
     /// Starts a publisher replica; extra command-line flags may be given.
     pub fn publisher(&self, extra: &[&str]) -> Replica {
+        self.publisher_for(&ROUTER.to_string(), extra)
+    }
+
+    /// Starts a publisher replica for the routers `routers` (`--router-address`).
+    pub fn publisher_for(&self, routers: &str, extra: &[&str]) -> Replica {
         let admin_port = ksr_test_support::free_ports(1).expect("a free port")[0];
         let mut args = vec![
             "ksr-publisher-consul".to_owned(),
@@ -58,7 +65,7 @@ impl Bench {
             "--consul-address".into(),
             self.consul.url(),
             "--router-address".into(),
-            ROUTER.to_string(),
+            routers.to_owned(),
             "--admin-addr".into(),
             format!("127.0.0.1:{admin_port}"),
         ];
@@ -143,6 +150,59 @@ impl Bench {
     }
 }
 
+/// A router's health endpoint: answers every request with 200 until dropped.
+pub struct HealthEndpoint {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthEndpoint {
+    pub fn serve(listener: TcpListener) -> Self {
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{\"Status\":\"ok\"}")
+                        .await;
+                });
+            }
+        });
+        Self { task }
+    }
+
+    pub async fn start(ip: Ipv4Addr, port: u16) -> anyhow::Result<Self> {
+        Ok(Self::serve(
+            TcpListener::bind(SocketAddr::from((ip, port))).await?,
+        ))
+    }
+}
+
+impl Drop for HealthEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Both routers' endpoints on one port (the URL template has one).
+pub async fn two_endpoints(
+    a: Ipv4Addr,
+    b: Ipv4Addr,
+) -> anyhow::Result<(u16, HealthEndpoint, HealthEndpoint)> {
+    for _ in 0..50 {
+        let first = TcpListener::bind(SocketAddr::from((a, 0))).await?;
+        let port = first.local_addr()?.port();
+        if let Ok(second) = TcpListener::bind(SocketAddr::from((b, port))).await {
+            return Ok((
+                port,
+                HealthEndpoint::serve(first),
+                HealthEndpoint::serve(second),
+            ));
+        }
+    }
+    anyhow::bail!("no port free on both {a} and {b}")
+}
+
 /// A running process of the crate under test.
 pub type Replica = ksr_test_support::Replica<ksr_publisher_consul::Error>;
 
@@ -168,7 +228,7 @@ impl Bench {
         };
         let target = ConsulTarget {
             owner: "ksr".into(),
-            router_address: ROUTER.to_string(),
+            routers: ksr_publisher_consul::routers::routers("ksr", &[ROUTER.into()])?,
             router_port: 80,
         };
         let registry = ksr_runtime::metrics::MetricsRegistry::new();
@@ -176,7 +236,6 @@ impl Bench {
         let p = ConsulProjector::new(
             ConsulClient::new(&args)?,
             Layout::new("ksr"),
-            "ksr".into(),
             target,
             metrics(&registry),
         )

@@ -1,0 +1,411 @@
+//! `e2e`: the whole pipeline at estate size — one fake apiserver and one `ksr-watcher` per
+//! cluster → NATS JetStream → `ksr-publisher-vulcand` (etcd v3) and `ksr-publisher-consul` —
+//! at several sizes in one run, each from empty servers, so growth is visible.
+//!
+//! Per size it prints: start of the processes → every route's frontend in etcd, and → every
+//! name registered in Consul (then checked through Consul DNS); the RSS of every process; the
+//! stream, etcd and Consul sizes; each publisher's start-up reconciliation (duration, what it
+//! reads, what it had to write: zero on a converged target); and, at full size, change →
+//! visible latency at `--rate` new Services per second (created in the apiservers, timed until
+//! etcd's watch shows the frontend and until Consul DNS answers, every 10th name).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use etcd_client::GetOptions;
+use futures::StreamExt;
+use serde_json::json;
+
+use ksr_runtime::nats::{StreamSettings, ensure_stream};
+use ksr_test_support::apiserver::{FakeApiServer, Resource};
+use ksr_test_support::replica::sample;
+use ksr_test_support::{ConsulServer, EtcdServer, NatsServer, dns, free_ports, http};
+
+use crate::procs::Proc;
+use crate::report::percentiles;
+
+const ROUTER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 9);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Estate sizes (Services in all clusters together), each run from empty servers.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000,100000")]
+    sizes: Vec<usize>,
+    /// Services per cluster: 100,000 Services are 10 clusters, each its own fake apiserver
+    /// and watcher process.
+    #[arg(long, default_value_t = 10_000)]
+    per_cluster: usize,
+    /// Churn once the estate is up: new Services per second …
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// … for this many seconds (0: no churn).
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Run the churn at every size, not only the largest.
+    #[arg(long)]
+    churn_every_size: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    println!(
+        "end-to-end benchmark: fake apiservers ({} Services each) → watchers → NATS → publisher-vulcand (etcd v3) + publisher-consul; one Service = one route with one address (its ClusterIP)",
+        args.per_cluster
+    );
+    let largest = args.sizes.iter().copied().max().unwrap_or(0);
+    for &size in &args.sizes {
+        let churn = args.seconds > 0 && (args.churn_every_size || size == largest);
+        one_size(size, &args, churn).await?;
+    }
+    Ok(())
+}
+
+/// The Service `i` of cluster `c`: distinct names across clusters (an estate of distinct
+/// Services, not one Service in many clusters).
+fn service(c: usize, i: usize, name: &str) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name, "namespace": format!("ns{}", i % 50), "labels": {"type": "ingress"}},
+        "spec": {"clusterIP": format!("10.{}.{}.{}", 100 + c, i / 250 % 250, i % 250 + 1),
+                 "ports": [{"name": "http", "port": 80}]}
+    })
+}
+
+struct Admin {
+    port: u16,
+}
+
+impl Admin {
+    async fn metrics(&self) -> String {
+        http::get(self.port, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+}
+
+async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
+    let clusters = size.div_ceil(args.per_cluster.max(1)).max(1);
+    println!("\n== {size} Services in {clusters} clusters");
+    let nats = NatsServer::start().await?;
+    let etcd = EtcdServer::start().await?;
+    let consul = ConsulServer::start().await?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    let mut stream = ensure_stream(&js, &StreamSettings::routes("KSR_ROUTES"), true).await?;
+    let mut apis = Vec::with_capacity(clusters);
+    for c in 0..clusters {
+        let api = FakeApiServer::start().await?;
+        let n = (size - c * args.per_cluster).min(args.per_cluster);
+        for i in 0..n {
+            api.apply(Resource::Services, service(c, i, &format!("c{c}-svc{i}")));
+        }
+        apis.push(api);
+    }
+    let ports = free_ports(2 + clusters)?;
+    let (vulcand_admin, consul_admin) = (Admin { port: ports[0] }, Admin { port: ports[1] });
+    let t0 = Instant::now();
+    let vulcand = Proc::spawn(
+        "ksr-publisher-vulcand",
+        &[
+            "--nats-url".into(),
+            nats.url(),
+            "--etcd-endpoints".into(),
+            etcd.endpoint(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{}", vulcand_admin.port),
+        ],
+    )?;
+    let consul_pub = Proc::spawn(
+        "ksr-publisher-consul",
+        &[
+            "--nats-url".into(),
+            nats.url(),
+            "--consul-address".into(),
+            consul.url(),
+            "--router-address".into(),
+            ROUTER.to_string(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{}", consul_admin.port),
+        ],
+    )?;
+    let mut watchers = Vec::with_capacity(clusters);
+    for (c, api) in apis.iter().enumerate() {
+        watchers.push(Proc::spawn(
+            "ksr-watcher",
+            &[
+                "--cluster".into(),
+                format!("c{c}"),
+                "--nats-url".into(),
+                nats.url(),
+                "--kube-url".into(),
+                api.url().to_owned(),
+                "--admin-addr".into(),
+                format!("127.0.0.1:{}", ports[2 + c]),
+            ],
+        )?);
+    }
+
+    // Start → all routable in etcd, all registered in Consul.
+    let mut client = etcd.client().await?;
+    let deadline = t0 + Duration::from_secs(1800);
+    let (mut etcd_done, mut consul_done) = (None, None);
+    let mut watcher_peak = vec![0f64; clusters];
+    let (mut vulcand_peak, mut consul_peak) = (0f64, 0f64);
+    while (etcd_done.is_none() || consul_done.is_none()) && Instant::now() < deadline {
+        if etcd_done.is_none() {
+            let n = client
+                .get(
+                    "vulcand/frontends/",
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await?
+                .count();
+            if n >= size as i64 {
+                etcd_done = Some(t0.elapsed());
+            }
+        }
+        if consul_done.is_none()
+            && sample(&consul_admin.metrics().await, "ksr_consul_names") >= size as f64
+        {
+            consul_done = Some(t0.elapsed());
+        }
+        for (w, peak) in watchers.iter().zip(&mut watcher_peak) {
+            *peak = peak.max(w.memory_mib().0);
+        }
+        vulcand_peak = vulcand_peak.max(vulcand.memory_mib().0);
+        consul_peak = consul_peak.max(consul_pub.memory_mib().0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = |d: Option<Duration>| {
+        d.map_or("not reached".to_owned(), |d| {
+            format!("{:.2} s", d.as_secs_f64())
+        })
+    };
+    println!(
+        "  start → every route in etcd: {}; → every name in Consul: {}",
+        secs(etcd_done),
+        secs(consul_done)
+    );
+    let answer = dns::query_a(consul.dns_port(), "c0-svc7-ns7.test.service.consul").await?;
+    let (_, catalog) = http::get(consul.http_port(), "/v1/catalog/service/test")
+        .await
+        .unwrap_or_default();
+    println!(
+        "  Consul: {} catalog instances; DNS c0-svc7-ns7.test.service.consul → {:?}",
+        catalog.matches("\"ServiceID\"").count(),
+        answer.addrs
+    );
+    let total = |v: &[f64]| v.iter().sum::<f64>();
+    println!(
+        "  RSS peak: watchers {:.0} MiB each at most ({:.0} MiB together, {:.1} MiB per 1,000 Services), publisher-vulcand {:.0} MiB, publisher-consul {:.0} MiB",
+        watcher_peak.iter().copied().fold(0.0, f64::max),
+        total(&watcher_peak),
+        total(&watcher_peak) / (size as f64 / 1000.0),
+        vulcand_peak,
+        consul_peak
+    );
+
+    // Start-up reconciliation (runs once each publisher has caught up).
+    for (name, admin) in [("vulcand", &vulcand_admin), ("consul", &consul_admin)] {
+        let runs = format!("ksr_{name}_reconcile_runs_total");
+        let until = Instant::now() + Duration::from_secs(600);
+        let mut m = admin.metrics().await;
+        while sample(&m, &runs) < 1.0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            m = admin.metrics().await;
+        }
+        println!(
+            "  start-up reconciliation, publisher-{name}: {:.2} s, {} repairs (runs: {})",
+            sample(&m, &format!("ksr_{name}_reconcile_duration_seconds")),
+            sample(&m, &format!("ksr_{name}_reconcile_repairs_total")),
+            sample(&m, &runs)
+        );
+    }
+    let (etcd_keys, etcd_bytes) = prefix_size(&mut client, "ksr/ksr/").await?;
+    let (vkeys, vbytes) = prefix_size(&mut client, "vulcand/").await?;
+    let (_, consul_kv) = http::get(consul.http_port(), "/v1/kv/ksr/?recurse=true")
+        .await
+        .unwrap_or_default();
+    let (_, node) = http::get(consul.http_port(), "/v1/catalog/node/ksr")
+        .await
+        .unwrap_or_default();
+    println!(
+        "  a reconciliation reads: etcd {etcd_keys} records ({:.1} MiB) + {vkeys} vulcand keys ({:.1} MiB); Consul KV {:.1} MiB + node listing {:.1} MiB; and the stream's newest event per Service",
+        mib(etcd_bytes),
+        mib(vbytes),
+        mib(consul_kv.len() as u64),
+        mib(node.len() as u64)
+    );
+    let info = stream.info().await?;
+    let status = client.status().await?;
+    println!(
+        "  sizes: stream {} messages, {:.1} MiB; etcd db {:.1} MiB (in use {:.1} MiB); Consul data dir {:.1} MiB",
+        info.state.messages,
+        mib(info.state.bytes),
+        mib(u64::try_from(status.db_size()).unwrap_or(0)),
+        mib(u64::try_from(status.raft_used_db_size()).unwrap_or(0)),
+        mib(dir_size(consul.data_dir()))
+    );
+
+    if churn {
+        churn_at_size(args, &apis, &mut client, consul.dns_port()).await?;
+        let m = vulcand_admin.metrics().await;
+        println!(
+            "  after churn: RSS watchers {:.0} MiB at most, publisher-vulcand {:.0} MiB, publisher-consul {:.0} MiB; reconcile repairs vulcand {} consul {}",
+            watchers
+                .iter()
+                .map(|w| w.memory_mib().0)
+                .fold(0.0, f64::max),
+            vulcand.memory_mib().0,
+            consul_pub.memory_mib().0,
+            sample(&m, "ksr_vulcand_reconcile_repairs_total"),
+            sample(
+                &consul_admin.metrics().await,
+                "ksr_consul_reconcile_repairs_total"
+            ),
+        );
+    }
+    drop(watchers);
+    drop(vulcand);
+    drop(consul_pub);
+    Ok(())
+}
+
+/// New Services at `args.rate`/s spread over the clusters; latency from the apiserver write to
+/// the frontend in etcd's watch, and (every 10th name) to the first Consul DNS answer.
+async fn churn_at_size(
+    args: &Args,
+    apis: &[FakeApiServer],
+    client: &mut etcd_client::Client,
+    dns_port: u16,
+) -> anyhow::Result<()> {
+    type Sent = Arc<Mutex<HashMap<String, Instant>>>;
+    let sent: Sent = Arc::default();
+    let seen: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut watch = client
+        .watch(
+            "vulcand/frontends/",
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await?;
+    let (sent2, seen2) = (sent.clone(), seen.clone());
+    let follower = tokio::spawn(async move {
+        while let Some(Ok(resp)) = watch.next().await {
+            let now = Instant::now();
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                // vulcand/frontends/ksr.<hostname>.<hash>/frontend
+                let key = String::from_utf8_lossy(kv.key());
+                let Some(host) = key
+                    .strip_prefix("vulcand/frontends/ksr.")
+                    .and_then(|r| r.strip_suffix("/frontend"))
+                    .and_then(|r| r.rsplit_once('.'))
+                    .map(|(h, _)| h.to_owned())
+                else {
+                    continue;
+                };
+                if let Some(t) = sent2.lock().ok().and_then(|mut m| m.remove(&host))
+                    && let Ok(mut s) = seen2.lock()
+                {
+                    s.push(now - t);
+                }
+            }
+        }
+    });
+    let total = args.rate * args.seconds;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut dns_tasks = Vec::new();
+    let started = Instant::now();
+    for n in 0..total as usize {
+        tick.tick().await;
+        let c = n % apis.len();
+        let name = format!("new{n}");
+        let host = format!("{name}-churn.test.service.consul");
+        let mut svc = service(c, 200_000 + n, &name);
+        svc["metadata"]["namespace"] = json!("churn");
+        let t = Instant::now();
+        if let Ok(mut m) = sent.lock() {
+            m.insert(host.clone(), t);
+        }
+        apis[c].apply(Resource::Services, svc);
+        if n % 10 == 0 {
+            dns_tasks.push(tokio::spawn(async move {
+                while t.elapsed() < Duration::from_secs(60) {
+                    if let Ok(a) = dns::query_a(dns_port, &host).await
+                        && a.addrs == vec![ROUTER]
+                    {
+                        return Some(t.elapsed());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                None
+            }));
+        }
+    }
+    let sent_for = started.elapsed();
+    let until = Instant::now() + Duration::from_secs(60);
+    while sent.lock().map(|m| !m.is_empty()).unwrap_or(false) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    follower.abort();
+    let mut dns_samples = Vec::new();
+    let mut dns_missing = 0;
+    for t in dns_tasks {
+        match t.await.ok().flatten() {
+            Some(d) => dns_samples.push(d),
+            None => dns_missing += 1,
+        }
+    }
+    let mut etcd_samples = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let etcd_missing = sent.lock().map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  churn: {total} new Services in {:.1} s ({:.0}/s) across {} apiservers",
+        sent_for.as_secs_f64(),
+        total as f64 / sent_for.as_secs_f64(),
+        apis.len()
+    );
+    println!(
+        "    apiserver → frontend in etcd: {}; {etcd_missing} not seen",
+        percentiles(&mut etcd_samples)
+    );
+    println!(
+        "    apiserver → Consul DNS answer (every 10th): {}; {dns_missing} never answered",
+        percentiles(&mut dns_samples)
+    );
+    Ok(())
+}
+
+/// Keys and bytes (keys and values) under `prefix`.
+async fn prefix_size(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+) -> anyhow::Result<(usize, u64)> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let bytes = resp
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key().len() + kv.value().len()) as u64)
+        .sum();
+    Ok((resp.kvs().len(), bytes))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
