@@ -104,30 +104,8 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
     let ports = free_ports(2 + clusters)?;
     let (vulcand_admin, consul_admin) = (Admin { port: ports[0] }, Admin { port: ports[1] });
     let t0 = Instant::now();
-    let vulcand = Proc::spawn(
-        "ksr-publisher-vulcand",
-        &[
-            "--nats-url".into(),
-            nats.url(),
-            "--etcd-endpoints".into(),
-            etcd.endpoint(),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{}", vulcand_admin.port),
-        ],
-    )?;
-    let consul_pub = Proc::spawn(
-        "ksr-publisher-consul",
-        &[
-            "--nats-url".into(),
-            nats.url(),
-            "--consul-address".into(),
-            consul.url(),
-            "--router-address".into(),
-            ROUTER.to_string(),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{}", consul_admin.port),
-        ],
-    )?;
+    let vulcand = spawn_vulcand(&nats, &etcd, &vulcand_admin)?;
+    let consul_pub = spawn_consul(&nats, &consul, &consul_admin)?;
     let mut watchers = Vec::with_capacity(clusters);
     for (c, api) in apis.iter().enumerate() {
         watchers.push(Proc::spawn(
@@ -144,6 +122,37 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
             ],
         )?);
     }
+
+    // Where the CPU goes during the initial projection.
+    let servers: Vec<(&str, String)> = [
+        ("nats-server", nats.pid()),
+        ("etcd", etcd.pid()),
+        ("consul", consul.pid()),
+    ]
+    .into_iter()
+    .map(|(n, p)| (n, p.map_or_else(String::new, |p| p.to_string())))
+    .collect();
+    let cpu_now = |watchers: &[Proc], vulcand: &Proc, consul_pub: &Proc| -> Vec<(String, f64)> {
+        let mut v = vec![
+            (
+                "watchers".to_owned(),
+                watchers.iter().map(Proc::cpu_seconds).sum::<f64>(),
+            ),
+            ("publisher-vulcand".to_owned(), vulcand.cpu_seconds()),
+            ("publisher-consul".to_owned(), consul_pub.cpu_seconds()),
+        ];
+        v.extend(
+            servers
+                .iter()
+                .map(|(n, p)| ((*n).to_owned(), crate::procs::cpu_seconds(p))),
+        );
+        v.push((
+            "bench (fake apiservers, polling)".to_owned(),
+            crate::procs::cpu_seconds("self"),
+        ));
+        v
+    };
+    let cpu_start = cpu_now(&watchers, &vulcand, &consul_pub);
 
     // Start → all routable in etcd, all registered in Consul.
     let mut client = etcd.client().await?;
@@ -176,6 +185,20 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
         consul_peak = consul_peak.max(consul_pub.memory_mib().0);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let wall = t0.elapsed();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu_end = cpu_now(&watchers, &vulcand, &consul_pub);
+    let used: Vec<String> = cpu_start
+        .iter()
+        .zip(&cpu_end)
+        .map(|((name, a), (_, b))| format!("{name} {:.1}", b - a))
+        .collect();
+    println!(
+        "  CPU seconds while projecting ({:.1} s wall × {cores} cores = {:.1} CPU s): {}",
+        wall.as_secs_f64(),
+        cores as f64 * wall.as_secs_f64(),
+        used.join(", ")
+    );
     let secs = |d: Option<Duration>| {
         d.map_or("not reached".to_owned(), |d| {
             format!("{:.2} s", d.as_secs_f64())
@@ -187,9 +210,13 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
         secs(consul_done)
     );
     let answer = dns::query_a(consul.dns_port(), "c0-svc7-ns7.test.service.consul").await?;
-    let (_, catalog) = http::get(consul.http_port(), "/v1/catalog/service/test")
-        .await
-        .unwrap_or_default();
+    let catalog = reqwest::Client::new()
+        .get(format!("{}/v1/catalog/service/test", consul.url()))
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await?
+        .text()
+        .await?;
     println!(
         "  Consul: {} catalog instances; DNS c0-svc7-ns7.test.service.consul → {:?}",
         catalog.matches("\"ServiceID\"").count(),
@@ -205,22 +232,6 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
         consul_peak
     );
 
-    // Start-up reconciliation (runs once each publisher has caught up).
-    for (name, admin) in [("vulcand", &vulcand_admin), ("consul", &consul_admin)] {
-        let runs = format!("ksr_{name}_reconcile_runs_total");
-        let until = Instant::now() + Duration::from_secs(600);
-        let mut m = admin.metrics().await;
-        while sample(&m, &runs) < 1.0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            m = admin.metrics().await;
-        }
-        println!(
-            "  start-up reconciliation, publisher-{name}: {:.2} s, {} repairs (runs: {})",
-            sample(&m, &format!("ksr_{name}_reconcile_duration_seconds")),
-            sample(&m, &format!("ksr_{name}_reconcile_repairs_total")),
-            sample(&m, &runs)
-        );
-    }
     let (etcd_keys, etcd_bytes) = prefix_size(&mut client, "ksr/ksr/").await?;
     let (vkeys, vbytes) = prefix_size(&mut client, "vulcand/").await?;
     let (_, consul_kv) = http::get(consul.http_port(), "/v1/kv/ksr/?recurse=true")
@@ -265,10 +276,104 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
             ),
         );
     }
-    drop(watchers);
+
+    // A full reconciliation of the converged estate: each publisher restarted (its start-up
+    // reconciliation runs once it has caught up), timed, and its repairs counted.
     drop(vulcand);
     drop(consul_pub);
+    let restarted = Instant::now();
+    let _vulcand = spawn_vulcand(&nats, &etcd, &vulcand_admin)?;
+    let _consul_pub = spawn_consul(&nats, &consul, &consul_admin)?;
+    for (name, admin) in [("vulcand", &vulcand_admin), ("consul", &consul_admin)] {
+        let runs = format!("ksr_{name}_reconcile_runs_total");
+        let until = Instant::now() + Duration::from_secs(900);
+        let mut m = admin.metrics().await;
+        while sample(&m, &runs) < 1.0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            m = admin.metrics().await;
+        }
+        let phases: Vec<String> = ["records", "replay", "apply", "target", "tombstones"]
+            .iter()
+            .map(|p| {
+                let v = sample(
+                    &m,
+                    &format!("ksr_{name}_reconcile_phase_seconds{{phase=\"{p}\"}}"),
+                );
+                format!("{p} {v:.2}")
+            })
+            .collect();
+        println!(
+            "  full reconciliation after a restart, publisher-{name}: {:.2} s ({}; restart → done {:.2} s), {} repairs",
+            sample(&m, &format!("ksr_{name}_reconcile_duration_seconds")),
+            phases.join(", "),
+            restarted.elapsed().as_secs_f64(),
+            sample(&m, &format!("ksr_{name}_reconcile_repairs_total")),
+        );
+    }
+
+    // The audit at full size: ksrctl verify of each target against the stream.
+    for (target, flag, address) in [
+        ("vulcand", "--etcd-endpoints", etcd.endpoint()),
+        ("consul", "--consul-address", consul.url()),
+    ] {
+        let started = Instant::now();
+        let run = Proc::spawn_with(
+            "ksrctl",
+            &[
+                "verify".into(),
+                target.into(),
+                "--nats-url".into(),
+                nats.url(),
+                flag.into(),
+                address,
+                "-o".into(),
+                "json".into(),
+            ],
+            std::process::Stdio::null(),
+        )?;
+        let status = tokio::task::spawn_blocking(move || {
+            let mut run = run;
+            run.child.wait()
+        })
+        .await??;
+        println!(
+            "  ksrctl verify {target}: {:.2} s, exit {} (0: no drift)",
+            started.elapsed().as_secs_f64(),
+            status.code().unwrap_or(-1)
+        );
+    }
+    drop(watchers);
     Ok(())
+}
+
+fn spawn_vulcand(nats: &NatsServer, etcd: &EtcdServer, admin: &Admin) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        "ksr-publisher-vulcand",
+        &[
+            "--nats-url".into(),
+            nats.url(),
+            "--etcd-endpoints".into(),
+            etcd.endpoint(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{}", admin.port),
+        ],
+    )
+}
+
+fn spawn_consul(nats: &NatsServer, consul: &ConsulServer, admin: &Admin) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        "ksr-publisher-consul",
+        &[
+            "--nats-url".into(),
+            nats.url(),
+            "--consul-address".into(),
+            consul.url(),
+            "--router-address".into(),
+            ROUTER.to_string(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{}", admin.port),
+        ],
+    )
 }
 
 /// New Services at `args.rate`/s spread over the clusters; latency from the apiserver write to
@@ -316,6 +421,8 @@ async fn churn_at_size(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut dns_tasks = Vec::new();
+    let probes = Arc::new(tokio::sync::Semaphore::new(2));
+    let mut dns_skipped = 0;
     let started = Instant::now();
     for n in 0..total as usize {
         tick.tick().await;
@@ -329,18 +436,25 @@ async fn churn_at_size(
             m.insert(host.clone(), t);
         }
         apis[c].apply(Resource::Services, svc);
+        // Every 10th name is probed through Consul DNS, at most two at a time (skipped when
+        // both probes are busy): each lookup of a tag scans every instance of the service, so
+        // unbounded probing would load Consul more than the publisher does.
         if n % 10 == 0 {
-            dns_tasks.push(tokio::spawn(async move {
-                while t.elapsed() < Duration::from_secs(60) {
-                    if let Ok(a) = dns::query_a(dns_port, &host).await
-                        && a.addrs == vec![ROUTER]
-                    {
-                        return Some(t.elapsed());
+            match probes.clone().try_acquire_owned() {
+                Ok(permit) => dns_tasks.push(tokio::spawn(async move {
+                    let _permit = permit;
+                    while t.elapsed() < Duration::from_secs(60) {
+                        if let Ok(a) = dns::query_a(dns_port, &host).await
+                            && a.addrs == vec![ROUTER]
+                        {
+                            return Some(t.elapsed());
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                None
-            }));
+                    None
+                })),
+                Err(_) => dns_skipped += 1,
+            }
         }
     }
     let sent_for = started.elapsed();
@@ -370,26 +484,46 @@ async fn churn_at_size(
         percentiles(&mut etcd_samples)
     );
     println!(
-        "    apiserver → Consul DNS answer (every 10th): {}; {dns_missing} never answered",
+        "    apiserver → Consul DNS answer (every 10th, ≤ 2 probes at once): {}; {dns_missing} never answered, {dns_skipped} not probed (both probes busy)",
         percentiles(&mut dns_samples)
     );
     Ok(())
 }
 
-/// Keys and bytes (keys and values) under `prefix`.
+/// Keys and bytes (keys and values) under `prefix`, read in pages (a reply is at most 4 MiB).
 async fn prefix_size(
     client: &mut etcd_client::Client,
     prefix: &str,
 ) -> anyhow::Result<(usize, u64)> {
-    let resp = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let bytes = resp
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key().len() + kv.value().len()) as u64)
-        .sum();
-    Ok((resp.kvs().len(), bytes))
+    let end = {
+        let mut e = prefix.as_bytes().to_vec();
+        if let Some(last) = e.last_mut() {
+            *last += 1;
+        }
+        e
+    };
+    let (mut keys, mut bytes) = (0usize, 0u64);
+    let mut from = prefix.as_bytes().to_vec();
+    loop {
+        let resp = client
+            .get(
+                from.clone(),
+                Some(GetOptions::new().with_range(end.clone()).with_limit(2000)),
+            )
+            .await?;
+        for kv in resp.kvs() {
+            keys += 1;
+            bytes += (kv.key().len() + kv.value().len()) as u64;
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok((keys, bytes))
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -50,6 +50,30 @@ impl Proc {
     }
 }
 
+/// CPU seconds (user + system) process `pid` has used so far (`self` for this process), from
+/// /proc (clock ticks of 1/100 s, Linux's USER_HZ); NaN when it cannot be read.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may contain spaces: count fields after its ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime field 15.
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+impl Proc {
+    /// CPU seconds the child has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&self.child.id().to_string())
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

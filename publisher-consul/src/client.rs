@@ -148,6 +148,9 @@ pub enum TxnOutcome {
     Conflict(String),
 }
 
+/// How long a read of every record or every instance of our node may take.
+pub const BULK_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The Consul HTTP API.
 #[derive(Debug, Clone)]
 pub struct ConsulClient {
@@ -232,8 +235,30 @@ impl ConsulClient {
         body: Option<&Value>,
         what: &str,
     ) -> Result<(StatusCode, String), Error> {
+        self.send_within(method, path, body, what, None).await
+    }
+
+    /// A read whose answer grows with the estate (every record, every instance of our
+    /// node): measured at 100,000 Services, Consul takes longer than the 15 s that bound
+    /// every other request to answer one, so these get [`BULK_TIMEOUT`].
+    async fn send_bulk(&self, path: &str, what: &str) -> Result<(StatusCode, String), Error> {
+        self.send_within(Method::GET, path, None, what, Some(BULK_TIMEOUT))
+            .await
+    }
+
+    async fn send_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, String), Error> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(timeout) = timeout {
+            req = req.timeout(timeout);
+        }
         if let Some(token) = self.token()? {
             req = req.header("X-Consul-Token", token);
         }
@@ -428,10 +453,8 @@ impl ConsulClient {
     /// "Not ready to serve consistent reads", a 500 that is retried).
     pub async fn kv_tree(&self, prefix: &str) -> Result<Vec<KvEntry>, Error> {
         let (status, text) = self
-            .send(
-                Method::GET,
+            .send_bulk(
                 &format!("/v1/kv/{prefix}?recurse=true&consistent"),
-                None,
                 "reading our records",
             )
             .await?;
@@ -467,10 +490,8 @@ impl ConsulClient {
             services: Option<BTreeMap<String, ServiceBody>>,
         }
         let (status, text) = self
-            .send(
-                Method::GET,
+            .send_bulk(
                 &format!("/v1/catalog/node/{node}?consistent"),
-                None,
                 "listing our node",
             )
             .await?;
@@ -504,10 +525,8 @@ impl ConsulClient {
             meta: BTreeMap<String, String>,
         }
         let (_, text) = self
-            .send(
-                Method::GET,
+            .send_bulk(
                 &format!("/v1/catalog/service/{service}?consistent"),
-                None,
                 "listing a service",
             )
             .await?;

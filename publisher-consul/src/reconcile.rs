@@ -104,16 +104,21 @@ pub async fn reconcile(
     ack_floor: u64,
     environment: &str,
 ) -> Result<ReconcileReport, Error> {
+    let started = std::time::Instant::now();
+    let mut phases = ksr_runtime::metrics::PhaseTimer::start(p.metrics());
     let mut report = ReconcileReport::default();
     ensure_nodes(p).await?;
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
     p.quarantine(&p.snapshot().await?);
+    phases.done("records");
 
     let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
+    phases.done("replay");
     for chunk in deliveries.chunks(1000) {
         report.replayed += p.apply_batch(chunk).await?.applied;
     }
+    phases.done("apply");
 
     let state = p.snapshot().await?;
     let mut expected = BTreeMap::new();
@@ -130,7 +135,11 @@ pub async fn reconcile(
     if p.policy() != ksr_runtime::config::Policy::UpsertOnly {
         report.deregistered += remove_departed_routers(p).await?;
     }
-    report.collected = collect_tombstones(p, stream).await?;
+    phases.done("target");
+    // The records read for the catalog pass serve the tombstones too (their deletes are
+    // guarded by index, so a record changed since is simply left).
+    report.collected = collect_tombstones(p, stream, &state).await?;
+    phases.done("tombstones");
     if report.collected > 0 {
         tracing::info!(
             collected = report.collected,
@@ -140,6 +149,7 @@ pub async fn reconcile(
     let m = p.metrics();
     m.repairs.inc_by(report.registered + report.deregistered);
     m.reconcile_runs.inc();
+    m.reconcile_seconds.set(started.elapsed().as_secs_f64());
     if report.replayed + report.registered + report.deregistered > 0 {
         tracing::warn!(?report, "reconcile repaired drift");
     }
@@ -223,9 +233,12 @@ async fn catalog_pass(
 
 /// Deletes the tombstones no event can outdate any more
 /// ([`ksr_runtime::plan::State::collectable_tombstones`]), each guarded by its index.
-async fn collect_tombstones(p: &ConsulProjector, stream: &Stream) -> Result<u64, Error> {
+async fn collect_tombstones(
+    p: &ConsulProjector,
+    stream: &Stream,
+    state: &State,
+) -> Result<u64, Error> {
     let (incarnation, first_seq) = ksr_runtime::nats::incarnation_and_first_seq(stream).await?;
-    let state = p.snapshot().await?;
     let mut collected = 0;
     for (key, index) in state.collectable_tombstones(incarnation, first_seq) {
         let ops = vec![TxnOp::KvDeleteCas {

@@ -45,19 +45,28 @@ pub async fn reconcile(
     ack_floor: u64,
 ) -> Result<ReconcileReport, Error> {
     let started = std::time::Instant::now();
+    let mut phases = ksr_runtime::metrics::PhaseTimer::start(projector.metrics());
     let mut report = ReconcileReport::default();
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
     projector.quarantine(&projector.snapshot().await?);
+    phases.done("records");
     let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
+    phases.done("replay");
     for chunk in deliveries.chunks(1000) {
         let r = projector.apply_batch(chunk).await?;
         report.replayed += r.applied;
     }
-    let (puts, deletes) = repair_keys(projector).await?;
+    phases.done("apply");
+    // One read of our records serves the key pass and the tombstones (their deletes are
+    // guarded by revision, so a record changed since is simply left).
+    let state = projector.snapshot().await?;
+    let (puts, deletes) = repair_keys(projector, &state).await?;
     report.puts = puts;
     report.deletes = deletes;
-    report.collected = collect_tombstones(projector, stream).await?;
+    phases.done("target");
+    report.collected = collect_tombstones(projector, stream, &state).await?;
+    phases.done("tombstones");
     if report.collected > 0 {
         tracing::info!(
             collected = report.collected,
@@ -83,9 +92,12 @@ pub async fn reconcile(
 /// recreated streams, retention).
 ///
 /// [`State::collectable_tombstones`]: ksr_runtime::plan::State::collectable_tombstones
-async fn collect_tombstones(projector: &VulcandProjector, stream: &Stream) -> Result<u64, Error> {
+async fn collect_tombstones(
+    projector: &VulcandProjector,
+    stream: &Stream,
+    state: &crate::plan::State,
+) -> Result<u64, Error> {
     let (incarnation, first_seq) = ksr_runtime::nats::incarnation_and_first_seq(stream).await?;
-    let state = projector.snapshot().await?;
     let mut collected = 0;
     for (key, rev) in state.collectable_tombstones(incarnation, first_seq) {
         let record = projector.layout().service_record_key(&key);
@@ -101,10 +113,12 @@ async fn collect_tombstones(projector: &VulcandProjector, stream: &Stream) -> Re
     Ok(collected)
 }
 
-async fn repair_keys(projector: &VulcandProjector) -> Result<(u64, u64), Error> {
+async fn repair_keys(
+    projector: &VulcandProjector,
+    state: &crate::plan::State,
+) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
-    let state = projector.snapshot().await?;
-    let expected = crate::plan::projection_of(layout, &state);
+    let expected = crate::plan::projection_of(layout, state);
     if let Sink::V2(v2) = projector.sink() {
         return repair_v2(projector, v2, &expected).await;
     }

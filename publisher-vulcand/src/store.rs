@@ -11,9 +11,19 @@ use crate::plan::State;
 use crate::projection::KeyOp;
 use crate::records::ServiceRecord;
 
+/// The first page of a prefix read, in keys.
 const PAGE: i64 = 2000;
+/// Pages are sized to about this many bytes (etcd's replies are limited to 4 MiB).
+const PAGE_BYTES: usize = 1 << 20;
+/// The most keys one page asks for.
+const MAX_PAGE: i64 = 20_000;
 
 /// Every (key, value, mod revision) under `prefix`, read page by page at one revision.
+///
+/// etcd walks the whole remaining range to count it for every limited read, so the number of
+/// pages is what makes a large read quadratic: pages grow to about [`PAGE_BYTES`] (from the
+/// size of the last one), and a page etcd cannot send in one reply is asked for again at half
+/// the size.
 pub async fn read_prefix(
     kv: &mut KvClient,
     prefix: &str,
@@ -22,16 +32,25 @@ pub async fn read_prefix(
     let mut out = Vec::new();
     let mut start = prefix.as_bytes().to_vec();
     let mut revision = 0;
+    let mut page = PAGE;
     loop {
-        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(page);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let resp = kv.get(start.clone(), Some(opts)).await?;
+        let resp = match kv.get(start.clone(), Some(opts)).await {
+            Err(e) if page > 1 && too_large(&e) => {
+                page /= 2;
+                continue;
+            }
+            r => r?,
+        };
         if revision == 0 {
             revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         }
+        let mut bytes = 0;
         for kv in resp.kvs() {
+            bytes += kv.key().len() + kv.value().len();
             out.push((
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 kv.value().to_vec(),
@@ -41,11 +60,21 @@ pub async fn read_prefix(
         if !resp.more() || resp.kvs().is_empty() {
             break;
         }
+        let per_key = (bytes / resp.kvs().len()).max(1);
+        page = i64::try_from(PAGE_BYTES / per_key)
+            .unwrap_or(MAX_PAGE)
+            .clamp(1, MAX_PAGE);
         let mut next = resp.kvs()[resp.kvs().len() - 1].key().to_vec();
         next.push(0);
         start = next;
     }
     Ok(out)
+}
+
+/// Whether etcd's reply was over the client's message size limit.
+fn too_large(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("message length too large") || text.contains("ResourceExhausted")
 }
 
 fn rev(r: i64) -> u64 {

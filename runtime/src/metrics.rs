@@ -91,6 +91,42 @@ pub struct ProjectionMetrics {
     /// Duration of the last reconciliation pass.
     pub reconcile_seconds:
         prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Where the last reconciliation pass spent its time, by phase.
+    pub reconcile_phase_seconds: Family<PhaseLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// The label of `ksr_<publisher>_reconcile_phase_seconds`: one of a fixed set per publisher
+/// (`records`, `replay`, `apply`, `target`, `tombstones`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+/// Times the phases of one reconciliation pass into
+/// `ksr_<publisher>_reconcile_phase_seconds{phase}`.
+#[derive(Debug)]
+pub struct PhaseTimer<'a> {
+    metrics: &'a ProjectionMetrics,
+    at: std::time::Instant,
+}
+
+impl<'a> PhaseTimer<'a> {
+    pub fn start(metrics: &'a ProjectionMetrics) -> Self {
+        Self {
+            metrics,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Ends phase `phase` (the time since the previous one ended).
+    pub fn done(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.metrics
+            .reconcile_phase_seconds
+            .get_or_create(&PhaseLabel { phase })
+            .set((now - self.at).as_secs_f64());
+        self.at = now;
+    }
 }
 
 impl ProjectionMetrics {
@@ -140,6 +176,11 @@ impl ProjectionMetrics {
                 "reconcile_duration_seconds",
                 "Duration of the last reconciliation pass",
                 m.reconcile_seconds.clone(),
+            );
+            r.register(
+                "reconcile_phase_seconds",
+                "Where the last reconciliation pass spent its time: reading our records (records), the stream's newest events (replay), re-applying them (apply), comparing the target (target), collecting tombstones (tombstones)",
+                m.reconcile_phase_seconds.clone(),
             );
         });
         m

@@ -35,6 +35,11 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(crate::process::Proc::pid)
+    }
+
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(EtcdOptions::default()).await
     }

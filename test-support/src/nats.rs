@@ -29,6 +29,11 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(crate::process::Proc::pid)
+    }
+
     /// Starts a server and waits until JetStream answers its health check.
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(NatsOptions::default()).await

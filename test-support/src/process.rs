@@ -40,6 +40,11 @@ impl Proc {
         Self::spawn(name, cmd, &logs.join(format!("{name}.log")))
     }
 
+    /// The running process's id (benchmarks read its CPU time and memory from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Fails if the process has exited, quoting the end of its log.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(child) = &mut self.child
