@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks: builds the release binaries, then runs `ksr-bench <name> [flags]` (default: the
-# four main ones), e.g. `bash scripts/bench.sh vulcand --etcd-api v2`.
+# four main ones), e.g. `bash scripts/bench.sh vulcand --etcd-api v2`; `e2e` (the whole pipeline at
+# 1k–100k Services, about 10 minutes) runs only when named.
 # Everything runs on loopback against the real servers from scripts/setup.sh.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -312,9 +312,20 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
     }
 
     // The audit at full size: ksrctl verify of each target against the stream.
-    for (target, flag, address) in [
-        ("vulcand", "--etcd-endpoints", etcd.endpoint()),
-        ("consul", "--consul-address", consul.url()),
+    for (target, flags) in [
+        (
+            "vulcand",
+            vec!["--etcd-endpoints".to_owned(), etcd.endpoint()],
+        ),
+        (
+            "consul",
+            vec![
+                "--consul-address".to_owned(),
+                consul.url(),
+                "--router-address".to_owned(),
+                ROUTER.to_string(),
+            ],
+        ),
     ] {
         let started = Instant::now();
         let run = Proc::spawn_with(
@@ -324,11 +335,12 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
                 target.into(),
                 "--nats-url".into(),
                 nats.url(),
-                flag.into(),
-                address,
                 "-o".into(),
                 "json".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(flags)
+            .collect::<Vec<String>>(),
             std::process::Stdio::null(),
         )?;
         let status = tokio::task::spawn_blocking(move || {

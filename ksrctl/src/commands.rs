@@ -404,12 +404,12 @@ async fn confirm_removals(stream: &crate::cli::NatsArgs, cluster: &str) -> Resul
         client.request(subject, Vec::new().into()),
     )
     .await
-    .map_err(|_| {
-        Error::Nats(format!(
-            "no watcher of cluster {cluster} answered within 10 s"
-        ))
-    })?
-    .map_err(|e| Error::Nats(format!("no watcher of cluster {cluster} answered: {e}")))?;
+    .map_err(crate::nats_err(format!(
+        "no watcher of cluster {cluster} answered within 10 s"
+    )))?
+    .map_err(crate::nats_err(format!(
+        "no watcher of cluster {cluster} answered"
+    )))?;
     let released = String::from_utf8_lossy(&reply.payload).into_owned();
     if released == "0" {
         println!("the watcher of cluster {cluster} holds no removals");

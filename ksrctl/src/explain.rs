@@ -71,7 +71,6 @@ pub async fn explain(args: &crate::cli::NatsArgs, key: &ServiceKey) -> Result<Ex
         },
     )
     .await?;
-    let nats = |e: &dyn std::fmt::Display| Error::Nats(e.to_string());
     let bucket = status::bucket(&stream.cached_info().config.name);
     let mut reports = Vec::new();
     // The publishers are the stream's durable consumers: one status key each.
@@ -79,7 +78,7 @@ pub async fn explain(args: &crate::cli::NatsArgs, key: &ServiceKey) -> Result<Ex
         .consumers()
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| nats(&e))?;
+        .map_err(crate::nats_err("reading the publishers' status"))?;
     let mut applied: Vec<Applied> = consumers
         .into_iter()
         .filter_map(|c| {
@@ -96,7 +95,7 @@ pub async fn explain(args: &crate::cli::NatsArgs, key: &ServiceKey) -> Result<Ex
             let entry = kv
                 .entry(status::key(&publisher, key))
                 .await
-                .map_err(|e| nats(&e))?;
+                .map_err(crate::nats_err("reading the publishers' status"))?;
             let Some(entry) = entry else { continue };
             if entry.operation != async_nats::jetstream::kv::Operation::Put {
                 continue;

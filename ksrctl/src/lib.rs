@@ -29,6 +29,18 @@ pub enum Outcome {
     Drift,
 }
 
+/// Maps a failed NATS call to [`Error::Nats`], `what` saying what was asked.
+pub(crate) fn nats_err<E>(what: impl Into<String>) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let what = what.into();
+    move |source| Error::Nats {
+        what,
+        source: Box::new(source),
+    }
+}
+
 /// The one error type of ksrctl's library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,8 +48,12 @@ pub enum Error {
     Etcd(#[from] etcd_client::Error),
     #[error("{key}: {reason}")]
     BadKey { key: String, reason: String },
-    #[error("NATS: {0}")]
-    Nats(String),
+    #[error("NATS: {what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Stream(#[from] ksr_runtime::RuntimeError),
     #[error("vulcand: {0}")]

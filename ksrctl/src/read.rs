@@ -25,7 +25,7 @@ pub async fn open(args: &NatsArgs) -> Result<(async_nats::jetstream::Context, St
     let stream = js
         .get_stream(&args.stream)
         .await
-        .map_err(|e| Error::Nats(format!("stream {:?}: {e}", args.stream)))?;
+        .map_err(crate::nats_err(format!("stream {:?}", args.stream)))?;
     Ok((js, stream))
 }
 

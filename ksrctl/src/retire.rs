@@ -86,7 +86,7 @@ pub async fn retire(args: &NatsArgs, cluster: &str) -> Result<Outcome, Error> {
                     removed.len()
                 )));
             }
-            Err(e) => return Err(Error::Nats(format!("publishing {}: {e}", event.key))),
+            Err(e) => return Err(crate::nats_err(format!("publishing {}", event.key))(e)),
         }
     }
     println!(

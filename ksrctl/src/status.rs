@@ -83,8 +83,11 @@ pub async fn read(
     stream: &mut async_nats::jetstream::stream::Stream,
     bucket: &str,
 ) -> Result<Status, Error> {
-    let nats = |e: &dyn std::fmt::Display| Error::Nats(e.to_string());
-    let info = stream.info().await.map_err(|e| nats(&e))?.clone();
+    let info = stream
+        .info()
+        .await
+        .map_err(crate::nats_err("reading the stream status"))?
+        .clone();
     let s = &info.state;
     let incarnation = ksr_runtime::nats::incarnation_of(&info);
     let status_stream = StreamStatus {
@@ -103,7 +106,7 @@ pub async fn read(
         .consumers()
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| nats(&e))?;
+        .map_err(crate::nats_err("reading the stream status"))?;
     let mut consumers: Vec<ConsumerStatus> = consumers
         .into_iter()
         .filter(|c| c.config.durable_name.is_some())
@@ -123,9 +126,9 @@ pub async fn read(
     let mut subjects = stream
         .info_with_subjects(subject::all_filter())
         .await
-        .map_err(|e| nats(&e))?;
+        .map_err(crate::nats_err("reading the stream status"))?;
     while let Some(entry) = subjects.next().await {
-        let (subj, _) = entry.map_err(|e| nats(&e))?;
+        let (subj, _) = entry.map_err(crate::nats_err("reading the stream status"))?;
         if let Ok(key) = subject::parse_subject(&subj) {
             *per_cluster.entry(key.cluster).or_default() += 1;
         }

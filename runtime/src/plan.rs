@@ -407,11 +407,7 @@ pub fn changes<T: Target>(units: &[UnitOf<T>]) -> Vec<Change> {
             }
         }
         for record in u.names.iter().filter_map(|(_, r)| r.as_ref()) {
-            out.extend(
-                T::standings(record)
-                    .into_iter()
-                    .map(|(key, seq, s)| (key, seq, Some(s))),
-            );
+            out.extend(claims_standing::<T>(record));
         }
     }
     out
@@ -422,9 +418,17 @@ pub fn standings<T: Target>(state: &StateOf<T>) -> Vec<Change> {
     state
         .names()
         .filter_map(|(_, v)| v.value.as_ref())
-        .flat_map(T::standings)
-        .map(|(key, seq, s)| (key, seq, Some(s)))
+        .flat_map(claims_standing::<T>)
         .collect()
+}
+
+/// Where each Service claiming `record`'s name stands, as status changes.
+fn claims_standing<T: Target>(
+    record: &NameRecord<T::Meta, T::Data>,
+) -> impl Iterator<Item = Change> + use<T> {
+    T::standings(record)
+        .into_iter()
+        .map(|(key, seq, s)| (key, seq, Some(s)))
 }
 
 /// Recomputes a record's derived `owner` and `waiting`.
