@@ -46,12 +46,16 @@ pub struct Args {
     /// Run the churn at every size, not only the largest.
     #[arg(long)]
     churn_every_size: bool,
+    /// The watchers' --coalesce-window (their default: 50ms; it bounds how soon a change is
+    /// published, so it is most of the change → visible latency).
+    #[arg(long, default_value = "50ms")]
+    coalesce_window: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     println!(
-        "end-to-end benchmark: fake apiservers ({} Services each) → watchers → NATS → publisher-vulcand (etcd v3) + publisher-consul; one Service = one route with one address (its ClusterIP)",
-        args.per_cluster
+        "end-to-end benchmark: fake apiservers ({} Services each) → watchers (--coalesce-window {}) → NATS → publisher-vulcand (etcd v3) + publisher-consul; one Service = one route with one address (its ClusterIP)",
+        args.per_cluster, args.coalesce_window
     );
     let largest = args.sizes.iter().copied().max().unwrap_or(0);
     for &size in &args.sizes {
@@ -119,6 +123,8 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
                 api.url().to_owned(),
                 "--admin-addr".into(),
                 format!("127.0.0.1:{}", ports[2 + c]),
+                "--coalesce-window".into(),
+                args.coalesce_window.clone(),
             ],
         )?);
     }
