@@ -38,15 +38,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     health.set_not_ready(format!("waiting for stream {}", settings.name));
 
     let target = config.router.target(&config.owner)?;
-    let health_url = config.router_health.url.clone();
-    if let Some(url) = &health_url
-        && target.routers.len() > 1
-        && !url.contains("{address}")
-    {
-        return Err(Error::Config(format!(
-            "--router-health-url {url:?} has no {{address}}: every router would be judged by one URL"
-        )));
-    }
+    let health_url = config.router_health.template(target.routers.len())?;
     let layout = Layout::new(&config.owner);
     let metrics = crate::publisher::metrics(&registry);
     health.set_not_ready(format!("connecting to Consul at {}", client.base_url()));

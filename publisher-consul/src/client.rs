@@ -238,12 +238,24 @@ impl ConsulClient {
         self.send_within(method, path, body, what, None).await
     }
 
-    /// A read whose answer grows with the estate (every record, every instance of our
-    /// node): measured at 100,000 Services, Consul takes longer than the 15 s that bound
-    /// every other request to answer one, so these get [`BULK_TIMEOUT`].
-    async fn send_bulk(&self, path: &str, what: &str) -> Result<(StatusCode, String), Error> {
-        self.send_within(Method::GET, path, None, what, Some(BULK_TIMEOUT))
-            .await
+    /// GETs `path` and parses the answer; `None` when Consul has nothing there (404, or
+    /// `null`). `bulk` marks a read whose answer grows with the estate (every record, every
+    /// instance of our node): measured at 100,000 Services, Consul takes longer than the 15 s
+    /// that bound every other request to answer one, so these get [`BULK_TIMEOUT`].
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+        bulk: bool,
+    ) -> Result<Option<T>, Error> {
+        let timeout = bulk.then_some(BULK_TIMEOUT);
+        let (status, text) = self
+            .send_within(Method::GET, path, None, what, timeout)
+            .await?;
+        if status == StatusCode::NOT_FOUND || text.trim() == "null" {
+            return Ok(None);
+        }
+        Self::parse(what, &text).map(Some)
     }
 
     async fn send_within(
@@ -352,18 +364,9 @@ impl ConsulClient {
 
     /// The checks of `node` (empty when the node does not exist).
     pub async fn node_checks(&self, node: &str) -> Result<Vec<NodeCheck>, Error> {
-        let (status, text) = self
-            .send(
-                Method::GET,
-                &format!("/v1/health/node/{node}?consistent"),
-                None,
-                "reading a node's checks",
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND || text.trim() == "null" {
-            return Ok(Vec::new());
-        }
-        Self::parse("reading a node's checks", &text)
+        let path = format!("/v1/health/node/{node}?consistent");
+        let checks = self.get(&path, "reading a node's checks", false).await?;
+        Ok(checks.unwrap_or_default())
     }
 
     /// Sets a node-level check of `node` (every instance on the node is answered by DNS only
@@ -416,15 +419,8 @@ impl ConsulClient {
             .iter()
             .map(|(k, v)| format!("node-meta={k}:{v}"))
             .collect();
-        let (_, text) = self
-            .send(
-                Method::GET,
-                &format!("/v1/catalog/nodes?consistent&{}", query.join("&")),
-                None,
-                "listing our nodes",
-            )
-            .await?;
-        let nodes: Option<Vec<Node>> = Self::parse("listing our nodes", &text)?;
+        let path = format!("/v1/catalog/nodes?consistent&{}", query.join("&"));
+        let nodes: Option<Vec<Node>> = self.get(&path, "listing our nodes", false).await?;
         Ok(nodes
             .unwrap_or_default()
             .into_iter()
@@ -452,34 +448,24 @@ impl ConsulClient {
     /// their checks at best; consistent reads wait until the leader may answer (Consul says
     /// "Not ready to serve consistent reads", a 500 that is retried).
     pub async fn kv_tree(&self, prefix: &str) -> Result<Vec<KvEntry>, Error> {
-        let (status, text) = self
-            .send_bulk(
-                &format!("/v1/kv/{prefix}?recurse=true&consistent"),
-                "reading our records",
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND {
-            return Ok(Vec::new());
-        }
-        let raw: Vec<RawKv> = Self::parse("reading our records", &text)?;
-        Ok(raw.into_iter().map(RawKv::decode).collect())
+        let path = format!("/v1/kv/{prefix}?recurse=true&consistent");
+        let raw: Option<Vec<RawKv>> = self.get(&path, "reading our records", true).await?;
+        Ok(raw
+            .unwrap_or_default()
+            .into_iter()
+            .map(RawKv::decode)
+            .collect())
     }
 
     /// One KV entry, `None` when absent.
     pub async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, Error> {
-        let (status, text) = self
-            .send(
-                Method::GET,
-                &format!("/v1/kv/{key}?consistent"),
-                None,
-                "reading a record",
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let raw: Vec<RawKv> = Self::parse("reading a record", &text)?;
-        Ok(raw.into_iter().next().map(RawKv::decode))
+        let path = format!("/v1/kv/{key}?consistent");
+        let raw: Option<Vec<RawKv>> = self.get(&path, "reading a record", false).await?;
+        Ok(raw
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .map(RawKv::decode))
     }
 
     /// The instances registered on `node` (empty when the node does not exist).
@@ -489,17 +475,13 @@ impl ConsulClient {
             #[serde(rename = "Services", default)]
             services: Option<BTreeMap<String, ServiceBody>>,
         }
-        let (status, text) = self
-            .send_bulk(
-                &format!("/v1/catalog/node/{node}?consistent"),
-                "listing our node",
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND || text.trim() == "null" {
-            return Ok(Vec::new());
-        }
-        let parsed: NodeServices = Self::parse("listing our node", &text)?;
-        Ok(parsed.services.unwrap_or_default().into_values().collect())
+        let path = format!("/v1/catalog/node/{node}?consistent");
+        let parsed: Option<NodeServices> = self.get(&path, "listing our node", true).await?;
+        Ok(parsed
+            .and_then(|p| p.services)
+            .unwrap_or_default()
+            .into_values()
+            .collect())
     }
 
     /// Every instance of catalog service `service`, on any node, as (node, instance).
@@ -524,13 +506,11 @@ impl ConsulClient {
             #[serde(rename = "ServiceMeta", default, deserialize_with = "null_as_default")]
             meta: BTreeMap<String, String>,
         }
-        let (_, text) = self
-            .send_bulk(
-                &format!("/v1/catalog/service/{service}?consistent"),
-                "listing a service",
-            )
-            .await?;
-        let entries: Vec<Entry> = Self::parse("listing a service", &text)?;
+        let path = format!("/v1/catalog/service/{service}?consistent");
+        let entries: Vec<Entry> = self
+            .get(&path, "listing a service", true)
+            .await?
+            .unwrap_or_default();
         Ok(entries
             .into_iter()
             .map(|e| {

@@ -93,6 +93,21 @@ pub struct RouterHealthArgs {
     pub failures: u32,
 }
 
+impl RouterHealthArgs {
+    /// The health URL template for `routers` routers (None: no health checking); one URL
+    /// without `{address}` cannot judge several routers.
+    pub fn template(&self, routers: usize) -> Result<Option<String>, crate::Error> {
+        match &self.url {
+            Some(url) if routers > 1 && !url.contains("{address}") => {
+                Err(crate::Error::Config(format!(
+                    "--router-health-url {url:?} has no {{address}}: every router would be judged by one URL"
+                )))
+            }
+            url => Ok(url.clone()),
+        }
+    }
+}
+
 /// How to reach Consul.
 #[derive(Debug, Clone, Args)]
 pub struct ConsulArgs {
@@ -177,6 +192,21 @@ mod tests {
         let c = Config::try_parse_from(["x", "--router-address", "10.0.0.1,10.0.0.1"]).unwrap();
         let err = c.router.target("ksr").unwrap_err().to_string();
         assert!(err.contains("--router-address"), "{err}");
+    }
+
+    #[test]
+    fn one_health_url_for_several_routers_needs_the_address() {
+        let c = Config::try_parse_from([
+            "x",
+            "--router-address",
+            "10.0.0.1,10.0.0.2",
+            "--router-health-url",
+            "http://edge:8182/v2/status",
+        ])
+        .unwrap();
+        let err = c.router_health.template(2).unwrap_err().to_string();
+        assert!(err.contains("--router-health-url"), "{err}");
+        assert!(c.router_health.template(1).unwrap().is_some());
     }
 
     #[test]

@@ -71,10 +71,11 @@ pub async fn read_prefix(
     Ok(out)
 }
 
-/// Whether etcd's reply was over the client's message size limit.
+/// Whether etcd's reply was over the client's message size limit (the client refuses to
+/// decode it: `OutOfRange`; a server-side limit: `ResourceExhausted`).
 fn too_large(e: &etcd_client::Error) -> bool {
-    let text = e.to_string();
-    text.contains("message length too large") || text.contains("ResourceExhausted")
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if matches!(s.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted))
 }
 
 fn rev(r: i64) -> u64 {
