@@ -8,8 +8,8 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::TryStreamExt;
 use serde::Serialize;
 
+use ksr_projection::status::{self, Standing, Status};
 use ksr_proto::{ServiceKey, subject};
-use ksr_runtime::status::{self, Standing, Status};
 
 use crate::Error;
 use crate::history::{self, EventRow, format_time};

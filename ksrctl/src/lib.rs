@@ -11,6 +11,7 @@ pub mod checkpointer;
 pub mod checkpoints;
 pub mod cli;
 pub mod commands;
+pub mod dns;
 pub mod explain;
 pub mod history;
 pub mod natsauth;

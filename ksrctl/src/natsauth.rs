@@ -70,7 +70,7 @@ fn read(n: &Names, p: &mut Permissions) {
 
 /// Reading the publishers' per-Service status bucket (its newest entries, a watch of them).
 fn read_status(n: &Names, p: &mut Permissions) {
-    let b = format!("KV_{}", ksr_runtime::status::bucket(&n.stream));
+    let b = format!("KV_{}", ksr_projection::status::bucket(&n.stream));
     p.publish.extend([
         format!("$JS.API.STREAM.INFO.{b}"),
         // Ephemeral (ordered) consumers only, as on the route stream.
@@ -123,7 +123,7 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
                 format!("$JS.ACK.{s}.{d}.>"),
             ]);
             // Its own per-Service status entries, and the bucket when it is missing.
-            let b = ksr_runtime::status::bucket(s);
+            let b = ksr_projection::status::bucket(s);
             p.publish.extend([
                 format!("$KV.{b}.{d}.>"),
                 format!("$JS.API.STREAM.INFO.KV_{b}"),

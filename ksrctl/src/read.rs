@@ -124,7 +124,7 @@ pub async fn each_owned(
 }
 
 /// The newest readable event of every Service, as deliveries for planning.
-pub async fn latest(stream: &Stream) -> Result<Vec<ksr_runtime::consumer::Delivery>, Error> {
+pub async fn latest(stream: &Stream) -> Result<Vec<ksr_projection::Delivery>, Error> {
     let mut out = Vec::new();
     let incarnation = ksr_runtime::nats::incarnation(stream);
     each(
@@ -133,7 +133,7 @@ pub async fn latest(stream: &Stream) -> Result<Vec<ksr_runtime::consumer::Delive
         DeliverPolicy::LastPerSubject,
         "reading the current state",
         |r, e| {
-            out.push(ksr_runtime::consumer::Delivery {
+            out.push(ksr_projection::Delivery {
                 seq: r.seq,
                 incarnation,
                 event: e.clone(),

@@ -76,8 +76,8 @@ pub async fn read(kv: &mut KvClient, prefix: &str) -> Result<Vec<Route>, Error> 
 
 /// What Consul DNS answers for `host` (addresses, or the error).
 pub async fn resolve(dns: SocketAddr, host: &str) -> String {
-    match ksr_runtime::dns::query_a_at(dns, host).await {
-        Ok(a) if a.rcode == ksr_runtime::dns::NXDOMAIN => "NXDOMAIN".into(),
+    match crate::dns::query_a_at(dns, host).await {
+        Ok(a) if a.rcode == crate::dns::NXDOMAIN => "NXDOMAIN".into(),
         Ok(a) if a.addrs.is_empty() => format!("no address (rcode {})", a.rcode),
         Ok(a) => a
             .addrs

@@ -2,8 +2,8 @@
 
 use async_nats::jetstream::stream::Stream;
 
-use ksr_publisher_consul::publisher::ConsulProjector;
-use ksr_publisher_vulcand::publisher::{Sink, VulcandProjector};
+use ksr_publisher_consul::projector::ConsulProjector;
+use ksr_publisher_vulcand::projector::{Sink, VulcandProjector};
 use ksr_runtime::metrics::MetricsRegistry;
 
 use crate::Error;
@@ -14,7 +14,7 @@ pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error
     let etcd = ksr_publisher_vulcand::app::connect_etcd(&args.etcd).await?;
     let prefix = args.vulcand.prefix();
     let layout = ksr_publisher_vulcand::layout::Layout::new(&prefix, &args.owner);
-    let metrics = ksr_publisher_vulcand::publisher::metrics(&MetricsRegistry::new());
+    let metrics = ksr_publisher_vulcand::projector::metrics(&MetricsRegistry::new());
     let projector = VulcandProjector::new(
         etcd.kv_client(),
         layout,
@@ -35,13 +35,13 @@ pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error
 
 /// The Consul projector of installation `--owner` (our records loaded from Consul KV).
 pub async fn consul(args: &ConsulTargetArgs) -> Result<ConsulProjector, Error> {
-    let client = ksr_publisher_consul::client::ConsulClient::new(&args.consul)?;
+    let client = ksr_publisher_consul::store::ConsulClient::new(&args.consul)?;
     let target = args.router.target(&args.owner)?;
     Ok(ConsulProjector::new(
         client,
         ksr_publisher_consul::layout::Layout::new(&args.owner),
         target,
-        ksr_publisher_consul::publisher::metrics(&MetricsRegistry::new()),
+        ksr_publisher_consul::projector::metrics(&MetricsRegistry::new()),
     )
     .await?)
 }

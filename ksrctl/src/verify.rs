@@ -1,7 +1,7 @@
 //! `verify` and `rebuild`: a target against the stream's current state.
 //!
 //! The expected content is the newest event of every Service applied to an empty target by
-//! the publishers' own planner ([`ksr_runtime::plan::simulate`]): exactly what a rebuild
+//! the publishers' own planner ([`ksr_projection::plan::simulate`]): exactly what a rebuild
 //! writes, and what the live publishers converge to. `rebuild` writes through the
 //! publishers' reconciliation with every event counted as acknowledged: the fenced apply
 //! (records guarded by compares, so a rebuild racing a running publisher is safe) and then
@@ -9,7 +9,7 @@
 
 use std::io::Write;
 
-use ksr_runtime::drift::Drift;
+use ksr_projection::drift::Drift;
 
 use crate::cli::{Output, Target};
 use crate::{Error, Outcome, read, targets};
@@ -21,7 +21,7 @@ struct Found {
     ours: Vec<Drift>,
     /// Entries that are not ours (other Consul nodes); reported, never changed.
     foreign: Vec<Drift>,
-    refused: Vec<ksr_runtime::consumer::Rejected>,
+    refused: Vec<ksr_projection::Rejected>,
     /// vulcand frontends of ours that vulcand could not load (key, reason).
     unloadable: Vec<(String, String)>,
     services: usize,
@@ -79,8 +79,8 @@ fn output_of(target: &Target) -> Output {
     }
 }
 
-fn print_refused(refused: &[ksr_runtime::consumer::Rejected]) {
-    for ksr_runtime::consumer::Rejected { seq, error: reason } in refused {
+fn print_refused(refused: &[ksr_projection::Rejected]) {
+    for ksr_projection::Rejected { seq, error: reason } in refused {
         eprintln!("ksrctl: the event at sequence {seq} can never be written: {reason}");
     }
 }

@@ -8,11 +8,11 @@ use ksr_runtime::retry::{until_ready, until_ready_or};
 use ksr_runtime::{Health, admin, nats, serve};
 
 use crate::Error;
-use crate::client::ConsulClient;
 use crate::config::Config;
 use crate::layout::Layout;
-use crate::publisher::ConsulProjector;
+use crate::projector::ConsulProjector;
 use crate::reconcile;
+use crate::store::ConsulClient;
 
 /// Runs the publisher until `shutdown` is cancelled; the batch in hand is finished first.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -40,7 +40,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let target = config.router.target(&config.owner)?;
     let health_url = config.router_health.template(target.routers.len())?;
     let layout = Layout::new(&config.owner);
-    let metrics = crate::publisher::metrics(&registry);
+    let metrics = crate::projector::metrics(&registry);
     health.set_not_ready(format!("connecting to Consul at {}", client.base_url()));
     let connected = until_ready_or(&shutdown, &health, "consul", Error::is_fatal, || {
         ConsulProjector::new(

@@ -7,13 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ksr_runtime::consumer::Delivery;
-use ksr_runtime::drift::{Drift, compare};
+use ksr_projection::Delivery;
+use ksr_projection::apply::Store;
+use ksr_projection::drift::{Drift, compare};
 
 use crate::Error;
-use crate::client::ServiceBody;
 use crate::layout::Layout;
-use crate::publisher::ConsulProjector;
+use crate::projector::ConsulProjector;
+use crate::store::ServiceBody;
 use crate::target::{ConsulTarget, State};
 
 /// Drift of the catalog against the stream.
@@ -24,7 +25,7 @@ pub struct CatalogDrift {
     /// Instances on other nodes that answer for a routed name (keyed `<node>/<ID>`).
     pub foreign: Vec<Drift>,
     /// Events Consul can never register (seq, reason).
-    pub refused: Vec<ksr_runtime::consumer::Rejected>,
+    pub refused: Vec<ksr_projection::Rejected>,
 }
 
 fn render(body: &ServiceBody) -> String {
@@ -66,7 +67,7 @@ pub async fn drift(
     environment: &str,
 ) -> Result<CatalogDrift, Error> {
     let target = p.target();
-    let (state, refused) = ksr_runtime::plan::simulate(target, latest);
+    let (state, refused) = ksr_projection::plan::simulate(target, latest);
     let expected = expected_instances(p, &state, environment);
     let mut nodes: BTreeSet<String> = target.routers.iter().map(|r| r.node.clone()).collect();
     nodes.extend(

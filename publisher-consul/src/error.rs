@@ -29,8 +29,6 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("record {key} is corrupt: {reason}")]
-    CorruptRecord { key: String, reason: String },
     #[error("writes kept conflicting with another writer after {attempts} attempts")]
     Contention { attempts: u32 },
     #[error(transparent)]
@@ -60,7 +58,6 @@ impl Error {
             Error::Invalid { .. } => "invalid_request",
             Error::Server { .. } => "consul_error",
             Error::TokenFile { .. } => "token_unreadable",
-            Error::CorruptRecord { .. } => "corrupt_record",
             Error::Contention { .. } => "contention",
             Error::Runtime(_) => "runtime",
             Error::Config(_) => "config",

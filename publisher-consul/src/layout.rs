@@ -7,8 +7,8 @@
 //!                      service vulcan, ID vulcan.<environment>, tag <environment>
 //! ```
 
+use ksr_projection::RecordKey;
 use ksr_proto::ServiceKey;
-use ksr_runtime::plan::RecordKey;
 
 /// The KV layout of one installation.
 #[derive(Debug, Clone)]

@@ -12,15 +12,15 @@
 //! node-level health check ([`router_health`]) takes a router that is down out of DNS.
 
 pub mod app;
-pub mod client;
 pub mod config;
 pub mod drift;
 mod error;
 pub mod layout;
-pub mod publisher;
+pub mod projector;
 pub mod reconcile;
 pub mod router_health;
 pub mod routers;
+pub mod store;
 pub mod target;
 
 pub use error::Error;

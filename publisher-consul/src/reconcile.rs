@@ -17,13 +17,14 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream::stream::Stream;
 
+use ksr_projection::apply::Store;
 use ksr_runtime::replay;
 
 use crate::Error;
-use crate::client::{ServiceBody, TxnOp, TxnOutcome};
 use crate::layout::Layout;
-use crate::publisher::ConsulProjector;
+use crate::projector::ConsulProjector;
 use crate::routers::Router;
+use crate::store::{ServiceBody, TxnOp, TxnOutcome};
 use crate::target::{ConsulTarget, State};
 
 /// What one reconciliation did.
@@ -105,12 +106,12 @@ pub async fn reconcile(
     environment: &str,
 ) -> Result<ReconcileReport, Error> {
     let started = std::time::Instant::now();
-    let mut phases = ksr_runtime::metrics::PhaseTimer::start(p.metrics());
+    let mut phases = ksr_projection::metrics::PhaseTimer::start(p.metrics());
     let mut report = ReconcileReport::default();
     ensure_nodes(p).await?;
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
-    p.quarantine(&p.snapshot().await?);
+    p.cache().quarantine(&p.snapshot().await?);
     phases.done("records");
 
     let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
@@ -132,7 +133,7 @@ pub async fn reconcile(
     for router in &p.target().routers {
         catalog_pass(p, &state, &expected, router, environment, &mut report).await?;
     }
-    if p.policy() != ksr_runtime::config::Policy::UpsertOnly {
+    if p.policy() != ksr_projection::Policy::UpsertOnly {
         report.deregistered += remove_departed_routers(p).await?;
     }
     phases.done("target");
@@ -194,7 +195,7 @@ async fn catalog_pass(
             }
         }
     }
-    let upsert_only = p.policy() == ksr_runtime::config::Policy::UpsertOnly;
+    let upsert_only = p.policy() == ksr_projection::Policy::UpsertOnly;
     for (id, body) in &actual {
         if expected.contains_key(id) || *id == router_id {
             continue;
@@ -232,7 +233,7 @@ async fn catalog_pass(
 }
 
 /// Deletes the tombstones no event can outdate any more
-/// ([`ksr_runtime::plan::State::collectable_tombstones`]), each guarded by its index.
+/// ([`ksr_projection::State::collectable_tombstones`]), each guarded by its index.
 async fn collect_tombstones(
     p: &ConsulProjector,
     stream: &Stream,

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use ksr_runtime::metrics::MetricsRegistry;
 
 use crate::Error;
-use crate::client::{ConsulClient, NodeCheck};
 use crate::config::RouterHealthArgs;
 use crate::routers::Router;
+use crate::store::{ConsulClient, NodeCheck};
 
 /// The check's ID on every router node.
 pub const CHECK_ID: &str = "ksr-router-health";

@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use ksr_projection::Delivery;
+use ksr_projection::{Desired, DesiredOf, NameRecord, Target};
 use ksr_proto::ServiceKey;
-use ksr_runtime::consumer::Delivery;
-use ksr_runtime::plan::{Desired, DesiredOf, NameRecord, Target};
 
-use crate::client::ServiceBody;
 use crate::layout::Layout;
 use crate::routers::Router;
+use crate::store::ServiceBody;
 
 /// What a routed name is: `<label>.<environment>.service.consul`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,9 +32,9 @@ pub struct Extras {
 /// Every Service claiming one name.
 pub type ConsulRecord = NameRecord<NameMeta, Option<Extras>>;
 /// Our records as last read or written.
-pub type State = ksr_runtime::plan::StateOf<ConsulTarget>;
+pub type State = ksr_projection::plan::StateOf<ConsulTarget>;
 /// One atomic piece of Consul work.
-pub type Unit = ksr_runtime::plan::UnitOf<ConsulTarget>;
+pub type Unit = ksr_projection::plan::UnitOf<ConsulTarget>;
 
 /// A catalog write.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{Bench, ROUTER, WAIT};
+use ksr_projection::apply::Store;
 use ksr_proto::Change;
 use ksr_test_support::events::{added, event, removed, route};
 use ksr_test_support::eventually;
@@ -107,7 +108,7 @@ async fn backend_changes_do_not_rewrite_the_registration() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn duplicates_out_of_order_and_replays_leave_the_catalog_unchanged() -> anyhow::Result<()> {
-    use ksr_runtime::consumer::Delivery;
+    use ksr_projection::Delivery;
 
     let bench = Bench::start().await?;
     let p = bench.projector().await?;

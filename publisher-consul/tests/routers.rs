@@ -218,11 +218,11 @@ async fn the_drift_check_knows_every_router_node() -> anyhow::Result<()> {
         &format!("{A},{B}"),
     ])?;
     ksr_runtime::tls::install_crypto_provider();
-    let projector = ksr_publisher_consul::publisher::ConsulProjector::new(
-        ksr_publisher_consul::client::ConsulClient::new(&config.consul)?,
+    let projector = ksr_publisher_consul::projector::ConsulProjector::new(
+        ksr_publisher_consul::store::ConsulClient::new(&config.consul)?,
         ksr_publisher_consul::layout::Layout::new("ksr"),
         config.router.target("ksr")?,
-        ksr_publisher_consul::publisher::metrics(&ksr_runtime::metrics::MetricsRegistry::new()),
+        ksr_publisher_consul::projector::metrics(&ksr_runtime::metrics::MetricsRegistry::new()),
     )
     .await?;
     let stream = bench.js.get_stream("KSR_ROUTES").await?;

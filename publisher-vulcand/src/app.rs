@@ -14,7 +14,7 @@ use ksr_runtime::{Health, admin, nats, serve};
 use crate::Error;
 use crate::config::{Config, EtcdApi, EtcdArgs};
 use crate::layout::Layout;
-use crate::publisher::{Sink, VulcandProjector};
+use crate::projector::{Sink, VulcandProjector};
 use crate::reconcile;
 use crate::v2::V2Client;
 
@@ -124,7 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         }
         EtcdApi::V3 => None,
     };
-    let metrics = crate::publisher::metrics(&registry);
+    let metrics = crate::projector::metrics(&registry);
     let max_ops = config.etcd.max_txn_ops as usize;
     let Some(projector) = until_ready(&shutdown, &health, "etcd state", || {
         VulcandProjector::new(etcd.kv_client(), layout.clone(), max_ops, metrics.clone())

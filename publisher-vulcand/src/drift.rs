@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use ksr_runtime::consumer::Delivery;
-use ksr_runtime::drift::{Drift, compare};
+use ksr_projection::Delivery;
+use ksr_projection::drift::{Drift, compare};
 
 use crate::Error;
-use crate::plan::{State, VulcandTarget, projection_of};
-use crate::publisher::{Sink, VulcandProjector};
+use crate::projector::{Sink, VulcandProjector};
 use crate::store;
+use crate::target::{State, VulcandTarget, projection_of};
 
 /// Every vulcand key of ours (under our owner's id prefix) with its value, as etcd holds
 /// it now (through the v2 API when the projector writes there).
@@ -74,7 +74,7 @@ pub struct Report {
     /// How our keys differ from the stream's projection.
     pub drift: Vec<Drift>,
     /// Events vulcand can never route (seq, reason).
-    pub refused: Vec<ksr_runtime::consumer::Rejected>,
+    pub refused: Vec<ksr_projection::Rejected>,
     /// Frontends of ours in etcd that vulcand could not load (key, reason).
     pub unloadable: Vec<(String, String)>,
 }
@@ -86,7 +86,7 @@ pub async fn drift(projector: &VulcandProjector, latest: &[Delivery]) -> Result<
     let target = VulcandTarget {
         layout: projector.layout().clone(),
     };
-    let (state, refused) = ksr_runtime::plan::simulate(&target, latest);
+    let (state, refused) = ksr_projection::plan::simulate(&target, latest);
     let expected = expected_keys(projector, &state);
     let live = live_keys(projector).await?;
     Ok(Report {

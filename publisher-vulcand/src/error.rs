@@ -14,8 +14,6 @@ pub enum Error {
     PermissionDenied { prefix: String, message: String },
     #[error("etcd v2 API at {url}: {message}")]
     EtcdV2 { url: String, message: String },
-    #[error("record {key} is corrupt: {reason}")]
-    CorruptRecord { key: String, reason: String },
     #[error("writes kept conflicting with another writer after {attempts} attempts")]
     Contention { attempts: u32 },
     #[error(transparent)]
@@ -59,7 +57,6 @@ impl Error {
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Etcd(_) => "etcd",
             Error::EtcdV2 { .. } => "etcd_v2",
-            Error::CorruptRecord { .. } => "corrupt_record",
             Error::Contention { .. } => "contention",
             Error::Runtime(_) => "runtime",
             Error::Config(_) => "config",

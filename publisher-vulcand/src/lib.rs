@@ -1,7 +1,7 @@
 //! publisher-vulcand: projects the route event stream into vulcand's etcd keys.
 //!
 //! A durable JetStream consumer shared by every replica feeds batches to
-//! [`publisher::VulcandProjector`], which writes, in one etcd transaction per group of
+//! [`projector::VulcandProjector`], which writes, in one etcd transaction per group of
 //! Services, the vulcand keys (backend → servers → frontend; deletes in reverse) together
 //! with our fences (`ksr/<owner>/vulcand/...`): each Service's applied stream sequence and
 //! each route's claims. Every write is guarded by compares on the records it read, so
@@ -13,13 +13,13 @@ pub mod config;
 pub mod drift;
 mod error;
 pub mod failover;
+pub mod keys;
 pub mod layout;
-pub mod plan;
-pub mod projection;
-pub mod publisher;
+pub mod projector;
 pub mod reconcile;
 pub mod records;
 pub mod store;
+pub mod target;
 pub mod v2;
 
 pub use error::Error;

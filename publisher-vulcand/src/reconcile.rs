@@ -17,11 +17,12 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream::stream::Stream;
 
+use ksr_projection::apply::Store;
 use ksr_runtime::replay;
 
 use crate::Error;
-use crate::projection::{KeyOp, sort_ops};
-use crate::publisher::{Sink, VulcandProjector};
+use crate::keys::{KeyOp, sort_ops};
+use crate::projector::{Sink, VulcandProjector};
 use crate::store::{self, Write};
 use crate::v2::V2Client;
 
@@ -45,11 +46,11 @@ pub async fn reconcile(
     ack_floor: u64,
 ) -> Result<ReconcileReport, Error> {
     let started = std::time::Instant::now();
-    let mut phases = ksr_runtime::metrics::PhaseTimer::start(projector.metrics());
+    let mut phases = ksr_projection::metrics::PhaseTimer::start(projector.metrics());
     let mut report = ReconcileReport::default();
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
-    projector.quarantine(&projector.snapshot().await?);
+    projector.cache().quarantine(&projector.snapshot().await?);
     phases.done("records");
     let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
     phases.done("replay");
@@ -91,11 +92,11 @@ pub async fn reconcile(
 /// each guarded by its revision, so records do not grow without bound (retired clusters,
 /// recreated streams, retention).
 ///
-/// [`State::collectable_tombstones`]: ksr_runtime::plan::State::collectable_tombstones
+/// [`State::collectable_tombstones`]: ksr_projection::State::collectable_tombstones
 async fn collect_tombstones(
     projector: &VulcandProjector,
     stream: &Stream,
-    state: &crate::plan::State,
+    state: &crate::target::State,
 ) -> Result<u64, Error> {
     let (incarnation, first_seq) = ksr_runtime::nats::incarnation_and_first_seq(stream).await?;
     let mut collected = 0;
@@ -115,10 +116,10 @@ async fn collect_tombstones(
 
 async fn repair_keys(
     projector: &VulcandProjector,
-    state: &crate::plan::State,
+    state: &crate::target::State,
 ) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
-    let expected = crate::plan::projection_of(layout, state);
+    let expected = crate::target::projection_of(layout, state);
     if let Sink::V2(v2) = projector.sink() {
         return repair_v2(projector, v2, &expected).await;
     }
@@ -136,14 +137,14 @@ async fn repair_keys(
             });
         }
     }
-    let upsert_only = projector.policy() == ksr_runtime::config::Policy::UpsertOnly;
+    let upsert_only = projector.policy() == ksr_projection::Policy::UpsertOnly;
     // Keys of a hostname whose record is still unreadable are left alone, not deleted.
     let unreadable: std::collections::HashSet<&str> = state
         .corrupt
         .iter()
         .filter_map(|(r, _, _)| match r {
-            ksr_runtime::plan::RecordKey::Name(id) => Some(id.as_str()),
-            ksr_runtime::plan::RecordKey::Service(_) => None,
+            ksr_projection::RecordKey::Name(id) => Some(id.as_str()),
+            ksr_projection::RecordKey::Service(_) => None,
         })
         .collect();
     for key in actual.keys() {
@@ -204,7 +205,7 @@ async fn repair_keys(
 async fn repair_v2(
     projector: &VulcandProjector,
     v2: &V2Client,
-    expected: &crate::projection::Projection,
+    expected: &crate::keys::Projection,
 ) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
     let mut actual: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -213,7 +214,7 @@ async fn repair_v2(
             actual.entry(id.to_owned()).or_default().insert(key, value);
         }
     }
-    let mut wanted: BTreeMap<String, crate::projection::Projection> = BTreeMap::new();
+    let mut wanted: BTreeMap<String, crate::keys::Projection> = BTreeMap::new();
     for (key, v) in expected {
         if let Some(id) = layout.id_of_vulcand_key(key) {
             wanted
@@ -226,7 +227,7 @@ async fn repair_v2(
         actual.keys().chain(wanted.keys()).cloned().collect();
     // Route ids that look drifted, by hostname (one sync per host record).
     let mut drifted: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    let upsert_only = projector.policy() == ksr_runtime::config::Policy::UpsertOnly;
+    let upsert_only = projector.policy() == ksr_projection::Policy::UpsertOnly;
     for id in ids {
         let want = wanted.remove(&id).unwrap_or_default();
         let have = actual.remove(&id).unwrap_or_default();

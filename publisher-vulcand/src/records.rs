@@ -3,7 +3,7 @@
 //! A hostname belongs to one namespace (DESIGN.md): so the unit of ownership, and the record,
 //! is the hostname. Each Service's claim on it carries the path it routes and its ready
 //! backends; which namespace owns the hostname, and which Service owns each path under it,
-//! are derived from the claims alone ([`crate::plan`]).
+//! are derived from the claims alone ([`crate::target`]).
 
 use std::net::SocketAddr;
 
@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use ksr_proto::Scheme;
 
-use ksr_runtime::claims::Claim;
-use ksr_runtime::plan::NameRecord;
-pub use ksr_runtime::plan::ServiceRecord;
+use ksr_projection::NameRecord;
+pub use ksr_projection::ServiceRecord;
+use ksr_projection::claims::Claim;
 
 /// What a host record is about: one hostname as vulcand matches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

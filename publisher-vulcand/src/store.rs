@@ -2,14 +2,15 @@
 
 use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 
+use ksr_projection::RecordKey;
+use ksr_projection::cache::Cache;
 use ksr_proto::ServiceKey;
-use ksr_runtime::plan::{RecordKey, Versioned};
 
 use crate::Error;
+use crate::keys::KeyOp;
 use crate::layout::Layout;
-use crate::plan::State;
-use crate::projection::KeyOp;
 use crate::records::ServiceRecord;
+use crate::target::{State, VulcandTarget};
 
 /// The first page of a prefix read, in keys.
 const PAGE: i64 = 2000;
@@ -93,54 +94,28 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(value).map_err(|e| Error::CorruptRecord {
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
 /// Loads all our records (migrating those of older versions first).
 pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Error> {
     migrate_legacy(kv, layout).await?;
-    let mut state = State::default();
+    let mut raw = Vec::new();
     let services_prefix = layout.services_prefix();
     for (key, value, rev) in read_prefix(kv, &services_prefix).await? {
         let Some(service) = parse_service_key(&key[services_prefix.len()..]) else {
             tracing::warn!(key, "ignoring a record key that does not name a Service");
             continue;
         };
-        match parse(&key, &value) {
-            Ok(record) => {
-                let value = Some(service_record(layout, record));
-                state.services.insert(service, Versioned { rev, value });
-            }
-            Err(e) => quarantine(&mut state, RecordKey::Service(service), rev, key, e),
-        }
+        raw.push((RecordKey::Service(service), key, rev, value));
     }
     let hosts_prefix = layout.hosts_prefix();
     for (key, value, rev) in read_prefix(kv, &hosts_prefix).await? {
         let id = key[hosts_prefix.len()..].to_owned();
-        match parse(&key, &value) {
-            Ok(record) => state.set_name(
-                id,
-                Versioned {
-                    rev,
-                    value: Some(record),
-                },
-            ),
-            Err(e) => quarantine(&mut state, RecordKey::Name(id), rev, key, e),
-        }
+        raw.push((RecordKey::Name(id), key, rev, value));
     }
-    Ok(state)
-}
-
-/// An unreadable record (a hand edit, a partial restore, another program's format) stops
-/// nothing: it is logged and held as absent, so the next write for it replaces it
-/// ([`State::quarantine`]).
-fn quarantine(state: &mut State, record: RecordKey, rev: u64, key: String, error: Error) {
-    tracing::error!(key, error = %error, "unreadable record under our prefix quarantined; the next write for it replaces it (ksrctl rebuild vulcand repairs it now)");
-    state.quarantine(record, rev, key, error.to_string());
+    Ok(State::from_raw(
+        raw,
+        |fence| service_record(layout, fence),
+        "vulcand",
+    ))
 }
 
 /// Turns the records of versions before hostnames were owned by one namespace (one record per
@@ -155,10 +130,10 @@ fn quarantine(state: &mut State, record: RecordKey, rev: u64, key: String, error
 async fn migrate_legacy(kv: &mut KvClient, layout: &Layout) -> Result<(), Error> {
     use std::collections::BTreeMap;
 
-    use ksr_runtime::plan::refresh_status;
+    use ksr_projection::plan::refresh_status;
 
-    use crate::plan::VulcandTarget;
     use crate::records::{HostMeta, HostRecord, PathClaim, legacy};
+    use crate::target::VulcandTarget;
 
     for _ in 0..8 {
         let old = read_prefix(kv, &layout.legacy_routes_prefix()).await?;
@@ -171,7 +146,7 @@ async fn migrate_legacy(kv: &mut KvClient, layout: &Layout) -> Result<(), Error>
         );
         let mut hosts: BTreeMap<String, (HostRecord, Vec<(String, u64)>)> = BTreeMap::new();
         for (key, value, rev) in old {
-            let record: legacy::RouteRecord = match parse(&key, &value) {
+            let record: legacy::RouteRecord = match serde_json::from_slice(&value) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(key, error = %e, "unreadable route record left in place");
@@ -222,7 +197,7 @@ async fn migrate_legacy(kv: &mut KvClient, layout: &Layout) -> Result<(), Error>
     // Fences naming a route id now name its host.
     let prefix = layout.services_prefix();
     for (key, value, rev) in read_prefix(kv, &prefix).await? {
-        let Ok(fence) = parse::<crate::records::ServiceRecord>(&key, &value) else {
+        let Ok(fence) = serde_json::from_slice::<ServiceRecord>(&value) else {
             continue;
         };
         let fixed = service_record(layout, fence.clone());
@@ -263,11 +238,11 @@ pub fn record_key(layout: &Layout, key: &RecordKey) -> String {
     }
 }
 
-/// Re-reads the given records into `state` (after a failed compare).
+/// Re-reads the given records into `cache` (after a failed compare).
 pub async fn refresh(
     kv: &mut KvClient,
     layout: &Layout,
-    state: &std::sync::Mutex<State>,
+    cache: &Cache<VulcandTarget>,
     keys: &[RecordKey],
     max_ops: usize,
 ) -> Result<(), Error> {
@@ -277,45 +252,17 @@ pub async fn refresh(
             .map(|k| TxnOp::get(record_key(layout, k), None))
             .collect();
         let resp = kv.txn(Txn::new().and_then(ops)).await?;
-        let mut fresh = Vec::with_capacity(chunk.len());
-        for (key, r) in chunk.iter().zip(resp.op_responses()) {
+        let fresh = chunk.iter().zip(resp.op_responses()).map(|(key, r)| {
             let found = match r {
                 TxnOpResponse::Get(g) => g
                     .kvs()
                     .first()
-                    .map(|kv| (kv.value().to_vec(), rev(kv.mod_revision()))),
+                    .map(|kv| (rev(kv.mod_revision()), kv.value().to_vec())),
                 _ => None,
             };
-            fresh.push((key, found));
-        }
-        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, found) in fresh {
-            match key {
-                RecordKey::Service(service) => {
-                    // An unreadable record is held as absent at its revision (see quarantine).
-                    let v = match found {
-                        Some((value, rev)) => Versioned {
-                            rev,
-                            value: parse(&record_key(layout, key), &value)
-                                .ok()
-                                .map(|r| service_record(layout, r)),
-                        },
-                        None => Versioned::default(),
-                    };
-                    s.services.insert(service.clone(), v);
-                }
-                RecordKey::Name(id) => {
-                    let v = match found {
-                        Some((value, rev)) => Versioned {
-                            rev,
-                            value: parse(&record_key(layout, key), &value).ok(),
-                        },
-                        None => Versioned::default(),
-                    };
-                    s.set_name(id.clone(), v);
-                }
-            }
-        }
+            (key.clone(), found)
+        });
+        cache.replace(fresh, |fence| service_record(layout, fence));
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use ksr_runtime::tls::{identity_pem, misconfigured, read_flag_file};
 use crate::Error;
 use crate::config::EtcdArgs;
 use crate::error::ETCD_TLS;
-use crate::projection::{KeyClass, KeyOp, Projection, diff};
+use crate::keys::{KeyClass, KeyOp, Projection, diff};
 
 /// The v2 HTTP API of an etcd cluster: every `--etcd-endpoints` member (a request that cannot
 /// reach one goes to the next, and the one that answered is tried first afterwards), over TLS

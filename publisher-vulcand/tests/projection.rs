@@ -3,6 +3,7 @@
 mod common;
 
 use common::{Bench, WAIT, route_id, wait_key};
+use ksr_projection::apply::Store;
 use ksr_proto::Change;
 use ksr_test_support::events::{added, event, removed, route};
 use ksr_test_support::eventually;
@@ -111,8 +112,8 @@ async fn added_updated_removed_produce_exactly_the_vulcand_keys() -> anyhow::Res
 
 #[tokio::test]
 async fn duplicates_out_of_order_and_replays_leave_etcd_byte_identical() -> anyhow::Result<()> {
-    use ksr_publisher_vulcand::{layout::Layout, publisher::*};
-    use ksr_runtime::consumer::Delivery;
+    use ksr_projection::Delivery;
+    use ksr_publisher_vulcand::{layout::Layout, projector::*};
 
     let bench = Bench::start().await?;
     let kv = bench.etcd().await?.kv_client();
@@ -121,7 +122,7 @@ async fn duplicates_out_of_order_and_replays_leave_etcd_byte_identical() -> anyh
         kv,
         Layout::new("vulcand", "ksr"),
         128,
-        ksr_publisher_vulcand::publisher::metrics(&registry),
+        ksr_publisher_vulcand::projector::metrics(&registry),
     )
     .await?;
 
@@ -170,7 +171,7 @@ async fn duplicates_out_of_order_and_replays_leave_etcd_byte_identical() -> anyh
         kv,
         Layout::new("vulcand", "ksr"),
         128,
-        ksr_publisher_vulcand::publisher::metrics(&registry),
+        ksr_publisher_vulcand::projector::metrics(&registry),
     )
     .await?;
     let r = p2.apply_batch(&all).await?;

@@ -104,17 +104,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// What a publisher may do to its target.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Policy {
-    /// Apply every event: add, update and remove (the default).
-    #[default]
-    Sync,
-    /// Never delete: `Removed` events are acknowledged and counted but not applied, and
-    /// reconciliation never deletes orphans (a cautious roll-out, as external-dns offers).
-    UpsertOnly,
-}
-
 /// How a publisher consumes the stream.
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {
@@ -126,7 +115,7 @@ pub struct ConsumerArgs {
         value_enum,
         default_value = "sync"
     )]
-    pub policy: Policy,
+    pub policy: ksr_projection::Policy,
     /// Durable consumer name, shared by every replica of one publisher kind.
     #[arg(long = "consumer", env = "KSR_CONSUMER", id = "consumer_durable")]
     pub durable: Option<String>,

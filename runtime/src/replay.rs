@@ -199,14 +199,14 @@ impl Replay {
 pub async fn acknowledged_latest(
     stream: &Stream,
     ack_floor: u64,
-) -> Result<Vec<crate::consumer::Delivery>, RuntimeError> {
+) -> Result<Vec<ksr_projection::Delivery>, RuntimeError> {
     let latest = latest_per_subject(stream, &ksr_proto::subject::all_filter()).await?;
     let incarnation = crate::nats::incarnation(stream);
     Ok(latest
         .into_iter()
         .filter(|l| l.seq <= ack_floor)
         .filter_map(|l| match l.event {
-            Ok(event) => Some(crate::consumer::Delivery {
+            Ok(event) => Some(ksr_projection::Delivery {
                 seq: l.seq,
                 incarnation,
                 event,

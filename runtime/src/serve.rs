@@ -8,12 +8,13 @@ use async_nats::jetstream::stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConsumerArgs;
-use crate::consumer::{self, ConsumerMetrics, LoopOptions, Projector};
+use crate::consumer::{self, ConsumerMetrics, LoopOptions};
 use crate::health::Health;
 use crate::metrics::MetricsRegistry;
 use crate::retry::until_ok;
 use crate::status_writer::{StatusTarget, StatusWriter};
 use crate::{RuntimeError, nats, shutdown};
+use ksr_projection::Projector;
 
 /// What a publisher brings to [`follow`].
 #[derive(Debug)]
@@ -26,7 +27,7 @@ pub struct Publisher<'a, P> {
     pub projector: &'a P,
     pub registry: &'a MetricsRegistry,
     pub health: &'a Health,
-    /// Where the per-Service status goes ([`crate::status`]).
+    /// Where the per-Service status goes ([`ksr_projection::status`]).
     pub js: &'a async_nats::jetstream::Context,
 }
 
@@ -198,7 +199,7 @@ where
             let to = StatusTarget {
                 target: p.name,
                 publisher: p.durable.clone(),
-                bucket: crate::status::bucket(name),
+                bucket: ksr_projection::status::bucket(name),
                 replicas: stream.cached_info().config.num_replicas,
             };
             StatusWriter::start(p.js.clone(), to, p.registry, shutdown.clone())

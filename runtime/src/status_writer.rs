@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use ksr_proto::ServiceKey;
 
 use crate::metrics::MetricsRegistry;
-use crate::status::{self, Change, Standing, Status};
+use ksr_projection::status::{self, Change, Standing, Status};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

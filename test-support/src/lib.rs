@@ -5,7 +5,7 @@
 //! and kills it and removes the dir on drop. Guards can be stopped and restarted on the same
 //! ports and data for fault tests. A missing binary fails with the setup command to run.
 
-pub use ksr_runtime::dns;
+pub use ksrctl::dns;
 
 pub mod apiserver;
 mod binaries;

@@ -8,10 +8,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ksr_projection::apply::{Commit, Store, StoreError};
+use ksr_projection::cache::Cache;
+use ksr_projection::metrics::ProjectionMetrics;
+use ksr_projection::plan::{StateOf, UnitOf};
+use ksr_projection::{NameRecord, RecordKey, ServiceRecord, Target, Versioned};
 use ksr_proto::ServiceKey;
-use ksr_runtime::apply::{Commit, Store};
-use ksr_runtime::consumer::ApplyReport;
-use ksr_runtime::plan::{NameRecord, RecordKey, ServiceRecord, StateOf, Target, UnitOf, Versioned};
 
 /// How a target's writes change its key → value contents.
 pub type Write<T> = fn(&mut BTreeMap<String, String>, &<T as Target>::Op);
@@ -93,7 +95,7 @@ pub struct MemStore<T: Target> {
     target: T,
     write: Write<T>,
     backing: Arc<Mutex<Backing<T::Meta, T::Data>>>,
-    cache: Mutex<StateOf<T>>,
+    cache: Cache<T>,
     max_ops: usize,
 }
 
@@ -113,7 +115,11 @@ where
             target,
             write,
             backing,
-            cache: Mutex::new(StateOf::<T>::default()),
+            cache: Cache::new(
+                StateOf::<T>::default(),
+                ProjectionMetrics::default(),
+                "memory",
+            ),
             max_ops,
         };
         s.reload();
@@ -135,7 +141,7 @@ where
             state.set_name(id.clone(), versioned(Some(stored)));
         }
         drop(b);
-        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        *self.cache.lock() = state;
     }
 
     /// Commits `ops` and the units' records if every compare holds.
@@ -216,8 +222,8 @@ where
         &self.target
     }
 
-    fn state(&self) -> MutexGuard<'_, StateOf<T>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    fn cache(&self) -> &Cache<T> {
+        &self.cache
     }
 
     fn max_ops(&self) -> usize {
@@ -258,18 +264,13 @@ where
         self.commit_now(units, &unit.ops[split..], true, first)
     }
 
-    fn settle(&self, units: &[UnitOf<T>], rev: &u64, report: &mut ApplyReport) {
-        self.state().settle(units, |_| *rev);
-        report.applied += units.iter().map(|u| u.seqs.len() as u64).sum::<u64>();
-    }
-
-    async fn after_commit(&self, _units: &[UnitOf<T>], _rev: &u64) -> Result<(), MemError> {
-        Ok(())
+    fn revision(&self, rev: &u64, _key: &RecordKey) -> u64 {
+        *rev
     }
 
     async fn refresh(&self, units: &[UnitOf<T>]) -> Result<(), MemError> {
         let b = self.backing();
-        let mut s = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.cache.lock();
         for (k, _) in units.iter().flat_map(|u| &u.compares) {
             match k {
                 RecordKey::Service(key) => {
@@ -281,16 +282,17 @@ where
         }
         Ok(())
     }
+}
 
-    fn conflicted(&self) {}
-
-    fn update_gauges(&self) {}
-
-    fn is_invalid(&self, _error: &MemError) -> bool {
-        false
+impl StoreError for MemError {
+    fn reason(&self) -> &'static str {
+        match self {
+            MemError::Injected => "injected",
+            MemError::Contention(_) => "contention",
+        }
     }
 
-    fn contention(&self, attempts: u32) -> MemError {
+    fn contention(attempts: u32) -> Self {
         MemError::Contention(attempts)
     }
 }

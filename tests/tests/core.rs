@@ -14,16 +14,16 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use ksr_projection::Target;
+use ksr_projection::apply::apply_batch;
+use ksr_projection::delivery::coalesce;
 use ksr_proto::{Backend, Change, Event, RouteState, ServiceKey};
-use ksr_publisher_consul::client::ServiceBody;
 use ksr_publisher_consul::routers::Router;
+use ksr_publisher_consul::store::ServiceBody;
 use ksr_publisher_consul::target::{CatalogOp, ConsulTarget};
+use ksr_publisher_vulcand::keys::KeyOp;
 use ksr_publisher_vulcand::layout::Layout;
-use ksr_publisher_vulcand::plan::VulcandTarget;
-use ksr_publisher_vulcand::projection::KeyOp;
-use ksr_runtime::apply::apply_batch;
-use ksr_runtime::consumer::coalesce;
-use ksr_runtime::plan::Target;
+use ksr_publisher_vulcand::target::VulcandTarget;
 use ksr_test_support::memstore::{Backing, Faults, MemStore, Write};
 use ksr_test_support::model::{self, Ages, ConsulEntry, Settings};
 use ksr_test_support::verify;

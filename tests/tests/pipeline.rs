@@ -554,12 +554,12 @@ async fn owners_learn_from_each_publisher_whether_it_serves_their_service_or_who
     eventually(WAIT, || async {
         let entry = bucket.get(key).await?;
         let status = entry
-            .map(|v| ksr_runtime::status::Status::decode(&v))
+            .map(|v| ksr_projection::status::Status::decode(&v))
             .transpose()?;
         anyhow::ensure!(
             status.as_ref().is_some_and(|s| matches!(
                 &s.standing,
-                ksr_runtime::status::Standing::Waiting { owner, .. } if owner == "b-c"
+                ksr_projection::status::Standing::Waiting { owner, .. } if owner == "b-c"
             )),
             "{status:?}"
         );

@@ -98,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             );
             statuses = crate::status::follow(
                 js.clone(),
-                ksr_runtime::status::bucket(&config.nats.stream),
+                ksr_projection::status::bucket(&config.nats.stream),
                 config.cluster.clone(),
                 shutdown.clone(),
             );

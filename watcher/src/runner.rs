@@ -20,8 +20,8 @@ use ksr_proto::{RouteState, ServiceKey};
 
 use crate::notify::{Notifier, Outcome, ServiceRef};
 use crate::status::StatusChange;
+use ksr_projection::status::{Standing, Status};
 use ksr_runtime::Health;
-use ksr_runtime::status::{Standing, Status};
 
 use crate::Error;
 use crate::guard::RemovalGuard;

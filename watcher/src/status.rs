@@ -1,5 +1,5 @@
 //! Following the publishers' per-Service status of this cluster's Services
-//! ([`ksr_runtime::status`]), for the Events their owners read.
+//! ([`ksr_projection::status`]), for the Events their owners read.
 //!
 //! A background task watches the status bucket's keys of this cluster (`*.<cluster>.>`) from
 //! the moment it starts, or from the bucket's beginning when the bucket did not exist yet
@@ -16,8 +16,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use ksr_projection::status::{self, Status};
 use ksr_proto::ServiceKey;
-use ksr_runtime::status::{self, Status};
 
 /// Waits before opening the bucket or the watch again, failures in a row: 1 s doubling up
 /// to 60 s.

@@ -210,12 +210,12 @@ impl Bench {
     /// A projector on this Consul (node and router ensured), through the library directly.
     pub async fn projector(
         &self,
-    ) -> anyhow::Result<ksr_publisher_consul::publisher::ConsulProjector> {
-        use ksr_publisher_consul::client::ConsulClient;
+    ) -> anyhow::Result<ksr_publisher_consul::projector::ConsulProjector> {
         use ksr_publisher_consul::config::ConsulArgs;
         use ksr_publisher_consul::layout::Layout;
-        use ksr_publisher_consul::publisher::{ConsulProjector, metrics};
+        use ksr_publisher_consul::projector::{ConsulProjector, metrics};
         use ksr_publisher_consul::reconcile::ensure_node_and_router;
+        use ksr_publisher_consul::store::ConsulClient;
         use ksr_publisher_consul::target::ConsulTarget;
 
         let args = ConsulArgs {

@@ -4,18 +4,18 @@ use std::sync::Mutex;
 
 use etcd_client::KvClient;
 
-use ksr_runtime::consumer::{ApplyError, ApplyReport, Delivery, Projector};
-use ksr_runtime::metrics::{MetricsRegistry, ProjectionMetrics};
-
-use ksr_runtime::apply::{self, Commit, Store};
-use ksr_runtime::plan::RecordKey;
+use ksr_projection::RecordKey;
+use ksr_projection::apply::{Commit, Store, StoreError};
+use ksr_projection::cache::Cache;
+use ksr_projection::metrics::ProjectionMetrics;
+use ksr_runtime::metrics::MetricsRegistry;
 
 use crate::Error;
+use crate::keys::KeyOp;
 use crate::layout::Layout;
-use crate::plan::{State, Unit, VulcandTarget};
-use crate::projection::KeyOp;
 use crate::records::HostRecord;
 use crate::store::{self, Write};
+use crate::target::{State, Unit, VulcandTarget};
 use crate::v2::{V2Client, Written};
 
 /// Route ids of one hostname.
@@ -32,7 +32,9 @@ pub type VulcandMetrics = ProjectionMetrics;
 
 /// Registers the vulcand publisher's metrics.
 pub fn metrics(registry: &MetricsRegistry) -> VulcandMetrics {
-    ProjectionMetrics::new(registry, "vulcand", "host")
+    let m = ProjectionMetrics::default();
+    registry.register(|r| m.register(r, "vulcand", "host"));
+    m
 }
 
 /// Where the vulcand keys are written.
@@ -46,14 +48,12 @@ pub enum Sink {
 
 /// Projects events into vulcand's etcd keys.
 pub struct VulcandProjector {
-    policy: ksr_runtime::config::Policy,
-    health: ksr_runtime::Health,
+    policy: ksr_projection::Policy,
     kv: KvClient,
     sink: Sink,
     target: VulcandTarget,
     max_ops: usize,
-    state: Mutex<State>,
-    metrics: VulcandMetrics,
+    cache: Cache<VulcandTarget>,
     /// Hostnames whose v2 sync is under way (with the v2 sink), so reconciliation does not
     /// take a route being written for drift.
     syncing: Mutex<std::collections::HashMap<String, usize>>,
@@ -115,19 +115,15 @@ impl VulcandProjector {
         metrics: VulcandMetrics,
     ) -> Result<Self, Error> {
         let state = store::load_state(&mut kv.clone(), &layout).await?;
-        let p = Self {
+        Ok(Self {
             kv,
             sink: Sink::V3,
             target: VulcandTarget { layout },
             max_ops: max_ops.max(8),
-            state: Mutex::new(state),
-            metrics,
-            policy: ksr_runtime::config::Policy::Sync,
-            health: ksr_runtime::Health::default(),
+            cache: Cache::new(state, metrics, "vulcand"),
+            policy: ksr_projection::Policy::Sync,
             syncing: Mutex::default(),
-        };
-        p.update_gauges();
-        Ok(p)
+        })
     }
 
     /// Writes the vulcand keys through `sink` instead of etcd v3.
@@ -141,33 +137,18 @@ impl VulcandProjector {
     }
 
     /// Reports through `health` (unreadable records become a warning in `/readyz`).
-    pub fn with_health(self, health: ksr_runtime::Health) -> Self {
-        let p = Self { health, ..self };
-        let corrupt = p.lock().corrupt.clone();
-        p.warn_corrupt(&corrupt);
-        p
-    }
-
-    /// Quarantines in the cache what a fresh load found unreadable, so the events of the
-    /// Services concerned are applied again, and reports it.
-    pub fn quarantine(&self, snapshot: &State) {
-        self.lock().quarantine_from(snapshot);
-        self.warn_corrupt(&snapshot.corrupt);
-    }
-
-    /// Gauge and `/readyz` warning for the unreadable records of the last load.
-    fn warn_corrupt(&self, corrupt: &[(ksr_runtime::plan::RecordKey, String, String)]) {
-        self.metrics
-            .report_corrupt(&self.health, corrupt, "vulcand");
+    pub fn with_health(mut self, health: ksr_runtime::Health) -> Self {
+        self.cache = self.cache.with_warnings(move |w| health.set_warning(w));
+        self
     }
 
     /// Applies `policy` (`upsert-only`: never delete).
-    pub fn with_policy(mut self, policy: ksr_runtime::config::Policy) -> Self {
+    pub fn with_policy(mut self, policy: ksr_projection::Policy) -> Self {
         self.policy = policy;
         self
     }
 
-    pub fn policy(&self) -> ksr_runtime::config::Policy {
+    pub fn policy(&self) -> ksr_projection::Policy {
         self.policy
     }
 
@@ -180,21 +161,13 @@ impl VulcandProjector {
     }
 
     pub fn metrics(&self) -> &VulcandMetrics {
-        &self.metrics
+        self.cache.metrics()
     }
 
     /// Reads every record from etcd (reconciliation starts from the truth, not the cache).
     /// The live cache is left alone: it may already be newer than this snapshot.
     pub async fn snapshot(&self) -> Result<State, Error> {
         store::load_state(&mut self.kv.clone(), self.layout()).await
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn update_gauges(&self) {
-        self.metrics.observe(&self.lock());
     }
 
     /// Transaction size of a unit: (writes, compares), both limited by etcd's max-txn-ops.
@@ -208,11 +181,6 @@ impl VulcandProjector {
             key_ops + unit.services.len() + unit.names.len(),
             unit.compares.len(),
         )
-    }
-
-    /// Applies a coalesced batch; see the crate docs for the guarantees.
-    pub async fn apply_batch(&self, batch: &[Delivery]) -> Result<ApplyReport, Error> {
-        apply::apply_batch(self, batch).await
     }
 
     /// Writes a unit larger than one transaction: its vulcand writes in chunks (in order),
@@ -276,18 +244,6 @@ impl VulcandProjector {
             }
         }
         w
-    }
-
-    /// Records a committed transaction in the cache, the report and the logs.
-    fn settle(&self, units: &[Unit], rev: u64, report: &mut ApplyReport) {
-        self.lock().settle(units, |_| rev);
-        for u in units {
-            report.applied += u.seqs.len() as u64;
-            for c in &u.conflicts {
-                self.metrics.conflicts.inc_by(c.waiting.len() as u64);
-                tracing::warn!(host = c.id, owner = c.owner, waiting = ?c.waiting, "hostname conflict: the owning namespace keeps the hostname (and the older claim each path); the others wait");
-            }
-        }
     }
 
     /// With the v2 sink: syncs every hostname whose record the units changed.
@@ -429,14 +385,13 @@ impl VulcandProjector {
     ) -> Result<Written, Error> {
         let layout = self.layout();
         let want = match record {
-            Some(r) => crate::projection::project(layout, r),
+            Some(r) => crate::keys::project(layout, r),
             None => Default::default(),
         };
-        let mut by_route: std::collections::BTreeMap<String, crate::projection::Projection> =
-            routes
-                .iter()
-                .map(|r| (r.clone(), Default::default()))
-                .collect();
+        let mut by_route: std::collections::BTreeMap<String, crate::keys::Projection> = routes
+            .iter()
+            .map(|r| (r.clone(), Default::default()))
+            .collect();
         for (key, v) in want {
             if let Some(route) = layout.id_of_vulcand_key(&key) {
                 routes.insert(route.to_owned());
@@ -458,7 +413,7 @@ impl VulcandProjector {
         store::refresh(
             &mut self.kv.clone(),
             self.layout(),
-            &self.state,
+            &self.cache,
             &keys,
             self.max_ops,
         )
@@ -475,8 +430,8 @@ impl Store for VulcandProjector {
         &self.target
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.lock()
+    fn cache(&self) -> &Cache<VulcandTarget> {
+        &self.cache
     }
 
     fn max_ops(&self) -> usize {
@@ -499,8 +454,9 @@ impl Store for VulcandProjector {
             .map_or(Commit::Conflict, Commit::Committed))
     }
 
-    fn settle(&self, units: &[Unit], rev: &u64, report: &mut ApplyReport) {
-        VulcandProjector::settle(self, units, *rev, report);
+    /// One etcd transaction: every record it wrote has its revision.
+    fn revision(&self, rev: &u64, _key: &RecordKey) -> u64 {
+        *rev
     }
 
     async fn after_commit(&self, units: &[Unit], rev: &u64) -> Result<(), Error> {
@@ -511,36 +467,17 @@ impl Store for VulcandProjector {
         VulcandProjector::refresh(self, units).await
     }
 
-    fn conflicted(&self) {
-        self.metrics.compare_retries.inc();
-    }
-
-    fn update_gauges(&self) {
-        VulcandProjector::update_gauges(self);
-    }
-
-    fn is_invalid(&self, _error: &Error) -> bool {
-        false
-    }
-
-    fn contention(&self, attempts: u32) -> Error {
-        Error::Contention { attempts }
-    }
-
-    fn policy(&self) -> ksr_runtime::config::Policy {
+    fn policy(&self) -> ksr_projection::Policy {
         self.policy
     }
 }
 
-impl Projector for VulcandProjector {
-    async fn apply(&self, batch: &[Delivery]) -> Result<ApplyReport, ApplyError> {
-        self.apply_batch(batch).await.map_err(|e| ApplyError {
-            reason: e.reason(),
-            message: e.to_string(),
-        })
+impl StoreError for Error {
+    fn reason(&self) -> &'static str {
+        Error::reason(self)
     }
 
-    fn standings(&self) -> Vec<ksr_runtime::status::Change> {
-        ksr_runtime::plan::standings::<VulcandTarget>(&ksr_runtime::apply::Store::state(self))
+    fn contention(attempts: u32) -> Self {
+        Error::Contention { attempts }
     }
 }

@@ -66,11 +66,11 @@ fn json(value: &impl Serialize) -> String {
 }
 
 /// The keys a host record projects to: one backend, its servers and one frontend per path
-/// routed under the hostname (see [`crate::plan::routes`]); empty when nobody claims it.
+/// routed under the hostname (see [`crate::target::routes`]); empty when nobody claims it.
 pub fn project(layout: &Layout, record: &HostRecord) -> Projection {
     let mut out = Projection::new();
     let host = &record.meta.host;
-    for (path, owners) in crate::plan::routes(record).paths {
+    for (path, owners) in crate::target::routes(record).paths {
         // Never written when vulcand could not load it (records of older versions may hold
         // such a path; reconciliation then removes its keys).
         let Ok(route) = ksr_proto::route::route_expression(host, path) else {

@@ -7,13 +7,16 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::MutexGuard;
 
 use futures::StreamExt;
 
-use crate::config::Policy;
-use crate::consumer::{ApplyReport, Delivery, Rejected};
-use crate::plan::{StateOf, Target, UnitOf, changes, pack, plan};
+use crate::Policy;
+use crate::cache::Cache;
+use crate::delivery::{ApplyError, ApplyReport, Delivery, Projector, Rejected};
+use crate::pack::pack;
+use crate::plan::{UnitOf, changes, plan};
+use crate::records::RecordKey;
+use crate::target::Target;
 
 /// How many transactions of one batch are in flight at once.
 const CONCURRENCY: usize = 8;
@@ -29,15 +32,28 @@ pub enum Commit<C> {
     Conflict,
 }
 
-/// A projection target's storage.
+/// What a store's errors tell the engine.
+pub trait StoreError: std::error::Error + Send + Sync + Sized + 'static {
+    /// Short, fixed reason for metric labels (`ksr_<publisher>_apply_errors_total{reason}`).
+    fn reason(&self) -> &'static str;
+    /// Whether the target refused the request itself (its events are retried one by one,
+    /// and one it refuses alone is rejected).
+    fn is_invalid(&self) -> bool {
+        false
+    }
+    /// The error for a batch that kept losing races.
+    fn contention(attempts: u32) -> Self;
+}
+
+/// A projection target's storage: what a transaction *is*, and where the cached records are.
 pub trait Store: Sync {
     type T: Target + Sync;
     type Committed: Send;
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: StoreError;
 
     fn target(&self) -> &Self::T;
     /// The cached records.
-    fn state(&self) -> MutexGuard<'_, StateOf<Self::T>>;
+    fn cache(&self) -> &Cache<Self::T>;
     /// The transaction limit, applied to both measures of [`Store::cost`].
     fn max_ops(&self) -> usize;
     /// (writes, compares) of a unit's transaction.
@@ -52,36 +68,61 @@ pub trait Store: Sync {
         &self,
         unit: &UnitOf<Self::T>,
     ) -> impl Future<Output = Result<Commit<Self::Committed>, Self::Error>> + Send;
-    /// Records committed units in the cache and the report.
-    fn settle(
-        &self,
-        units: &[UnitOf<Self::T>],
-        committed: &Self::Committed,
-        report: &mut ApplyReport,
-    );
-    /// Work that follows a commit (e.g. writing a second keyspace).
+    /// The revision a committed transaction gave record `key`.
+    fn revision(&self, committed: &Self::Committed, key: &RecordKey) -> u64;
+    /// Work that follows a commit (e.g. writing a second keyspace). None by default.
     fn after_commit(
         &self,
-        units: &[UnitOf<Self::T>],
-        committed: &Self::Committed,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// Re-reads the records units guarded, after a lost race.
+        _units: &[UnitOf<Self::T>],
+        _committed: &Self::Committed,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+    /// Re-reads the records units guarded into the cache, after a lost race.
     fn refresh(
         &self,
         units: &[UnitOf<Self::T>],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// Counts a lost race.
-    fn conflicted(&self);
-    /// Updates gauges derived from the cache.
-    fn update_gauges(&self);
-    /// Whether the target refused the request itself (retry its events one by one).
-    fn is_invalid(&self, error: &Self::Error) -> bool;
-    /// The error for a batch that kept losing races.
-    fn contention(&self, attempts: u32) -> Self::Error;
     /// Whether removals are applied ([`Policy::UpsertOnly`]: never).
     fn policy(&self) -> Policy {
         Policy::Sync
     }
+    /// Applies a coalesced batch ([`apply_batch`]).
+    fn apply_batch(
+        &self,
+        batch: &[Delivery],
+    ) -> impl Future<Output = Result<ApplyReport, Self::Error>> + Send
+    where
+        Self: Sized,
+    {
+        apply_batch(self, batch)
+    }
+}
+
+/// Every store is a [`Projector`] the consumer loop can drive.
+impl<S: Store + Send> Projector for S {
+    async fn apply(&self, batch: &[Delivery]) -> Result<ApplyReport, ApplyError> {
+        apply_batch(self, batch).await.map_err(|e| ApplyError {
+            reason: e.reason(),
+            source: Box::new(e),
+        })
+    }
+
+    fn standings(&self) -> Vec<crate::status::Change> {
+        crate::plan::standings::<S::T>(&self.cache().lock())
+    }
+}
+
+/// The cached records settled with what a commit wrote.
+fn settle<S: Store>(
+    store: &S,
+    units: &[UnitOf<S::T>],
+    committed: &S::Committed,
+    report: &mut ApplyReport,
+) {
+    store
+        .cache()
+        .settle(units, |k| store.revision(committed, k), report);
 }
 
 fn seqs<M, D, O>(units: &[crate::plan::Unit<M, D, O>]) -> impl Iterator<Item = u64> + '_ {
@@ -98,7 +139,7 @@ pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<Appl
         report.skipped_removals = (before - pending.len()) as u64;
     }
     for _attempt in 0..MAX_ATTEMPTS {
-        let planned = plan(store.target(), &store.state(), &pending);
+        let planned = plan(store.target(), &store.cache().lock(), &pending);
         report.stale += planned.stale.len() as u64;
         report.rejected.extend(planned.rejected);
         let packed = pack(planned.units, store.max_ops(), |u| store.cost(u));
@@ -120,23 +161,23 @@ pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<Appl
         for (units, result) in results {
             match result {
                 Ok(Commit::Committed(c)) => {
-                    store.settle(&units, &c, &mut report);
+                    settle(store, &units, &c, &mut report);
                     report.changes.extend(changes::<S::T>(&units));
                     if let Err(e) = store.after_commit(&units, &c).await {
                         failure = Some(e);
                     }
                 }
                 Ok(Commit::Conflict) => {
-                    store.conflicted();
+                    store.cache().metrics().compare_retries.inc();
                     retry.extend(seqs(&units));
                     store.refresh(&units).await?;
                 }
-                Err(e) if store.is_invalid(&e) => alone.extend(seqs(&units)),
+                Err(e) if e.is_invalid() => alone.extend(seqs(&units)),
                 Err(e) => failure = Some(e),
             }
         }
         if let Some(e) = failure {
-            store.update_gauges();
+            store.cache().update_gauges();
             return Err(e);
         }
         alone.sort_unstable();
@@ -145,13 +186,13 @@ pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<Appl
                 apply_alone(store, d, &mut report).await?;
             }
         }
-        store.update_gauges();
+        store.cache().update_gauges();
         if retry.is_empty() {
             return Ok(report);
         }
         pending.retain(|d| retry.contains(&d.seq));
     }
-    Err(store.contention(MAX_ATTEMPTS))
+    Err(S::Error::contention(MAX_ATTEMPTS))
 }
 
 /// Applies one event in a transaction of its own (or, when even that exceeds the limit,
@@ -162,7 +203,11 @@ pub async fn apply_alone<S: Store>(
     report: &mut ApplyReport,
 ) -> Result<(), S::Error> {
     for _attempt in 0..MAX_ATTEMPTS {
-        let planned = plan(store.target(), &store.state(), std::slice::from_ref(d));
+        let planned = plan(
+            store.target(),
+            &store.cache().lock(),
+            std::slice::from_ref(d),
+        );
         report.stale += planned.stale.len() as u64;
         report.rejected.extend(planned.rejected);
         let Some(unit) = planned.units.into_iter().next() else {
@@ -177,20 +222,20 @@ pub async fn apply_alone<S: Store>(
         };
         match result {
             Ok(Commit::Committed(c)) => {
-                store.settle(&units, &c, report);
+                settle(store, &units, &c, report);
                 report.changes.extend(changes::<S::T>(&units));
                 return store.after_commit(&units, &c).await;
             }
             Ok(Commit::Conflict) => {
-                store.conflicted();
+                store.cache().metrics().compare_retries.inc();
                 store.refresh(&units).await?;
             }
-            Err(e) if store.is_invalid(&e) => {
+            Err(e) if e.is_invalid() => {
                 report.rejected.push(Rejected::new(d.seq, e));
                 return Ok(());
             }
             Err(e) => return Err(e),
         }
     }
-    Err(store.contention(MAX_ATTEMPTS))
+    Err(S::Error::contention(MAX_ATTEMPTS))
 }

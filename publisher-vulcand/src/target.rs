@@ -11,19 +11,19 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use ksr_projection::Delivery;
+use ksr_projection::status::Standing;
+use ksr_projection::{Desired, DesiredOf, Target};
 use ksr_proto::ServiceKey;
-use ksr_runtime::consumer::Delivery;
-use ksr_runtime::plan::{Desired, DesiredOf, Target};
-use ksr_runtime::status::Standing;
 
+use crate::keys::{KeyOp, Projection, diff, project};
 use crate::layout::Layout;
-use crate::projection::{KeyOp, Projection, diff, project};
 use crate::records::{HostClaim, HostMeta, HostRecord, PathClaim};
 
 /// Our records as last read or written.
-pub type State = ksr_runtime::plan::StateOf<VulcandTarget>;
+pub type State = ksr_projection::plan::StateOf<VulcandTarget>;
 /// One atomic piece of vulcand work.
-pub type Unit = ksr_runtime::plan::UnitOf<VulcandTarget>;
+pub type Unit = ksr_projection::plan::UnitOf<VulcandTarget>;
 
 /// Plans vulcand routes: a Service claims its hostname (with its path); namespaces conflict
 /// on hostnames, Services of the owning namespace on paths.
@@ -37,6 +37,8 @@ impl Target for VulcandTarget {
     type Data = PathClaim;
     type Group = String;
     type Op = KeyOp;
+
+    const CONFLICT_RULE: &'static str = "hostname conflict: the owning namespace keeps the hostname (and the older claim each path); the others wait";
 
     fn desired(&self, d: &Delivery) -> Result<Option<DesiredOf<Self>>, ksr_proto::ProtoError> {
         let Some(route) = d.event.route() else {
