@@ -99,7 +99,7 @@ mod tests {
             label: "web-default".into(),
             environment: "test".into(),
             domain: "service.consul".into(),
-            path: path.into(),
+            path: path.parse().expect("a valid path"),
             ports: vec![],
             backends: ips
                 .iter()

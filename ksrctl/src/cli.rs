@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use ksr_runtime::config::parse_dns_label;
+use ksr_runtime::config::{default_durable, parse_dns_label};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -118,30 +118,43 @@ impl From<Kind> for ksr_proto::EventKind {
 #[derive(Debug, Clone, Args)]
 pub struct VulcandTargetArgs {
     #[command(flatten)]
-    pub etcd: ksr_publisher_vulcand::config::EtcdArgs,
-    #[command(flatten)]
-    pub vulcand: ksr_publisher_vulcand::config::VulcandArgs,
-    /// The installation (publisher `--owner`) whose keys are checked or written.
-    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
-    pub owner: String,
+    pub target: ksr_publisher_vulcand::config::TargetArgs,
     /// The publisher's durable consumer, for its lag (default: ksr-vulcand-<owner>).
     #[arg(long = "durable", env = "KSR_DURABLE")]
     pub durable: Option<String>,
+}
+
+impl VulcandTargetArgs {
+    /// The publisher's durable consumer.
+    pub fn durable(&self) -> String {
+        self.durable
+            .clone()
+            .unwrap_or_else(|| default_durable("vulcand", &self.target.owner))
+    }
 }
 
 /// How to reach Consul, and whose registrations to look at.
 #[derive(Debug, Clone, Args)]
 pub struct ConsulTargetArgs {
     #[command(flatten)]
-    pub consul: ksr_publisher_consul::config::ConsulArgs,
-    #[command(flatten)]
-    pub router: ksr_publisher_consul::config::RouterArgs,
-    /// The installation (publisher `--owner`) whose registrations are checked or written.
-    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
-    pub owner: String,
+    pub target: ksr_publisher_consul::config::TargetArgs,
     /// The publisher's durable consumer, for its lag (default: ksr-consul-<owner>).
     #[arg(long = "durable", env = "KSR_DURABLE")]
     pub durable: Option<String>,
+}
+
+impl ConsulTargetArgs {
+    /// The publisher's durable consumer.
+    pub fn durable(&self) -> String {
+        self.durable
+            .clone()
+            .unwrap_or_else(|| default_durable("consul", &self.target.owner))
+    }
+
+    /// The environment the routers serve.
+    pub fn environment(&self) -> &str {
+        &self.target.router.environment
+    }
 }
 
 /// A projection target.

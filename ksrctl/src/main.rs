@@ -10,13 +10,12 @@ use ksrctl::cli::Cli;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    ksr_runtime::tls::install_crypto_provider();
     // Library warnings (a reconcile repairing drift) only with KSR_LOG set.
     let log = ksr_runtime::config::LogArgs {
         filter: std::env::var("KSR_LOG").unwrap_or_else(|_| "error".into()),
         format: ksr_runtime::config::LogFormat::Text,
     };
-    if let Err(e) = ksr_runtime::telemetry::init(&log, "ksrctl") {
+    if let Err(e) = ksr_runtime::process::init(&log, "ksrctl") {
         eprintln!("ksrctl: {e}");
         return ExitCode::from(2);
     }

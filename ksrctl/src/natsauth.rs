@@ -115,7 +115,7 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
             read_status(n, &mut p);
         }
         Role::Publisher(kind) => {
-            let d = format!("ksr-{kind}-{}", n.owner);
+            let d = ksr_runtime::config::default_durable(kind, &n.owner);
             p.publish.extend([
                 format!("$JS.API.CONSUMER.CREATE.{s}.{d}.>"),
                 format!("$JS.API.CONSUMER.INFO.{s}.{d}"),

@@ -35,10 +35,7 @@ async fn find(target: &Target) -> Result<Found, Error> {
             let latest = read::latest(&s).await?;
             let projector = targets::vulcand(target).await?;
             let report = ksr_publisher_vulcand::drift::drift(&projector, &latest).await?;
-            let durable = target
-                .durable
-                .clone()
-                .unwrap_or_else(|| format!("ksr-vulcand-{}", target.owner));
+            let durable = target.durable();
             let lag = targets::lag(&s, &durable).await.map(|n| (durable, n));
             Ok(Found {
                 ours: report.drift,
@@ -54,12 +51,9 @@ async fn find(target: &Target) -> Result<Found, Error> {
             let latest = read::latest(&s).await?;
             let projector = targets::consul(target).await?;
             let drift =
-                ksr_publisher_consul::drift::drift(&projector, &latest, &target.router.environment)
+                ksr_publisher_consul::drift::drift(&projector, &latest, target.environment())
                     .await?;
-            let durable = target
-                .durable
-                .clone()
-                .unwrap_or_else(|| format!("ksr-consul-{}", target.owner));
+            let durable = target.durable();
             let lag = targets::lag(&s, &durable).await.map(|n| (durable, n));
             Ok(Found {
                 ours: drift.ours,
@@ -180,14 +174,14 @@ pub async fn rebuild(target: &Target, dry_run: bool) -> Result<Outcome, Error> {
             let projector = targets::consul(target).await?;
             ksr_publisher_consul::reconcile::ensure_node_and_router(
                 &projector,
-                &target.router.environment,
+                target.environment(),
             )
             .await?;
             let r = ksr_publisher_consul::reconcile::reconcile(
                 &projector,
                 &s,
                 u64::MAX,
-                &target.router.environment,
+                target.environment(),
             )
             .await?;
             format!(

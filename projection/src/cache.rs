@@ -83,7 +83,7 @@ impl<T: Target> Cache<T> {
             for c in &u.conflicts {
                 self.metrics.conflicts.inc_by(c.waiting.len() as u64);
                 tracing::warn!(
-                    target_kind = self.target,
+                    publisher = self.target,
                     name = c.id,
                     owner = c.owner,
                     waiting = ?c.waiting,

@@ -92,6 +92,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, ProtoError> {
         }
     };
     event.validate()?;
+    // Decoding does not check the path (a `RoutePath` is checked where it enters): here.
+    if let Some(route) = event.route() {
+        route.path.check()?;
+    }
     Ok(event)
 }
 

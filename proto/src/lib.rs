@@ -19,3 +19,4 @@ mod v2;
 pub use codec::{decode, encode};
 pub use error::ProtoError;
 pub use model::{Backend, Change, Event, EventKind, RouteState, Scheme, ServiceKey, ServicePort};
+pub use route::RoutePath;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ProtoError;
 use crate::names;
-use crate::route;
+use crate::route::RoutePath;
 
 /// Identifies one Service in one cluster; the unit of ordering and fencing.
 #[derive(
@@ -81,8 +81,8 @@ pub struct RouteState {
     pub environment: String,
     /// The domain (`service.consul` by default).
     pub domain: String,
-    /// The vulcand PathRegexp (`/.*` by default).
-    pub path: String,
+    /// The vulcand PathRegexp (`/.*` by default), checked where it enters.
+    pub path: RoutePath,
     /// The Service's ports, sorted.
     pub ports: Vec<ServicePort>,
     /// Where traffic goes, sorted and de-duplicated.
@@ -231,7 +231,6 @@ impl RouteState {
                 )));
             }
         }
-        route::validate_path(&self.path)?;
         if self.consul_tags.len() > names::MAX_CONSUL_TAGS {
             return Err(ProtoError::InvalidEvent(format!(
                 "{} Consul tags, more than {}",

@@ -63,7 +63,7 @@ fn route_state() -> impl Strategy<Value = RouteState> {
                     label,
                     environment,
                     domain: "service.consul".into(),
-                    path: path.into(),
+                    path: path.parse().expect("generated paths are valid"),
                     ports: ports
                         .into_iter()
                         .map(|(name, port, protocol)| ServicePort {
@@ -169,7 +169,7 @@ fn claims_continue_while_the_hostname_and_path_stay() {
         label: "web-a".into(),
         environment: "test".into(),
         domain: "service.consul".into(),
-        path: "/.*".into(),
+        path: ksr_proto::RoutePath::default_path(),
         ports: vec![],
         backends: vec![],
         host_since: 0,
@@ -186,7 +186,7 @@ fn claims_continue_while_the_hostname_and_path_stay() {
     assert_eq!((next.host_since, next.route_since), (5, 5));
     // A path change keeps the hostname claim, restarts the route claim.
     let mut moved = next.clone();
-    moved.path = "/api".into();
+    moved.path = "/api".parse().expect("a valid path");
     moved.continue_claims(Some((&next, 9)));
     assert_eq!((moved.host_since, moved.route_since), (5, 0));
     assert_eq!(moved.route_claimed_since(12), 12);

@@ -19,18 +19,39 @@ pub struct Config {
     #[command(flatten)]
     pub consumer: ConsumerArgs,
     #[command(flatten)]
-    pub consul: ConsulArgs,
-    #[command(flatten)]
-    pub router: RouterArgs,
+    pub target: TargetArgs,
     #[command(flatten)]
     pub router_health: RouterHealthArgs,
-    /// Names this installation: our KV prefix is `ksr/<owner>/consul/`.
-    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
-    pub owner: String,
     #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Which Consul target: Consul, the routers, and whose registrations (the publisher and
+/// ksrctl share these, and open the target from them the same way:
+/// [`crate::projector::open`]).
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub consul: ConsulArgs,
+    #[command(flatten)]
+    pub router: RouterArgs,
+    /// Names the installation: our KV prefix is `ksr/<owner>/consul/`.
+    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
+    pub owner: String,
+}
+
+impl TargetArgs {
+    /// Where our records live in Consul KV.
+    pub fn layout(&self) -> crate::layout::Layout {
+        crate::layout::Layout::new(&self.owner)
+    }
+
+    /// The planning target (an error names `--router-address`).
+    pub fn target(&self) -> Result<crate::target::ConsulTarget, crate::Error> {
+        self.router.target(&self.owner)
+    }
 }
 
 /// The edge routers every routed name resolves to, the environment they serve and the node
@@ -186,11 +207,11 @@ mod tests {
             "fd00::3",
         ])
         .unwrap();
-        let t = c.router.target("ksr").unwrap();
+        let t = c.target.router.target("ksr").unwrap();
         let nodes: Vec<_> = t.routers.iter().map(|r| r.node.as_str()).collect();
         assert_eq!(nodes, ["ksr", "ksr-10-0-0-2", "ksr-fd00--3"]);
         let c = Config::try_parse_from(["x", "--router-address", "10.0.0.1,10.0.0.1"]).unwrap();
-        let err = c.router.target("ksr").unwrap_err().to_string();
+        let err = c.target.router.target("ksr").unwrap_err().to_string();
         assert!(err.contains("--router-address"), "{err}");
     }
 

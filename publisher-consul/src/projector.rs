@@ -9,6 +9,7 @@ use ksr_projection::metrics::ProjectionMetrics;
 use ksr_runtime::metrics::MetricsRegistry;
 
 use crate::Error;
+use crate::config::TargetArgs;
 use crate::layout::Layout;
 use crate::store::{ConsulClient, TxnOp, TxnOutcome};
 use crate::target::{CatalogOp, ConsulTarget, State, Unit};
@@ -24,6 +25,16 @@ pub fn metrics(registry: &MetricsRegistry) -> ConsulMetrics {
     let m = ProjectionMetrics::default();
     registry.register(|r| m.register(r, "consul", "name"));
     m
+}
+
+/// Opens the Consul target `args` names through `client`: our records loaded from Consul
+/// KV. The publisher and ksrctl both open it so.
+pub async fn open(
+    client: &ConsulClient,
+    args: &TargetArgs,
+    metrics: ConsulMetrics,
+) -> Result<ConsulProjector, Error> {
+    ConsulProjector::new(client.clone(), args.layout(), args.target()?, metrics).await
 }
 
 /// Projects events into the Consul catalog.
@@ -92,26 +103,6 @@ impl ConsulProjector {
         load_state(&self.client, &self.layout).await
     }
 
-    /// Consul counts every operation, the fence checks included; each catalog write is one
-    /// operation per router.
-    fn cost(&self, unit: &Unit) -> (usize, usize) {
-        let checks_only = unit
-            .compares
-            .iter()
-            .filter(|(k, _)| match k {
-                RecordKey::Service(s) => !unit.services.iter().any(|(x, _)| x == s),
-                RecordKey::Name(id) => !unit.names.iter().any(|(x, _)| x == id),
-            })
-            .count();
-        (
-            unit.ops.len() * self.target.routers.len()
-                + unit.services.len()
-                + unit.names.len()
-                + checks_only,
-            0,
-        )
-    }
-
     async fn commit_txn(&self, units: &[Unit]) -> Result<TxnOutcome, Error> {
         let ops = self.txn_ops(units);
         if ops.is_empty() {
@@ -172,17 +163,6 @@ impl ConsulProjector {
         }
         ops
     }
-
-    async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
-        for u in units {
-            for (key, _) in &u.compares {
-                let entry = self.client.kv_get(&self.layout.record_key(key)).await?;
-                let found = entry.map(|e| (e.modify_index, e.value));
-                self.cache.replace([(key.clone(), found)], |fence| fence);
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Loads all our records from KV.
@@ -214,8 +194,24 @@ impl Store for ConsulProjector {
         MAX_TXN_OPS
     }
 
+    /// Consul counts every operation, the fence checks included; each catalog write is one
+    /// operation per router.
     fn cost(&self, unit: &Unit) -> (usize, usize) {
-        ConsulProjector::cost(self, unit)
+        let checks_only = unit
+            .compares
+            .iter()
+            .filter(|(k, _)| match k {
+                RecordKey::Service(s) => !unit.services.iter().any(|(x, _)| x == s),
+                RecordKey::Name(id) => !unit.names.iter().any(|(x, _)| x == id),
+            })
+            .count();
+        (
+            unit.ops.len() * self.target.routers.len()
+                + unit.services.len()
+                + unit.names.len()
+                + checks_only,
+            0,
+        )
     }
 
     async fn commit(&self, units: &[Unit]) -> Result<Commit<BTreeMap<String, u64>>, Error> {
@@ -243,9 +239,15 @@ impl Store for ConsulProjector {
     }
 
     async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
-        ConsulProjector::refresh(self, units).await
+        for u in units {
+            for (key, _) in &u.compares {
+                let entry = self.client.kv_get(&self.layout.record_key(key)).await?;
+                let found = entry.map(|e| (e.modify_index, e.value));
+                self.cache.replace([(key.clone(), found)], |fence| fence);
+            }
+        }
+        Ok(())
     }
-
     fn policy(&self) -> ksr_projection::Policy {
         self.policy
     }

@@ -218,10 +218,9 @@ async fn the_drift_check_knows_every_router_node() -> anyhow::Result<()> {
         &format!("{A},{B}"),
     ])?;
     ksr_runtime::tls::install_crypto_provider();
-    let projector = ksr_publisher_consul::projector::ConsulProjector::new(
-        ksr_publisher_consul::store::ConsulClient::new(&config.consul)?,
-        ksr_publisher_consul::layout::Layout::new("ksr"),
-        config.router.target("ksr")?,
+    let projector = ksr_publisher_consul::projector::open(
+        &ksr_publisher_consul::store::ConsulClient::new(&config.target.consul)?,
+        &config.target,
         ksr_publisher_consul::projector::metrics(&ksr_runtime::metrics::MetricsRegistry::new()),
     )
     .await?;

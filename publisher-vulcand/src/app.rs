@@ -6,17 +6,15 @@ use async_nats::jetstream::stream::Stream;
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
-use ksr_runtime::metrics::MetricsRegistry;
-use ksr_runtime::retry::{until_ready, until_ready_or};
+use ksr_runtime::process::Process;
+use ksr_runtime::retry::until_ready_or;
 use ksr_runtime::tls::read_flag_file;
-use ksr_runtime::{Health, admin, nats, serve};
+use ksr_runtime::{nats, serve};
 
 use crate::Error;
 use crate::config::{Config, EtcdApi, EtcdArgs};
-use crate::layout::Layout;
-use crate::projector::{Sink, VulcandProjector};
+use crate::projector::Sink;
 use crate::reconcile;
-use crate::v2::V2Client;
 
 /// Connects to etcd with the configured TLS and credentials.
 pub async fn connect_etcd(args: &EtcdArgs) -> Result<etcd_client::Client, Error> {
@@ -72,36 +70,32 @@ pub async fn connect_etcd(args: &EtcdArgs) -> Result<etcd_client::Client, Error>
 
 /// Runs the publisher until `shutdown` is cancelled; the batch in hand is finished first.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let registry = MetricsRegistry::new();
-    let health = Health::new("starting");
-    let (_, admin_task) = admin::serve(
-        config.admin.addr,
-        health.clone(),
-        registry.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let process = Process::start(&config.admin, shutdown).await?;
+    let result = serve(&config, &process).await;
+    process.finish(result).await
+}
 
-    health.set_not_ready("connecting to NATS");
-    let Some(client) =
-        nats::connect(&config.nats, "ksr-publisher-vulcand", &shutdown, &health).await?
+async fn serve(config: &Config, process: &Process) -> Result<(), Error> {
+    let (health, shutdown) = (&process.health, &process.shutdown);
+    let Some(client) = process
+        .connect_nats(&config.nats, "ksr-publisher-vulcand")
+        .await?
     else {
         return Ok(());
     };
     let js = async_nats::jetstream::new(client);
-    let settings = nats::StreamSettings::routes(&config.nats.stream);
-    health.set_not_ready(format!("waiting for stream {}", settings.name));
 
     health.set_not_ready("connecting to etcd");
-    let layout = Layout::new(&config.prefix(), &config.owner);
+    let target = &config.target;
+    let layout = target.layout();
     // Credentials that may not touch our prefixes and a misconfigured TLS are configuration
     // errors, not something to retry; an etcd that does not answer yet is.
-    let v3 = config.vulcand.api == EtcdApi::V3;
-    let connected = until_ready_or(&shutdown, &health, "etcd", Error::is_fatal, || async {
-        let etcd = connect_etcd(&config.etcd).await?;
+    let v3 = target.vulcand.api == EtcdApi::V3;
+    let connected = until_ready_or(shutdown, health, "etcd", Error::is_fatal, || async {
+        let etcd = connect_etcd(&target.etcd).await?;
         crate::access::check(&mut etcd.kv_client(), &layout, v3)
             .await
-            .map_err(|e| e.diagnosed(&config.etcd.endpoint_list().join(",")))?;
+            .map_err(|e| e.diagnosed(&target.etcd.endpoint_list().join(",")))?;
         Ok(etcd)
     })
     .await;
@@ -109,61 +103,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         None => return Ok(()),
         Some(connected) => connected?,
     };
-    let v2 = match config.vulcand.api {
-        EtcdApi::V2 => {
-            let v2 = V2Client::new(&config.etcd)?;
-            match until_ready_or(&shutdown, &health, "etcd v2", Error::is_fatal, || {
-                v2.version()
-            })
-            .await
-            {
-                None => return Ok(()),
-                Some(answered) => answered?,
-            };
-            Some(v2)
-        }
-        EtcdApi::V3 => None,
-    };
-    let metrics = crate::projector::metrics(&registry);
-    let max_ops = config.etcd.max_txn_ops as usize;
-    let Some(projector) = until_ready(&shutdown, &health, "etcd state", || {
-        VulcandProjector::new(etcd.kv_client(), layout.clone(), max_ops, metrics.clone())
+    let metrics = crate::projector::metrics(&process.registry);
+    let opened = until_ready_or(shutdown, health, "etcd state", Error::is_fatal, || {
+        crate::projector::open(&etcd, target, metrics.clone())
     })
-    .await
-    else {
-        return Ok(());
+    .await;
+    let projector = match opened {
+        None => return Ok(()),
+        Some(opened) => opened?,
     };
+    if let Sink::V2(v2) = projector.sink() {
+        let answered = until_ready_or(shutdown, health, "etcd v2", Error::is_fatal, || {
+            v2.version()
+        })
+        .await;
+        match answered {
+            None => return Ok(()),
+            Some(answered) => answered?,
+        };
+    }
     let projector = projector
         .with_policy(config.consumer.policy)
         .with_health(health.clone());
-    let projector = match v2 {
-        Some(v2) => projector.with_sink(Sink::V2(v2)),
-        None => projector,
-    };
 
-    let durable = config
-        .consumer
-        .durable
-        .clone()
-        .unwrap_or_else(|| format!("ksr-vulcand-{}", config.owner));
     let publisher = serve::Publisher {
         name: "vulcand",
-        durable,
+        owner: &target.owner,
         args: &config.consumer,
         projector: &projector,
-        registry: &registry,
-        health: &health,
+        process,
         js: &js,
+        stream: &nats::StreamSettings::routes(&config.nats.stream),
     };
     let projector = &projector;
     let reconcile = |stream: Stream, floor: u64| async move {
-        reconcile::reconcile(projector, &stream, floor)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        reconcile::reconcile(projector, &stream, floor).await
     };
-    let get_stream = || nats::ensure_stream(&js, &settings, false);
-    let result = serve::follow(publisher, get_stream, reconcile, &shutdown).await;
-    let _ = admin_task.await;
-    result.map_err(Error::from)
+    Ok(serve::follow(publisher, reconcile).await?)
 }

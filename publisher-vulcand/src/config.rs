@@ -15,17 +15,32 @@ pub struct Config {
     #[command(flatten)]
     pub consumer: ConsumerArgs,
     #[command(flatten)]
-    pub etcd: EtcdArgs,
-    #[command(flatten)]
-    pub vulcand: VulcandArgs,
-    /// Names this installation: prefixes our vulcand ids (`<owner>.<host>.<hash>`) and our
-    /// state (`ksr/<owner>/vulcand/`). Two installations sharing one etcd need two owners.
-    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
-    pub owner: String,
+    pub target: TargetArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Which vulcand target: etcd, where vulcand reads, and whose keys (the publisher and
+/// ksrctl share these, and open the target from them the same way: [`crate::projector::open`]).
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub vulcand: VulcandArgs,
+    /// Names the installation: prefixes our vulcand ids (`<owner>.<host>.<hash>`) and our
+    /// state (`ksr/<owner>/vulcand/`). Two installations sharing one etcd need two owners.
+    #[arg(long = "owner", env = "KSR_OWNER", default_value = "ksr", value_parser = parse_dns_label)]
+    pub owner: String,
+}
+
+impl TargetArgs {
+    /// Where vulcand's keys and our records live.
+    pub fn layout(&self) -> crate::layout::Layout {
+        crate::layout::Layout::new(&self.vulcand.prefix(), &self.owner)
+    }
 }
 
 /// Which etcd API vulcand reads.
@@ -104,13 +119,6 @@ pub struct EtcdArgs {
     pub max_txn_ops: u32,
 }
 
-impl Config {
-    /// The vulcand prefix in effect.
-    pub fn prefix(&self) -> String {
-        self.vulcand.prefix()
-    }
-}
-
 impl EtcdArgs {
     /// The endpoints to dial.
     pub fn endpoint_list(&self) -> Vec<String> {
@@ -137,7 +145,10 @@ mod tests {
     fn vulcaningress_env_names_select_the_etcd_endpoint() {
         let c = Config::try_parse_from(["x", "--etcd-host", "localhost", "--etcd-port", "4001"])
             .unwrap();
-        assert_eq!(c.etcd.endpoint_list(), vec!["localhost:4001".to_owned()]);
+        assert_eq!(
+            c.target.etcd.endpoint_list(),
+            vec!["localhost:4001".to_owned()]
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Error::PermissionDenied { .. } | Error::Runtime(RuntimeError::Tls { .. })
+            Error::PermissionDenied { .. }
+                | Error::Runtime(RuntimeError::Tls { .. } | RuntimeError::File { .. })
         )
     }
 

@@ -71,8 +71,8 @@ pub fn project(layout: &Layout, record: &HostRecord) -> Projection {
     let mut out = Projection::new();
     let host = &record.meta.host;
     for (path, owners) in crate::target::routes(record).paths {
-        // Never written when vulcand could not load it (records of older versions may hold
-        // such a path; reconciliation then removes its keys).
+        // Never written when vulcand could not load it (a hand-edited hostname; a path vulcand
+        // refuses makes the whole record unreadable); reconciliation then removes its keys.
         let Ok(route) = ksr_proto::route::route_expression(host, path) else {
             continue;
         };
@@ -189,7 +189,7 @@ pub fn sort_ops(ops: &mut [KeyOp]) {
 
 #[cfg(test)]
 mod tests {
-    use ksr_proto::{Scheme, ServiceKey};
+    use ksr_proto::{RoutePath, Scheme, ServiceKey};
 
     use super::*;
     use crate::records::{HostMeta, PathClaim};
@@ -204,7 +204,7 @@ mod tests {
                 i as u64 + 1,
                 *since,
                 PathClaim {
-                    path: "/.*".into(),
+                    path: RoutePath::default_path(),
                     path_since: *since,
                     backends: vec![format!("10.0.0.{}:8443", i + 1).parse().unwrap()],
                     scheme: *scheme,

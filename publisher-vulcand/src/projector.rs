@@ -11,6 +11,7 @@ use ksr_projection::metrics::ProjectionMetrics;
 use ksr_runtime::metrics::MetricsRegistry;
 
 use crate::Error;
+use crate::config::{EtcdApi, TargetArgs};
 use crate::keys::KeyOp;
 use crate::layout::Layout;
 use crate::records::HostRecord;
@@ -44,6 +45,23 @@ pub enum Sink {
     V3,
     /// Through the etcd v2 API, after our records commit (see [`crate::v2`]).
     V2(V2Client),
+}
+
+/// Opens the vulcand target `args` names through a connected etcd `client`: our records
+/// loaded, and the v2 sink when vulcand reads the v2 API. The publisher and ksrctl both open
+/// it so.
+pub async fn open(
+    etcd: &etcd_client::Client,
+    args: &TargetArgs,
+    metrics: VulcandMetrics,
+) -> Result<VulcandProjector, Error> {
+    let max_ops = args.etcd.max_txn_ops as usize;
+    let projector =
+        VulcandProjector::new(etcd.kv_client(), args.layout(), max_ops, metrics).await?;
+    Ok(match args.vulcand.api {
+        EtcdApi::V2 => projector.with_sink(Sink::V2(V2Client::new(&args.etcd)?)),
+        EtcdApi::V3 => projector,
+    })
 }
 
 /// Projects events into vulcand's etcd keys.
@@ -170,19 +188,6 @@ impl VulcandProjector {
         store::load_state(&mut self.kv.clone(), self.layout()).await
     }
 
-    /// Transaction size of a unit: (writes, compares), both limited by etcd's max-txn-ops.
-    fn cost(&self, unit: &Unit) -> (usize, usize) {
-        let key_ops = if matches!(self.sink, Sink::V3) {
-            unit.ops.len()
-        } else {
-            0
-        };
-        (
-            key_ops + unit.services.len() + unit.names.len(),
-            unit.compares.len(),
-        )
-    }
-
     /// Writes a unit larger than one transaction: its vulcand writes in chunks (in order),
     /// each guarded by the unit's compares, then the last chunk with the records. If another
     /// writer interferes between chunks the compares fail and the unit is re-planned; keys
@@ -244,32 +249,6 @@ impl VulcandProjector {
             }
         }
         w
-    }
-
-    /// With the v2 sink: syncs every hostname whose record the units changed.
-    async fn after_commit(&self, units: &[Unit], rev: u64) -> Result<(), Error> {
-        let Sink::V2(v2) = &self.sink else {
-            return Ok(());
-        };
-        let layout = self.layout();
-        // Per hostname: the newest record of the batch and every route any unit touched.
-        let mut hosts = Hosts::new();
-        for u in units {
-            for (id, record) in &u.names {
-                let entry = hosts.entry(id.clone()).or_default();
-                entry.0 = if record.is_some() { rev } else { 0 };
-                entry.1 = record.clone();
-                // Routes the unit removed are no longer in the record: name them.
-                entry.2.extend(
-                    u.ops
-                        .iter()
-                        .filter_map(|op| layout.id_of_vulcand_key(op.key()))
-                        .filter(|route| layout.host_id_of(route) == id)
-                        .map(str::to_owned),
-                );
-            }
-        }
-        self.sync_hosts(v2, hosts).await.map(|_| ())
     }
 
     /// Whether hostname `id`'s v2 sync is under way.
@@ -404,21 +383,6 @@ impl VulcandProjector {
         }
         Ok(written)
     }
-
-    async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
-        let keys: Vec<RecordKey> = units
-            .iter()
-            .flat_map(|u| u.compares.iter().map(|(k, _)| k.clone()))
-            .collect();
-        store::refresh(
-            &mut self.kv.clone(),
-            self.layout(),
-            &self.cache,
-            &keys,
-            self.max_ops,
-        )
-        .await
-    }
 }
 
 impl Store for VulcandProjector {
@@ -438,8 +402,17 @@ impl Store for VulcandProjector {
         self.max_ops
     }
 
+    /// Transaction size of a unit: (writes, compares), both limited by etcd's max-txn-ops.
     fn cost(&self, unit: &Unit) -> (usize, usize) {
-        VulcandProjector::cost(self, unit)
+        let key_ops = if matches!(self.sink, Sink::V3) {
+            unit.ops.len()
+        } else {
+            0
+        };
+        (
+            key_ops + unit.services.len() + unit.names.len(),
+            unit.compares.len(),
+        )
     }
 
     async fn commit(&self, units: &[Unit]) -> Result<Commit<u64>, Error> {
@@ -459,14 +432,46 @@ impl Store for VulcandProjector {
         *rev
     }
 
+    /// With the v2 sink: syncs every hostname whose record the units changed.
     async fn after_commit(&self, units: &[Unit], rev: &u64) -> Result<(), Error> {
-        VulcandProjector::after_commit(self, units, *rev).await
+        let Sink::V2(v2) = &self.sink else {
+            return Ok(());
+        };
+        let layout = self.layout();
+        // Per hostname: the newest record of the batch and every route any unit touched.
+        let mut hosts = Hosts::new();
+        for u in units {
+            for (id, record) in &u.names {
+                let entry = hosts.entry(id.clone()).or_default();
+                entry.0 = if record.is_some() { *rev } else { 0 };
+                entry.1 = record.clone();
+                // Routes the unit removed are no longer in the record: name them.
+                entry.2.extend(
+                    u.ops
+                        .iter()
+                        .filter_map(|op| layout.id_of_vulcand_key(op.key()))
+                        .filter(|route| layout.host_id_of(route) == id)
+                        .map(str::to_owned),
+                );
+            }
+        }
+        self.sync_hosts(v2, hosts).await.map(|_| ())
     }
 
     async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
-        VulcandProjector::refresh(self, units).await
+        let keys: Vec<RecordKey> = units
+            .iter()
+            .flat_map(|u| u.compares.iter().map(|(k, _)| k.clone()))
+            .collect();
+        store::refresh(
+            &mut self.kv.clone(),
+            self.layout(),
+            &self.cache,
+            &keys,
+            self.max_ops,
+        )
+        .await
     }
-
     fn policy(&self) -> ksr_projection::Policy {
         self.policy
     }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use ksr_proto::Scheme;
+use ksr_proto::{RoutePath, Scheme};
 
 use ksr_projection::NameRecord;
 pub use ksr_projection::ServiceRecord;
@@ -24,8 +24,8 @@ pub struct HostMeta {
 /// What one Service routes on a hostname.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathClaim {
-    /// The vulcand PathRegexp.
-    pub path: String,
+    /// The vulcand PathRegexp (a record whose path vulcand would refuse is unreadable).
+    pub path: RoutePath,
     /// Stream sequence at which the Service's continuous claim on hostname + path began
     /// (the claim's own `since` is the one on the hostname).
     pub path_since: u64,

@@ -4,7 +4,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpRes
 
 use ksr_projection::RecordKey;
 use ksr_projection::cache::Cache;
-use ksr_proto::ServiceKey;
+use ksr_proto::{RoutePath, ServiceKey};
 
 use crate::Error;
 use crate::keys::KeyOp;
@@ -153,6 +153,13 @@ async fn migrate_legacy(kv: &mut KvClient, layout: &Layout) -> Result<(), Error>
                     continue;
                 }
             };
+            let path = match RoutePath::new(record.meta.path.as_str()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(key, error = %e, "route record with a path vulcand refuses left in place");
+                    continue;
+                }
+            };
             let id = layout.host_id(&record.meta.host);
             let (host, guards) = hosts.entry(id).or_insert_with(|| {
                 (
@@ -164,7 +171,7 @@ async fn migrate_legacy(kv: &mut KvClient, layout: &Layout) -> Result<(), Error>
             });
             for c in record.claims.iter() {
                 let data = PathClaim {
-                    path: record.meta.path.clone(),
+                    path: path.clone(),
                     path_since: c.since,
                     backends: c.data.clone(),
                     // Legacy records predate https backends.

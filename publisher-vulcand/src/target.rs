@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use ksr_projection::Delivery;
 use ksr_projection::status::Standing;
 use ksr_projection::{Desired, DesiredOf, Target};
-use ksr_proto::ServiceKey;
+use ksr_proto::{RoutePath, ServiceKey};
 
 use crate::keys::{KeyOp, Projection, diff, project};
 use crate::layout::Layout;
@@ -111,7 +111,7 @@ impl Target for VulcandTarget {
             }
         }
         for c in &routed.waiting_paths {
-            let holders = routed.paths.get(c.data.path.as_str());
+            let holders = routed.paths.get(&c.data.path);
             let holder = holders.and_then(|h| h.first());
             let s = Standing::Waiting {
                 name: name(&c.data.path),
@@ -145,7 +145,7 @@ pub struct Routed<'a> {
     /// The namespace that owns the hostname.
     pub owner: Option<&'a str>,
     /// The owning claims of every path: one Service (all its clusters) per path.
-    pub paths: BTreeMap<&'a str, Vec<&'a HostClaim>>,
+    pub paths: BTreeMap<&'a RoutePath, Vec<&'a HostClaim>>,
     /// Other namespaces claiming the hostname: they wait for it.
     pub other_namespaces: Vec<&'a str>,
     /// Services of the owning namespace waiting for a path another Service of it owns.
@@ -159,9 +159,9 @@ pub fn routes(record: &HostRecord) -> Routed<'_> {
     out.owner = owners.first().map(|c| c.namespace.as_str());
     out.other_namespaces = others.iter().map(|c| c.namespace.as_str()).collect();
     out.other_namespaces.dedup();
-    let mut by_path: BTreeMap<&str, Vec<&HostClaim>> = BTreeMap::new();
+    let mut by_path: BTreeMap<&RoutePath, Vec<&HostClaim>> = BTreeMap::new();
     for c in owners {
-        by_path.entry(c.data.path.as_str()).or_default().push(c);
+        by_path.entry(&c.data.path).or_default().push(c);
     }
     for (path, claims) in by_path {
         // The Service whose claim on the path is oldest (its oldest cluster counts).
@@ -214,7 +214,7 @@ mod tests {
                 i as u64 + 1,
                 *since,
                 PathClaim {
-                    path: path.into(),
+                    path: path.parse().expect("a valid path"),
                     path_since: *path_since,
                     backends: vec![format!("10.0.0.{}:80", i + 1).parse().unwrap()],
                     scheme: Default::default(),
@@ -269,7 +269,10 @@ mod tests {
         ]);
         let routed = routes(&r);
         assert_eq!(routed.owner, Some("a"));
-        let root: Vec<_> = routed.paths["/.*"].iter().map(|c| c.key()).collect();
+        let root: Vec<_> = routed.paths[&RoutePath::default_path()]
+            .iter()
+            .map(|c| c.key())
+            .collect();
         assert_eq!(
             root,
             vec![
@@ -277,7 +280,10 @@ mod tests {
                 ServiceKey::new("west", "a", "web")
             ]
         );
-        assert_eq!(routed.paths["/admin.*"].len(), 1);
+        assert_eq!(
+            routed.paths[&"/admin.*".parse::<RoutePath>().unwrap()].len(),
+            1
+        );
         assert_eq!(
             VulcandTarget::status(&r).1,
             vec!["a/other on /.*".to_owned()]

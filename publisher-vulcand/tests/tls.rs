@@ -118,7 +118,7 @@ async fn v2_mode_talks_tls_with_the_same_flags() -> anyhow::Result<()> {
         path(&bench.pki.client_key),
     ])?;
     ksr_runtime::tls::install_crypto_provider();
-    let v2 = ksr_publisher_vulcand::v2::V2Client::new(&config.etcd)?;
+    let v2 = ksr_publisher_vulcand::v2::V2Client::new(&config.target.etcd)?;
     eventually(WAIT, || async {
         let t = v2.tree("/vulcand").await?;
         anyhow::ensure!(t.len() == 3, "{t:#?}");

@@ -17,7 +17,7 @@ fn v2_client(flags: &[&str]) -> anyhow::Result<V2Client> {
         std::iter::once("x").chain(flags.iter().copied()),
     )?;
     ksr_runtime::tls::install_crypto_provider();
-    Ok(V2Client::new(&config.etcd)?)
+    Ok(V2Client::new(&config.target.etcd)?)
 }
 
 async fn v2_tree(bench: &Bench) -> anyhow::Result<BTreeMap<String, String>> {

@@ -104,6 +104,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// The durable consumer every replica of publisher kind `publisher` (`vulcand`, `consul`) of
+/// installation `owner` shares, unless `--consumer` names another: `ksr-<publisher>-<owner>`.
+pub fn default_durable(publisher: &str, owner: &str) -> String {
+    format!("ksr-{publisher}-{owner}")
+}
+
 /// How a publisher consumes the stream.
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {

@@ -43,6 +43,13 @@ pub enum RuntimeError {
         problem: &'static str,
         source: rustls::Error,
     },
+    /// `--log` is not a valid filter.
+    #[error("--log {filter:?}: {source}")]
+    LogFilter {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// Logging was set up twice in one process.
     #[error("telemetry: {0}")]
-    Telemetry(String),
+    Telemetry(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -13,6 +13,7 @@ mod error;
 pub mod health;
 pub mod metrics;
 pub mod nats;
+pub mod process;
 pub mod replay;
 pub mod retry;
 pub mod serve;

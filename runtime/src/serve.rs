@@ -7,28 +7,39 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::Stream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ConsumerArgs;
+use ksr_projection::Projector;
+
+use crate::config::{ConsumerArgs, default_durable};
 use crate::consumer::{self, ConsumerMetrics, LoopOptions};
-use crate::health::Health;
-use crate::metrics::MetricsRegistry;
+use crate::nats::StreamSettings;
+use crate::process::Process;
 use crate::retry::until_ok;
 use crate::status_writer::{StatusTarget, StatusWriter};
 use crate::{RuntimeError, nats, shutdown};
-use ksr_projection::Projector;
 
 /// What a publisher brings to [`follow`].
 #[derive(Debug)]
 pub struct Publisher<'a, P> {
     /// Metric prefix and log name (`vulcand`, `consul`).
     pub name: &'static str,
-    /// The durable consumer all replicas of this publisher kind share.
-    pub durable: String,
+    /// The installation (`--owner`): names the default durable consumer.
+    pub owner: &'a str,
     pub args: &'a ConsumerArgs,
     pub projector: &'a P,
-    pub registry: &'a MetricsRegistry,
-    pub health: &'a Health,
-    /// Where the per-Service status goes ([`ksr_projection::status`]).
+    pub process: &'a Process,
+    /// The stream, and where the per-Service status goes ([`ksr_projection::status`]).
     pub js: &'a async_nats::jetstream::Context,
+    pub stream: &'a StreamSettings,
+}
+
+impl<P> Publisher<'_, P> {
+    /// The durable consumer all replicas of this publisher kind share.
+    pub fn durable(&self) -> String {
+        self.args
+            .durable
+            .clone()
+            .unwrap_or_else(|| default_durable(self.name, self.owner))
+    }
 }
 
 /// Creates the durable consumer and runs the consumer loop and the reconciliation loop until
@@ -40,28 +51,30 @@ pub struct Publisher<'a, P> {
 /// before: a half-applied stream would look like drift), then every `--reconcile-interval`;
 /// `ack_floor` is the consumer's acknowledged stream sequence, the newest event whose
 /// projection must already exist.
-pub async fn consume<P, R, Fut>(
+pub async fn consume<P, R, Fut, T, E>(
     p: &Publisher<'_, P>,
     stream: &Stream,
     metrics: &ConsumerMetrics,
     status: Option<StatusWriter>,
     reconcile: R,
-    shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError>
 where
     P: Projector,
     R: Fn(u64) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::error::Error,
 {
+    let shutdown = &p.process.shutdown;
+    let durable = p.durable();
     let Some(consumer) = until_ok(shutdown, "consumer", || {
-        nats::durable_consumer(stream, &p.durable, p.args)
+        nats::durable_consumer(stream, &durable, p.args)
     })
     .await
     else {
         return Ok(());
     };
-    tracing::info!(publisher = p.name, durable = p.durable, "consuming");
-    p.health.set_ready();
+    tracing::info!(publisher = p.name, durable, "consuming");
+    p.process.health.set_ready();
     let options = LoopOptions {
         batch_size: p.args.batch_size as usize,
         max_retry_delay: p.args.max_retry_delay,
@@ -77,7 +90,7 @@ where
                 p.projector,
                 &options,
                 metrics,
-                p.health,
+                &p.process.health,
                 stop.clone(),
             )
             .await;
@@ -104,7 +117,7 @@ where
         .unwrap_or(Ok(()))
 }
 
-async fn reconcile_loop<R, Fut>(
+async fn reconcile_loop<R, Fut, T, E>(
     mut consumer: PullConsumer,
     interval: Duration,
     reconcile: &R,
@@ -113,7 +126,8 @@ async fn reconcile_loop<R, Fut>(
     stop: CancellationToken,
 ) where
     R: Fn(u64) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::error::Error,
 {
     let mut first = true;
     loop {
@@ -145,7 +159,7 @@ async fn reconcile_loop<R, Fut>(
             }
         };
         match reconcile(ack_floor).await {
-            Ok(()) => {
+            Ok(_) => {
                 metrics.reconciled(true);
                 reconciled();
                 first = false;
@@ -165,23 +179,19 @@ async fn reconcile_loop<R, Fut>(
 /// only the events it carries change anything.
 ///
 /// `reconcile(stream, ack_floor)` is a reconciliation pass against the stream followed.
-pub async fn follow<P, G, GFut, R, RFut>(
-    p: Publisher<'_, P>,
-    get_stream: G,
-    reconcile: R,
-    shutdown: &CancellationToken,
-) -> Result<(), RuntimeError>
+pub async fn follow<P, R, RFut, T, E>(p: Publisher<'_, P>, reconcile: R) -> Result<(), RuntimeError>
 where
     P: Projector,
-    G: Fn() -> GFut,
-    GFut: Future<Output = Result<Stream, RuntimeError>>,
     R: Fn(Stream, u64) -> RFut,
-    RFut: Future<Output = Result<(), String>>,
+    RFut: Future<Output = Result<T, E>>,
+    E: std::error::Error,
 {
-    let health = p.health;
+    let (health, shutdown) = (&p.process.health, &p.process.shutdown);
+    health.set_not_ready(format!("waiting for stream {}", p.stream.name));
     // Registered once: the consumer is bound anew after a stream is created again.
-    let metrics = ConsumerMetrics::new(p.registry, p.name);
+    let metrics = ConsumerMetrics::new(&p.process.registry, p.name);
     let mut status: Option<StatusWriter> = None;
+    let get_stream = || nats::ensure_stream(p.js, p.stream, false);
     loop {
         let Some(stream) = crate::retry::until_ready(shutdown, health, "stream", &get_stream).await
         else {
@@ -198,15 +208,15 @@ where
         let writer = status.get_or_insert_with(|| {
             let to = StatusTarget {
                 target: p.name,
-                publisher: p.durable.clone(),
+                publisher: p.durable(),
                 bucket: ksr_projection::status::bucket(name),
                 replicas: stream.cached_info().config.num_replicas,
             };
-            StatusWriter::start(p.js.clone(), to, p.registry, shutdown.clone())
+            StatusWriter::start(p.js.clone(), to, &p.process.registry, shutdown.clone())
         });
         let writer = Some(writer.clone());
         let pass = |floor| reconcile(stream.clone(), floor);
-        match consume(&p, &stream, &metrics, writer, pass, shutdown).await {
+        match consume(&p, &stream, &metrics, writer, pass).await {
             Err(RuntimeError::StreamRecreated { stream, consumer }) => {
                 health.set_not_ready(format!(
                     "stream {stream} was deleted or created again; binding {consumer} anew"

@@ -8,8 +8,10 @@ use crate::config::{LogArgs, LogFormat};
 /// Installs the global subscriber and logs the first line: which binary, version and commit
 /// starts. Call once, from `main`.
 pub fn init(args: &LogArgs, binary: &str) -> Result<(), RuntimeError> {
-    let filter = EnvFilter::try_new(&args.filter)
-        .map_err(|e| RuntimeError::Telemetry(format!("--log {:?}: {e}", args.filter)))?;
+    let filter = EnvFilter::try_new(&args.filter).map_err(|source| RuntimeError::LogFilter {
+        filter: args.filter.clone(),
+        source,
+    })?;
     // Colour codes only for a terminal: a log file or a pipeline gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -21,7 +23,7 @@ pub fn init(args: &LogArgs, binary: &str) -> Result<(), RuntimeError> {
     } else {
         builder.try_init()
     };
-    result.map_err(|e| RuntimeError::Telemetry(e.to_string()))?;
+    result.map_err(RuntimeError::Telemetry)?;
     tracing::info!(
         binary,
         version = crate::build_info::VERSION,

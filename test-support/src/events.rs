@@ -14,7 +14,7 @@ pub fn route(label: &str, env: &str, path: &str, ips: &[&str]) -> RouteState {
         label: label.to_owned(),
         environment: env.to_owned(),
         domain: "service.consul".to_owned(),
-        path: path.to_owned(),
+        path: ksr_proto::RoutePath::new(path).expect("test paths are valid"),
         ports: vec![],
         backends: ips
             .iter()

@@ -318,13 +318,13 @@ impl Ages {
                 let host = r.hostname();
                 let path = r.path.clone();
                 let (host_since, route_since) = match &prev {
-                    Some(p) if p.host == host && p.path == path => (p.host_since, p.route_since),
+                    Some(p) if p.host == host && p.path == *path => (p.host_since, p.route_since),
                     Some(p) if p.host == host => (p.host_since, *seq),
                     _ => (*seq, *seq),
                 };
                 Claim {
                     host,
-                    path,
+                    path: path.to_string(),
                     host_since,
                     route_since,
                 }
@@ -383,7 +383,7 @@ pub fn services_from_stream(events: &[(u64, Event)]) -> Vec<Service> {
             key: key.clone(),
             hostname,
             consul,
-            path: r.path.clone(),
+            path: r.path.to_string(),
             servers: r
                 .backends
                 .iter()

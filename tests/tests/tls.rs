@@ -198,7 +198,7 @@ async fn the_whole_pipeline_runs_over_verified_tls_with_client_certificates() ->
     argv.extend(servers.etcd_args(ca)?);
     let config = <ksr_publisher_vulcand::config::Config as clap::Parser>::try_parse_from(argv)?;
     ksr_runtime::tls::install_crypto_provider();
-    let v2 = ksr_publisher_vulcand::v2::V2Client::new(&config.etcd)?;
+    let v2 = ksr_publisher_vulcand::v2::V2Client::new(&config.target.etcd)?;
 
     let procs = std::sync::Mutex::new(procs);
     let routed = eventually(WAIT, || async {

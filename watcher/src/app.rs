@@ -3,9 +3,9 @@
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use ksr_runtime::metrics::MetricsRegistry;
+use ksr_runtime::nats;
+use ksr_runtime::process::Process;
 use ksr_runtime::retry::until_ready;
-use ksr_runtime::{Health, admin, nats};
 
 use crate::Error;
 use crate::config::{Config, SourceKind};
@@ -14,32 +14,22 @@ use crate::inventory::Inventory;
 use crate::metrics::WatcherMetrics;
 use crate::normalize::{AddressMode, Normalizer};
 use crate::notify::Notifier;
-use crate::publish::{Identity, Publisher};
+use crate::publish::{EventWriter, Identity};
 use crate::runner::{Confirmation, Runner, RunnerConfig};
 use crate::source;
 
 /// Runs the watcher until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let registry = MetricsRegistry::new();
-    let health = Health::new("starting");
-    let metrics = WatcherMetrics::new(&registry);
-    let (_, admin_task) = admin::serve(
-        config.admin.addr,
-        health.clone(),
-        registry.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let process = Process::start(&config.admin, shutdown).await?;
+    let result = watch(config, &process).await;
+    process.finish(result).await
+}
 
-    health.set_not_ready("connecting to NATS");
-    let Some(client) = nats::connect(
-        &config.nats,
-        &format!("ksr-watcher-{}", config.cluster),
-        &shutdown,
-        &health,
-    )
-    .await?
-    else {
+async fn watch(config: Config, process: &Process) -> Result<(), Error> {
+    let (health, shutdown) = (process.health.clone(), process.shutdown.clone());
+    let metrics = WatcherMetrics::new(&process.registry);
+    let name = format!("ksr-watcher-{}", config.cluster);
+    let Some(client) = process.connect_nats(&config.nats, &name).await? else {
         return Ok(());
     };
     let confirmations = listen_for_confirmations(client.clone(), &config.cluster).await?;
@@ -132,7 +122,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             allowed_host_domains: config.allowed_host_domains.clone(),
             max_event_bytes: config.max_event_bytes as usize,
         },
-        Publisher::new(
+        EventWriter::new(
             js,
             stream,
             settings,
@@ -149,9 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     )
     .with_notifier(notifier);
     tracing::info!(cluster = config.cluster, cluster_id, source = ?config.source, selector = config.selector.as_str(), "watching");
-    let result = runner.run(events, confirmations, statuses, shutdown).await;
-    let _ = admin_task.await;
-    result
+    runner.run(events, confirmations, statuses, shutdown).await
 }
 
 /// Answers `ksrctl confirm-removals` (core NATS request/reply on

@@ -65,7 +65,7 @@ pub struct Outcome {
 }
 
 #[derive(Debug, Default)]
-struct Store<T> {
+struct Objects<T> {
     live: BTreeMap<ObjKey, T>,
     pending: Option<BTreeMap<ObjKey, T>>,
     synced: bool,
@@ -74,8 +74,8 @@ struct Store<T> {
 /// Services and EndpointSlices, filtered by namespace.
 #[derive(Debug)]
 pub struct Inventory {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    services: Objects<Service>,
+    slices: Objects<EndpointSlice>,
     /// The slices of each Service (so a Service's slices are found without a scan).
     slices_by_owner: BTreeMap<ObjKey, BTreeSet<ObjKey>>,
     namespaces: Vec<String>,
@@ -106,10 +106,10 @@ impl Inventory {
     /// `watch_slices`: whether EndpointSlices are watched (else they count as synced).
     pub fn new(watch_slices: bool, namespaces: Vec<String>, excluded: Vec<String>) -> Self {
         Self {
-            services: Store::default(),
-            slices: Store {
+            services: Objects::default(),
+            slices: Objects {
                 synced: !watch_slices,
-                ..Store::default()
+                ..Objects::default()
             },
             slices_by_owner: BTreeMap::new(),
             namespaces,

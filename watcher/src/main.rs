@@ -1,4 +1,4 @@
-//! `ksr-watcher`: parse config, start telemetry, run until SIGTERM.
+//! `ksr-watcher`: parse config, set up the process (telemetry, TLS), run until SIGTERM.
 
 use clap::Parser;
 
@@ -7,9 +7,7 @@ use ksr_watcher::{app, config::Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    ksr_runtime::telemetry::init(&config.log, "ksr-watcher")?;
-    ksr_runtime::tls::install_crypto_provider();
-    let shutdown = ksr_runtime::shutdown::on_signal();
-    app::run(config, shutdown).await?;
+    ksr_runtime::process::init(&config.log, "ksr-watcher")?;
+    app::run(config, ksr_runtime::shutdown::on_signal()).await?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use k8s_openapi::api::core::v1::{Service, ServicePort as K8sPort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use ksr_proto::{Backend, RouteState, Scheme, ServicePort, names, route};
+use ksr_proto::{Backend, RoutePath, RouteState, Scheme, ServicePort, names};
 
 /// Annotation replacing the name part of the hostname.
 pub const HOST_ANNOTATION: &str = "host";
@@ -122,12 +122,11 @@ impl Normalizer {
             }
         };
         // Trimmed like the host: a path with white space at either end can never match.
-        let path = annotations
-            .get(PATH_ANNOTATION)
-            .map(|p| p.trim().to_owned())
-            .unwrap_or_else(|| route::DEFAULT_PATH.to_owned());
-        route::validate_path(&path)
-            .map_err(|e| reject("invalid_path_annotation", e.to_string()))?;
+        let path = match annotations.get(PATH_ANNOTATION) {
+            Some(p) => RoutePath::new(p.trim())
+                .map_err(|e| reject("invalid_path_annotation", e.to_string()))?,
+            None => RoutePath::default_path(),
+        };
 
         let spec = svc.spec.clone().unwrap_or_default();
         let k8s_ports = spec.ports.clone().unwrap_or_default();

@@ -60,9 +60,9 @@ pub struct Origin {
 
 /// Publishes one cluster's events.
 #[derive(Debug, Clone)]
-pub struct Publisher {
+pub struct EventWriter {
     js: jetstream::Context,
-    /// The stream as last found: got anew at every [`Publisher::load`], so a stream that was
+    /// The stream as last found: got anew at every [`EventWriter::load`], so a stream that was
     /// deleted is created again (when allowed) and a recreated one is followed.
     stream: std::sync::Arc<std::sync::Mutex<Stream>>,
     settings: nats::StreamSettings,
@@ -83,7 +83,7 @@ pub struct Identity {
     pub observer: String,
 }
 
-impl Publisher {
+impl EventWriter {
     /// `create`: whether a stream that vanished may be created again.
     pub fn new(
         js: jetstream::Context,
@@ -117,7 +117,7 @@ impl Publisher {
     }
 
     /// Whether the stream is gone or was created again since it was last got (then the next
-    /// [`Publisher::load`] follows the new one).
+    /// [`EventWriter::load`] follows the new one).
     pub async fn stream_changed(&self) -> bool {
         use async_nats::jetstream::context::GetStreamErrorKind;
         match self.js.get_stream(&self.settings.name).await {

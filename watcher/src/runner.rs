@@ -28,14 +28,14 @@ use crate::guard::RemovalGuard;
 use crate::inventory::{Inventory, ObjKey, SourceEvent};
 use crate::metrics::WatcherMetrics;
 use crate::normalize::{Normalizer, Rejection};
-use crate::publish::{Known, Origin, Publisher};
+use crate::publish::{EventWriter, Known, Origin};
 use ksr_proto::selector::LabelSelector;
 
 /// How many subjects are published concurrently.
 const CONCURRENCY: usize = 256;
 
 /// What the watcher wants the stream to say about one Service.
-enum Desired {
+enum Verdict {
     Route(RouteState, Origin),
     Absent(Origin),
     /// An annotation mistake: the last published state (if any) stays.
@@ -67,7 +67,7 @@ pub struct Runner {
     config: RunnerConfig,
     inventory: Inventory,
     normalizer: Normalizer,
-    publisher: Publisher,
+    writer: EventWriter,
     known: HashMap<ServiceKey, Known>,
     /// Services not routed for a bad spec, with the reason (logged when it changes).
     rejected: HashMap<ObjKey, &'static str>,
@@ -105,7 +105,7 @@ impl Runner {
         config: RunnerConfig,
         inventory: Inventory,
         normalizer: Normalizer,
-        publisher: Publisher,
+        writer: EventWriter,
         metrics: WatcherMetrics,
         health: Health,
     ) -> Self {
@@ -113,7 +113,7 @@ impl Runner {
             config,
             inventory,
             normalizer,
-            publisher,
+            writer,
             known: HashMap::new(),
             rejected: HashMap::new(),
             double_escaped: HashMap::new(),
@@ -146,19 +146,19 @@ impl Runner {
         ServiceKey::new(&self.config.cluster, &key.0, &key.1)
     }
 
-    fn desired(&self, key: &ObjKey) -> Desired {
+    fn desired(&self, key: &ObjKey) -> Verdict {
         let Some(svc) = self.inventory.service(key) else {
-            return Desired::Absent(Origin::default());
+            return Verdict::Absent(Origin::default());
         };
         let origin = origin_of(svc);
         let labels = svc.metadata.labels.clone().unwrap_or_default();
         if !self.config.selector.matches(&labels) {
-            return Desired::Absent(origin);
+            return Verdict::Absent(origin);
         }
         match self.normalizer.route(svc, &self.inventory.slices_of(key)) {
-            Ok(route) => Desired::Route(route, origin),
-            Err(rejection) if rejection.keeps_route => Desired::Rejected(rejection),
-            Err(rejection) => Desired::Unroutable(rejection, origin),
+            Ok(route) => Verdict::Route(route, origin),
+            Err(rejection) if rejection.keeps_route => Verdict::Rejected(rejection),
+            Err(rejection) => Verdict::Unroutable(rejection, origin),
         }
     }
 
@@ -234,7 +234,7 @@ impl Runner {
         self.health.set_not_ready("reading the stream");
         let Some(known) =
             ksr_runtime::retry::until_ready(&shutdown, &self.health, "stream state", || {
-                self.publisher.load()
+                self.writer.load()
             })
             .await
         else {
@@ -242,7 +242,7 @@ impl Runner {
         };
         self.known = known;
         if let Some(theirs) = self.foreign_identity() {
-            let ours = self.publisher.cluster_id().to_owned();
+            let ours = self.writer.cluster_id().to_owned();
             if !self.config.adopt {
                 let why = format!(
                     "refusing to publish: the stream holds cluster {} for another cluster \
@@ -301,7 +301,7 @@ impl Runner {
                     full |= outcome.resynced;
                 }
                 _ = stream_check.tick() => {
-                    if self.publisher.stream_changed().await {
+                    if self.writer.stream_changed().await {
                         tracing::warn!(cluster = self.config.cluster, "the stream is gone or was created again");
                         reload = true;
                     }
@@ -320,7 +320,7 @@ impl Runner {
                         continue;
                     }
                     if reload {
-                        match self.publisher.load().await {
+                        match self.writer.load().await {
                             Ok(known) => {
                                 self.known = known;
                                 reload = false;
@@ -376,7 +376,7 @@ impl Runner {
     /// Another cluster identity the stream's events of this cluster name carry, if any
     /// (events without one, from older watchers, say nothing).
     fn foreign_identity(&self) -> Option<String> {
-        let ours = self.publisher.cluster_id();
+        let ours = self.writer.cluster_id();
         self.known
             .values()
             .filter_map(|k| k.cluster_id.as_deref())
@@ -444,13 +444,13 @@ impl Runner {
         let mut wanted = Vec::with_capacity(keys.len());
         for obj in keys {
             let (route, origin) = match self.desired(&obj) {
-                Desired::Route(r, o) => (Some(r), o),
-                Desired::Absent(o) => (None, o),
-                Desired::Rejected(rejection) => {
+                Verdict::Route(r, o) => (Some(r), o),
+                Verdict::Absent(o) => (None, o),
+                Verdict::Rejected(rejection) => {
                     self.note_rejected(obj, &rejection);
                     continue;
                 }
-                Desired::Unroutable(rejection, origin) => {
+                Verdict::Unroutable(rejection, origin) => {
                     self.note_rejected(obj.clone(), &rejection);
                     wanted.push((obj, None, origin));
                     continue;
@@ -470,7 +470,7 @@ impl Runner {
                 let known = self.known.get(&key).cloned();
                 // Cheap pre-check: most keys of a full diff are unchanged.
                 if self
-                    .publisher
+                    .writer
                     .change_for(&key, route.as_ref(), known.as_ref(), &origin)
                     .is_none()
                 {
@@ -490,10 +490,10 @@ impl Runner {
             .collect();
         // A Service that comes back is no longer a held removal.
         let jobs = self.hold_removals(jobs, full);
-        let publisher = &self.publisher;
+        let writer = &self.writer;
         let results: Vec<(Job, Result<Option<Known>, Error>)> = futures::stream::iter(jobs)
             .map(|job| async move {
-                let r = publisher
+                let r = writer
                     .sync(&job.key, job.route.as_ref(), job.known.clone(), &job.origin)
                     .await;
                 (job, r)
@@ -550,7 +550,7 @@ impl Runner {
                 }
                 let routed = Outcome::Published {
                     host: r.hostname(),
-                    path: r.path.clone(),
+                    path: r.path.to_string(),
                     port,
                     scheme: match (r.scheme, r.tls_skip_verify) {
                         (s, false) => s.to_string(),

@@ -45,7 +45,7 @@ pub fn event_row(r: &Latest) -> Result<EventRow, String> {
         namespace: event.key.namespace.clone(),
         name: event.key.name.clone(),
         host: route.map(RouteState::hostname),
-        path: route.map(|r| r.path.clone()),
+        path: route.map(|r| r.path.to_string()),
         backends: route
             .map(|r| {
                 r.ready_backends()

@@ -100,7 +100,7 @@ fn routed(key: &ServiceKey, route: &RouteState, seq: u64, published_unix_ns: i64
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         host: route.hostname(),
-        path: route.path.clone(),
+        path: route.path.to_string(),
         port: port_text(route),
         scheme: scheme_text(route),
         backends: route

@@ -10,7 +10,7 @@ pub fn webtest1_route() -> RouteState {
         label: "webtest1-default".into(),
         environment: "test".into(),
         domain: "service.consul".into(),
-        path: "/mycontext/.*".into(),
+        path: "/mycontext/.*".parse().expect("a valid path"),
         ports: vec![ServicePort {
             name: "http".into(),
             port: 80,
