@@ -54,6 +54,8 @@ pub trait Store: Sync {
     fn target(&self) -> &Self::T;
     /// The cached records.
     fn cache(&self) -> &Cache<Self::T>;
+    /// The cached records, to configure them.
+    fn cache_mut(&mut self) -> &mut Cache<Self::T>;
     /// The transaction limit, applied to both measures of [`Store::cost`].
     fn max_ops(&self) -> usize;
     /// (writes, compares) of a unit's transaction.
@@ -85,7 +87,23 @@ pub trait Store: Sync {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Whether removals are applied ([`Policy::UpsertOnly`]: never).
     fn policy(&self) -> Policy {
-        Policy::Sync
+        self.cache().policy()
+    }
+    /// Applies `policy` (`upsert-only`: never delete).
+    fn with_policy(mut self, policy: Policy) -> Self
+    where
+        Self: Sized,
+    {
+        self.cache_mut().set_policy(policy);
+        self
+    }
+    /// Reports unreadable records through `warn` (a `/readyz` warning).
+    fn with_warnings(mut self, warn: impl Fn(Option<String>) + Send + Sync + 'static) -> Self
+    where
+        Self: Sized,
+    {
+        self.cache_mut().set_warnings(warn);
+        self
     }
     /// Applies a coalesced batch ([`apply_batch`]).
     fn apply_batch(

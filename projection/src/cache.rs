@@ -8,6 +8,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use crate::Policy;
 use crate::delivery::ApplyReport;
 use crate::metrics::ProjectionMetrics;
 use crate::plan::{StateOf, UnitOf};
@@ -24,6 +25,7 @@ pub struct Cache<T: Target> {
     /// The `ksrctl rebuild` target that repairs unreadable records (`vulcand`, `consul`).
     target: &'static str,
     warn: Option<Warn>,
+    policy: Policy,
 }
 
 impl<T: Target> std::fmt::Debug for Cache<T> {
@@ -42,6 +44,7 @@ impl<T: Target> Cache<T> {
             metrics,
             target,
             warn: None,
+            policy: Policy::Sync,
         };
         cache.update_gauges();
         cache
@@ -49,11 +52,20 @@ impl<T: Target> Cache<T> {
 
     /// Reports unreadable records through `warn` (a `/readyz` warning), starting with those
     /// of the state held now.
-    pub fn with_warnings(mut self, warn: impl Fn(Option<String>) + Send + Sync + 'static) -> Self {
+    pub fn set_warnings(&mut self, warn: impl Fn(Option<String>) + Send + Sync + 'static) {
         self.warn = Some(Box::new(warn));
         let corrupt = self.lock().corrupt.clone();
         self.report_corrupt(&corrupt);
-        self
+    }
+
+    /// Applies `policy` (`upsert-only`: never delete).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// Whether removals are applied ([`Policy::UpsertOnly`]: never).
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     pub fn lock(&self) -> MutexGuard<'_, StateOf<T>> {

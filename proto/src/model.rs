@@ -40,6 +40,14 @@ impl ServiceKey {
         names::validate_namespace(&self.namespace)?;
         names::validate_service_name(&self.name)
     }
+
+    /// The key a store path names: `<cluster>/<namespace>/<name>` (as [`fmt::Display`]
+    /// writes it), each part valid; `None` otherwise.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let mut parts = path.split('/');
+        let key = Self::new(parts.next()?, parts.next()?, parts.next()?);
+        (parts.next().is_none() && key.validate().is_ok()).then_some(key)
+    }
 }
 
 impl fmt::Display for ServiceKey {
@@ -347,5 +355,25 @@ impl Event {
             route.validate()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_key_reads_back_from_its_path_and_nothing_else_does() {
+        let key = ServiceKey::new("east", "shop", "web");
+        assert_eq!(ServiceKey::from_path(&key.to_string()), Some(key));
+        for bad in [
+            "east/shop",
+            "east/shop/web/x",
+            "east/Shop/web",
+            "east//web",
+            "",
+        ] {
+            assert_eq!(ServiceKey::from_path(bad), None, "{bad:?}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 use async_nats::jetstream::stream::Stream;
 use tokio_util::sync::CancellationToken;
 
+use ksr_projection::apply::Store;
 use ksr_runtime::process::Process;
 use ksr_runtime::retry::{until_ready, until_ready_or};
 use ksr_runtime::{nats, serve};
@@ -46,7 +47,10 @@ async fn serve(config: &Config, process: &Process) -> Result<(), Error> {
     };
     let projector = projector
         .with_policy(config.consumer.policy)
-        .with_health(health.clone());
+        .with_warnings({
+            let health = health.clone();
+            move |w| health.set_warning(w)
+        });
     let environment = target.router.environment.as_str();
     if until_ready(shutdown, health, "consul node", || {
         reconcile::ensure_node_and_router(&projector, environment)

@@ -66,10 +66,7 @@ impl Layout {
     /// The record a KV key holds, if it is one of ours.
     pub fn parse_record_key(&self, key: &str) -> Option<RecordKey> {
         if let Some(rest) = key.strip_prefix(&self.services_prefix()) {
-            let mut parts = rest.split('/');
-            let k = ServiceKey::new(parts.next()?, parts.next()?, parts.next()?);
-            return (parts.next().is_none() && k.validate().is_ok())
-                .then_some(RecordKey::Service(k));
+            return ServiceKey::from_path(rest).map(RecordKey::Service);
         }
         key.strip_prefix(&self.names_prefix())
             .filter(|id| !id.is_empty() && !id.contains('/'))

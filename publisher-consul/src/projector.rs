@@ -40,7 +40,6 @@ pub async fn open(
 /// Projects events into the Consul catalog.
 #[derive(Debug)]
 pub struct ConsulProjector {
-    policy: ksr_projection::Policy,
     client: ConsulClient,
     layout: Layout,
     target: ConsulTarget,
@@ -61,28 +60,11 @@ impl ConsulProjector {
             layout,
             target,
             cache: Cache::new(state, metrics, "consul"),
-            policy: ksr_projection::Policy::Sync,
         })
     }
 
     pub fn client(&self) -> &ConsulClient {
         &self.client
-    }
-
-    /// Reports through `health` (unreadable records become a warning in `/readyz`).
-    pub fn with_health(mut self, health: ksr_runtime::Health) -> Self {
-        self.cache = self.cache.with_warnings(move |w| health.set_warning(w));
-        self
-    }
-
-    /// Applies `policy` (`upsert-only`: never delete).
-    pub fn with_policy(mut self, policy: ksr_projection::Policy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    pub fn policy(&self) -> ksr_projection::Policy {
-        self.policy
     }
 
     pub fn layout(&self) -> &Layout {
@@ -190,6 +172,10 @@ impl Store for ConsulProjector {
         &self.cache
     }
 
+    fn cache_mut(&mut self) -> &mut Cache<ConsulTarget> {
+        &mut self.cache
+    }
+
     fn max_ops(&self) -> usize {
         MAX_TXN_OPS
     }
@@ -247,9 +233,6 @@ impl Store for ConsulProjector {
             }
         }
         Ok(())
-    }
-    fn policy(&self) -> ksr_projection::Policy {
-        self.policy
     }
 }
 

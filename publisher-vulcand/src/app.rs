@@ -6,6 +6,7 @@ use async_nats::jetstream::stream::Stream;
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
+use ksr_projection::apply::Store;
 use ksr_runtime::process::Process;
 use ksr_runtime::retry::until_ready_or;
 use ksr_runtime::tls::read_flag_file;
@@ -124,7 +125,10 @@ async fn serve(config: &Config, process: &Process) -> Result<(), Error> {
     }
     let projector = projector
         .with_policy(config.consumer.policy)
-        .with_health(health.clone());
+        .with_warnings({
+            let health = health.clone();
+            move |w| health.set_warning(w)
+        });
 
     let publisher = serve::Publisher {
         name: "vulcand",

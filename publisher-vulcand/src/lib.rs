@@ -21,5 +21,6 @@ pub mod records;
 pub mod store;
 pub mod target;
 pub mod v2;
+pub mod v2sync;
 
 pub use error::Error;

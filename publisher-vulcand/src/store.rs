@@ -100,7 +100,7 @@ pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Err
     let mut raw = Vec::new();
     let services_prefix = layout.services_prefix();
     for (key, value, rev) in read_prefix(kv, &services_prefix).await? {
-        let Some(service) = parse_service_key(&key[services_prefix.len()..]) else {
+        let Some(service) = ServiceKey::from_path(&key[services_prefix.len()..]) else {
             tracing::warn!(key, "ignoring a record key that does not name a Service");
             continue;
         };
@@ -229,12 +229,6 @@ fn service_record(layout: &Layout, mut fence: ServiceRecord) -> ServiceRecord {
         fence.claim = Some(host.to_owned());
     }
     fence
-}
-
-fn parse_service_key(rest: &str) -> Option<ServiceKey> {
-    let mut parts = rest.split('/');
-    let key = ServiceKey::new(parts.next()?, parts.next()?, parts.next()?);
-    (parts.next().is_none() && key.validate().is_ok()).then_some(key)
 }
 
 /// The etcd key of a record.

@@ -226,6 +226,10 @@ where
         &self.cache
     }
 
+    fn cache_mut(&mut self) -> &mut Cache<T> {
+        &mut self.cache
+    }
+
     fn max_ops(&self) -> usize {
         self.max_ops
     }

@@ -1,0 +1,220 @@
+//! Syncing hostnames into etcd v2 after their v3 commit (vulcand v0.8 reads only v2): each
+//! hostname's routes from its committed record, several hostnames at once, each in vulcand's
+//! order, again from a newer record while another writer keeps changing it; marked as being
+//! synced meanwhile, so reconciliation does not take a route in flight for drift.
+
+use crate::Error;
+use crate::projector::VulcandProjector;
+use crate::records::HostRecord;
+use crate::target::Unit;
+use crate::v2::{V2Client, Written};
+
+/// Route ids of one hostname.
+type Routes = std::collections::BTreeSet<String>;
+
+/// A hostname to sync to v2: the revision and record to write it from, and its routes.
+type Host = (u64, Option<HostRecord>, Routes);
+
+/// Hostnames to sync to v2.
+type Hosts = std::collections::BTreeMap<String, Host>;
+
+/// How many hostnames are synced to v2 at once after a commit (each in vulcand's order).
+const V2_CONCURRENCY: usize = 32;
+
+/// Marks hostnames as being synced to v2 until dropped.
+struct Syncing<'a> {
+    projector: &'a VulcandProjector,
+    ids: Vec<String>,
+}
+
+impl<'a> Syncing<'a> {
+    fn mark(projector: &'a VulcandProjector, ids: Vec<String>) -> Self {
+        let mut syncing = projector.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &ids {
+            *syncing.entry(id.clone()).or_default() += 1;
+        }
+        drop(syncing);
+        Self { projector, ids }
+    }
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        let mut syncing = self
+            .projector
+            .syncing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for id in &self.ids {
+            if let Some(n) = syncing.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    syncing.remove(id);
+                }
+            }
+        }
+    }
+}
+
+impl VulcandProjector {
+    /// Syncs every hostname whose record committed units changed (`rev`: the commit's).
+    pub(crate) async fn sync_committed(
+        &self,
+        v2: &V2Client,
+        units: &[Unit],
+        rev: u64,
+    ) -> Result<(), Error> {
+        let layout = self.layout();
+        // Per hostname: the newest record of the batch and every route any unit touched.
+        let mut hosts = Hosts::new();
+        for u in units {
+            for (id, record) in &u.names {
+                let entry = hosts.entry(id.clone()).or_default();
+                entry.0 = if record.is_some() { rev } else { 0 };
+                entry.1 = record.clone();
+                // Routes the unit removed are no longer in the record: name them.
+                entry.2.extend(
+                    u.ops
+                        .iter()
+                        .filter_map(|op| layout.id_of_vulcand_key(op.key()))
+                        .filter(|route| layout.host_id_of(route) == id)
+                        .map(str::to_owned),
+                );
+            }
+        }
+        self.sync_hosts(v2, hosts).await.map(|_| ())
+    }
+
+    /// Whether hostname `id`'s v2 sync is under way.
+    pub fn is_syncing(&self, id: &str) -> bool {
+        self.syncing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    /// Hostname `id`'s record as etcd holds it now, with its revision (0 when absent).
+    pub async fn host_record(&self, id: &str) -> Result<(u64, Option<HostRecord>), Error> {
+        let ids = [id.to_owned()];
+        Ok(self
+            .host_records(&ids)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// The records of hostnames `ids` as etcd holds them now, with their revisions (0 when
+    /// absent), in the order given — read in as few transactions as etcd allows.
+    async fn host_records(&self, ids: &[String]) -> Result<Vec<(u64, Option<HostRecord>)>, Error> {
+        use etcd_client::{Txn, TxnOp, TxnOpResponse};
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(self.max_ops) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|id| TxnOp::get(self.layout().host_record_key(id), None))
+                .collect();
+            let resp = self.kv.clone().txn(Txn::new().and_then(ops)).await?;
+            for r in resp.op_responses() {
+                let found = match r {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                        (
+                            u64::try_from(kv.mod_revision()).unwrap_or(0),
+                            serde_json::from_slice::<HostRecord>(kv.value()).ok(),
+                        )
+                    }),
+                    _ => None,
+                };
+                out.push(found.unwrap_or_default());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes hostname `id`'s routes to v2 from `record` (committed at `rev`), again from the
+    /// newer record while another writer keeps changing it. `routes` names route ids that
+    /// must be synced even when the record no longer projects them. Returns the v2 keys
+    /// written and deleted.
+    pub async fn sync_v2(
+        &self,
+        v2: &V2Client,
+        id: &str,
+        record: Option<HostRecord>,
+        rev: u64,
+        routes: Routes,
+    ) -> Result<Written, Error> {
+        let mut hosts = Hosts::new();
+        hosts.insert(id.to_owned(), (rev, record, routes));
+        self.sync_hosts(v2, hosts).await
+    }
+
+    /// Syncs hostnames to v2 in rounds: every hostname's routes from its record (several
+    /// hostnames at once — their routes are disjoint — each in vulcand's order), then one
+    /// read of all their records; those another writer changed meanwhile go again from the
+    /// newer record. While this runs the hostnames are marked as being synced.
+    async fn sync_hosts(&self, v2: &V2Client, mut hosts: Hosts) -> Result<Written, Error> {
+        use futures::{StreamExt, TryStreamExt};
+        let _syncing = Syncing::mark(self, hosts.keys().cloned().collect());
+        let mut written = Written::default();
+        for _ in 0..8 {
+            let round: Vec<(String, Host, Written)> =
+                futures::stream::iter(std::mem::take(&mut hosts))
+                    .map(|(id, (rev, record, mut routes))| async move {
+                        let w = self.write_v2(v2, record.as_ref(), &mut routes).await?;
+                        Ok::<_, Error>((id, (rev, record, routes), w))
+                    })
+                    .buffer_unordered(V2_CONCURRENCY)
+                    .try_collect()
+                    .await?;
+            for (id, host, w) in round {
+                written += w;
+                hosts.insert(id, host);
+            }
+            let ids: Vec<String> = hosts.keys().cloned().collect();
+            let fresh = self.host_records(&ids).await?;
+            for (id, (fresh_rev, fresh_record)) in ids.into_iter().zip(fresh) {
+                let settled = hosts.get(&id).is_some_and(|(rev, ..)| *rev == fresh_rev);
+                if settled {
+                    hosts.remove(&id);
+                } else if let Some(host) = hosts.get_mut(&id) {
+                    host.0 = fresh_rev;
+                    host.1 = fresh_record;
+                }
+            }
+            if hosts.is_empty() {
+                break;
+            }
+        }
+        Ok(written)
+    }
+
+    /// One hostname's routes written to v2 from `record`; `routes` gains the routes it
+    /// projects (so a later round also clears those a newer record drops).
+    async fn write_v2(
+        &self,
+        v2: &V2Client,
+        record: Option<&HostRecord>,
+        routes: &mut Routes,
+    ) -> Result<Written, Error> {
+        let layout = self.layout();
+        let want = match record {
+            Some(r) => crate::keys::project(layout, r),
+            None => Default::default(),
+        };
+        let mut by_route: std::collections::BTreeMap<String, crate::keys::Projection> = routes
+            .iter()
+            .map(|r| (r.clone(), Default::default()))
+            .collect();
+        for (key, v) in want {
+            if let Some(route) = layout.id_of_vulcand_key(&key) {
+                routes.insert(route.to_owned());
+                by_route.entry(route.to_owned()).or_default().insert(key, v);
+            }
+        }
+        let mut written = Written::default();
+        for (route, want) in &by_route {
+            written += v2.sync_route(layout.vulcand_prefix(), route, want).await?;
+        }
+        Ok(written)
+    }
+}
