@@ -386,4 +386,89 @@ mod tests {
         s.set_name("z".into(), Versioned::default());
         assert_eq!(s.counts(), (1, 0));
     }
+
+    type Meta = std::collections::BTreeMap<String, String>;
+
+    fn json<T: Serialize>(value: &T) -> Vec<u8> {
+        serde_json::to_vec(value).expect("test records serialize")
+    }
+
+    #[test]
+    fn unreadable_records_are_quarantined_once_everything_is_loaded() {
+        let web = ServiceKey::new("east", "shop", "web");
+        let fence = ServiceRecord {
+            seq: 5,
+            claim: Some("web-shop".into()),
+            incarnation: 7,
+        };
+        let other = NameRecord::<Meta, u64>::new(Meta::new());
+        // The unreadable name comes first, before the fence that claims it.
+        let raw = vec![
+            (
+                RecordKey::Name("web-shop".into()),
+                "names/web-shop".into(),
+                3,
+                b"{oops".to_vec(),
+            ),
+            (
+                RecordKey::Service(web.clone()),
+                "services/east/shop/web".into(),
+                4,
+                json(&fence),
+            ),
+            (
+                RecordKey::Name("other".into()),
+                "names/other".into(),
+                6,
+                json(&other),
+            ),
+        ];
+        let s: State<Meta, u64> = State::from_raw(raw, |f| f, "test");
+        // Held as absent at its revision, and so is every fence claiming it: the events of
+        // its Services are applied again and replace it.
+        assert_eq!(s.name("web-shop"), (3, None));
+        assert_eq!(s.service(&web), (4, None));
+        assert_eq!(s.name("other"), (6, Some(&other)));
+        assert_eq!(s.corrupt.len(), 1);
+        assert_eq!(s.corrupt[0].1, "names/web-shop");
+        assert!(
+            s.corrupt[0].2.contains("names/web-shop"),
+            "{}",
+            s.corrupt[0].2
+        );
+    }
+
+    #[test]
+    fn a_fresh_read_replaces_a_record_and_an_unreadable_one_reads_as_absent() {
+        let mut s: State<Meta, u64> = State::default();
+        let a = RecordKey::Name("a".into());
+        let record = NameRecord::<Meta, u64>::new(Meta::new());
+        s.replace(a.clone(), Some((2, json(&record))), |f| f);
+        assert_eq!(s.name("a"), (2, Some(&record)));
+        s.replace(a.clone(), Some((3, b"garbage".to_vec())), |f| f);
+        assert_eq!(s.name("a"), (3, None));
+        s.replace(a, None, |f| f);
+        assert_eq!(s.name("a"), (0, None));
+        // A fence goes through `fence` (vulcand rewrites fences of older releases).
+        let web = ServiceKey::new("east", "shop", "web");
+        let fence = ServiceRecord {
+            seq: 1,
+            claim: Some("old".into()),
+            incarnation: 0,
+        };
+        let renamed = |mut f: ServiceRecord| {
+            f.claim = Some("new".into());
+            f
+        };
+        s.replace(
+            RecordKey::Service(web.clone()),
+            Some((9, json(&fence))),
+            renamed,
+        );
+        let (rev, got) = s.service(&web);
+        assert_eq!(
+            (rev, got.and_then(|f| f.claim.as_deref())),
+            (9, Some("new"))
+        );
+    }
 }

@@ -217,7 +217,7 @@ pub async fn run(
         .timeout(args.timeout)
         .connect_timeout(args.timeout)
         .build()
-        .map_err(|e| Error::Config(format!("--router-health-url: HTTP client: {e}")))?;
+        .map_err(crate::error::flag("--router-health-url: HTTP client"))?;
     let urls: Vec<String> = routers
         .iter()
         .map(|r| url_for(&template, &r.address))

@@ -14,7 +14,7 @@ use ksr_runtime::tls::{identity_pem, misconfigured, read_flag_file};
 
 use crate::Error;
 use crate::config::ConsulArgs;
-use crate::error::CONSUL_TLS;
+use crate::error::{CONSUL_TLS, flag};
 
 /// One catalog service instance, as registered and as read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +163,7 @@ pub struct ConsulClient {
 impl ConsulClient {
     pub fn new(args: &ConsulArgs) -> Result<Self, Error> {
         let url = reqwest::Url::parse(&args.address)
-            .map_err(|e| Error::Config(format!("--consul-address {:?}: {e}", args.address)))?;
+            .map_err(flag(format!("--consul-address {:?}", args.address)))?;
         let host = url.host_str().ok_or_else(|| {
             Error::Config(format!("--consul-address {:?} has no host", args.address))
         })?;
@@ -177,18 +177,16 @@ impl ConsulClient {
         if let Some(ca) = &args.ca {
             let pem = read_flag_file("--consul-ca", ca)?;
             let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| Error::Config(format!("--consul-ca {}: {e}", ca.display())))?;
+                .map_err(flag(format!("--consul-ca {}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
         if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
             let pem = identity_pem(("--consul-cert", cert), ("--consul-key", key))?;
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| Error::Config(format!("--consul-cert/--consul-key: {e}")))?;
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(flag("--consul-cert/--consul-key"))?;
             builder = builder.identity(identity);
         }
-        let http = builder
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let http = builder.build().map_err(flag("HTTP client"))?;
         let client = Self {
             http,
             base,
@@ -196,9 +194,7 @@ impl ConsulClient {
             token_file: args.token_file.clone(),
         };
         // A token file that cannot be read at start-up is a configuration error.
-        client
-            .token()
-            .map_err(|e| Error::Config(format!("--consul-token-file: {e}")))?;
+        client.token().map_err(flag("--consul-token-file"))?;
         Ok(client)
     }
 

@@ -21,7 +21,7 @@ use ksr_runtime::tls::{identity_pem, misconfigured, read_flag_file};
 
 use crate::Error;
 use crate::config::EtcdArgs;
-use crate::error::ETCD_TLS;
+use crate::error::{ETCD_TLS, flag};
 use crate::keys::{KeyClass, KeyOp, Projection, diff};
 
 /// The v2 HTTP API of an etcd cluster: every `--etcd-endpoints` member (a request that cannot
@@ -93,18 +93,16 @@ impl V2Client {
             .connect_timeout(std::time::Duration::from_secs(3));
         if let Some(ca) = &args.ca {
             let cert = reqwest::Certificate::from_pem(&read_flag_file("--etcd-ca", ca)?)
-                .map_err(|e| Error::Config(format!("--etcd-ca {}: {e}", ca.display())))?;
+                .map_err(flag(format!("--etcd-ca {}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
         if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
             let pem = identity_pem(("--etcd-cert", cert), ("--etcd-key", key))?;
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| Error::Config(format!("--etcd-cert/--etcd-key: {e}")))?;
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(flag("--etcd-cert/--etcd-key"))?;
             builder = builder.identity(identity);
         }
-        let http = builder
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let http = builder.build().map_err(flag("HTTP client"))?;
         Ok(Self {
             http,
             bases,
