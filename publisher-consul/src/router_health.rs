@@ -217,7 +217,9 @@ pub async fn run(
         .timeout(args.timeout)
         .connect_timeout(args.timeout)
         .build()
-        .map_err(crate::error::flag("--router-health-url: HTTP client"))?;
+        .map_err(ksr_runtime::config::flag(
+            "--router-health-url: HTTP client",
+        ))?;
     let urls: Vec<String> = routers
         .iter()
         .map(|r| url_for(&template, &r.address))

@@ -10,11 +10,12 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use ksr_runtime::config::flag;
 use ksr_runtime::tls::{identity_pem, misconfigured, read_flag_file};
 
 use crate::Error;
 use crate::config::ConsulArgs;
-use crate::error::{CONSUL_TLS, flag};
+use crate::error::CONSUL_TLS;
 
 /// One catalog service instance, as registered and as read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

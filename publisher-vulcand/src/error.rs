@@ -20,14 +20,9 @@ pub enum Error {
     Runtime(#[from] RuntimeError),
     #[error("configuration: {0}")]
     Config(String),
-    /// A flag's value cannot be used (a certificate that does not parse, an address that is
-    /// no URL), with why.
-    #[error("configuration: {what}: {source}")]
-    Flag {
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// A flag's value cannot be used.
+    #[error("configuration: {0}")]
+    Flag(#[from] ksr_runtime::config::FlagError),
 }
 
 /// The TLS flags of etcd, named when its TLS fails.
@@ -68,18 +63,7 @@ impl Error {
             Error::EtcdV2 { .. } => "etcd_v2",
             Error::Contention { .. } => "contention",
             Error::Runtime(_) => "runtime",
-            Error::Config(_) | Error::Flag { .. } => "config",
+            Error::Config(_) | Error::Flag(_) => "config",
         }
-    }
-}
-
-/// Maps an error about flag `what` (e.g. `--consul-ca <path>`) to [`Error::Flag`].
-pub(crate) fn flag<E: std::error::Error + Send + Sync + 'static>(
-    what: impl Into<String>,
-) -> impl FnOnce(E) -> Error {
-    let what = what.into();
-    move |e| Error::Flag {
-        what,
-        source: Box::new(e),
     }
 }

@@ -17,11 +17,12 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use ksr_runtime::config::flag;
 use ksr_runtime::tls::{identity_pem, misconfigured, read_flag_file};
 
 use crate::Error;
 use crate::config::EtcdArgs;
-use crate::error::{ETCD_TLS, flag};
+use crate::error::ETCD_TLS;
 use crate::keys::{KeyClass, KeyOp, Projection, diff};
 
 /// The v2 HTTP API of an etcd cluster: every `--etcd-endpoints` member (a request that cannot

@@ -104,6 +104,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// A flag's value that cannot be used (a certificate that does not parse, an address that is
+/// no URL): which flag (and value), and why, typed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct FlagError {
+    pub what: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Maps an error about flag `what` (e.g. `--consul-ca <path>`) to a [`FlagError`].
+pub fn flag<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> FlagError {
+    let what = what.into();
+    move |e| FlagError {
+        what,
+        source: Box::new(e),
+    }
+}
+
 /// The durable consumer every replica of publisher kind `publisher` (`vulcand`, `consul`) of
 /// installation `owner` shares, unless `--consumer` names another: `ksr-<publisher>-<owner>`.
 pub fn default_durable(publisher: &str, owner: &str) -> String {
