@@ -239,6 +239,30 @@ pub fn record_key(layout: &Layout, key: &RecordKey) -> String {
     }
 }
 
+/// Reads `keys` (revision and value of each, `None` when absent), in as few transactions as
+/// `max_ops` allows, in the order given.
+pub async fn get_many(
+    kv: &mut KvClient,
+    keys: &[String],
+    max_ops: usize,
+) -> Result<Vec<Option<(u64, Vec<u8>)>>, Error> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(max_ops.max(1)) {
+        let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let resp = kv.txn(Txn::new().and_then(ops)).await?;
+        out.extend(resp.op_responses().into_iter().map(|r| {
+            match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| (rev(kv.mod_revision()), kv.value().to_vec())),
+                _ => None,
+            }
+        }));
+    }
+    Ok(out)
+}
+
 /// Re-reads the given records into `cache` (after a failed compare).
 pub async fn refresh(
     kv: &mut KvClient,
@@ -247,24 +271,11 @@ pub async fn refresh(
     keys: &[RecordKey],
     max_ops: usize,
 ) -> Result<(), Error> {
-    for chunk in keys.chunks(max_ops.max(1)) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|k| TxnOp::get(record_key(layout, k), None))
-            .collect();
-        let resp = kv.txn(Txn::new().and_then(ops)).await?;
-        let fresh = chunk.iter().zip(resp.op_responses()).map(|(key, r)| {
-            let found = match r {
-                TxnOpResponse::Get(g) => g
-                    .kvs()
-                    .first()
-                    .map(|kv| (rev(kv.mod_revision()), kv.value().to_vec())),
-                _ => None,
-            };
-            (key.clone(), found)
-        });
-        cache.replace(fresh, |fence| service_record(layout, fence));
-    }
+    let paths: Vec<String> = keys.iter().map(|k| record_key(layout, k)).collect();
+    let fresh = get_many(kv, &paths, max_ops).await?;
+    cache.replace(keys.iter().cloned().zip(fresh), |fence| {
+        service_record(layout, fence)
+    });
     Ok(())
 }
 

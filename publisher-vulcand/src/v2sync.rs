@@ -107,28 +107,19 @@ impl VulcandProjector {
     /// The records of hostnames `ids` as etcd holds them now, with their revisions (0 when
     /// absent), in the order given — read in as few transactions as etcd allows.
     async fn host_records(&self, ids: &[String]) -> Result<Vec<(u64, Option<HostRecord>)>, Error> {
-        use etcd_client::{Txn, TxnOp, TxnOpResponse};
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(self.max_ops) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|id| TxnOp::get(self.layout().host_record_key(id), None))
-                .collect();
-            let resp = self.kv.clone().txn(Txn::new().and_then(ops)).await?;
-            for r in resp.op_responses() {
-                let found = match r {
-                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
-                        (
-                            u64::try_from(kv.mod_revision()).unwrap_or(0),
-                            serde_json::from_slice::<HostRecord>(kv.value()).ok(),
-                        )
-                    }),
-                    _ => None,
-                };
-                out.push(found.unwrap_or_default());
-            }
-        }
-        Ok(out)
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.layout().host_record_key(id))
+            .collect();
+        let found = crate::store::get_many(&mut self.kv.clone(), &keys, self.max_ops).await?;
+        Ok(found
+            .into_iter()
+            .map(|f| {
+                f.map_or_else(Default::default, |(rev, v)| {
+                    (rev, serde_json::from_slice(&v).ok())
+                })
+            })
+            .collect())
     }
 
     /// Writes hostname `id`'s routes to v2 from `record` (committed at `rev`), again from the
