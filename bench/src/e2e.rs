@@ -46,8 +46,8 @@ pub struct Args {
     /// Run the churn at every size, not only the largest.
     #[arg(long)]
     churn_every_size: bool,
-    /// The watchers' --coalesce-window (their default: 50ms; it bounds how soon a change is
-    /// published, so it is most of the change → visible latency).
+    /// The watchers' --coalesce-window (their default: 50ms; a Service's first change in a
+    /// window is published at once, later ones within it wait for its end).
     #[arg(long, default_value = "50ms")]
     coalesce_window: String,
 }
@@ -334,7 +334,8 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
         ),
     ] {
         let started = Instant::now();
-        let run = Proc::spawn_with(
+        // Its phases (stream read, planning, target read) as debug lines on standard error.
+        let run = Proc::spawn_logging(
             "ksrctl",
             &[
                 "verify".into(),
@@ -348,6 +349,7 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
             .chain(flags)
             .collect::<Vec<String>>(),
             std::process::Stdio::null(),
+            "warn,ksrctl=debug,ksr_publisher_vulcand::drift=debug",
         )?;
         let status = tokio::task::spawn_blocking(move || {
             let mut run = run;

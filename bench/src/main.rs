@@ -8,6 +8,7 @@ mod consul;
 mod drive;
 mod e2e;
 mod etcdv2;
+mod plan;
 mod procs;
 mod replay;
 mod report;
@@ -41,6 +42,8 @@ enum Bench {
     Replay(replay::Args),
     /// The whole pipeline under seeded changes and faults, checked against the model.
     Soak(soak::Args),
+    /// The engine alone: planning and conflict bookkeeping per Service at several sizes.
+    Plan(plan::Args),
     /// The whole pipeline at estate size (apiservers → watchers → NATS → both publishers),
     /// at several sizes in one run.
     E2e(e2e::Args),
@@ -57,5 +60,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Replay(args) => replay::run(args).await,
         Bench::Soak(args) => soak::run(args).await,
         Bench::E2e(args) => e2e::run(args).await,
+        Bench::Plan(args) => plan::run(args).await,
     }
 }

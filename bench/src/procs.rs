@@ -17,6 +17,17 @@ impl Proc {
 
     /// Spawns `name` with its standard output sent to `stdout`.
     pub fn spawn_with(name: &str, args: &[String], stdout: Stdio) -> anyhow::Result<Self> {
+        Self::spawn_logging(name, args, stdout, "warn")
+    }
+
+    /// Spawns `name` with its standard output sent to `stdout`, logging at `log` (`KSR_LOG`)
+    /// to the benchmark's standard error.
+    pub fn spawn_logging(
+        name: &str,
+        args: &[String],
+        stdout: Stdio,
+        log: &str,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let path: PathBuf = exe.with_file_name(name);
         anyhow::ensure!(
@@ -26,7 +37,7 @@ impl Proc {
         );
         let child = Command::new(&path)
             .args(args)
-            .env("KSR_LOG", "warn")
+            .env("KSR_LOG", log)
             .stdin(Stdio::null())
             .stdout(stdout)
             .spawn()?;

@@ -2,6 +2,7 @@
 
 use async_nats::jetstream::stream::Stream;
 
+use ksr_projection::Records;
 use ksr_publisher_consul::projector::ConsulProjector;
 use ksr_publisher_vulcand::projector::VulcandProjector;
 use ksr_runtime::metrics::MetricsRegistry;
@@ -10,19 +11,23 @@ use crate::Error;
 use crate::cli::{ConsulTargetArgs, VulcandTargetArgs};
 
 /// The vulcand projector of installation `--owner`, opened as the publisher opens it (our
-/// records loaded from etcd).
-pub async fn vulcand(args: &VulcandTargetArgs) -> Result<VulcandProjector, Error> {
+/// records loaded from etcd with [`Records::Load`]: what a rebuild plans against; a
+/// verification compares the keys with the stream alone and skips them).
+pub async fn vulcand(
+    args: &VulcandTargetArgs,
+    records: Records,
+) -> Result<VulcandProjector, Error> {
     let etcd = ksr_publisher_vulcand::app::connect_etcd(&args.target.etcd).await?;
     let metrics = ksr_publisher_vulcand::projector::metrics(&MetricsRegistry::new());
-    Ok(ksr_publisher_vulcand::projector::open(&etcd, &args.target, metrics).await?)
+    Ok(ksr_publisher_vulcand::projector::open(&etcd, &args.target, metrics, records).await?)
 }
 
 /// The Consul projector of installation `--owner`, opened as the publisher opens it (our
-/// records loaded from Consul KV).
-pub async fn consul(args: &ConsulTargetArgs) -> Result<ConsulProjector, Error> {
+/// records loaded from Consul KV with [`Records::Load`]).
+pub async fn consul(args: &ConsulTargetArgs, records: Records) -> Result<ConsulProjector, Error> {
     let client = ksr_publisher_consul::store::ConsulClient::new(&args.target.consul)?;
     let metrics = ksr_publisher_consul::projector::metrics(&MetricsRegistry::new());
-    Ok(ksr_publisher_consul::projector::open(&client, &args.target, metrics).await?)
+    Ok(ksr_publisher_consul::projector::open(&client, &args.target, metrics, records).await?)
 }
 
 /// Events durable consumer `durable` has not yet applied (pending + unacknowledged), if

@@ -8,7 +8,9 @@
 //! the key/catalog pass that repairs hand-made changes.
 
 use std::io::Write;
+use std::time::Instant;
 
+use ksr_projection::Records;
 use ksr_projection::drift::Drift;
 
 use crate::cli::{Output, Target};
@@ -31,9 +33,15 @@ struct Found {
 async fn find(target: &Target) -> Result<Found, Error> {
     match target {
         Target::Vulcand { stream, target, .. } => {
+            let started = Instant::now();
             let (_, s) = read::open(stream).await?;
             let latest = read::latest(&s).await?;
-            let projector = targets::vulcand(target).await?;
+            tracing::debug!(
+                services = latest.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "read the stream's newest events"
+            );
+            let projector = targets::vulcand(target, Records::Skip).await?;
             let report = ksr_publisher_vulcand::drift::drift(&projector, &latest).await?;
             let durable = target.durable();
             let lag = targets::lag(&s, &durable).await.map(|n| (durable, n));
@@ -47,9 +55,15 @@ async fn find(target: &Target) -> Result<Found, Error> {
             })
         }
         Target::Consul { stream, target, .. } => {
+            let started = Instant::now();
             let (_, s) = read::open(stream).await?;
             let latest = read::latest(&s).await?;
-            let projector = targets::consul(target).await?;
+            tracing::debug!(
+                services = latest.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "read the stream's newest events"
+            );
+            let projector = targets::consul(target, Records::Skip).await?;
             let drift =
                 ksr_publisher_consul::drift::drift(&projector, &latest, target.environment())
                     .await?;
@@ -162,7 +176,7 @@ pub async fn rebuild(target: &Target, dry_run: bool) -> Result<Outcome, Error> {
     let summary = match target {
         Target::Vulcand { stream, target, .. } => {
             let (_, s) = read::open(stream).await?;
-            let projector = targets::vulcand(target).await?;
+            let projector = targets::vulcand(target, Records::Load).await?;
             let r = ksr_publisher_vulcand::reconcile::reconcile(&projector, &s, u64::MAX).await?;
             format!(
                 "applied {} events, rewrote {} keys, deleted {} keys",
@@ -171,7 +185,7 @@ pub async fn rebuild(target: &Target, dry_run: bool) -> Result<Outcome, Error> {
         }
         Target::Consul { stream, target, .. } => {
             let (_, s) = read::open(stream).await?;
-            let projector = targets::consul(target).await?;
+            let projector = targets::consul(target, Records::Load).await?;
             ksr_publisher_consul::reconcile::ensure_node_and_router(
                 &projector,
                 target.environment(),

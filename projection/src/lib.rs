@@ -42,5 +42,5 @@ pub mod target;
 
 pub use delivery::{ApplyError, ApplyReport, Delivery, Projector, Rejected};
 pub use policy::Policy;
-pub use records::{NameRecord, RecordKey, ServiceRecord, State, Versioned};
+pub use records::{NameRecord, RecordKey, Records, ServiceRecord, State, Versioned};
 pub use target::{Desired, DesiredOf, Target};

@@ -82,6 +82,14 @@ impl<M, D: Clone> NameRecord<M, D> {
 }
 
 /// Our records as last read or written.
+/// Whether opening a projector reads our records from its store: a publisher and a rebuild
+/// plan against them; a verification compares the target with the stream alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    Load,
+    Skip,
+}
+
 #[derive(Debug, Clone)]
 pub struct State<M, D> {
     pub services: HashMap<ServiceKey, Versioned<ServiceRecord>>,

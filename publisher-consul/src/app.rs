@@ -38,7 +38,12 @@ async fn serve(config: &Config, process: &Process) -> Result<(), Error> {
     let metrics = crate::projector::metrics(&process.registry);
     health.set_not_ready(format!("connecting to Consul at {}", consul.base_url()));
     let connected = until_ready_or(shutdown, health, "consul", Error::is_fatal, || {
-        crate::projector::open(&consul, target, metrics.clone())
+        crate::projector::open(
+            &consul,
+            target,
+            metrics.clone(),
+            ksr_projection::Records::Load,
+        )
     })
     .await;
     let projector = match connected {

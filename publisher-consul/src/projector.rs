@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use ksr_projection::RecordKey;
 use ksr_projection::apply::{Commit, Store, StoreError};
 use ksr_projection::cache::Cache;
 use ksr_projection::metrics::ProjectionMetrics;
+use ksr_projection::{RecordKey, Records};
 use ksr_runtime::metrics::MetricsRegistry;
 
 use crate::Error;
@@ -33,8 +33,15 @@ pub async fn open(
     client: &ConsulClient,
     args: &TargetArgs,
     metrics: ConsulMetrics,
+    records: Records,
 ) -> Result<ConsulProjector, Error> {
-    ConsulProjector::new(client.clone(), args.layout(), args.target()?, metrics).await
+    let (client, layout, target) = (client.clone(), args.layout(), args.target()?);
+    Ok(match records {
+        Records::Load => ConsulProjector::new(client, layout, target, metrics).await?,
+        Records::Skip => {
+            ConsulProjector::with_state(client, layout, target, metrics, State::default())
+        }
+    })
 }
 
 /// Projects events into the Consul catalog.
@@ -55,12 +62,23 @@ impl ConsulProjector {
         metrics: ConsulMetrics,
     ) -> Result<Self, Error> {
         let state = load_state(&client, &layout).await?;
-        Ok(Self {
+        Ok(Self::with_state(client, layout, target, metrics, state))
+    }
+
+    /// Starts from `state` instead of the records in Consul KV.
+    fn with_state(
+        client: ConsulClient,
+        layout: Layout,
+        target: ConsulTarget,
+        metrics: ConsulMetrics,
+        state: State,
+    ) -> Self {
+        Self {
             client,
             layout,
             target,
             cache: Cache::new(state, metrics, "consul"),
-        })
+        }
     }
 
     pub fn client(&self) -> &ConsulClient {

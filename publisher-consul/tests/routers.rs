@@ -222,6 +222,7 @@ async fn the_drift_check_knows_every_router_node() -> anyhow::Result<()> {
         &ksr_publisher_consul::store::ConsulClient::new(&config.target.consul)?,
         &config.target,
         ksr_publisher_consul::projector::metrics(&ksr_runtime::metrics::MetricsRegistry::new()),
+        ksr_projection::Records::Skip,
     )
     .await?;
     let stream = bench.js.get_stream("KSR_ROUTES").await?;

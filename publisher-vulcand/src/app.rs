@@ -106,7 +106,12 @@ async fn serve(config: &Config, process: &Process) -> Result<(), Error> {
     };
     let metrics = crate::projector::metrics(&process.registry);
     let opened = until_ready_or(shutdown, health, "etcd state", Error::is_fatal, || {
-        crate::projector::open(&etcd, target, metrics.clone())
+        crate::projector::open(
+            &etcd,
+            target,
+            metrics.clone(),
+            ksr_projection::Records::Load,
+        )
     })
     .await;
     let projector = match opened {

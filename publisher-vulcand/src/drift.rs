@@ -1,6 +1,7 @@
 //! vulcand's keys of ours as they are and as route records project them, for verification.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use ksr_projection::Delivery;
 use ksr_projection::drift::{Drift, compare};
@@ -86,12 +87,27 @@ pub async fn drift(projector: &VulcandProjector, latest: &[Delivery]) -> Result<
     let target = VulcandTarget {
         layout: projector.layout().clone(),
     };
+    let started = Instant::now();
     let (state, refused) = ksr_projection::plan::simulate(&target, latest);
     let expected = expected_keys(projector, &state);
+    tracing::debug!(
+        keys = expected.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "planned the expected keys"
+    );
+    let started = Instant::now();
     let live = live_keys(projector).await?;
-    Ok(Report {
+    tracing::debug!(
+        keys = live.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "read the live keys"
+    );
+    let started = Instant::now();
+    let report = Report {
         drift: compare(&expected, &live),
         refused,
         unloadable: unloadable(&live),
-    })
+    };
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "compared");
+    Ok(report)
 }

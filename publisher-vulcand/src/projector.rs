@@ -4,10 +4,10 @@ use std::sync::Mutex;
 
 use etcd_client::KvClient;
 
-use ksr_projection::RecordKey;
 use ksr_projection::apply::{Commit, Store, StoreError};
 use ksr_projection::cache::Cache;
 use ksr_projection::metrics::ProjectionMetrics;
+use ksr_projection::{RecordKey, Records};
 use ksr_runtime::metrics::MetricsRegistry;
 
 use crate::Error;
@@ -38,16 +38,22 @@ pub enum Sink {
 }
 
 /// Opens the vulcand target `args` names through a connected etcd `client`: our records
-/// loaded, and the v2 sink when vulcand reads the v2 API. The publisher and ksrctl both open
-/// it so.
+/// loaded (unless `records` says to skip them), and the v2 sink when vulcand reads the v2
+/// API. The publisher and ksrctl both open it so.
 pub async fn open(
     etcd: &etcd_client::Client,
     args: &TargetArgs,
     metrics: VulcandMetrics,
+    records: Records,
 ) -> Result<VulcandProjector, Error> {
     let max_ops = args.etcd.max_txn_ops as usize;
-    let projector =
-        VulcandProjector::new(etcd.kv_client(), args.layout(), max_ops, metrics).await?;
+    let (kv, layout) = (etcd.kv_client(), args.layout());
+    let projector = match records {
+        Records::Load => VulcandProjector::new(kv, layout, max_ops, metrics).await?,
+        Records::Skip => {
+            VulcandProjector::with_state(kv, layout, max_ops, metrics, State::default())
+        }
+    };
     Ok(match args.vulcand.api {
         EtcdApi::V2 => projector.with_sink(Sink::V2(V2Client::new(&args.etcd)?)),
         EtcdApi::V3 => projector,
@@ -84,14 +90,25 @@ impl VulcandProjector {
         metrics: VulcandMetrics,
     ) -> Result<Self, Error> {
         let state = store::load_state(&mut kv.clone(), &layout).await?;
-        Ok(Self {
+        Ok(Self::with_state(kv, layout, max_ops, metrics, state))
+    }
+
+    /// Starts from `state` instead of the records in etcd.
+    fn with_state(
+        kv: KvClient,
+        layout: Layout,
+        max_ops: usize,
+        metrics: VulcandMetrics,
+        state: State,
+    ) -> Self {
+        Self {
             kv,
             sink: Sink::V3,
             target: VulcandTarget { layout },
             max_ops: max_ops.max(8),
             cache: Cache::new(state, metrics, "vulcand"),
             syncing: Mutex::default(),
-        })
+        }
     }
 
     /// Writes the vulcand keys through `sink` instead of etcd v3.

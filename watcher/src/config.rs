@@ -130,7 +130,8 @@ pub struct Config {
     /// Publish every removal a full diff finds, however many (no confirmation needed).
     #[arg(long = "allow-mass-removal", env = "KSR_ALLOW_MASS_REMOVAL")]
     pub allow_mass_removal: bool,
-    /// Changes to one Service within this window are published as one event.
+    /// Each Service is published at most once per window: a change after a quiet window goes
+    /// out at once, further changes within the window wait for its end and become one event.
     #[arg(long = "coalesce-window", env = "KSR_COALESCE_WINDOW", default_value = "50ms", value_parser = parse_duration)]
     pub coalesce_window: Duration,
     /// Who observes (recorded in every event): vulcaningress's POD_NAME.

@@ -11,6 +11,11 @@ pub enum Error {
     },
     #[error("NATS: {key}: kept conflicting with another writer")]
     Contention { key: ksr_proto::ServiceKey },
+    #[error("NATS: {key}: no answer within {after:?}")]
+    Stalled {
+        key: ksr_proto::ServiceKey,
+        after: std::time::Duration,
+    },
     #[error("NATS: publish: {0}")]
     Publish(#[source] async_nats::jetstream::context::PublishError),
     #[error("Kubernetes: {what}: {source}")]

@@ -6,6 +6,7 @@
 //! concurrency, so two replicas of one cluster's watcher produce the same stream as one.
 
 pub mod app;
+pub mod coalesce;
 pub mod config;
 mod error;
 pub mod guard;

@@ -36,6 +36,11 @@ pub struct Known {
 }
 
 impl Known {
+    /// Whether the stream routes this Service.
+    pub fn routed(&self) -> bool {
+        self.route().is_some()
+    }
+
     fn route(&self) -> Option<&RouteState> {
         self.event.as_ref().and_then(Event::route)
     }

@@ -1,10 +1,12 @@
 //! The watcher loop: source events → inventory → desired routes → stream, with coalescing.
 //!
-//! Changes mark Services dirty; every `window` the dirty Services are diffed against what the
-//! stream says and the differences published (many subjects at once). Endpoint churn within a
-//! window becomes one event. After every completed full list (start-up, relist after 410
-//! Gone) every Service of the list and every subject the stream knows for this cluster is
-//! diffed, so Services deleted while the watcher was down or during a watch gap are removed.
+//! Changes mark Services dirty; dirty Services are diffed against what the stream says and the
+//! differences published (many subjects at once) as soon as the source has nothing more to
+//! say, each Service at most once per `window` ([`Coalescer`]): a lone change goes out at
+//! once, endpoint churn within a window becomes one event. After every completed full list
+//! (start-up, relist after 410 Gone) every Service of the list and every subject the stream
+//! knows for this cluster is diffed, so Services deleted while the watcher was down or during
+//! a watch gap are removed.
 //! Nothing is published before the first full list completes. When publishing fails (NATS
 //! down) the affected Services stay dirty and the stream's state is re-read before the next
 //! attempt, so nothing buffered is ever lost.
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use ksr_proto::{RouteState, ServiceKey};
@@ -24,6 +27,7 @@ use ksr_projection::status::{Standing, Status};
 use ksr_runtime::Health;
 
 use crate::Error;
+use crate::coalesce::Coalescer;
 use crate::guard::RemovalGuard;
 use crate::inventory::{Inventory, ObjKey, SourceEvent};
 use crate::metrics::WatcherMetrics;
@@ -47,6 +51,18 @@ enum Verdict {
 /// How often the watcher checks that its stream is still the one it publishes to.
 const STREAM_CHECK: Duration = Duration::from_secs(2);
 
+/// How long bringing one subject up to date may take (publishes, acks, re-reads after
+/// conflicts) before it counts as failed and is retried.
+const SYNC_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Sleeps until `wake`; forever without one.
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Settings of the loop.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -69,6 +85,8 @@ pub struct Runner {
     normalizer: Normalizer,
     writer: EventWriter,
     known: HashMap<ServiceKey, Known>,
+    /// How many of `known` are routed (kept as `known` changes: counting is O(Services)).
+    routed: usize,
     /// Services not routed for a bad spec, with the reason (logged when it changes).
     rejected: HashMap<ObjKey, &'static str>,
     /// Services whose path looks escaped twice, with that path (warned once per path).
@@ -115,6 +133,7 @@ impl Runner {
             normalizer,
             writer,
             known: HashMap::new(),
+            routed: 0,
             rejected: HashMap::new(),
             double_escaped: HashMap::new(),
             held: BTreeSet::new(),
@@ -240,7 +259,7 @@ impl Runner {
         else {
             return Ok(());
         };
-        self.known = known;
+        self.set_known(known);
         if let Some(theirs) = self.foreign_identity() {
             let ours = self.writer.cluster_id().to_owned();
             if !self.config.adopt {
@@ -265,16 +284,24 @@ impl Runner {
         }
         self.health.set_not_ready("waiting for the first full list");
         let mut source = std::pin::pin!(source);
-        let mut dirty: BTreeSet<ObjKey> = BTreeSet::new();
+        let mut dirty: Coalescer<ObjKey> = Coalescer::new(self.config.window);
         let mut full = false;
         let mut reload = false;
         let mut ready = false;
-        let mut tick = tokio::time::interval(self.config.window);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a failed attempt, the next one waits a window (no busy retry while NATS is down).
+        let mut not_before = Instant::now();
         // A stream deleted or created again while nothing changes is noticed here.
         let mut stream_check = tokio::time::interval(STREAM_CHECK);
         stream_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let wake = if !self.inventory.synced() {
+                None
+            } else if full || reload {
+                Some(Instant::now())
+            } else {
+                dirty.due_at(Instant::now())
+            }
+            .map(|t| t.max(not_before));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
@@ -296,12 +323,16 @@ impl Runner {
                     if outcome.resynced {
                         self.metrics.last_full_list.set(ksr_runtime::consumer::unix_now());
                     }
-                    dirty.extend(outcome.dirty);
-                    self.metrics.pending_services.set(dirty.len() as i64);
+                    let now = Instant::now();
+                    for key in outcome.dirty {
+                        dirty.mark(key, now);
+                    }
+                    self.metrics.pending_services.set(dirty.pending() as i64);
                     full |= outcome.resynced;
                 }
                 _ = stream_check.tick() => {
-                    if self.writer.stream_changed().await {
+                    let changed = tokio::time::timeout(STREAM_CHECK * 5, self.writer.stream_changed()).await;
+                    if changed.unwrap_or(false) {
                         tracing::warn!(cluster = self.config.cluster, "the stream is gone or was created again");
                         reload = true;
                     }
@@ -315,30 +346,33 @@ impl Runner {
                     }
                     let _ = reply.send(n);
                 }
-                _ = tick.tick() => {
-                    if !self.inventory.synced() || (!full && dirty.is_empty() && !reload) {
-                        continue;
-                    }
+                // After the source: its news is taken in first, so a burst is one flush.
+                _ = sleep_until(wake) => {
                     if reload {
                         match self.writer.load().await {
                             Ok(known) => {
-                                self.known = known;
+                                self.set_known(known);
                                 reload = false;
                                 full = true;
                             }
                             Err(e) => {
                                 self.health.set_not_ready(format!("stream: {e}"));
+                                not_before = Instant::now() + self.config.window;
                                 continue;
                             }
                         }
                     }
-                    let mut keys = std::mem::take(&mut dirty);
+                    let now = Instant::now();
                     let is_full = std::mem::take(&mut full);
+                    let mut keys = dirty.take(now, is_full);
                     if is_full {
-                        keys.extend(self.inventory.service_keys().cloned());
-                        keys.extend(self.known.keys().map(|k| (k.namespace.clone(), k.name.clone())));
+                        let all: Vec<ObjKey> = self.inventory.service_keys().cloned()
+                            .chain(self.known.keys().map(|k| (k.namespace.clone(), k.name.clone())))
+                            .collect();
+                        dirty.published(all.iter().cloned(), now);
+                        keys.extend(all);
                     }
-                    self.metrics.pending_services.set(keys.len() as i64);
+                    self.metrics.pending_services.set((keys.len() + dirty.pending()) as i64);
                     let (failed, uncertain) = self.flush(keys, is_full).await;
                     self.metrics.held_removals.set(self.held.len() as i64);
                     if failed.is_empty() {
@@ -356,21 +390,38 @@ impl Runner {
                     } else {
                         self.metrics.publish_failures.inc();
                         self.health.set_not_ready(format!("{} Services could not be published yet", failed.len()));
-                        dirty.extend(failed);
+                        dirty.retry(failed, Instant::now());
+                        not_before = Instant::now() + self.config.window;
                         // What may have been stored is read back from the stream; what
                         // certainly was not (no stream leader answered) is simply retried,
                         // without a replay that would wait for the new leader.
                         reload |= uncertain;
                     }
-                    self.metrics.pending_services.set(dirty.len() as i64);
-                    let routed = self.known.values().filter(|k| k.event.as_ref().is_some_and(|e| e.route().is_some())).count();
-                    self.metrics.services.set(routed as i64);
+                    self.metrics.pending_services.set(dirty.pending() as i64);
+                    self.metrics.services.set(self.routed as i64);
                 }
                 // Last (the select is biased): advisory news never delays publishing, however
                 // many statuses the publishers write.
                 Some(change) = statuses.recv() => self.tell_status(change),
             }
         }
+    }
+
+    /// Replaces what the stream is known to say.
+    fn set_known(&mut self, known: HashMap<ServiceKey, Known>) {
+        self.routed = known.values().filter(|k| k.routed()).count();
+        self.known = known;
+    }
+
+    /// Records what the stream now says about `key` (`None`: nothing).
+    fn remember(&mut self, key: ServiceKey, known: Option<Known>) {
+        let now = known.as_ref().is_some_and(Known::routed);
+        let before = match known {
+            Some(known) => self.known.insert(key, known),
+            None => self.known.remove(&key),
+        };
+        self.routed =
+            self.routed + usize::from(now) - usize::from(before.is_some_and(|k| k.routed()));
     }
 
     /// Another cluster identity the stream's events of this cluster name carry, if any
@@ -404,11 +455,7 @@ impl Runner {
         let (removals, rest): (Vec<Job>, Vec<Job>) =
             jobs.into_iter().partition(|j| j.route.is_none());
         if full {
-            let routed = self
-                .known
-                .values()
-                .filter(|k| k.event.as_ref().is_some_and(|e| e.route().is_some()))
-                .count();
+            let routed = self.routed;
             let release = std::mem::take(&mut self.release);
             if !release && self.config.guard.trips(removals.len(), routed) {
                 if self.held.len() != removals.len() {
@@ -493,9 +540,17 @@ impl Runner {
         let writer = &self.writer;
         let results: Vec<(Job, Result<Option<Known>, Error>)> = futures::stream::iter(jobs)
             .map(|job| async move {
-                let r = writer
-                    .sync(&job.key, job.route.as_ref(), job.known.clone(), &job.origin)
-                    .await;
+                let sync =
+                    writer.sync(&job.key, job.route.as_ref(), job.known.clone(), &job.origin);
+                // A connection that swallows requests must not stall every other Service.
+                let r = tokio::time::timeout(SYNC_DEADLINE, sync)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::Stalled {
+                            key: job.key.clone(),
+                            after: SYNC_DEADLINE,
+                        })
+                    });
                 (job, r)
             })
             .buffer_unordered(CONCURRENCY)
@@ -507,11 +562,11 @@ impl Runner {
             match r {
                 Ok(Some(known)) => {
                     self.tell_owner(&job.obj, job.route.as_ref());
-                    self.known.insert(job.key, known);
+                    self.remember(job.key, Some(known));
                 }
                 Ok(None) => {
                     self.tell_owner(&job.obj, job.route.as_ref());
-                    self.known.remove(&job.key);
+                    self.remember(job.key, None);
                 }
                 Err(e) => {
                     self.metrics.publish_errors.inc();

@@ -183,6 +183,50 @@ async fn endpoints_mode_publishes_addresses_with_readiness_and_coalesces_churn()
 }
 
 #[tokio::test]
+async fn a_lone_change_goes_out_at_once_and_a_second_one_waits_for_the_window() -> anyhow::Result<()>
+{
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    api.apply(
+        Resource::Services,
+        svc("shop", "a", "10.96.0.30", json!({})),
+    );
+    // A window far longer than the test: whatever is published was not waiting for it.
+    let w = kube_watcher(&bench, &api, &["--coalesce-window", "1h"]);
+    w.ready().await?;
+    bench.wait_events(&[(Added, "shop/a")]).await?;
+
+    // A Service not published within the window goes out at once: "b" is new.
+    api.apply(
+        Resource::Services,
+        svc("shop", "b", "10.96.0.31", json!({})),
+    );
+    bench
+        .wait_events(&[(Added, "shop/a"), (Added, "shop/b")])
+        .await?;
+    api.apply(
+        Resource::Services,
+        svc("shop", "b", "10.96.0.31", json!({"path": "/v2/.*"})),
+    );
+    api.apply(
+        Resource::Services,
+        svc("shop", "a", "10.96.0.30", json!({"path": "/v3/.*"})),
+    );
+    // Published within the window ("a" by the first full diff, "b" just now), both changes
+    // wait for the window's end: the metric counts them, the stream says what it said.
+    eventually(WAIT, || async {
+        let n = w.metric("ksr_watcher_pending_services").await;
+        anyhow::ensure!(n == 2.0, "pending {n}");
+        Ok(())
+    })
+    .await?;
+    bench
+        .wait_events(&[(Added, "shop/a"), (Added, "shop/b")])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_410_mid_watch_relists_and_the_stream_ends_equal_to_the_cluster() -> anyhow::Result<()> {
     let bench = Bench::start().await?;
     let api = FakeApiServer::start().await?;
