@@ -15,6 +15,31 @@ pub struct Args {
     /// Services in the cluster.
     #[arg(long, default_value_t = 10_000)]
     services: usize,
+    /// Give every Service the metadata `kubectl apply` leaves on a real one (its
+    /// last-applied-configuration annotation and managedFields entries), not a bare minimum.
+    #[arg(long)]
+    kubectl_applied: bool,
+}
+
+/// What `kubectl apply` (client-side) and the apiserver add to a Service like `svc`: the
+/// last-applied copy and two managedFields entries (kubectl's and the controller's).
+fn as_kubectl_applied(mut svc: serde_json::Value) -> serde_json::Value {
+    let applied = serde_json::to_string(&svc).unwrap_or_default();
+    svc["metadata"]["annotations"] =
+        json!({"kubectl.kubernetes.io/last-applied-configuration": applied});
+    svc["metadata"]["managedFields"] = json!([
+        {"manager": "kubectl-client-side-apply", "operation": "Update", "apiVersion": "v1",
+         "time": "2026-11-30T10:00:00Z", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}},
+                                     "f:labels": {".": {}, "f:type": {}}},
+                      "f:spec": {"f:internalTrafficPolicy": {}, "f:ports": {".": {}, "k:{\"port\":80,\"protocol\":\"TCP\"}": {
+                                     ".": {}, "f:name": {}, "f:port": {}, "f:protocol": {}, "f:targetPort": {}}},
+                                 "f:selector": {}, "f:sessionAffinity": {}, "f:type": {}}}},
+        {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+         "time": "2026-11-30T10:00:01Z", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:status": {"f:loadBalancer": {}}}, "subresource": "status"}
+    ]);
+    svc
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -23,15 +48,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let stream = ensure_stream(&js, &StreamSettings::routes("KSR_ROUTES"), true).await?;
     let api = FakeApiServer::start().await?;
     for i in 0..args.services {
-        api.apply(
-            Resource::Services,
-            json!({"metadata": {"name": format!("svc{i}"), "namespace": format!("ns{}", i % 50), "labels": {"type": "ingress"}},
-                   "spec": {"clusterIP": format!("10.96.{}.{}", i / 250 % 250, i % 250 + 1), "ports": [{"name": "http", "port": 80}]}}),
-        );
+        let svc = json!({"metadata": {"name": format!("svc{i}"), "namespace": format!("ns{}", i % 50), "labels": {"type": "ingress"}},
+                         "spec": {"clusterIP": format!("10.96.{}.{}", i / 250 % 250, i % 250 + 1), "ports": [{"name": "http", "port": 80}]}});
+        let svc = if args.kubectl_applied {
+            as_kubectl_applied(svc)
+        } else {
+            svc
+        };
+        api.apply(Resource::Services, svc);
     }
     println!(
-        "watcher benchmark: {} labelled Services in a (fake) apiserver, list pages of 500",
-        args.services
+        "watcher benchmark: {} labelled Services in a (fake) apiserver{}, list pages of 500",
+        args.services,
+        if args.kubectl_applied {
+            " with kubectl's metadata (last-applied, managedFields)"
+        } else {
+            ""
+        }
     );
     let watcher = Proc::spawn(
         "ksr-watcher",

@@ -63,6 +63,23 @@ pub async fn client(args: &KubeArgs) -> Result<kube::Client, Error> {
     }
 }
 
+/// kubectl's copy of the last applied manifest: never read here.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the watcher keeps for every object but never reads, and a real object carries
+/// in bulk: the field sets of `managedFields` (who changed the object last, and when, stay:
+/// events record that manager) and kubectl's last-applied copy.
+pub fn slim<K: kube::Resource>(mut obj: K) -> K {
+    let meta = obj.meta_mut();
+    for entry in meta.managed_fields.iter_mut().flatten() {
+        entry.fields_v1 = None;
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    obj
+}
+
 fn events<K, F>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     kind: Kind,
@@ -95,14 +112,67 @@ pub fn source(
         config.clone().labels(selector),
     )
     .default_backoff();
-    let services = events(services, Kind::Services, |s| Resource::Service(Box::new(s)));
+    let services = events(services, Kind::Services, |s| {
+        Resource::Service(Box::new(slim(s)))
+    });
     let slices = watch_slices.then(|| {
         let api = Api::<EndpointSlice>::all(client);
         let stream = watcher(api, config.labels(SERVICE_NAME_LABEL)).default_backoff();
-        events(stream, Kind::Slices, |s| Resource::Slice(Box::new(s)))
+        events(stream, Kind::Slices, |s| Resource::Slice(Box::new(slim(s))))
     });
     futures::stream::select(
         services.boxed(),
         futures::stream::iter(slices).flatten().boxed(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slimming_keeps_what_is_read_and_drops_the_bulk() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web", "namespace": "shop",
+                "annotations": {
+                    LAST_APPLIED: "{\"apiVersion\":\"v1\",\"kind\":\"Service\"}",
+                    "path": "/v1/.*",
+                },
+                "managedFields": [
+                    {"manager": "kubectl-client-side-apply", "operation": "Update",
+                     "time": "2026-11-30T10:00:00Z", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:ports": {}}}},
+                    {"manager": "helm", "operation": "Update",
+                     "time": "2026-11-30T11:00:00Z", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:labels": {}}}},
+                ],
+            },
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
+        }))
+        .expect("a valid Service");
+        let slim = slim(svc.clone());
+        let annotations = slim.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["path"],
+            "only the last-applied copy goes"
+        );
+        let fields = slim.metadata.managed_fields.clone().unwrap_or_default();
+        assert_eq!(fields.len(), 2);
+        assert!(fields.iter().all(|f| f.fields_v1.is_none()));
+        let managers: Vec<_> = fields
+            .iter()
+            .map(|f| (f.manager.clone(), f.time.clone()))
+            .collect();
+        let before: Vec<_> = svc
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| (f.manager, f.time))
+            .collect();
+        assert_eq!(managers, before, "who changed it, and when, stay");
+        assert_eq!(slim.spec, svc.spec);
+    }
 }
