@@ -221,11 +221,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let total: Duration = samples.iter().sum();
         samples.sort();
-        let at = |p: f64| {
-            samples
-                .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1e6)
-        };
+        let at = |p: f64| crate::report::quantile(&samples, p).as_secs_f64() * 1e6;
         println!(
             "  vulcand single changes at full size (hostname moves, conflicts): {} changes, mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs",
             args.changes,

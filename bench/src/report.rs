@@ -8,8 +8,7 @@ pub fn percentiles(samples: &mut [Duration]) -> String {
         return "no samples".into();
     }
     samples.sort();
-    let at =
-        |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1];
+    let at = |p: f64| quantile(samples, p);
     format!(
         "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
         ms(at(0.50)),
@@ -18,6 +17,14 @@ pub fn percentiles(samples: &mut [Duration]) -> String {
         ms(samples[samples.len() - 1]),
         samples.len()
     )
+}
+
+/// The `p` quantile (0–1) of `sorted` samples (nearest rank); zero without samples.
+pub fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 pub fn ms(d: Duration) -> f64 {

@@ -85,27 +85,30 @@ impl<K: Ord + Hash + Clone> Coalescer<K> {
         let keys = std::mem::take(&mut self.ready);
         self.forget(now);
         for key in &keys {
-            self.recent.insert(key.clone(), now);
-            self.taken.push_back((now, key.clone()));
+            self.remember(key.clone(), now);
         }
         keys
+    }
+
+    /// Records `key` as published at `now` (once, however often it is said).
+    fn remember(&mut self, key: K, now: Instant) {
+        if self.recent.insert(key.clone(), now) != Some(now) {
+            self.taken.push_back((now, key));
+        }
     }
 
     /// Remembers `keys` (taken for a full diff along with the pending ones) as published
     /// at `now`.
     pub fn published(&mut self, keys: impl IntoIterator<Item = K>, now: Instant) {
         for key in keys {
-            if self.recent.insert(key.clone(), now) != Some(now) {
-                self.taken.push_back((now, key));
-            }
+            self.remember(key, now);
         }
     }
 
     /// Keys whose publication failed: due again one window after they were taken.
     pub fn retry(&mut self, keys: impl IntoIterator<Item = K>, now: Instant) {
         for key in keys {
-            self.recent.insert(key.clone(), now);
-            self.taken.push_back((now, key.clone()));
+            self.remember(key.clone(), now);
             self.mark(key, now);
         }
     }

@@ -366,11 +366,9 @@ impl Runner {
                     let is_full = std::mem::take(&mut full);
                     let mut keys = dirty.take(now, is_full);
                     if is_full {
-                        let all: Vec<ObjKey> = self.inventory.service_keys().cloned()
-                            .chain(self.known.keys().map(|k| (k.namespace.clone(), k.name.clone())))
-                            .collect();
-                        dirty.published(all.iter().cloned(), now);
-                        keys.extend(all);
+                        keys.extend(self.inventory.service_keys().cloned());
+                        keys.extend(self.known.keys().map(|k| (k.namespace.clone(), k.name.clone())));
+                        dirty.published(keys.iter().cloned(), now);
                     }
                     self.metrics.pending_services.set((keys.len() + dirty.pending()) as i64);
                     let (failed, uncertain) = self.flush(keys, is_full).await;
