@@ -32,6 +32,9 @@ pub enum Commit<C> {
     Conflict,
 }
 
+/// A committed transaction: its units, and what the store needs to settle them.
+pub type Committed<S> = (Vec<UnitOf<<S as Store>::T>>, <S as Store>::Committed);
+
 /// What a store's errors tell the engine.
 pub trait StoreError: std::error::Error + Send + Sync + Sized + 'static {
     /// Short, fixed reason for metric labels (`ksr_<publisher>_apply_errors_total{reason}`).
@@ -72,11 +75,14 @@ pub trait Store: Sync {
     ) -> impl Future<Output = Result<Commit<Self::Committed>, Self::Error>> + Send;
     /// The revision a committed transaction gave record `key`.
     fn revision(&self, committed: &Self::Committed, key: &RecordKey) -> u64;
-    /// Work that follows a commit (e.g. writing a second keyspace). None by default.
+    /// Work that follows commits (e.g. writing a second keyspace): called once per round with
+    /// every transaction of the round that committed (after all of them were settled, so the
+    /// store can overlap that work across transactions), and also when none did, so work an
+    /// earlier call failed to finish can be retried — a failed batch is redelivered, and its
+    /// events then commit nothing new. None by default.
     fn after_commit(
         &self,
-        _units: &[UnitOf<Self::T>],
-        _committed: &Self::Committed,
+        _committed: &[Committed<Self>],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send {
         std::future::ready(Ok(()))
     }
@@ -176,14 +182,13 @@ pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<Appl
             .flat_map(|u| u.seqs.iter().copied())
             .collect();
         let mut failure = None;
+        let mut committed = Vec::new();
         for (units, result) in results {
             match result {
                 Ok(Commit::Committed(c)) => {
                     settle(store, &units, &c, &mut report);
                     report.changes.extend(changes::<S::T>(&units));
-                    if let Err(e) = store.after_commit(&units, &c).await {
-                        failure = Some(e);
-                    }
+                    committed.push((units, c));
                 }
                 Ok(Commit::Conflict) => {
                     store.cache().metrics().compare_retries.inc();
@@ -193,6 +198,10 @@ pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<Appl
                 Err(e) if e.is_invalid() => alone.extend(seqs(&units)),
                 Err(e) => failure = Some(e),
             }
+        }
+        // Also when nothing committed: work an earlier commit left undone is retried.
+        if let Err(e) = store.after_commit(&committed).await {
+            failure = Some(e);
         }
         if let Some(e) = failure {
             store.cache().update_gauges();
@@ -242,7 +251,7 @@ pub async fn apply_alone<S: Store>(
             Ok(Commit::Committed(c)) => {
                 settle(store, &units, &c, report);
                 report.changes.extend(changes::<S::T>(&units));
-                return store.after_commit(&units, &c).await;
+                return store.after_commit(&[(units.into(), c)]).await;
             }
             Ok(Commit::Conflict) => {
                 store.cache().metrics().compare_retries.inc();

@@ -70,6 +70,9 @@ pub struct VulcandProjector {
     /// Hostnames whose v2 sync is under way (with the v2 sink), so reconciliation does not
     /// take a route being written for drift.
     pub(crate) syncing: Mutex<std::collections::HashMap<String, usize>>,
+    /// Hostnames committed in v3 whose v2 sync failed: synced again after the next commits
+    /// (the failed batch's redelivery among them), not left to the next reconciliation.
+    pub(crate) unsynced: Mutex<crate::v2sync::Hosts>,
 }
 
 impl std::fmt::Debug for VulcandProjector {
@@ -108,6 +111,7 @@ impl VulcandProjector {
             max_ops: max_ops.max(8),
             cache: Cache::new(state, metrics, "vulcand"),
             syncing: Mutex::default(),
+            unsynced: Mutex::default(),
         }
     }
 
@@ -254,12 +258,13 @@ impl Store for VulcandProjector {
         *rev
     }
 
-    /// With the v2 sink: syncs every hostname whose record the units changed.
-    async fn after_commit(&self, units: &[Unit], rev: &u64) -> Result<(), Error> {
+    /// With the v2 sink: syncs every hostname whose record the round's transactions changed,
+    /// and those whose sync failed before.
+    async fn after_commit(&self, committed: &[(Vec<Unit>, u64)]) -> Result<(), Error> {
         let Sink::V2(v2) = &self.sink else {
             return Ok(());
         };
-        self.sync_committed(v2, units, *rev).await
+        self.sync_committed(v2, committed).await
     }
 
     async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {

@@ -3,15 +3,17 @@
 //!
 //! The v2 API has no multi-key transactions, so our fences and claim records stay in etcd v3
 //! (same etcd, 3.4/3.5 with `--enable-v2`; the two keyspaces are separate) and are committed
-//! exactly as in v3 mode. After each commit every route whose record changed is *synced*: its
-//! v2 keys are read, the difference to the record's projection is written in vulcand's order
-//! (deletes frontend → servers → backend, puts backend → servers → frontend), directories left
-//! empty are removed (an empty v2 directory crashes a restarted v0.8), and the record's v3
-//! revision is checked again: if another replica changed the route meanwhile, the sync
-//! repeats from the newer record. Guarantee: per route, v2 converges to the newest committed
-//! record; vulcand may see the previous projection for the moments between the v3 commit and
-//! the v2 writes, and a crash in between leaves the v2 keys behind until the next
-//! reconciliation (at start-up and every `--reconcile-interval`) repairs them.
+//! exactly as in v3 mode. After a batch's commits every route whose record changed is
+//! *synced*: its v2 keys are read, the difference to the record's projection is written in
+//! vulcand's order (deletes frontend → servers → backend, puts backend → servers → frontend),
+//! directories left empty are removed (an empty v2 directory crashes a restarted v0.8), and
+//! the record's v3 revision is checked again: if another replica changed the route meanwhile,
+//! the sync repeats from the newer record. Guarantee: per route, v2 converges to the newest
+//! committed record; vulcand may see the previous projection for the moments between the v3
+//! commit and the v2 writes; a failed sync is retried after the next commits (the failed batch's
+//! redelivery among them, see [`crate::v2sync`]), and a crash in between leaves the v2 keys
+//! behind until the next reconciliation (at start-up and every `--reconcile-interval`)
+//! repairs them.
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,8 @@
 //! Syncing hostnames into etcd v2 after their v3 commit (vulcand v0.8 reads only v2): each
 //! hostname's routes from its committed record, several hostnames at once, each in vulcand's
 //! order, again from a newer record while another writer keeps changing it; marked as being
-//! synced meanwhile, so reconciliation does not take a route in flight for drift.
+//! synced meanwhile, so reconciliation does not take a route in flight for drift; kept, when
+//! the sync fails, for the next call.
 
 use crate::Error;
 use crate::projector::VulcandProjector;
@@ -13,13 +14,14 @@ use crate::v2::{V2Client, Written};
 type Routes = std::collections::BTreeSet<String>;
 
 /// A hostname to sync to v2: the revision and record to write it from, and its routes.
-type Host = (u64, Option<HostRecord>, Routes);
+pub(crate) type Host = (u64, Option<HostRecord>, Routes);
 
 /// Hostnames to sync to v2.
-type Hosts = std::collections::BTreeMap<String, Host>;
+pub(crate) type Hosts = std::collections::BTreeMap<String, Host>;
 
-/// How many hostnames are synced to v2 at once after a commit (each in vulcand's order).
-const V2_CONCURRENCY: usize = 32;
+/// How many hostnames are synced to v2 at once after a round of commits (each in vulcand's
+/// order).
+const V2_CONCURRENCY: usize = 64;
 
 /// Marks hostnames as being synced to v2 until dropped.
 struct Syncing<'a> {
@@ -57,32 +59,66 @@ impl Drop for Syncing<'_> {
 }
 
 impl VulcandProjector {
-    /// Syncs every hostname whose record committed units changed (`rev`: the commit's).
+    /// Syncs every hostname whose record committed transactions changed (each with its
+    /// commit's revision), all of them in one pass, with those whose sync failed before
+    /// (`committed` may be empty: a failed batch's redelivery commits nothing new). When the
+    /// sync fails, every hostname of it is kept for the next call.
     pub(crate) async fn sync_committed(
         &self,
         v2: &V2Client,
-        units: &[Unit],
-        rev: u64,
+        committed: &[(Vec<Unit>, u64)],
     ) -> Result<(), Error> {
-        let layout = self.layout();
-        // Per hostname: the newest record of the batch and every route any unit touched.
-        let mut hosts = Hosts::new();
-        for u in units {
-            for (id, record) in &u.names {
-                let entry = hosts.entry(id.clone()).or_default();
-                entry.0 = if record.is_some() { rev } else { 0 };
-                entry.1 = record.clone();
-                // Routes the unit removed are no longer in the record: name them.
-                entry.2.extend(
-                    u.ops
-                        .iter()
-                        .filter_map(|op| layout.id_of_vulcand_key(op.key()))
-                        .filter(|route| layout.host_id_of(route) == id)
-                        .map(str::to_owned),
-                );
+        // The unsynced hostnames are older than any commit; transactions in revision order.
+        let mut hosts = std::mem::take(&mut *self.unsynced());
+        let retried = hosts.len();
+        let mut txns: Vec<&(Vec<Unit>, u64)> = committed.iter().collect();
+        txns.sort_by_key(|(_, rev)| *rev);
+        for (units, rev) in txns {
+            for unit in units {
+                self.add_committed(&mut hosts, unit, *rev);
             }
         }
-        self.sync_hosts(v2, hosts).await.map(|_| ())
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let failed = match self.sync_hosts(v2, hosts.clone()).await {
+            Ok(_) => {
+                if retried > 0 {
+                    tracing::info!(hostnames = retried, "v2 sync caught up after a failure");
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let mut unsynced = self.unsynced();
+        for (id, host) in hosts {
+            unsynced.entry(id).or_insert(host);
+        }
+        tracing::warn!(hostnames = unsynced.len(), error = %failed, "v2 sync failed; retried after the next commit");
+        Err(failed)
+    }
+
+    /// Adds the hostnames a unit committed at `rev` changed to `hosts`: each with its newest
+    /// record, and every route the unit touched (those it removed are no longer in the
+    /// record, so they are named).
+    fn add_committed(&self, hosts: &mut Hosts, unit: &Unit, rev: u64) {
+        let layout = self.layout();
+        for (id, record) in &unit.names {
+            let entry = hosts.entry(id.clone()).or_default();
+            entry.0 = if record.is_some() { rev } else { 0 };
+            entry.1 = record.clone();
+            entry.2.extend(
+                unit.ops
+                    .iter()
+                    .filter_map(|op| layout.id_of_vulcand_key(op.key()))
+                    .filter(|route| layout.host_id_of(route) == id)
+                    .map(str::to_owned),
+            );
+        }
+    }
+
+    fn unsynced(&self) -> std::sync::MutexGuard<'_, Hosts> {
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether hostname `id`'s v2 sync is under way.

@@ -211,3 +211,104 @@ async fn two_v2_replicas_racing_on_2000_events_end_as_the_model_says() -> anyhow
     }
     Ok(())
 }
+
+/// Turns etcd's v2 authentication on or off (root `root`/`pw`; with it on, the guest role the
+/// publisher writes as may neither read nor write), leaving the v3 API as it is.
+async fn lock_v2(bench: &Bench, locked: bool) -> anyhow::Result<()> {
+    let (http, base) = (ksr_test_support::http_client(), bench.etcd.url());
+    if locked {
+        http.put(format!("{base}/v2/auth/users/root"))
+            .body(r#"{"user":"root","password":"pw"}"#)
+            .send()
+            .await?
+            .error_for_status()?;
+        http.put(format!("{base}/v2/auth/enable"))
+            .send()
+            .await?
+            .error_for_status()?;
+        http.put(format!("{base}/v2/auth/roles/guest"))
+            .basic_auth("root", Some("pw"))
+            .body(r#"{"role":"guest","revoke":{"kv":{"read":["/*"],"write":["/*"]}}}"#)
+            .send()
+            .await?
+            .error_for_status()?;
+    } else {
+        http.delete(format!("{base}/v2/auth/enable"))
+            .basic_auth("root", Some("pw"))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(())
+}
+
+/// A v2 write that fails after the v3 commit (the records say the route changed, vulcand's
+/// keys do not yet) is retried with the failed batch's redelivery: the removed route goes and
+/// the added one comes soon after v2 accepts writes again, not at the next reconciliation
+/// (an hour away here).
+#[tokio::test]
+async fn a_v2_sync_that_failed_after_the_commit_is_retried_with_the_redelivery()
+-> anyhow::Result<()> {
+    let bench = Bench::start_v2().await?;
+    let p = bench.publisher(&[
+        "--etcd-api",
+        "v2",
+        "--reconcile-interval",
+        "1h",
+        "--max-retry-delay",
+        "200ms",
+    ]);
+    let layout = Layout::new("/vulcand", "ksr");
+    let (web, api) = (
+        layout.route_id("web-shop.test.service.consul", "/.*"),
+        layout.route_id("api-shop.test.service.consul", "/.*"),
+    );
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
+        .await?;
+    eventually(WAIT, || async {
+        anyhow::ensure!(v2_tree(&bench).await?.len() == 3);
+        anyhow::ensure!(p.metric("ksr_vulcand_reconcile_runs_total").await >= 1.0);
+        Ok(())
+    })
+    .await?;
+
+    lock_v2(&bench, true).await?;
+    bench.publish(&removed("east", "shop", "web")).await?;
+    bench
+        .publish(&added("east", "shop", "api", &["10.0.0.2"]))
+        .await?;
+    // Committed in v3 (the records moved on), refused in v2.
+    eventually(WAIT, || async {
+        let records = bench.snapshot("ksr/").await?;
+        anyhow::ensure!(
+            records.keys().any(|k| k.contains("api-shop")),
+            "api not committed yet: {records:#?}"
+        );
+        anyhow::ensure!(
+            p.metric("ksr_vulcand_consecutive_apply_failures").await >= 1.0,
+            "the v2 write did not fail yet"
+        );
+        Ok(())
+    })
+    .await?;
+
+    lock_v2(&bench, false).await?;
+    eventually(WAIT, || async {
+        let t = v2_tree(&bench).await?;
+        anyhow::ensure!(
+            t.len() == 3 && t.keys().all(|k| k.contains(&api) && !k.contains(&web)),
+            "{t:#?}"
+        );
+        Ok(())
+    })
+    .await?;
+    let dirs = v2_dirs(&bench).await?;
+    assert!(dirs.iter().all(|d| !d.contains(&web)), "{dirs:#?}");
+    assert_eq!(
+        p.metric("ksr_vulcand_reconcile_runs_total").await,
+        1.0,
+        "repaired by the redelivery, not by a reconciliation"
+    );
+    Ok(())
+}
