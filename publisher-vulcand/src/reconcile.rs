@@ -121,7 +121,7 @@ async fn repair_keys(
     let layout = projector.layout();
     let expected = crate::target::projection_of(layout, state);
     if let Sink::V2(v2) = projector.sink() {
-        return repair_v2(projector, v2, &expected).await;
+        return repair_v2(projector, v2, expected).await;
     }
     let mut kv = projector.kv();
     let actual = crate::drift::live_keys(projector).await?;
@@ -205,7 +205,7 @@ async fn repair_keys(
 async fn repair_v2(
     projector: &VulcandProjector,
     v2: &V2Client,
-    expected: &crate::keys::Projection,
+    expected: crate::keys::Projection,
 ) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
     let mut actual: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -216,11 +216,8 @@ async fn repair_v2(
     }
     let mut wanted: BTreeMap<String, crate::keys::Projection> = BTreeMap::new();
     for (key, v) in expected {
-        if let Some(id) = layout.id_of_vulcand_key(key) {
-            wanted
-                .entry(id.to_owned())
-                .or_default()
-                .insert(key.clone(), v.clone());
+        if let Some(id) = layout.id_of_vulcand_key(&key) {
+            wanted.entry(id.to_owned()).or_default().insert(key, v);
         }
     }
     let ids: std::collections::BTreeSet<String> =
