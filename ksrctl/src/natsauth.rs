@@ -122,11 +122,12 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
                 format!("$JS.API.CONSUMER.MSG.NEXT.{s}.{d}"),
                 format!("$JS.ACK.{s}.{d}.>"),
             ]);
-            // Its own per-Service status entries, and the bucket when it is missing.
+            // Its own per-Service status entries, and the bucket when it is missing; read
+            // back when it starts (so a restart rewrites only what changed).
+            read_status(n, &mut p);
             let b = ksr_projection::status::bucket(s);
             p.publish.extend([
                 format!("$KV.{b}.{d}.>"),
-                format!("$JS.API.STREAM.INFO.KV_{b}"),
                 format!("$JS.API.STREAM.CREATE.KV_{b}"),
             ]);
         }

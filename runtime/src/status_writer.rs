@@ -29,6 +29,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Status writes in flight at once.
 const CONCURRENCY: usize = 32;
+/// How long a starting writer may read what its publisher wrote before.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Waits after failed writes (or bucket creation) in a row: 1 s doubling up to 60 s.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -164,6 +166,12 @@ impl Task {
             loop {
                 if store.is_none() {
                     store = self.open().await;
+                    if let Some(kv) = &store {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = self.load_written(kv) => {}
+                        }
+                    }
                 }
                 let failed = match &store {
                     Some(kv) => self.flush(kv).await,
@@ -201,6 +209,42 @@ impl Task {
                 tracing::warn!(bucket = name, error = %e, "cannot create the status bucket (advisory); retrying");
                 None
             }
+        }
+    }
+
+    /// Learns what this publisher's statuses in the bucket are (another process of it may
+    /// have written them before this one started), so that a restart writes only the
+    /// standings that changed — not one status per Service — and the first full report
+    /// deletes those of Services that no longer claim a name. Advisory like every status
+    /// write: when the bucket cannot be read (or not within [`LOAD_TIMEOUT`]), what was read
+    /// is kept and the rest is written again.
+    async fn load_written(&mut self, kv: &kv::Store) {
+        let started = std::time::Instant::now();
+        let mut loaded = HashMap::new();
+        let read = tokio::time::timeout(
+            LOAD_TIMEOUT,
+            read_statuses(&self.js, kv, &self.to.publisher, &mut loaded),
+        )
+        .await;
+        let found = loaded.len();
+        for (service, entry) in loaded {
+            self.written.entry(service).or_insert(entry);
+        }
+        match read {
+            Ok(Ok(())) => tracing::debug!(
+                bucket = self.to.bucket,
+                statuses = found,
+                seconds = started.elapsed().as_secs_f64(),
+                "read this publisher's statuses"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(bucket = self.to.bucket, statuses = found, error = %e, "cannot read the status bucket (advisory): unknown statuses are written again")
+            }
+            Err(_) => tracing::warn!(
+                bucket = self.to.bucket,
+                statuses = found,
+                "reading the status bucket timed out (advisory): unknown statuses are written again"
+            ),
         }
     }
 
@@ -283,4 +327,50 @@ impl Task {
             .set(self.shared.pending.lock().map_or(0, |p| p.len() as i64));
         failed
     }
+}
+
+/// Every status `publisher` has in the bucket (its newest value per Service, deleted ones
+/// left out), read through an ordered consumer of the bucket's stream (as a KV watch reads
+/// it) until it has delivered the last one.
+async fn read_statuses(
+    js: &jetstream::Context,
+    kv: &kv::Store,
+    publisher: &str,
+    out: &mut HashMap<ServiceKey, (u64, Option<Standing>)>,
+) -> Result<(), BoxError> {
+    use jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+    let consumer = kv
+        .stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: format!("{}{publisher}.>", kv.prefix),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            replay_policy: ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        let pending = msg.info()?.pending;
+        let deleted = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some();
+        let key = msg.subject.as_str().strip_prefix(kv.prefix.as_str());
+        if !deleted
+            && let Some((_, service)) = key.and_then(status::parse_key)
+            && let Ok(s) = Status::decode(&msg.payload)
+        {
+            out.insert(service, (s.seq, Some(s.standing)));
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
