@@ -298,7 +298,7 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
             m = admin.metrics().await;
         }
-        let phases: Vec<String> = ["records", "replay", "apply", "target", "tombstones"]
+        let phases: Vec<String> = ["records", "stream", "target", "tombstones"]
             .iter()
             .map(|p| {
                 let v = sample(

@@ -244,10 +244,7 @@ impl<M, D> State<M, D> {
     }
 
     /// Our records from a full read of the store (record, its key in the store, revision,
-    /// bytes). An unreadable record (a hand edit, a partial restore, another program's
-    /// format) stops nothing: it is logged and quarantined once every record is loaded, so
-    /// the next write for it replaces it (`repair`: the `ksrctl rebuild` target that repairs
-    /// it now). `fence` turns a fence as read into the form the planner expects.
+    /// bytes); see [`Loading`].
     pub fn from_raw(
         records: impl IntoIterator<Item = (RecordKey, String, u64, Vec<u8>)>,
         fence: impl Fn(ServiceRecord) -> ServiceRecord,
@@ -257,20 +254,11 @@ impl<M, D> State<M, D> {
         M: DeserializeOwned,
         D: DeserializeOwned,
     {
-        let mut state = Self::default();
-        let mut unreadable = Vec::new();
+        let mut loading = Loading::default();
         for (record, key, rev, bytes) in records {
-            match state.insert_raw(&record, rev, &bytes, &fence) {
-                Ok(()) => {}
-                Err(e) => unreadable.push((record, key, rev, e)),
-            }
+            loading.add(record, &key, rev, &bytes, &fence);
         }
-        for (record, key, rev, error) in unreadable {
-            let why = format!("record {key} is corrupt: {error}");
-            tracing::error!(key, error = %why, "unreadable record under our prefix quarantined; the next write for it replaces it (ksrctl rebuild {repair} repairs it now)");
-            state.quarantine(record, rev, key, why);
-        }
-        state
+        loading.finish(repair)
     }
 
     /// Replaces one record with what the store holds now (`None`: absent); an unreadable one
@@ -326,6 +314,54 @@ impl<M, D> State<M, D> {
             }
         }
         Ok(())
+    }
+}
+
+/// Our records from a full read of the store, added one at a time as the read hands them over
+/// (so the read's bytes are never all held). An unreadable record (a hand edit, a partial
+/// restore, another program's format) stops nothing: it is logged and quarantined once every
+/// record is loaded, so the next write for it replaces it.
+#[derive(Debug)]
+pub struct Loading<M, D> {
+    state: State<M, D>,
+    unreadable: Vec<(RecordKey, String, u64, serde_json::Error)>,
+}
+
+impl<M, D> Default for Loading<M, D> {
+    fn default() -> Self {
+        Self {
+            state: State::default(),
+            unreadable: Vec::new(),
+        }
+    }
+}
+
+impl<M: DeserializeOwned, D: DeserializeOwned> Loading<M, D> {
+    /// Adds `record` as read at `key` (`rev`, `bytes`); `fence` turns a fence as read into
+    /// the form the planner expects.
+    pub fn add(
+        &mut self,
+        record: RecordKey,
+        key: &str,
+        rev: u64,
+        bytes: &[u8],
+        fence: impl Fn(ServiceRecord) -> ServiceRecord,
+    ) {
+        if let Err(e) = self.state.insert_raw(&record, rev, bytes, fence) {
+            self.unreadable.push((record, key.to_owned(), rev, e));
+        }
+    }
+
+    /// The records, the unreadable ones quarantined (`repair`: the `ksrctl rebuild` target
+    /// that repairs them now).
+    pub fn finish(self, repair: &str) -> State<M, D> {
+        let mut state = self.state;
+        for (record, key, rev, error) in self.unreadable {
+            let why = format!("record {key} is corrupt: {error}");
+            tracing::error!(key, error = %why, "unreadable record under our prefix quarantined; the next write for it replaces it (ksrctl rebuild {repair} repairs it now)");
+            state.quarantine(record, rev, key, why);
+        }
+        state
     }
 }
 

@@ -111,17 +111,24 @@ pub async fn reconcile(
     ensure_nodes(p).await?;
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
-    p.cache().quarantine(&p.snapshot().await?);
+    let mut state = p.snapshot().await?;
+    p.cache().quarantine(&state);
     phases.done("records");
 
-    let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
-    phases.done("replay");
-    for chunk in deliveries.chunks(1000) {
-        report.replayed += p.apply_batch(chunk).await?.applied;
+    let mut acknowledged = replay::Acknowledged::open(stream, ack_floor).await?;
+    loop {
+        let chunk = acknowledged.next_chunk(1000).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        report.replayed += p.apply_batch(&chunk).await?.applied;
     }
-    phases.done("apply");
+    // The records read before serve the passes below unless the stream pass wrote some.
+    if report.replayed > 0 {
+        state = p.snapshot().await?;
+    }
+    phases.done("stream");
 
-    let state = p.snapshot().await?;
     let mut expected = BTreeMap::new();
     for (id, v) in state.names() {
         if let Some(record) = &v.value

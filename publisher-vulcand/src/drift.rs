@@ -19,11 +19,12 @@ pub async fn live_keys(projector: &VulcandProjector) -> Result<BTreeMap<String, 
     if let Sink::V2(v2) = projector.sink() {
         let prefix = layout.vulcand_prefix();
         for dir in [format!("{prefix}/backends"), format!("{prefix}/frontends")] {
-            for (key, value) in v2.tree(&dir).await? {
-                if layout.id_of_vulcand_key(&key).is_some() {
-                    out.insert(key, value);
+            v2.children(&dir, |child| {
+                if layout.id_of_vulcand_key(&child.key).is_some() {
+                    out.extend(child.leaves);
                 }
-            }
+            })
+            .await?;
         }
         return Ok(out);
     }

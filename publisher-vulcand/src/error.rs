@@ -14,6 +14,12 @@ pub enum Error {
     PermissionDenied { prefix: String, message: String },
     #[error("etcd v2 API at {url}: {message}")]
     EtcdV2 { url: String, message: String },
+    #[error("etcd v2 API: reading {dir}: {source}")]
+    EtcdV2Listing {
+        dir: String,
+        #[source]
+        source: crate::v2tree::StreamError,
+    },
     #[error("writes kept conflicting with another writer after {attempts} attempts")]
     Contention { attempts: u32 },
     #[error(transparent)]
@@ -60,7 +66,7 @@ impl Error {
             Error::Etcd(e) if crate::access::is_permission_denied(e) => "permission_denied",
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Etcd(_) => "etcd",
-            Error::EtcdV2 { .. } => "etcd_v2",
+            Error::EtcdV2 { .. } | Error::EtcdV2Listing { .. } => "etcd_v2",
             Error::Contention { .. } => "contention",
             Error::Runtime(_) => "runtime",
             Error::Config(_) | Error::Flag(_) => "config",

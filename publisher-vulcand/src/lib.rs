@@ -22,5 +22,7 @@ pub mod store;
 pub mod target;
 pub mod v2;
 pub mod v2sync;
+pub mod v2tree;
+pub mod wanted;
 
 pub use error::Error;

@@ -4,14 +4,18 @@
 //! half-applied stream would look like drift) and then periodically:
 //! 1. stream pass — the newest event of every subject at or below the consumer's ack floor
 //!    (events the consumer already acknowledged, so their projection must exist) goes through
-//!    the normal fenced apply: a Service whose record is missing or behind is projected again,
-//!    already applied events are skipped by their fence, and events still in flight are left
-//!    to the consumer;
-//! 2. key pass — the vulcand keys under our id prefix are compared with the projection of
-//!    our route records: missing or altered keys are rewritten, keys of ours that no record
-//!    wants are deleted. Each write is guarded by a compare on its route record, so a racing
-//!    apply wins and the next pass looks again. Keys that do not carry our owner prefix are
-//!    never read or written.
+//!    the normal fenced apply, a chunk at a time: a Service whose record is missing or behind
+//!    is projected again, already applied events are skipped by their fence, and events still
+//!    in flight are left to the consumer;
+//! 2. key pass — the vulcand keys under our id prefix are read route by route and compared
+//!    with the projection of our host records, kept as hashes ([`crate::wanted`]): in a route
+//!    that differs, missing or altered keys are rewritten and keys of ours that no record
+//!    wants are deleted. Each write is guarded by a compare on its host record, so a racing
+//!    apply wins and the next pass looks again (on v2, the route is synced from its record).
+//!    Keys that do not carry our owner prefix are never read or written.
+//!
+//! Memory: one read of our records, the hashes, a chunk of the stream and the keys of routes
+//! that differ — at 100,000 Services the pass peaks at about twice the publisher's steady size.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +29,7 @@ use crate::keys::{KeyOp, sort_ops};
 use crate::projector::{Sink, VulcandProjector};
 use crate::store::{self, Write};
 use crate::v2::V2Client;
+use crate::wanted::{ByRoute, Dir, Found, Wanted};
 
 /// What one reconciliation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -50,18 +55,24 @@ pub async fn reconcile(
     let mut report = ReconcileReport::default();
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
-    projector.cache().quarantine(&projector.snapshot().await?);
+    let mut state = projector.snapshot().await?;
+    projector.cache().quarantine(&state);
     phases.done("records");
-    let deliveries = replay::acknowledged_latest(stream, ack_floor).await?;
-    phases.done("replay");
-    for chunk in deliveries.chunks(1000) {
-        let r = projector.apply_batch(chunk).await?;
-        report.replayed += r.applied;
+    let mut acknowledged = replay::Acknowledged::open(stream, ack_floor).await?;
+    loop {
+        let chunk = acknowledged.next_chunk(1000).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        report.replayed += projector.apply_batch(&chunk).await?.applied;
     }
-    phases.done("apply");
     // One read of our records serves the key pass and the tombstones (their deletes are
-    // guarded by revision, so a record changed since is simply left).
-    let state = projector.snapshot().await?;
+    // guarded by revision, so a record changed since is simply left); read again only when
+    // the stream pass wrote some.
+    if report.replayed > 0 {
+        state = projector.snapshot().await?;
+    }
+    phases.done("stream");
     let (puts, deletes) = repair_keys(projector, &state).await?;
     report.puts = puts;
     report.deletes = deletes;
@@ -114,17 +125,70 @@ async fn collect_tombstones(
     Ok(collected)
 }
 
+/// The key pass: vulcand's keys of ours are read route by route ([`Wanted`]) and every route
+/// that differs from its record's projection is repaired — on v3 with writes guarded by its
+/// host record, on v2 by syncing it ([`repair_v2`]).
 async fn repair_keys(
     projector: &VulcandProjector,
     state: &crate::target::State,
 ) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
-    let expected = crate::target::projection_of(layout, state);
+    let upsert_only = projector.policy() == ksr_projection::Policy::UpsertOnly;
+    let mut wanted = Wanted::of(layout, state, upsert_only);
     if let Sink::V2(v2) = projector.sink() {
-        return repair_v2(projector, v2, expected).await;
+        for dir in Dir::BOTH {
+            let path = format!("{}/{}", layout.vulcand_prefix(), dir.name());
+            v2.children(&path, |child| {
+                if let Some(id) = layout.id_of_vulcand_key(&child.key) {
+                    let found = Found {
+                        leaves: child.leaves,
+                        empty_dir: child.empty_dir,
+                    };
+                    wanted.check(layout, id, dir, found, false);
+                }
+            })
+            .await?;
+        }
+        let (drifted, _) = wanted.finish(layout);
+        return repair_v2(projector, v2, drifted).await;
     }
     let mut kv = projector.kv();
-    let actual = crate::drift::live_keys(projector).await?;
+    for (dir, prefix) in [
+        (Dir::Backends, layout.owned_backends_prefix()),
+        (Dir::Frontends, layout.owned_frontends_prefix()),
+    ] {
+        let mut routes = ByRoute::default();
+        store::read_prefix_each(&mut kv, &prefix, |key, value, _| {
+            let key = String::from_utf8_lossy(key).into_owned();
+            let Some(id) = layout.id_of_vulcand_key(&key).map(str::to_owned) else {
+                return;
+            };
+            let value = String::from_utf8_lossy(value).into_owned();
+            if let Some((id, found)) = routes.push(&id, key, value) {
+                wanted.check(layout, &id, dir, found, true);
+            }
+        })
+        .await?;
+        if let Some((id, found)) = routes.take() {
+            wanted.check(layout, &id, dir, found, true);
+        }
+    }
+    let (drifted, actual) = wanted.finish(layout);
+    // The drifted routes as their records project them.
+    let mut expected = crate::keys::Projection::new();
+    for (host, ids) in &drifted {
+        if let (_, Some(record)) = state.name(host) {
+            expected.extend(
+                crate::keys::project(layout, record)
+                    .into_iter()
+                    .filter(|(key, _)| {
+                        layout
+                            .id_of_vulcand_key(key)
+                            .is_some_and(|id| ids.contains(id))
+                    }),
+            );
+        }
+    }
     // Per route id: the writes that repair it.
     let mut by_id: BTreeMap<String, Vec<KeyOp>> = BTreeMap::new();
     for (key, (class, value)) in &expected {
@@ -137,21 +201,8 @@ async fn repair_keys(
             });
         }
     }
-    let upsert_only = projector.policy() == ksr_projection::Policy::UpsertOnly;
-    // Keys of a hostname whose record is still unreadable are left alone, not deleted.
-    let unreadable: std::collections::HashSet<&str> = state
-        .corrupt
-        .iter()
-        .filter_map(|(r, _, _)| match r {
-            ksr_projection::RecordKey::Name(id) => Some(id.as_str()),
-            ksr_projection::RecordKey::Service(_) => None,
-        })
-        .collect();
-    for key in actual.keys() {
-        let host_unreadable = layout
-            .id_of_vulcand_key(key)
-            .is_some_and(|id| unreadable.contains(layout.host_id_of(id)));
-        if !expected.contains_key(key) && !upsert_only && !host_unreadable {
+    if !upsert_only {
+        for key in actual.keys().filter(|key| !expected.contains_key(*key)) {
             let id = layout.id_of_vulcand_key(key).unwrap_or_default().to_owned();
             by_id.entry(id).or_default().push(KeyOp::Delete {
                 key: key.clone(),
@@ -201,64 +252,19 @@ async fn repair_keys(
     Ok((puts, deletes))
 }
 
-/// The v2 key pass: every route id of ours whose v2 keys differ from its record is synced.
+/// The v2 repair: every drifted route (route ids by hostname) is synced from its record as
+/// etcd holds it then, counting what had to be written — a hostname whose sync is under way
+/// (its record committed, its v2 writes in flight) is left to that sync, so only settled
+/// routes count as drift.
 async fn repair_v2(
     projector: &VulcandProjector,
     v2: &V2Client,
-    expected: crate::keys::Projection,
+    drifted: BTreeMap<String, std::collections::BTreeSet<String>>,
 ) -> Result<(u64, u64), Error> {
-    let layout = projector.layout();
-    let mut actual: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for (key, value) in crate::drift::live_keys(projector).await? {
-        if let Some(id) = layout.id_of_vulcand_key(&key) {
-            actual.entry(id.to_owned()).or_default().insert(key, value);
-        }
-    }
-    let mut wanted: BTreeMap<String, crate::keys::Projection> = BTreeMap::new();
-    for (key, v) in expected {
-        if let Some(id) = layout.id_of_vulcand_key(&key) {
-            wanted.entry(id.to_owned()).or_default().insert(key, v);
-        }
-    }
-    let ids: std::collections::BTreeSet<String> =
-        actual.keys().chain(wanted.keys()).cloned().collect();
-    // Route ids that look drifted, by hostname (one sync per host record).
-    let mut drifted: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    let upsert_only = projector.policy() == ksr_projection::Policy::UpsertOnly;
-    for id in ids {
-        let want = wanted.remove(&id).unwrap_or_default();
-        let have = actual.remove(&id).unwrap_or_default();
-        let changed_puts = want.iter().any(|(k, (_, v))| have.get(k) != Some(v));
-        let changed_deletes = have.keys().any(|k| !want.contains_key(k));
-        // upsert-only: a route whose only drift is keys to delete is left alone.
-        if !changed_puts && (!changed_deletes || upsert_only) {
-            continue;
-        }
-        drifted
-            .entry(layout.host_id_of(&id).to_owned())
-            .or_default()
-            .insert(id);
-    }
-    // A route is only drifted if it still is once nothing is writing it: a hostname whose
-    // sync is under way (its record committed, its v2 writes in flight) is left to that sync,
-    // and the others are synced from their current record, counting what had to be written.
     let mut written = crate::v2::Written::default();
-    for (host, routes) in drifted {
-        if projector.is_syncing(&host) {
-            tracing::debug!(host, "reconcile leaves a hostname being synced to its sync");
-            continue;
-        }
-        let (rev, record) = projector.host_record(&host).await?;
-        let repaired = projector
-            .sync_v2(v2, &host, record, rev, routes.clone())
-            .await?;
+    for (host, repaired) in projector.sync_drifted(v2, drifted).await? {
         if repaired != crate::v2::Written::default() {
-            tracing::info!(
-                host,
-                ?routes,
-                ?repaired,
-                "reconcile synced v2 routes that drifted"
-            );
+            tracing::info!(host, ?repaired, "reconcile synced v2 routes that drifted");
         }
         written += repaired;
     }

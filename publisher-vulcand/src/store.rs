@@ -4,6 +4,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpRes
 
 use ksr_projection::RecordKey;
 use ksr_projection::cache::Cache;
+use ksr_projection::records::Loading;
 use ksr_proto::{RoutePath, ServiceKey};
 
 use crate::Error;
@@ -29,8 +30,26 @@ pub async fn read_prefix(
     kv: &mut KvClient,
     prefix: &str,
 ) -> Result<Vec<(String, Vec<u8>, u64)>, Error> {
-    let end = prefix_end(prefix.as_bytes());
     let mut out = Vec::new();
+    read_prefix_each(kv, prefix, |key, value, rev| {
+        out.push((
+            String::from_utf8_lossy(key).into_owned(),
+            value.to_vec(),
+            rev,
+        ));
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Calls `each` with every (key, value, mod revision) under `prefix` in key order, read page
+/// by page at one revision as [`read_prefix`] does, holding one page at a time.
+pub async fn read_prefix_each(
+    kv: &mut KvClient,
+    prefix: &str,
+    mut each: impl FnMut(&[u8], &[u8], u64),
+) -> Result<(), Error> {
+    let end = prefix_end(prefix.as_bytes());
     let mut start = prefix.as_bytes().to_vec();
     let mut revision = 0;
     let mut page = PAGE;
@@ -52,11 +71,7 @@ pub async fn read_prefix(
         let mut bytes = 0;
         for kv in resp.kvs() {
             bytes += kv.key().len() + kv.value().len();
-            out.push((
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                kv.value().to_vec(),
-                rev(kv.mod_revision()),
-            ));
+            each(kv.key(), kv.value(), rev(kv.mod_revision()));
         }
         if !resp.more() || resp.kvs().is_empty() {
             break;
@@ -69,7 +84,7 @@ pub async fn read_prefix(
         next.push(0);
         start = next;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Whether etcd's reply was over the client's message size limit (the client refuses to
@@ -97,25 +112,26 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Loads all our records (migrating those of older versions first).
 pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Error> {
     migrate_legacy(kv, layout).await?;
-    let mut raw = Vec::new();
+    let mut loading = Loading::default();
+    let fence = |f| service_record(layout, f);
     let services_prefix = layout.services_prefix();
-    for (key, value, rev) in read_prefix(kv, &services_prefix).await? {
+    read_prefix_each(kv, &services_prefix, |key, value, rev| {
+        let key = String::from_utf8_lossy(key);
         let Some(service) = ServiceKey::from_path(&key[services_prefix.len()..]) else {
-            tracing::warn!(key, "ignoring a record key that does not name a Service");
-            continue;
+            tracing::warn!(%key, "ignoring a record key that does not name a Service");
+            return;
         };
-        raw.push((RecordKey::Service(service), key, rev, value));
-    }
+        loading.add(RecordKey::Service(service), &key, rev, value, fence);
+    })
+    .await?;
     let hosts_prefix = layout.hosts_prefix();
-    for (key, value, rev) in read_prefix(kv, &hosts_prefix).await? {
+    read_prefix_each(kv, &hosts_prefix, |key, value, rev| {
+        let key = String::from_utf8_lossy(key);
         let id = key[hosts_prefix.len()..].to_owned();
-        raw.push((RecordKey::Name(id), key, rev, value));
-    }
-    Ok(State::from_raw(
-        raw,
-        |fence| service_record(layout, fence),
-        "vulcand",
-    ))
+        loading.add(RecordKey::Name(id), &key, rev, value, fence);
+    })
+    .await?;
+    Ok(loading.finish("vulcand"))
 }
 
 /// Turns the records of versions before hostnames were owned by one namespace (one record per

@@ -17,8 +17,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
 use ksr_runtime::config::flag;
 use ksr_runtime::tls::{identity_pem, misconfigured, read_flag_file};
 
@@ -26,6 +24,7 @@ use crate::Error;
 use crate::config::EtcdArgs;
 use crate::error::ETCD_TLS;
 use crate::keys::{KeyClass, KeyOp, Projection, diff};
+use crate::v2tree::{Child, Reply, flatten};
 
 /// The v2 HTTP API of an etcd cluster: every `--etcd-endpoints` member (a request that cannot
 /// reach one goes to the next, and the one that answered is tried first afterwards), over TLS
@@ -40,32 +39,6 @@ pub struct V2Client {
     auth: Option<(String, String)>,
 }
 
-#[derive(Deserialize)]
-struct Reply {
-    node: Node,
-}
-
-#[derive(Deserialize)]
-struct Node {
-    key: String,
-    #[serde(default)]
-    dir: bool,
-    #[serde(default)]
-    value: Option<String>,
-    #[serde(default)]
-    nodes: Vec<Node>,
-}
-
-fn flatten(node: Node, out: &mut BTreeMap<String, String>) {
-    if node.dir {
-        for n in node.nodes {
-            flatten(n, out);
-        }
-    } else if let Some(v) = node.value {
-        out.insert(node.key, v);
-    }
-}
-
 /// The write-order class of a vulcand key.
 pub fn class_of(key: &str) -> KeyClass {
     if key.ends_with("/frontend") {
@@ -76,6 +49,10 @@ pub fn class_of(key: &str) -> KeyClass {
         KeyClass::Backend
     }
 }
+
+/// How long reading a whole directory of routes may take (requests otherwise time out after
+/// 10 s): its reply grows with the number of routes.
+const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl V2Client {
     pub fn new(args: &EtcdArgs) -> Result<Self, Error> {
@@ -183,13 +160,40 @@ impl V2Client {
                     .query(&[("recursive", "true")])
             })
             .await?;
-        let mut out = BTreeMap::new();
         match resp.status().as_u16() {
-            404 => Ok(out),
+            404 => Ok(BTreeMap::new()),
             200 => {
                 let reply: Reply = resp.json().await.map_err(|e| self.err(e.to_string()))?;
-                flatten(reply.node, &mut out);
-                Ok(out)
+                Ok(flatten(reply.node))
+            }
+            s => Err(self.err(format!(
+                "GET {dir}: HTTP {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Calls `each` with every child of `dir` (nothing when it does not exist), reading the
+    /// recursive GET as it streams in: memory holds one child at a time, never the reply
+    /// ([`crate::v2tree`]). For directories too large for [`Self::tree`].
+    pub async fn children(&self, dir: &str, each: impl FnMut(Child)) -> Result<(), Error> {
+        let resp = self
+            .send(|b| {
+                self.http
+                    .get(Self::url(b, dir))
+                    .query(&[("recursive", "true")])
+                    .timeout(LISTING_TIMEOUT)
+            })
+            .await?;
+        match resp.status().as_u16() {
+            404 => Ok(()),
+            200 => {
+                crate::v2tree::children(resp, each)
+                    .await
+                    .map_err(|source| Error::EtcdV2Listing {
+                        dir: dir.to_owned(),
+                        source,
+                    })
             }
             s => Err(self.err(format!(
                 "GET {dir}: HTTP {s}: {}",

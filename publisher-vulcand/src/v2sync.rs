@@ -4,6 +4,8 @@
 //! synced meanwhile, so reconciliation does not take a route in flight for drift; kept, when
 //! the sync fails, for the next call.
 
+use std::collections::BTreeMap;
+
 use crate::Error;
 use crate::projector::VulcandProjector;
 use crate::records::HostRecord;
@@ -11,17 +13,20 @@ use crate::target::Unit;
 use crate::v2::{V2Client, Written};
 
 /// Route ids of one hostname.
-type Routes = std::collections::BTreeSet<String>;
+pub(crate) type Routes = std::collections::BTreeSet<String>;
 
 /// A hostname to sync to v2: the revision and record to write it from, and its routes.
 pub(crate) type Host = (u64, Option<HostRecord>, Routes);
 
 /// Hostnames to sync to v2.
-pub(crate) type Hosts = std::collections::BTreeMap<String, Host>;
+pub(crate) type Hosts = BTreeMap<String, Host>;
 
 /// How many hostnames are synced to v2 at once after a round of commits (each in vulcand's
 /// order).
 const V2_CONCURRENCY: usize = 64;
+
+/// How many drifted hostnames reconciliation reads and syncs at a time.
+const SYNC_CHUNK: usize = 1024;
 
 /// Marks hostnames as being synced to v2 until dropped.
 struct Syncing<'a> {
@@ -129,17 +134,6 @@ impl VulcandProjector {
             .contains_key(id)
     }
 
-    /// Hostname `id`'s record as etcd holds it now, with its revision (0 when absent).
-    pub async fn host_record(&self, id: &str) -> Result<(u64, Option<HostRecord>), Error> {
-        let ids = [id.to_owned()];
-        Ok(self
-            .host_records(&ids)
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or_default())
-    }
-
     /// The records of hostnames `ids` as etcd holds them now, with their revisions (0 when
     /// absent), in the order given — read in as few transactions as etcd allows.
     async fn host_records(&self, ids: &[String]) -> Result<Vec<(u64, Option<HostRecord>)>, Error> {
@@ -158,31 +152,52 @@ impl VulcandProjector {
             .collect())
     }
 
-    /// Writes hostname `id`'s routes to v2 from `record` (committed at `rev`), again from the
-    /// newer record while another writer keeps changing it. `routes` names route ids that
-    /// must be synced even when the record no longer projects them. Returns the v2 keys
-    /// written and deleted.
-    pub async fn sync_v2(
+    /// Syncs the routes reconciliation found drifted (route ids by hostname), each hostname
+    /// from its record as etcd holds it now, many at once; a hostname whose sync is under way
+    /// (its record committed, its v2 writes in flight) is left to that sync. Returns what had
+    /// to be written, by hostname.
+    pub(crate) async fn sync_drifted(
         &self,
         v2: &V2Client,
-        id: &str,
-        record: Option<HostRecord>,
-        rev: u64,
-        routes: Routes,
-    ) -> Result<Written, Error> {
-        let mut hosts = Hosts::new();
-        hosts.insert(id.to_owned(), (rev, record, routes));
-        self.sync_hosts(v2, hosts).await
+        drifted: BTreeMap<String, Routes>,
+    ) -> Result<BTreeMap<String, Written>, Error> {
+        let idle: Vec<(String, Routes)> = drifted
+            .into_iter()
+            .filter(|(host, _)| {
+                let busy = self.is_syncing(host);
+                if busy {
+                    tracing::debug!(host, "reconcile leaves a hostname being synced to its sync");
+                }
+                !busy
+            })
+            .collect();
+        let mut written = BTreeMap::new();
+        for chunk in idle.chunks(SYNC_CHUNK) {
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+            let records = self.host_records(&ids).await?;
+            let hosts: Hosts = chunk
+                .iter()
+                .cloned()
+                .zip(records)
+                .map(|((id, routes), (rev, record))| (id, (rev, record, routes)))
+                .collect();
+            written.extend(self.sync_hosts(v2, hosts).await?);
+        }
+        Ok(written)
     }
 
     /// Syncs hostnames to v2 in rounds: every hostname's routes from its record (several
     /// hostnames at once — their routes are disjoint — each in vulcand's order), then one
     /// read of all their records; those another writer changed meanwhile go again from the
     /// newer record. While this runs the hostnames are marked as being synced.
-    async fn sync_hosts(&self, v2: &V2Client, mut hosts: Hosts) -> Result<Written, Error> {
+    async fn sync_hosts(
+        &self,
+        v2: &V2Client,
+        mut hosts: Hosts,
+    ) -> Result<BTreeMap<String, Written>, Error> {
         use futures::{StreamExt, TryStreamExt};
         let _syncing = Syncing::mark(self, hosts.keys().cloned().collect());
-        let mut written = Written::default();
+        let mut written = BTreeMap::<String, Written>::new();
         for _ in 0..8 {
             let round: Vec<(String, Host, Written)> =
                 futures::stream::iter(std::mem::take(&mut hosts))
@@ -194,7 +209,7 @@ impl VulcandProjector {
                     .try_collect()
                     .await?;
             for (id, host, w) in round {
-                written += w;
+                *written.entry(id.clone()).or_default() += w;
                 hosts.insert(id, host);
             }
             let ids: Vec<String> = hosts.keys().cloned().collect();

@@ -120,22 +120,71 @@ async fn v2_reconciliation_restores_our_keys_and_leaves_foreign_ones() -> anyhow
     http.delete(format!("{}/v2/keys{server}", bench.etcd.url()))
         .send()
         .await?;
-    http.put(format!(
-        "{}/v2/keys/vulcand/backends/foreign/backend",
-        bench.etcd.url()
-    ))
-    .form(&[("value", r#"{"Type":"http"}"#)])
-    .send()
-    .await?;
+    let frontend = format!("/vulcand/frontends/{id}/frontend");
+    let routed = v2_tree(&bench).await?[&frontend].clone();
+    let stray = Layout::new("/vulcand", "ksr").route_id("gone-shop.test.service.consul", "/.*");
+    let base = bench.etcd.url();
+    for (key, value) in [
+        (
+            "/vulcand/backends/foreign/backend".to_owned(),
+            r#"{"Type":"http"}"#,
+        ),
+        (
+            frontend.clone(),
+            r#"{"Type":"http","BackendId":"elsewhere","Route":"Path(`/`)"}"#,
+        ),
+        (
+            format!("/vulcand/frontends/{stray}/frontend"),
+            routed.as_str(),
+        ),
+    ] {
+        http.put(format!("{base}/v2/keys{key}"))
+            .form(&[("value", value)])
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    // Empty directories: one of ours (vulcand v0.8 would not start) and a foreign one.
+    let empty = Layout::new("/vulcand", "ksr").route_id("empty-shop.test.service.consul", "/.*");
+    for dir in [
+        format!("/vulcand/backends/{empty}/servers"),
+        "/vulcand/backends/empty".to_owned(),
+    ] {
+        http.put(format!("{base}/v2/keys{dir}"))
+            .form(&[("dir", "true")])
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     eventually(WAIT, || async {
         let t = v2_tree(&bench).await?;
+        let ours: Vec<&String> = t.keys().filter(|k| k.contains("/ksr.")).collect();
         anyhow::ensure!(
-            t.contains_key(&server) && t.contains_key("/vulcand/backends/foreign/backend"),
+            t.contains_key(&server)
+                && t.get(&frontend) == Some(&routed)
+                && ours.len() == 3
+                && t.contains_key("/vulcand/backends/foreign/backend"),
             "{t:#?}"
         );
+        for dir in [&stray, &empty] {
+            let left = http
+                .get(format!("{base}/v2/keys/vulcand/backends/{dir}"))
+                .send()
+                .await?;
+            anyhow::ensure!(left.status() == 404, "{}", left.text().await?);
+        }
         Ok(())
     })
-    .await
+    .await?;
+    let foreign_dir = http
+        .get(format!("{base}/v2/keys/vulcand/backends/empty"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        foreign_dir.status() == 200,
+        "foreign directories are left alone"
+    );
+    Ok(())
 }
 
 #[tokio::test]

@@ -194,33 +194,70 @@ impl Replay {
 }
 
 /// The newest event of every subject at or below `ack_floor` (events a consumer already
-/// acknowledged, so their projection must exist), as deliveries for a fenced re-apply.
-/// Undecodable events are logged with their sequence and skipped.
-pub async fn acknowledged_latest(
-    stream: &Stream,
+/// acknowledged, so their projection must exist), as deliveries for a fenced re-apply, read
+/// a chunk at a time ([`Acknowledged::next_chunk`]) so a reconciliation of any size holds one
+/// chunk, not the stream. Undecodable events are logged with their sequence and skipped.
+#[derive(Debug)]
+pub struct Acknowledged {
+    replay: Replay,
     ack_floor: u64,
-) -> Result<Vec<ksr_projection::Delivery>, RuntimeError> {
-    let latest = latest_per_subject(stream, &ksr_proto::subject::all_filter()).await?;
-    let incarnation = crate::nats::incarnation(stream);
-    Ok(latest
-        .into_iter()
-        .filter(|l| l.seq <= ack_floor)
-        .filter_map(|l| match l.event {
-            Ok(event) => Some(ksr_projection::Delivery {
-                seq: l.seq,
-                incarnation,
-                event,
-            }),
-            Err(e) => {
-                tracing::warn!(
+    incarnation: u64,
+}
+
+impl Acknowledged {
+    pub async fn open(stream: &Stream, ack_floor: u64) -> Result<Self, RuntimeError> {
+        let filter = ksr_proto::subject::all_filter();
+        Ok(Self {
+            replay: Replay::open(stream, &filter, DeliverPolicy::LastPerSubject).await?,
+            ack_floor,
+            incarnation: crate::nats::incarnation(stream),
+        })
+    }
+
+    /// Up to `n` more deliveries, in stream order; empty once every one was read.
+    pub async fn next_chunk(
+        &mut self,
+        n: usize,
+    ) -> Result<Vec<ksr_projection::Delivery>, RuntimeError> {
+        let mut out = Vec::with_capacity(n.min(1024));
+        while out.len() < n {
+            let Some(l) = self.replay.next().await? else {
+                break;
+            };
+            if l.seq > self.ack_floor {
+                continue;
+            }
+            match l.event {
+                Ok(event) => out.push(ksr_projection::Delivery {
+                    seq: l.seq,
+                    incarnation: self.incarnation,
+                    event,
+                }),
+                Err(e) => tracing::warn!(
                     seq = l.seq,
                     subject = l.subject,
                     reason = e.reason(),
                     error = %e,
                     "reconcile: skipping undecodable event"
-                );
-                None
+                ),
             }
-        })
-        .collect())
+        }
+        Ok(out)
+    }
+}
+
+/// Every delivery [`Acknowledged`] reads, at once.
+pub async fn acknowledged_latest(
+    stream: &Stream,
+    ack_floor: u64,
+) -> Result<Vec<ksr_projection::Delivery>, RuntimeError> {
+    let mut all = Acknowledged::open(stream, ack_floor).await?;
+    let mut out = Vec::new();
+    loop {
+        let chunk = all.next_chunk(usize::MAX).await?;
+        if chunk.is_empty() {
+            return Ok(out);
+        }
+        out.extend(chunk);
+    }
 }

@@ -1,0 +1,345 @@
+//! What every route of ours should hold in vulcand's keys, kept as one hash per key, and the
+//! routes that differ from it as vulcand's keys are read one route at a time: the key pass of
+//! reconciliation in memory that grows with the number of routes, not with their keys.
+//!
+//! At 100,000 Services reconciliation held every live key and every expected key with its
+//! value at once (publisher peak 768 MiB on v3, 933 MiB on v2, for a process that projects in
+//! 150 MiB). Now a route costs its id and a hash per key; only the keys of routes that differ
+//! are kept, to repair them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use ksr_projection::RecordKey;
+
+use crate::keys::KeyClass;
+use crate::layout::Layout;
+use crate::target::State;
+
+/// The two directories of a route in vulcand's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Backends = 0,
+    Frontends = 1,
+}
+
+impl Dir {
+    pub const BOTH: [Dir; 2] = [Dir::Backends, Dir::Frontends];
+
+    /// The directory a key of `class` lives in.
+    pub fn of(class: KeyClass) -> Self {
+        match class {
+            KeyClass::Frontend => Dir::Frontends,
+            KeyClass::Backend | KeyClass::Server => Dir::Backends,
+        }
+    }
+
+    /// Its name under the vulcand prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dir::Backends => "backends",
+            Dir::Frontends => "frontends",
+        }
+    }
+}
+
+/// One route's keys in one directory as read: every key with its value, and whether a
+/// directory in it is empty (v2 only; vulcand v0.8 refuses to start on one).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub leaves: Vec<(String, String)>,
+    pub empty_dir: bool,
+}
+
+#[derive(Debug, Default)]
+struct WantedDir {
+    /// Hashes of (key, value), sorted.
+    keys: Vec<u64>,
+    seen: bool,
+}
+
+fn key_hash(key: &str, value: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// The projection of our records, one hash per key, checked against vulcand's keys route by
+/// route; collects the routes that need repair.
+#[derive(Debug)]
+pub struct Wanted<'s> {
+    routes: HashMap<String, [WantedDir; 2]>,
+    unreadable: HashSet<&'s str>,
+    upsert_only: bool,
+    drifted: BTreeMap<String, BTreeSet<String>>,
+    kept: BTreeMap<String, String>,
+}
+
+impl<'s> Wanted<'s> {
+    /// The keys `state`'s records project to, one hostname at a time. With `upsert_only`,
+    /// keys no record wants are not drift.
+    pub fn of(layout: &Layout, state: &'s State, upsert_only: bool) -> Self {
+        let mut routes: HashMap<String, [WantedDir; 2]> = HashMap::new();
+        for (_, v) in state.names() {
+            let Some(record) = &v.value else { continue };
+            for (key, (class, value)) in crate::keys::project(layout, record) {
+                let Some(id) = layout.id_of_vulcand_key(&key) else {
+                    continue;
+                };
+                let dirs = routes.entry(id.to_owned()).or_default();
+                dirs[Dir::of(class) as usize]
+                    .keys
+                    .push(key_hash(&key, &value));
+            }
+        }
+        for dirs in routes.values_mut() {
+            dirs.iter_mut().for_each(|d| d.keys.sort_unstable());
+        }
+        let unreadable = state
+            .corrupt
+            .iter()
+            .filter_map(|(r, _, _)| match r {
+                RecordKey::Name(id) => Some(id.as_str()),
+                RecordKey::Service(_) => None,
+            })
+            .collect();
+        Self {
+            routes,
+            unreadable,
+            upsert_only,
+            drifted: BTreeMap::new(),
+            kept: BTreeMap::new(),
+        }
+    }
+
+    /// Checks route `id`'s keys in `dir` as read; a route that needs repair is noted (with
+    /// its keys, when `keep`). A key wanted that is missing or altered needs repair, and
+    /// (unless upsert-only) so does a key no record wants or an empty directory. Keys of a
+    /// hostname whose record is unreadable are left alone.
+    pub fn check(&mut self, layout: &Layout, id: &str, dir: Dir, found: Found, keep: bool) {
+        let host = layout.host_id_of(id);
+        if self.unreadable.contains(host) {
+            return;
+        }
+        let mut have: Vec<u64> = found.leaves.iter().map(|(k, v)| key_hash(k, v)).collect();
+        have.sort_unstable();
+        let differs = match self.routes.get_mut(id).map(|d| &mut d[dir as usize]) {
+            None => !self.upsert_only,
+            Some(want) => {
+                want.seen = true;
+                let missing = want.keys.iter().any(|k| have.binary_search(k).is_err());
+                let extra = have != want.keys || found.empty_dir;
+                missing || (extra && !self.upsert_only)
+            }
+        };
+        if differs {
+            self.mark(layout, id);
+            if keep {
+                self.kept.extend(found.leaves);
+            }
+        }
+    }
+
+    fn mark(&mut self, layout: &Layout, id: &str) {
+        self.drifted
+            .entry(layout.host_id_of(id).to_owned())
+            .or_default()
+            .insert(id.to_owned());
+    }
+
+    /// Once every route was checked: the routes that need repair by hostname (those with
+    /// wanted keys in a directory that was not found among them), and the keys kept of them.
+    pub fn finish(
+        mut self,
+        layout: &Layout,
+    ) -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<String, String>) {
+        let unseen: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(_, dirs)| dirs.iter().any(|d| !d.seen && !d.keys.is_empty()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in unseen {
+            self.mark(layout, &id);
+        }
+        (self.drifted, self.kept)
+    }
+}
+
+/// Groups keys read in key order by the route they belong to: `push` each key, and every
+/// completed route comes out (the keys of a route id are contiguous, being the range of
+/// `<dir>/<id>/`).
+#[derive(Debug, Default)]
+pub struct ByRoute {
+    id: String,
+    found: Found,
+}
+
+impl ByRoute {
+    /// Adds a key of route `id`; returns the previous route once `id` starts a new one.
+    pub fn push(&mut self, id: &str, key: String, value: String) -> Option<(String, Found)> {
+        let done = (id != self.id).then(|| self.take()).flatten();
+        if self.id.is_empty() {
+            self.id = id.to_owned();
+        }
+        self.found.leaves.push((key, value));
+        done
+    }
+
+    /// The last route, if any.
+    pub fn take(&mut self) -> Option<(String, Found)> {
+        if self.id.is_empty() {
+            return None;
+        }
+        Some((
+            std::mem::take(&mut self.id),
+            std::mem::take(&mut self.found),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{HostMeta, HostRecord, PathClaim};
+    use ksr_proto::ServiceKey;
+
+    fn layout() -> Layout {
+        Layout::new("vulcand", "ksr")
+    }
+
+    /// A state with one hostname routed at `/` to one address.
+    fn state(layout: &Layout) -> (State, crate::keys::Projection) {
+        let host = "web-shop.test.service.consul";
+        let mut record = HostRecord::new(HostMeta { host: host.into() });
+        record.claims.upsert(
+            &ServiceKey::new("c1", "shop", "web"),
+            1,
+            1,
+            PathClaim {
+                path: "/".parse().expect("a valid path"),
+                path_since: 1,
+                backends: vec!["10.0.0.1:80".parse().expect("an address")],
+                scheme: Default::default(),
+                tls_skip_verify: false,
+            },
+        );
+        let projection = crate::keys::project(layout, &record);
+        let mut state = State::default();
+        state.set_name(
+            layout.host_id(host),
+            ksr_projection::Versioned {
+                rev: 1,
+                value: Some(record),
+            },
+        );
+        (state, projection)
+    }
+
+    fn found(projection: &crate::keys::Projection, dir: Dir) -> (String, Found) {
+        let layout = layout();
+        let leaves: Vec<(String, String)> = projection
+            .iter()
+            .filter(|(_, (c, _))| Dir::of(*c) == dir)
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
+        let id = layout
+            .id_of_vulcand_key(&leaves[0].0)
+            .expect("ours")
+            .to_owned();
+        (
+            id,
+            Found {
+                leaves,
+                empty_dir: false,
+            },
+        )
+    }
+
+    fn drifted(w: Wanted, layout: &Layout) -> Vec<String> {
+        w.finish(layout).0.into_values().flatten().collect()
+    }
+
+    #[test]
+    fn routes_as_wanted_are_not_drift_and_any_difference_is() {
+        let layout = layout();
+        let (state, projection) = state(&layout);
+        let (id, backends) = found(&projection, Dir::Backends);
+        let (_, frontends) = found(&projection, Dir::Frontends);
+
+        let mut w = Wanted::of(&layout, &state, false);
+        w.check(&layout, &id, Dir::Backends, backends.clone(), true);
+        w.check(&layout, &id, Dir::Frontends, frontends.clone(), true);
+        assert_eq!(drifted(w, &layout), Vec::<String>::new());
+
+        // A directory missing altogether.
+        let mut w = Wanted::of(&layout, &state, false);
+        w.check(&layout, &id, Dir::Backends, backends.clone(), true);
+        assert_eq!(drifted(w, &layout), vec![id.clone()]);
+
+        // An altered value, kept for the repair.
+        let mut altered = frontends.clone();
+        altered.leaves[0].1.push(' ');
+        let mut w = Wanted::of(&layout, &state, false);
+        w.check(&layout, &id, Dir::Backends, backends.clone(), true);
+        w.check(&layout, &id, Dir::Frontends, altered.clone(), true);
+        let (d, kept) = w.finish(&layout);
+        assert_eq!(
+            d.into_values().flatten().collect::<Vec<_>>(),
+            vec![id.clone()]
+        );
+        assert_eq!(kept, altered.leaves.into_iter().collect());
+
+        // A key no record wants, and an empty directory: drift, unless upsert-only.
+        let mut extra = backends.clone();
+        extra
+            .leaves
+            .push((layout.server_key(&id, "c9-10-0-0-9-80"), "{}".into()));
+        let mut empty = backends.clone();
+        empty.empty_dir = true;
+        for (upsert_only, want) in [(false, vec![id.clone()]), (true, vec![])] {
+            for b in [&extra, &empty] {
+                let mut w = Wanted::of(&layout, &state, upsert_only);
+                w.check(&layout, &id, Dir::Backends, b.clone(), false);
+                w.check(&layout, &id, Dir::Frontends, frontends.clone(), false);
+                assert_eq!(drifted(w, &layout), want, "upsert-only {upsert_only}");
+            }
+        }
+
+        // A route of ours no record wants.
+        let stray = format!(
+            "{}.0123456789abcdef",
+            layout.host_id("gone.test.service.consul")
+        );
+        for (upsert_only, want) in [(false, vec![stray.clone()]), (true, vec![])] {
+            let mut w = Wanted::of(&layout, &state, upsert_only);
+            w.check(&layout, &id, Dir::Backends, backends.clone(), false);
+            w.check(&layout, &id, Dir::Frontends, frontends.clone(), false);
+            w.check(&layout, &stray, Dir::Frontends, frontends.clone(), false);
+            assert_eq!(drifted(w, &layout), want);
+        }
+    }
+
+    #[test]
+    fn keys_read_in_order_come_out_route_by_route() {
+        let mut g = ByRoute::default();
+        let mut out = Vec::new();
+        for (id, key) in [
+            ("a", "a/1"),
+            ("a", "a/2"),
+            ("b", "b/1"),
+            ("c", "c/1"),
+            ("c", "c/2"),
+        ] {
+            out.extend(g.push(id, key.into(), "v".into()));
+        }
+        out.extend(g.take());
+        let ids: Vec<(String, usize)> = out
+            .iter()
+            .map(|(id, f)| (id.clone(), f.leaves.len()))
+            .collect();
+        assert_eq!(ids, vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 2)]);
+        assert!(g.take().is_none());
+    }
+}
