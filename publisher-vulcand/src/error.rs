@@ -14,6 +14,18 @@ pub enum Error {
     PermissionDenied { prefix: String, message: String },
     #[error("etcd v2 API at {url}: {message}")]
     EtcdV2 { url: String, message: String },
+    #[error("etcd v2 API at {url}: {source}")]
+    EtcdV2Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("etcd v2 API: no endpoint of {urls} answered; the last: {source}")]
+    EtcdV2Unreachable {
+        urls: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("etcd v2 API: reading {dir}: {source}")]
     EtcdV2Listing {
         dir: String,
@@ -66,7 +78,10 @@ impl Error {
             Error::Etcd(e) if crate::access::is_permission_denied(e) => "permission_denied",
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Etcd(_) => "etcd",
-            Error::EtcdV2 { .. } | Error::EtcdV2Listing { .. } => "etcd_v2",
+            Error::EtcdV2 { .. }
+            | Error::EtcdV2Request { .. }
+            | Error::EtcdV2Unreachable { .. }
+            | Error::EtcdV2Listing { .. } => "etcd_v2",
             Error::Contention { .. } => "contention",
             Error::Runtime(_) => "runtime",
             Error::Config(_) | Error::Flag(_) => "config",

@@ -107,7 +107,7 @@ impl V2Client {
         use std::sync::atomic::Ordering;
         let n = self.bases.len().max(1);
         let first = self.current.load(Ordering::Relaxed);
-        let mut failures = Vec::new();
+        let mut last = None;
         for i in 0..n {
             let idx = (first + i) % n;
             let Some(base) = self.bases.get(idx) else {
@@ -127,13 +127,22 @@ impl V2Client {
                         return Err(Error::Runtime(tls));
                     }
                     if !(e.is_connect() || e.is_timeout()) {
-                        return Err(self.err(format!("{base}: {e}")));
+                        return Err(Error::EtcdV2Request {
+                            url: base.clone(),
+                            source: e,
+                        });
                     }
-                    failures.push(format!("{base}: {e}"));
+                    last = Some(e);
                 }
             }
         }
-        Err(self.err(format!("no endpoint answered: {}", failures.join("; "))))
+        Err(match last {
+            Some(source) => Error::EtcdV2Unreachable {
+                urls: self.bases.join(","),
+                source,
+            },
+            None => self.err("no endpoint configured"),
+        })
     }
 
     /// etcd's `/version`: whether an endpoint answers (TLS and all) before any route is written.
@@ -163,7 +172,11 @@ impl V2Client {
         match resp.status().as_u16() {
             404 => Ok(BTreeMap::new()),
             200 => {
-                let reply: Reply = resp.json().await.map_err(|e| self.err(e.to_string()))?;
+                let url = resp.url().to_string();
+                let reply: Reply = resp
+                    .json()
+                    .await
+                    .map_err(|source| Error::EtcdV2Request { url, source })?;
                 Ok(flatten(reply.node))
             }
             s => Err(self.err(format!(
