@@ -288,9 +288,12 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
     drop(vulcand);
     drop(consul_pub);
     let restarted = Instant::now();
-    let _vulcand = spawn_vulcand(&nats, &etcd, &vulcand_admin)?;
-    let _consul_pub = spawn_consul(&nats, &consul, &consul_admin)?;
-    for (name, admin) in [("vulcand", &vulcand_admin), ("consul", &consul_admin)] {
+    let vulcand = spawn_vulcand(&nats, &etcd, &vulcand_admin)?;
+    let consul_pub = spawn_consul(&nats, &consul, &consul_admin)?;
+    for (name, admin, process) in [
+        ("vulcand", &vulcand_admin, &vulcand),
+        ("consul", &consul_admin, &consul_pub),
+    ] {
         let runs = format!("ksr_{name}_reconcile_runs_total");
         let until = Instant::now() + Duration::from_secs(900);
         let mut m = admin.metrics().await;
@@ -308,8 +311,9 @@ async fn one_size(size: usize, args: &Args, churn: bool) -> anyhow::Result<()> {
                 format!("{p} {v:.2}")
             })
             .collect();
+        let (rss, peak) = process.memory_mib();
         println!(
-            "  full reconciliation after a restart, publisher-{name}: {:.2} s ({}; restart → done {:.2} s), {} repairs",
+            "  full reconciliation after a restart, publisher-{name}: {:.2} s ({}; restart → done {:.2} s), {} repairs; RSS {rss:.0} MiB (peak {peak:.0} MiB)",
             sample(&m, &format!("ksr_{name}_reconcile_duration_seconds")),
             phases.join(", "),
             restarted.elapsed().as_secs_f64(),

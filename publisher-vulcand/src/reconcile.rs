@@ -174,19 +174,18 @@ async fn repair_keys(
         }
     }
     let (drifted, actual) = wanted.finish(layout);
-    // The drifted routes as their records project them.
+    // The directories that differ of the drifted routes, as their records project them
+    // (a directory found as wanted needs no write, and its keys were not kept).
     let mut expected = crate::keys::Projection::new();
     for (host, ids) in &drifted {
         if let (_, Some(record)) = state.name(host) {
-            expected.extend(
-                crate::keys::project(layout, record)
-                    .into_iter()
-                    .filter(|(key, _)| {
-                        layout
-                            .id_of_vulcand_key(key)
-                            .is_some_and(|id| ids.contains(id))
-                    }),
-            );
+            expected.extend(crate::keys::project(layout, record).into_iter().filter(
+                |(key, (class, _))| {
+                    layout
+                        .id_of_vulcand_key(key)
+                        .is_some_and(|id| ids.contains(id) && !wanted.matched(id, Dir::of(*class)))
+                },
+            ));
         }
     }
     // Per route id: the writes that repair it.

@@ -55,6 +55,8 @@ struct WantedDir {
     /// Hashes of (key, value), sorted.
     keys: Vec<u64>,
     seen: bool,
+    /// Found exactly as wanted.
+    matched: bool,
 }
 
 fn key_hash(key: &str, value: &str) -> u64 {
@@ -128,9 +130,9 @@ impl<'s> Wanted<'s> {
             None => !self.upsert_only,
             Some(want) => {
                 want.seen = true;
+                want.matched = have == want.keys && !found.empty_dir;
                 let missing = want.keys.iter().any(|k| have.binary_search(k).is_err());
-                let extra = have != want.keys || found.empty_dir;
-                missing || (extra && !self.upsert_only)
+                missing || (!want.matched && !self.upsert_only)
             }
         };
         if differs {
@@ -148,10 +150,17 @@ impl<'s> Wanted<'s> {
             .insert(id.to_owned());
     }
 
+    /// Whether route `id`'s directory `dir` was found exactly as wanted (a route that needs
+    /// repair in its other directory needs no write in this one).
+    pub fn matched(&self, id: &str, dir: Dir) -> bool {
+        self.routes.get(id).is_some_and(|d| d[dir as usize].matched)
+    }
+
     /// Once every route was checked: the routes that need repair by hostname (those with
-    /// wanted keys in a directory that was not found among them), and the keys kept of them.
+    /// wanted keys in a directory that was not found among them), and the keys kept of them
+    /// (of the directories that differ).
     pub fn finish(
-        mut self,
+        &mut self,
         layout: &Layout,
     ) -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<String, String>) {
         let unseen: Vec<String> = self
@@ -163,7 +172,10 @@ impl<'s> Wanted<'s> {
         for id in unseen {
             self.mark(layout, &id);
         }
-        (self.drifted, self.kept)
+        (
+            std::mem::take(&mut self.drifted),
+            std::mem::take(&mut self.kept),
+        )
     }
 }
 
@@ -257,7 +269,7 @@ mod tests {
         )
     }
 
-    fn drifted(w: Wanted, layout: &Layout) -> Vec<String> {
+    fn drifted(mut w: Wanted, layout: &Layout) -> Vec<String> {
         w.finish(layout).0.into_values().flatten().collect()
     }
 
