@@ -115,14 +115,7 @@ pub async fn reconcile(
     p.cache().quarantine(&state);
     phases.done("records");
 
-    let mut acknowledged = replay::Acknowledged::open(stream, ack_floor).await?;
-    loop {
-        let chunk = acknowledged.next_chunk(1000).await?;
-        if chunk.is_empty() {
-            break;
-        }
-        report.replayed += p.apply_batch(&chunk).await?.applied;
-    }
+    report.replayed = replay::reapply_acknowledged(p, stream, ack_floor).await?;
     // The records read before serve the passes below unless the stream pass wrote some.
     if report.replayed > 0 {
         state = p.snapshot().await?;

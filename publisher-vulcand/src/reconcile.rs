@@ -58,14 +58,7 @@ pub async fn reconcile(
     let mut state = projector.snapshot().await?;
     projector.cache().quarantine(&state);
     phases.done("records");
-    let mut acknowledged = replay::Acknowledged::open(stream, ack_floor).await?;
-    loop {
-        let chunk = acknowledged.next_chunk(1000).await?;
-        if chunk.is_empty() {
-            break;
-        }
-        report.replayed += projector.apply_batch(&chunk).await?.applied;
-    }
+    report.replayed = replay::reapply_acknowledged(projector, stream, ack_floor).await?;
     // One read of our records serves the key pass and the tombstones (their deletes are
     // guarded by revision, so a record changed since is simply left); read again only when
     // the stream pass wrote some.

@@ -246,6 +246,29 @@ impl Acknowledged {
     }
 }
 
+/// The stream pass of a reconciliation: every delivery [`Acknowledged`] reads goes through
+/// `store`'s fenced apply, a chunk of 1,000 at a time. Returns how many events it applied
+/// (those whose projection was missing or behind; the others are skipped by their fence).
+pub async fn reapply_acknowledged<S>(
+    store: &S,
+    stream: &Stream,
+    ack_floor: u64,
+) -> Result<u64, S::Error>
+where
+    S: ksr_projection::apply::Store,
+    S::Error: From<RuntimeError>,
+{
+    let mut acknowledged = Acknowledged::open(stream, ack_floor).await?;
+    let mut applied = 0;
+    loop {
+        let chunk = acknowledged.next_chunk(1000).await?;
+        if chunk.is_empty() {
+            return Ok(applied);
+        }
+        applied += store.apply_batch(&chunk).await?.applied;
+    }
+}
+
 /// Every delivery [`Acknowledged`] reads, at once.
 pub async fn acknowledged_latest(
     stream: &Stream,
