@@ -66,8 +66,10 @@ pub struct Outcome {
 
 #[derive(Debug, Default)]
 struct Objects<T> {
-    live: BTreeMap<ObjKey, T>,
-    pending: Option<BTreeMap<ObjKey, T>>,
+    /// Boxed: a map node holds a pointer per slot, not a whole object per (possibly empty)
+    /// slot (a Service is 824 bytes before its strings).
+    live: BTreeMap<ObjKey, Box<T>>,
+    pending: Option<BTreeMap<ObjKey, Box<T>>>,
     synced: bool,
 }
 
@@ -133,7 +135,7 @@ impl Inventory {
     }
 
     pub fn service(&self, key: &ObjKey) -> Option<&Service> {
-        self.services.live.get(key)
+        self.services.live.get(key).map(|s| &**s)
     }
 
     /// The EndpointSlices of a Service.
@@ -142,13 +144,13 @@ impl Inventory {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.live.get(k))
+            .filter_map(|k| self.slices.live.get(k).map(|s| &**s))
             .collect()
     }
 
     /// Puts (or, for `None`, removes) slice `key`, keeping the owner index; returns the owners
     /// whose slices changed.
-    fn set_slice(&mut self, key: ObjKey, slice: Option<EndpointSlice>) -> Vec<ObjKey> {
+    fn set_slice(&mut self, key: ObjKey, slice: Option<Box<EndpointSlice>>) -> Vec<ObjKey> {
         let mut owners = Vec::new();
         let old = match slice {
             Some(s) => {
@@ -163,9 +165,14 @@ impl Inventory {
             }
             None => self.slices.live.remove(&key),
         };
-        if let Some(old_owner) = old.as_ref().and_then(slice_owner) {
-            let still =
-                self.slices.live.get(&key).and_then(slice_owner).as_ref() == Some(&old_owner);
+        if let Some(old_owner) = old.as_ref().and_then(|s| slice_owner(s)) {
+            let still = self
+                .slices
+                .live
+                .get(&key)
+                .and_then(|s| slice_owner(s))
+                .as_ref()
+                == Some(&old_owner);
             if !still && let Some(set) = self.slices_by_owner.get_mut(&old_owner) {
                 set.remove(&key);
                 if set.is_empty() {
@@ -189,7 +196,7 @@ impl Inventory {
                     self.services
                         .pending
                         .get_or_insert_with(BTreeMap::new)
-                        .insert(k, *s);
+                        .insert(k, s);
                 }
             }
             SourceEvent::InitApply(Resource::Slice(s)) => {
@@ -198,7 +205,7 @@ impl Inventory {
                     self.slices
                         .pending
                         .get_or_insert_with(BTreeMap::new)
-                        .insert(k, *s);
+                        .insert(k, s);
                 }
             }
             SourceEvent::InitDone(Kind::Services) => {
@@ -230,7 +237,7 @@ impl Inventory {
                 let k = key_of(&s.metadata);
                 if self.allowed(&k.0) {
                     out.dirty.insert(k.clone());
-                    self.services.live.insert(k, *s);
+                    self.services.live.insert(k, s);
                 }
             }
             SourceEvent::Delete(Resource::Service(s)) => {
@@ -242,7 +249,7 @@ impl Inventory {
             SourceEvent::Apply(Resource::Slice(s)) => {
                 let k = key_of(&s.metadata);
                 if self.allowed(&k.0) {
-                    out.dirty.extend(self.set_slice(k, Some(*s)));
+                    out.dirty.extend(self.set_slice(k, Some(s)));
                 }
             }
             SourceEvent::Delete(Resource::Slice(s)) => {

@@ -99,7 +99,8 @@ impl Normalizer {
         ksr_proto::ServiceKey::new(LONGEST_CLUSTER, namespace, name)
             .validate()
             .map_err(|e| unroutable("invalid_name", e.to_string()))?;
-        let annotations = meta.annotations.clone().unwrap_or_default();
+        let no_annotations = std::collections::BTreeMap::new();
+        let annotations = meta.annotations.as_ref().unwrap_or(&no_annotations);
         let host = annotations.get(HOST_ANNOTATION).map(|h| h.trim());
         let (label, full_host) = match host {
             Some(h) if h.contains('.') => {
@@ -128,15 +129,15 @@ impl Normalizer {
             None => RoutePath::default_path(),
         };
 
-        let spec = svc.spec.clone().unwrap_or_default();
-        let k8s_ports = spec.ports.clone().unwrap_or_default();
+        let spec = svc.spec.as_ref();
+        let k8s_ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
         let chosen = choose_port(
-            &k8s_ports,
+            k8s_ports,
             annotations.get(PORT_ANNOTATION).map(String::as_str),
         )?;
-        let (scheme, tls_skip_verify) = backend_scheme(&annotations, &chosen)?;
-        let (consul_tags, consul_meta) = consul_extras(&annotations)?;
-        if spec.type_.as_deref() == Some("ExternalName") {
+        let (scheme, tls_skip_verify) = backend_scheme(annotations, &chosen)?;
+        let (consul_tags, consul_meta) = consul_extras(annotations)?;
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             return Err(unroutable(
                 "external_name",
                 "an ExternalName Service is a DNS alias: it has no addresses to route to",
@@ -144,7 +145,7 @@ impl Normalizer {
         }
         let backends = match self.mode {
             AddressMode::ClusterIp => {
-                let ip = match spec.cluster_ip.as_deref() {
+                let ip = match spec.and_then(|s| s.cluster_ip.as_deref()) {
                     Some("None") => {
                         return Err(unroutable(
                             "headless",

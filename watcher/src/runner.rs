@@ -11,7 +11,7 @@
 //! down) the affected Services stay dirty and the stream's state is re-read before the next
 //! attempt, so nothing buffered is ever lost.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -37,6 +37,10 @@ use ksr_proto::selector::LabelSelector;
 
 /// How many subjects are published concurrently.
 const CONCURRENCY: usize = 256;
+
+/// How many subjects of a flush are published before their results are taken in (a few
+/// rounds of `CONCURRENCY`: the window drains only at a chunk's end).
+const FLUSH_CHUNK: usize = 4 * CONCURRENCY;
 
 /// What the watcher wants the stream to say about one Service.
 enum Verdict {
@@ -84,7 +88,7 @@ pub struct Runner {
     inventory: Inventory,
     normalizer: Normalizer,
     writer: EventWriter,
-    known: HashMap<ServiceKey, Known>,
+    known: HashMap<ServiceKey, Box<Known>>,
     /// How many of `known` are routed (kept as `known` changes: counting is O(Services)).
     routed: usize,
     /// Services not routed for a bad spec, with the reason (logged when it changes).
@@ -170,8 +174,9 @@ impl Runner {
             return Verdict::Absent(Origin::default());
         };
         let origin = origin_of(svc);
-        let labels = svc.metadata.labels.clone().unwrap_or_default();
-        if !self.config.selector.matches(&labels) {
+        let no_labels = BTreeMap::new();
+        let labels = svc.metadata.labels.as_ref().unwrap_or(&no_labels);
+        if !self.config.selector.matches(labels) {
             return Verdict::Absent(origin);
         }
         match self.normalizer.route(svc, &self.inventory.slices_of(key)) {
@@ -406,7 +411,7 @@ impl Runner {
     }
 
     /// Replaces what the stream is known to say.
-    fn set_known(&mut self, known: HashMap<ServiceKey, Known>) {
+    fn set_known(&mut self, known: HashMap<ServiceKey, Box<Known>>) {
         self.routed = known.values().filter(|k| k.routed()).count();
         self.known = known;
     }
@@ -415,7 +420,7 @@ impl Runner {
     fn remember(&mut self, key: ServiceKey, known: Option<Known>) {
         let now = known.as_ref().is_some_and(Known::routed);
         let before = match known {
-            Some(known) => self.known.insert(key, known),
+            Some(known) => self.known.insert(key, Box::new(known)),
             None => self.known.remove(&key),
         };
         self.routed =
@@ -512,11 +517,15 @@ impl Runner {
             .into_iter()
             .filter_map(|(obj, route, origin)| {
                 let key = self.service_key(&obj);
-                let known = self.known.get(&key).cloned();
                 // Cheap pre-check: most keys of a full diff are unchanged.
                 if self
                     .writer
-                    .change_for(&key, route.as_ref(), known.as_ref(), &origin)
+                    .change_for(
+                        &key,
+                        route.as_ref(),
+                        self.known.get(&key).map(|k| &**k),
+                        &origin,
+                    )
                     .is_none()
                 {
                     if !full {
@@ -529,48 +538,62 @@ impl Runner {
                     key,
                     route,
                     origin,
-                    known,
                 })
             })
             .collect();
         // A Service that comes back is no longer a held removal.
         let jobs = self.hold_removals(jobs, full);
-        let writer = &self.writer;
-        let results: Vec<(Job, Result<Option<Known>, Error>)> = futures::stream::iter(jobs)
-            .map(|job| async move {
-                let sync =
-                    writer.sync(&job.key, job.route.as_ref(), job.known.clone(), &job.origin);
-                // A connection that swallows requests must not stall every other Service.
-                let r = tokio::time::timeout(SYNC_DEADLINE, sync)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::Stalled {
-                            key: job.key.clone(),
-                            after: SYNC_DEADLINE,
-                        })
-                    });
-                (job, r)
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        // A chunk at a time, each taken in before the next: what the stream said and now says
+        // about a Service is held for one chunk, not for every Service of a full list at once.
         let mut failed = Vec::new();
         let mut uncertain = false;
-        for (job, r) in results {
-            match r {
-                Ok(Some(known)) => {
-                    self.tell_owner(&job.obj, job.route.as_ref());
-                    self.remember(job.key, Some(known));
-                }
-                Ok(None) => {
-                    self.tell_owner(&job.obj, job.route.as_ref());
-                    self.remember(job.key, None);
-                }
-                Err(e) => {
-                    self.metrics.publish_errors.inc();
-                    tracing::warn!(cluster = job.key.cluster, namespace = job.key.namespace, service = job.key.name, error = %e, "publish failed; will retry");
-                    uncertain |= !e.certainly_not_stored();
-                    failed.push(job.obj);
+        let mut jobs = jobs.into_iter();
+        loop {
+            let chunk: Vec<(Job, Option<Known>)> = jobs
+                .by_ref()
+                .take(FLUSH_CHUNK)
+                .map(|job| {
+                    let known = self.known.get(&job.key).map(|k| Known::clone(k));
+                    (job, known)
+                })
+                .collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let writer = &self.writer;
+            let results: Vec<(Job, Result<Option<Known>, Error>)> = futures::stream::iter(chunk)
+                .map(|(job, known)| async move {
+                    let sync = writer.sync(&job.key, job.route.as_ref(), known, &job.origin);
+                    // A connection that swallows requests must not stall every other Service.
+                    let r = tokio::time::timeout(SYNC_DEADLINE, sync)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Error::Stalled {
+                                key: job.key.clone(),
+                                after: SYNC_DEADLINE,
+                            })
+                        });
+                    (job, r)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for (job, r) in results {
+                match r {
+                    Ok(Some(known)) => {
+                        self.tell_owner(&job.obj, job.route.as_ref());
+                        self.remember(job.key, Some(known));
+                    }
+                    Ok(None) => {
+                        self.tell_owner(&job.obj, job.route.as_ref());
+                        self.remember(job.key, None);
+                    }
+                    Err(e) => {
+                        self.metrics.publish_errors.inc();
+                        tracing::warn!(cluster = job.key.cluster, namespace = job.key.namespace, service = job.key.name, error = %e, "publish failed; will retry");
+                        uncertain |= !e.certainly_not_stored();
+                        failed.push(job.obj);
+                    }
                 }
             }
         }
@@ -675,5 +698,4 @@ struct Job {
     key: ServiceKey,
     route: Option<RouteState>,
     origin: Origin,
-    known: Option<Known>,
 }

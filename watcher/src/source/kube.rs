@@ -3,8 +3,9 @@
 //! kube-runtime's default backoff); 410 Gone leads to a relist (`Init`…`InitDone`).
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
@@ -80,6 +81,35 @@ pub fn slim<K: kube::Resource>(mut obj: K) -> K {
     obj
 }
 
+/// A Service as the watcher keeps it: only what routing, the selector and Events read
+/// (names, uid, resourceVersion, labels, annotations, who changed it last; the type, cluster
+/// IP and ports), slimmed like any object. The rest of a real Service (its pod selector,
+/// `clusterIPs`, IP families, status…) would be held for every Service and never read.
+pub fn slim_service(svc: Service) -> Service {
+    let Service { metadata, spec, .. } = slim(svc);
+    let metadata = ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        uid: metadata.uid,
+        resource_version: metadata.resource_version,
+        labels: metadata.labels,
+        annotations: metadata.annotations,
+        managed_fields: metadata.managed_fields,
+        ..ObjectMeta::default()
+    };
+    let spec = spec.map(|spec| ServiceSpec {
+        type_: spec.type_,
+        cluster_ip: spec.cluster_ip,
+        ports: spec.ports,
+        ..ServiceSpec::default()
+    });
+    Service {
+        metadata,
+        spec,
+        status: None,
+    }
+}
+
 fn events<K, F>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     kind: Kind,
@@ -113,7 +143,7 @@ pub fn source(
     )
     .default_backoff();
     let services = events(services, Kind::Services, |s| {
-        Resource::Service(Box::new(slim(s)))
+        Resource::Service(Box::new(slim_service(s)))
     });
     let slices = watch_slices.then(|| {
         let api = Api::<EndpointSlice>::all(client);
@@ -174,5 +204,117 @@ mod tests {
             .collect();
         assert_eq!(managers, before, "who changed it, and when, stay");
         assert_eq!(slim.spec, svc.spec);
+    }
+
+    /// ingress-nginx's controller Service (its Helm chart, v1.1.0) as an apiserver returns it
+    /// once a cloud load balancer is attached, labelled and annotated for ksr.
+    fn ingress_nginx_as_served() -> Service {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {
+                "name": "ingress-nginx-controller", "namespace": "ingress-nginx",
+                "uid": "5b1f0d1e-9c38-4b7e-a8a5-0f3c1d2e4a61", "resourceVersion": "48213",
+                "creationTimestamp": "2026-11-30T10:00:00Z",
+                "finalizers": ["service.kubernetes.io/load-balancer-cleanup"],
+                "labels": {
+                    "type": "ingress",
+                    "helm.sh/chart": "ingress-nginx-4.0.6",
+                    "app.kubernetes.io/name": "ingress-nginx",
+                    "app.kubernetes.io/instance": "ingress-nginx",
+                    "app.kubernetes.io/version": "1.1.0",
+                    "app.kubernetes.io/managed-by": "Helm",
+                    "app.kubernetes.io/component": "controller"
+                },
+                "annotations": {"meta.helm.sh/release-name": "ingress-nginx", "path": "/shop/.*"},
+                "managedFields": [
+                    {"manager": "helm", "operation": "Update", "apiVersion": "v1",
+                     "time": "2026-11-30T10:00:00Z", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:ports": {}}}},
+                    {"manager": "cloud-controller-manager", "operation": "Update",
+                     "apiVersion": "v1", "time": "2026-11-30T10:01:00Z",
+                     "fieldsType": "FieldsV1", "subresource": "status",
+                     "fieldsV1": {"f:status": {"f:loadBalancer": {"f:ingress": {}}}}}
+                ]
+            },
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "10.96.14.7", "clusterIPs": ["10.96.14.7"],
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "externalTrafficPolicy": "Local", "healthCheckNodePort": 31514,
+                "internalTrafficPolicy": "Cluster", "sessionAffinity": "None",
+                "allocateLoadBalancerNodePorts": true,
+                "ports": [
+                    {"name": "http", "port": 80, "protocol": "TCP", "appProtocol": "http",
+                     "targetPort": "http", "nodePort": 30080},
+                    {"name": "https", "port": 443, "protocol": "TCP", "appProtocol": "https",
+                     "targetPort": "https", "nodePort": 30443}
+                ],
+                "selector": {
+                    "app.kubernetes.io/name": "ingress-nginx",
+                    "app.kubernetes.io/instance": "ingress-nginx",
+                    "app.kubernetes.io/component": "controller"
+                }
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}
+        }))
+        .expect("a valid Service")
+    }
+
+    #[test]
+    fn a_slimmed_service_routes_exactly_as_the_served_one_in_every_address_mode() {
+        use crate::normalize::{AddressMode, Normalizer};
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+        let served = ingress_nginx_as_served();
+        let kept = slim_service(served.clone());
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ingress-nginx-controller-x2k9q", "namespace": "ingress-nginx",
+                         "labels": {"kubernetes.io/service-name": "ingress-nginx-controller"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                      {"name": "https", "port": 8443, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": true}}]
+        }))
+        .expect("a valid EndpointSlice");
+        for mode in [
+            AddressMode::ClusterIp,
+            AddressMode::NodePort,
+            AddressMode::Endpoints,
+        ] {
+            let normalizer = Normalizer {
+                environment: "test".into(),
+                domain: "service.consul".into(),
+                mode,
+                node_addresses: vec!["192.0.2.1".parse().expect("an IP")],
+                allowed_host_domains: Vec::new(),
+                max_event_bytes: 65536,
+            };
+            let route = |svc: &Service| normalizer.route(svc, &[&slice]).map_err(|e| e.reason);
+            let want = route(&served);
+            assert!(want.is_ok(), "{mode:?}: {want:?}");
+            assert_eq!(route(&kept), want, "{mode:?}");
+        }
+        // What Events and the published origin read stays; the bulk goes.
+        assert_eq!(kept.metadata.uid, served.metadata.uid);
+        assert_eq!(
+            kept.metadata.resource_version,
+            served.metadata.resource_version
+        );
+        assert_eq!(kept.metadata.labels, served.metadata.labels);
+        let managers = |s: &Service| {
+            s.metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .map(|f| (f.manager.clone(), f.time.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(managers(&kept), managers(&served));
+        let spec = kept.spec.as_ref().expect("a spec");
+        assert_eq!(spec.selector, None);
+        assert_eq!(spec.cluster_ips, None);
+        assert_eq!(kept.status, None);
+        assert_eq!(kept.metadata.finalizers, None);
+        assert_eq!(kept.metadata.creation_timestamp, None);
     }
 }
