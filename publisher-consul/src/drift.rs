@@ -77,7 +77,7 @@ pub async fn drift(
     );
     let mut actual: BTreeMap<String, String> = BTreeMap::new();
     for node in &nodes {
-        for b in p.client().node_services(node).await? {
+        for b in p.client().node_services(node).await?.into_values() {
             actual.insert(format!("{node}/{}", b.id), render(&b));
         }
     }

@@ -59,15 +59,15 @@ async fn ensure_nodes(p: &ConsulProjector) -> Result<(), Error> {
     Ok(())
 }
 
-/// Registers `router` for `environment` unless `current` (its node's instances) has it.
+/// Registers `router` for `environment` unless `current` (its node's instances by ID) has it.
 async fn ensure_router(
     p: &ConsulProjector,
     environment: &str,
     router: &Router,
-    current: &[ServiceBody],
+    current: &BTreeMap<String, ServiceBody>,
 ) -> Result<(), Error> {
     let body = p.target().router(environment, router);
-    if !current.contains(&body) {
+    if current.get(&body.id) != Some(&body) {
         p.client()
             .register_service(&router.node, &router.address, &body)
             .await?;
@@ -122,16 +122,8 @@ pub async fn reconcile(
     }
     phases.done("stream");
 
-    let mut expected = BTreeMap::new();
-    for (id, v) in state.names() {
-        if let Some(record) = &v.value
-            && let Some(body) = p.target().instance(id, record)
-        {
-            expected.insert(id.clone(), (body, v.rev));
-        }
-    }
     for router in &p.target().routers {
-        catalog_pass(p, &state, &expected, router, environment, &mut report).await?;
+        catalog_pass(p, &state, router, environment, &mut report).await?;
     }
     if p.policy() != ksr_projection::Policy::UpsertOnly {
         report.deregistered += remove_departed_routers(p).await?;
@@ -162,23 +154,28 @@ pub async fn reconcile(
 async fn catalog_pass(
     p: &ConsulProjector,
     state: &State,
-    expected: &BTreeMap<String, (ServiceBody, u64)>,
     router: &Router,
     environment: &str,
     report: &mut ReconcileReport,
 ) -> Result<(), Error> {
     let router_id = Layout::router_id(environment);
     let node = router.node.as_str();
-    let listing = p.client().node_services(node).await?;
-    ensure_router(p, environment, router, &listing).await?;
-    let actual: BTreeMap<String, _> = listing.into_iter().map(|b| (b.id.clone(), b)).collect();
-    for (id, (body, rev)) in expected {
-        let body = ConsulTarget::at(body, router);
+    let actual = p.client().node_services(node).await?;
+    ensure_router(p, environment, router, &actual).await?;
+    // What each name record projects to is derived as it is compared, never held for all
+    // names at once (at 100,000 names that map alone was ~100 MB).
+    let expected =
+        |id: &str, record: Option<&_>| record.and_then(|record| p.target().instance(id, record));
+    for (id, v) in state.names() {
+        let Some(body) = expected(id, v.value.as_ref()) else {
+            continue;
+        };
+        let body = ConsulTarget::at(&body, router);
         if actual.get(id) != Some(&body) {
             let ops = vec![
                 TxnOp::KvCheck {
                     key: p.layout().name_record_key(id),
-                    index: *rev,
+                    index: v.rev,
                 },
                 TxnOp::ServiceSet {
                     node: node.to_owned(),
@@ -197,7 +194,7 @@ async fn catalog_pass(
     }
     let upsert_only = p.policy() == ksr_projection::Policy::UpsertOnly;
     for (id, body) in &actual {
-        if expected.contains_key(id) || *id == router_id {
+        if *id == router_id || expected(id, state.name(id).1).is_some() {
             continue;
         }
         if upsert_only {

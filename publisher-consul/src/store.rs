@@ -466,7 +466,9 @@ impl ConsulClient {
     }
 
     /// The instances registered on `node` (empty when the node does not exist).
-    pub async fn node_services(&self, node: &str) -> Result<Vec<ServiceBody>, Error> {
+    /// The instances on `node`, by ID (as Consul lists them: one map, never copied into
+    /// another however large the node).
+    pub async fn node_services(&self, node: &str) -> Result<BTreeMap<String, ServiceBody>, Error> {
         #[derive(Deserialize)]
         struct NodeServices {
             #[serde(rename = "Services", default)]
@@ -474,11 +476,7 @@ impl ConsulClient {
         }
         let path = format!("/v1/catalog/node/{node}?consistent");
         let parsed: Option<NodeServices> = self.get(&path, "listing our node", true).await?;
-        Ok(parsed
-            .and_then(|p| p.services)
-            .unwrap_or_default()
-            .into_values()
-            .collect())
+        Ok(parsed.and_then(|p| p.services).unwrap_or_default())
     }
 
     /// Every instance of catalog service `service`, on any node, as (node, instance).
