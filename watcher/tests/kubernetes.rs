@@ -575,3 +575,56 @@ async fn a_second_watcher_given_the_same_cluster_name_for_another_cluster_is_ref
         .await?;
     Ok(())
 }
+
+/// A first list larger than a flush's chunk (1,024 Services) is published in several chunks:
+/// the stream then holds exactly the model's route for each Service, one event each, and a
+/// Service added after a dropped watch is the only event that follows.
+#[tokio::test]
+async fn a_list_larger_than_a_flush_chunk_is_published_whole_and_exactly() -> anyhow::Result<()> {
+    let bench = Bench::start().await?;
+    let api = FakeApiServer::start().await?;
+    let n = 2_500;
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..n {
+        let (ns, name) = (format!("ns{}", i % 7), format!("s{i}"));
+        let ip = format!("10.{}.{}.{}", 100 + i / 65536, i / 256 % 256, i % 256);
+        api.apply(Resource::Services, svc(&ns, &name, &ip, json!({})));
+        // The contract: a ClusterIP Service routes to its cluster IP and Service port.
+        expected.insert(format!("{ns}/{name}"), vec![format!("{ip}:80")]);
+    }
+    let w = kube_watcher(&bench, &api, &[]);
+    w.ready().await?;
+    eventually(WAIT, || async {
+        let state = stream_state(&bench).await?;
+        anyhow::ensure!(
+            state.len() == n,
+            "{} of {n} routes in the stream",
+            state.len()
+        );
+        Ok(())
+    })
+    .await?;
+    assert_eq!(stream_state(&bench).await?, expected);
+    let published = bench.events().await?.len();
+    assert_eq!(published, n, "one event per Service");
+    api.drop_watches();
+    api.apply(
+        Resource::Services,
+        svc("ns0", "late", "10.200.0.1", json!({})),
+    );
+    expected.insert("ns0/late".into(), vec!["10.200.0.1:80".into()]);
+    eventually(WAIT, || async {
+        anyhow::ensure!(
+            stream_state(&bench).await? == expected,
+            "the late Service is not routed yet"
+        );
+        Ok(())
+    })
+    .await?;
+    assert_eq!(
+        bench.events().await?.len(),
+        n + 1,
+        "nothing published twice"
+    );
+    Ok(())
+}
