@@ -465,9 +465,8 @@ impl ConsulClient {
             .map(RawKv::decode))
     }
 
-    /// The instances registered on `node` (empty when the node does not exist).
-    /// The instances on `node`, by ID (as Consul lists them: one map, never copied into
-    /// another however large the node).
+    /// The instances registered on `node` by ID, as Consul lists them (empty when the node
+    /// does not exist).
     pub async fn node_services(&self, node: &str) -> Result<BTreeMap<String, ServiceBody>, Error> {
         #[derive(Deserialize)]
         struct NodeServices {

@@ -579,25 +579,30 @@ impl Runner {
                 .collect()
                 .await;
             for (job, r) in results {
-                match r {
-                    Ok(Some(known)) => {
-                        self.tell_owner(&job.obj, job.route.as_ref());
-                        self.remember(job.key, Some(known));
-                    }
-                    Ok(None) => {
-                        self.tell_owner(&job.obj, job.route.as_ref());
-                        self.remember(job.key, None);
-                    }
-                    Err(e) => {
-                        self.metrics.publish_errors.inc();
-                        tracing::warn!(cluster = job.key.cluster, namespace = job.key.namespace, service = job.key.name, error = %e, "publish failed; will retry");
-                        uncertain |= !e.certainly_not_stored();
-                        failed.push(job.obj);
-                    }
+                if let Err(e) = self.take_in(&job, r) {
+                    uncertain |= !e.certainly_not_stored();
+                    failed.push(job.obj);
                 }
             }
         }
         (failed, uncertain)
+    }
+
+    /// Takes in what publishing `job` did: the stream's new state of its Service and its
+    /// owner told, or the error counted and logged (the caller retries it).
+    fn take_in(&mut self, job: &Job, result: Result<Option<Known>, Error>) -> Result<(), Error> {
+        match result {
+            Ok(known) => {
+                self.tell_owner(&job.obj, job.route.as_ref());
+                self.remember(job.key.clone(), known);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.publish_errors.inc();
+                tracing::warn!(cluster = job.key.cluster, namespace = job.key.namespace, service = job.key.name, error = %e, "publish failed; will retry");
+                Err(e)
+            }
+        }
     }
 }
 
