@@ -64,6 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         took.as_secs_f64()
     );
 
+    let admin_port = ksr_test_support::free_ports(1)?[0];
     let publisher = Proc::spawn(
         "ksr-publisher-consul",
         &[
@@ -74,7 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "--router-address".into(),
             router_list,
             "--admin-addr".into(),
-            "127.0.0.1:0".into(),
+            format!("127.0.0.1:{admin_port}"),
             "--reconcile-interval".into(),
             "0".into(),
         ],
@@ -94,6 +95,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.services as f64 / initial.as_secs_f64()
     );
     println!("  publisher RSS after initial projection: {rss:.1} MiB (peak {peak:.1} MiB)");
+    // The start-up reconciliation (a full one: every record and the router's whole node read).
+    let reconcile =
+        crate::drive::reconciled(admin_port, "consul", Duration::from_secs(300)).await?;
+    let (rss, peak) = publisher.memory_mib();
+    println!(
+        "  start-up reconciliation of {} Services took {reconcile}; publisher RSS after it {rss:.1} MiB (peak {peak:.1} MiB)",
+        args.services
+    );
     let sample = dns::query_a(consul.dns_port(), "svc7-ns7.test.service.consul").await?;
     let mut got = sample.addrs.clone();
     got.sort();

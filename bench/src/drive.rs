@@ -43,3 +43,33 @@ pub async fn caught_up(js: &jetstream::Context, durable: &str, count: u64) -> an
     })
     .await
 }
+
+/// Waits (up to `timeout`) until the publisher whose admin port is `admin_port` has finished a
+/// reconciliation (`ksr_<name>_reconcile_runs_total` above 0); returns how it went as the
+/// publisher's metrics say: "<seconds> s (<seconds per phase>), <repairs> repairs".
+pub async fn reconciled(admin_port: u16, name: &str, timeout: Duration) -> anyhow::Result<String> {
+    let metric = |body: &str, name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let body = wait_until("the start-up reconciliation", timeout, || async {
+        let (_, body) = ksr_test_support::http::get(admin_port, "/metrics").await?;
+        (metric(&body, &format!("ksr_{name}_reconcile_runs_total"))? > 0.0).then_some(body)
+    })
+    .await?;
+    let phases: Vec<String> = ["records", "stream", "target", "tombstones"]
+        .iter()
+        .map(|p| {
+            let key = format!("ksr_{name}_reconcile_phase_seconds{{phase=\"{p}\"}}");
+            format!("{p} {:.2}", metric(&body, &key).unwrap_or(0.0))
+        })
+        .collect();
+    let get = |m: &str| metric(&body, &format!("ksr_{name}_{m}")).unwrap_or(0.0);
+    Ok(format!(
+        "{:.2} s ({}), {} repairs",
+        get("reconcile_duration_seconds"),
+        phases.join(", "),
+        get("reconcile_repairs_total")
+    ))
+}

@@ -118,25 +118,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("  publisher RSS after initial projection: {rss:.1} MiB (peak {peak:.1} MiB)");
 
     // Steady state: after the start-up reconciliation pass.
-    let reconcile = wait_until(
-        "start-up reconciliation",
-        Duration::from_secs(60),
-        || async {
-            let (_, body) = ksr_test_support::http::get(admin_port, "/metrics").await?;
-            let line = body
-                .lines()
-                .find(|l| l.starts_with("ksr_vulcand_reconcile_duration_seconds "))?;
-            let runs = body
-                .lines()
-                .find(|l| l.starts_with("ksr_vulcand_reconcile_runs_total "))?;
-            (runs.split_whitespace().nth(1)? != "0")
-                .then(|| line.split_whitespace().nth(1).map(str::to_owned))
-                .flatten()
-        },
-    )
-    .await?;
+    let reconcile =
+        crate::drive::reconciled(admin_port, "vulcand", Duration::from_secs(60)).await?;
     println!(
-        "  start-up reconciliation of {} Services took {reconcile} s",
+        "  start-up reconciliation of {} Services took {reconcile}",
         args.services
     );
 

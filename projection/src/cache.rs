@@ -12,7 +12,8 @@ use crate::Policy;
 use crate::delivery::ApplyReport;
 use crate::metrics::ProjectionMetrics;
 use crate::plan::{StateOf, UnitOf};
-use crate::records::{RecordKey, ServiceRecord};
+use crate::records::{NameRecord, RecordKey, ServiceRecord};
+use crate::survey::Unreadable;
 use crate::target::Target;
 
 /// Where a `/readyz` warning goes (`Some`: set it, `None`: clear it).
@@ -123,11 +124,32 @@ impl<T: Target> Cache<T> {
         }
     }
 
-    /// Quarantines in the cache what a fresh load (`snapshot`) found unreadable, so the
+    /// Name `id`'s record, if the cache holds it at revision `rev` (a repair that needs the
+    /// whole record a [`Survey`](crate::survey::Survey) read takes it from here).
+    pub fn name_at(&self, id: &str, rev: u64) -> Option<NameRecord<T::Meta, T::Data>>
+    where
+        T::Meta: Clone,
+        T::Data: Clone,
+    {
+        match self.lock().name(id) {
+            (r, Some(record)) if r == rev => Some(record.clone()),
+            _ => None,
+        }
+    }
+
+    /// Quarantines in the cache what a full read (a [`Survey`](crate::survey::Survey)) found unreadable, so the
     /// events of the Services concerned are applied again, and reports it.
-    pub fn quarantine(&self, snapshot: &StateOf<T>) {
-        self.lock().quarantine_from(snapshot);
-        self.report_corrupt(&snapshot.corrupt);
+    pub fn quarantine(&self, unreadable: &[Unreadable]) {
+        let mut state = self.lock();
+        for u in unreadable {
+            state.quarantine(u.record.clone(), u.rev, u.key.clone(), u.why.clone());
+        }
+        drop(state);
+        let corrupt: Vec<_> = unreadable
+            .iter()
+            .map(|u| (u.record.clone(), u.key.clone(), u.why.clone()))
+            .collect();
+        self.report_corrupt(&corrupt);
     }
 
     /// The gauge and the `/readyz` warning for the unreadable records of the last load.

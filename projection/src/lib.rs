@@ -6,8 +6,9 @@
 //! - `layout.rs`: where the target's entries and our records live (key and id formats).
 //! - `target.rs`: a [`Target`] — the name an event claims, how claims group, and the writes
 //!   ([`Target::Op`]) that turn one projection of a name into the next. Pure.
-//! - `store.rs`: the I/O — the target's client, reading our records (handed to
-//!   [`State::from_raw`]), and one guarded transaction.
+//! - `store.rs`: the I/O — the target's client, reading our records as they stream in
+//!   (handed to [`records::Loading`] at start-up, to a [`survey::Survey`] when reconciling),
+//!   and one guarded transaction.
 //! - `projector.rs`: the projector — the target's [`apply::Store`] (what a transaction costs,
 //!   how it commits, the revisions it gives, re-reading records after a lost race) holding a
 //!   [`cache::Cache`] — and `open()`, which the daemon and `ksrctl` both call.
@@ -19,7 +20,7 @@
 //! target's limits), [`apply`] (commit concurrently, settle, re-plan lost races, apply alone
 //! what does not fit; every [`apply::Store`] is a [`Projector`]), [`cache`] (the cached
 //! records, settled, refreshed and quarantined the same way for every target, with their
-//! gauges), [`drift`] (what a live target differs by) and [`status`] (where each Service
+//! gauges), [`survey`] (a full read of the records kept small, for reconciliation), [`drift`] (what a live target differs by) and [`status`] (where each Service
 //! stands). The consumer loop (`ksr_runtime::consumer`) drives a [`Projector`] with
 //! [`Delivery`] batches.
 //!
@@ -38,6 +39,7 @@ pub mod plan;
 pub mod policy;
 pub mod records;
 pub mod status;
+pub mod survey;
 pub mod target;
 
 pub use delivery::{ApplyError, ApplyReport, Delivery, Projector, Rejected};

@@ -55,6 +55,15 @@ impl ServiceRecord {
         };
         (ours, self.seq) >= (d.incarnation, d.seq)
     }
+
+    /// Whether this is a tombstone (the fence of a removed Service) that protects nothing any
+    /// more: no event of its Service at or below its sequence can be delivered again, because
+    /// the stream is another incarnation, or its first remaining sequence is above ours
+    /// (retention dropped everything older).
+    pub fn collectable(&self, incarnation: u64, first_seq: u64) -> bool {
+        let other_stream = self.incarnation != 0 && self.incarnation != incarnation;
+        self.claim.is_none() && (other_stream || self.seq < first_seq)
+    }
 }
 
 /// Everything about one projected name: who claims it, who owns it, who waits.
@@ -184,10 +193,8 @@ impl<M, D> State<M, D> {
         (self.named, self.in_conflict)
     }
 
-    /// Tombstones (fences of removed Services) that protect nothing any more: no event of
-    /// their Service at or below their sequence can be delivered again, because the stream
-    /// is another incarnation, or its first remaining sequence is above theirs (retention
-    /// dropped everything older). With their revisions, for a guarded delete.
+    /// Tombstones that protect nothing any more ([`ServiceRecord::collectable`]), with their
+    /// revisions, for a guarded delete.
     pub fn collectable_tombstones(
         &self,
         incarnation: u64,
@@ -195,12 +202,12 @@ impl<M, D> State<M, D> {
     ) -> Vec<(ServiceKey, u64)> {
         self.services
             .iter()
-            .filter_map(|(key, v)| {
-                let r = v.value.as_ref()?;
-                let other_stream = r.incarnation != 0 && r.incarnation != incarnation;
-                (r.claim.is_none() && (other_stream || r.seq < first_seq))
-                    .then(|| (key.clone(), v.rev))
+            .filter(|(_, v)| {
+                v.value
+                    .as_ref()
+                    .is_some_and(|r| r.collectable(incarnation, first_seq))
             })
+            .map(|(key, v)| (key.clone(), v.rev))
             .collect()
     }
 
@@ -230,17 +237,6 @@ impl<M, D> State<M, D> {
         }
         self.corrupt.retain(|(r, _, _)| *r != record);
         self.corrupt.push((record, store_key, why));
-    }
-
-    /// Quarantines in this (cached) state what `snapshot` (a fresh load) found unreadable.
-    pub fn quarantine_from(&mut self, snapshot: &State<M, D>) {
-        for (record, key, why) in &snapshot.corrupt {
-            let rev = match record {
-                RecordKey::Service(s) => snapshot.service(s).0,
-                RecordKey::Name(id) => snapshot.name(id).0,
-            };
-            self.quarantine(record.clone(), rev, key.clone(), why.clone());
-        }
     }
 
     /// Our records from a full read of the store (record, its key in the store, revision,

@@ -24,6 +24,12 @@ pub enum Error {
         status: u16,
         message: String,
     },
+    #[error("Consul: {what}: {source}")]
+    Listing {
+        what: String,
+        #[source]
+        source: ksr_runtime::json_stream::StreamError<reqwest::Error>,
+    },
     #[error("the Consul token file {} cannot be used: {source}", path.display())]
     TokenFile {
         path: std::path::PathBuf,
@@ -60,6 +66,10 @@ impl Error {
             Error::PermissionDenied { .. } => "acl_denied",
             Error::Invalid { .. } => "invalid_request",
             Error::Server { .. } => "consul_error",
+            Error::Listing { source, .. } => match source {
+                ksr_runtime::json_stream::StreamError::Body(_) => "consul_unreachable",
+                _ => "consul_error",
+            },
             Error::TokenFile { .. } => "token_unreadable",
             Error::Contention { .. } => "contention",
             Error::Runtime(_) => "runtime",

@@ -16,6 +16,7 @@ pub mod config;
 pub mod drift;
 mod error;
 pub mod layout;
+pub mod listing;
 pub mod projector;
 pub mod reconcile;
 pub mod router_health;

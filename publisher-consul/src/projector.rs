@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use ksr_projection::apply::{Commit, Store, StoreError};
 use ksr_projection::cache::Cache;
 use ksr_projection::metrics::ProjectionMetrics;
+use ksr_projection::records::Loading;
 use ksr_projection::{RecordKey, Records};
 use ksr_runtime::metrics::MetricsRegistry;
 
@@ -12,7 +13,11 @@ use crate::Error;
 use crate::config::TargetArgs;
 use crate::layout::Layout;
 use crate::store::{ConsulClient, TxnOp, TxnOutcome};
-use crate::target::{CatalogOp, ConsulTarget, State, Unit};
+use crate::target::{CatalogOp, ConsulRecord, ConsulTarget, State, Unit};
+
+/// A full read of our records for reconciliation: per name the digest of the instance it
+/// projects to (`None`: it projects to none).
+pub type Survey = ksr_projection::survey::Survey<Option<u64>>;
 
 /// Consul's limit on operations in one transaction.
 pub const MAX_TXN_OPS: usize = 64;
@@ -98,9 +103,43 @@ impl ConsulProjector {
         self.cache.metrics()
     }
 
-    /// Reads every record from Consul (reconciliation starts from the truth, not the cache).
-    pub async fn snapshot(&self) -> Result<State, Error> {
-        load_state(&self.client, &self.layout).await
+    /// Reads every record from Consul, kept small: per name its revision and the digest of
+    /// the instance it projects to (reconciliation starts from the truth, not the cache).
+    pub async fn survey(&self) -> Result<Survey, Error> {
+        let mut survey = Survey::default();
+        let target = &self.target;
+        self.client
+            .kv_tree_each(&self.layout.state_prefix(), |entry| {
+                let Some(record) = self.layout.parse_record_key(&entry.key) else {
+                    tracing::warn!(key = entry.key, "ignoring an unknown key under our prefix");
+                    return;
+                };
+                let derive =
+                    |id: &str, r: &ConsulRecord| target.instance(id, r).map(|b| b.digest());
+                survey.add(
+                    record,
+                    &entry.key,
+                    entry.modify_index,
+                    &entry.value,
+                    |f| f,
+                    derive,
+                );
+            })
+            .await?;
+        Ok(survey.finish("consul"))
+    }
+
+    /// Name `id`'s record as the survey read it at `rev`: from the cache when it holds that
+    /// revision, else read again (and cached); `None` when it has changed since.
+    pub async fn name_at(&self, id: &str, rev: u64) -> Result<Option<ConsulRecord>, Error> {
+        if let Some(record) = self.cache.name_at(id, rev) {
+            return Ok(Some(record));
+        }
+        let key = RecordKey::Name(id.to_owned());
+        let entry = self.client.kv_get(&self.layout.record_key(&key)).await?;
+        let found = entry.map(|e| (e.modify_index, e.value));
+        self.cache.replace([(key, found)], |fence| fence);
+        Ok(self.cache.name_at(id, rev))
     }
 
     async fn commit_txn(&self, units: &[Unit]) -> Result<TxnOutcome, Error> {
@@ -165,16 +204,20 @@ impl ConsulProjector {
     }
 }
 
-/// Loads all our records from KV.
+/// Loads all our records from KV, each as the reply streams in.
 pub async fn load_state(client: &ConsulClient, layout: &Layout) -> Result<State, Error> {
-    let mut raw = Vec::new();
-    for entry in client.kv_tree(&layout.state_prefix()).await? {
-        match layout.parse_record_key(&entry.key) {
-            Some(record) => raw.push((record, entry.key, entry.modify_index, entry.value)),
-            None => tracing::warn!(key = entry.key, "ignoring an unknown key under our prefix"),
-        }
-    }
-    Ok(State::from_raw(raw, |fence| fence, "consul"))
+    let mut loading = Loading::default();
+    client
+        .kv_tree_each(&layout.state_prefix(), |entry| {
+            match layout.parse_record_key(&entry.key) {
+                Some(record) => {
+                    loading.add(record, &entry.key, entry.modify_index, &entry.value, |f| f)
+                }
+                None => tracing::warn!(key = entry.key, "ignoring an unknown key under our prefix"),
+            }
+        })
+        .await?;
+    Ok(loading.finish("consul"))
 }
 
 impl Store for ConsulProjector {

@@ -12,8 +12,10 @@
 //!    then the nodes of routers no longer configured (our `ksr-owner` and `ksr-node`
 //!    metadata) are deregistered. Other nodes, and other owners' instances of the same
 //!    service names, are never touched.
-
-use std::collections::BTreeMap;
+//!
+//! Memory: the records are read as a [`Survey`] (a revision and a digest per name, beside
+//! the cache that holds the records) and each node as a [`NodeListing`] (a digest per
+//! instance), both as Consul's replies stream in; only a repair takes a whole record.
 
 use async_nats::jetstream::stream::Stream;
 
@@ -22,10 +24,11 @@ use ksr_runtime::replay;
 
 use crate::Error;
 use crate::layout::Layout;
-use crate::projector::ConsulProjector;
+use crate::listing::NodeListing;
+use crate::projector::{ConsulProjector, Survey};
 use crate::routers::Router;
-use crate::store::{ServiceBody, TxnOp, TxnOutcome};
-use crate::target::{ConsulTarget, State};
+use crate::store::{TxnOp, TxnOutcome};
+use crate::target::ConsulTarget;
 
 /// What one reconciliation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -42,7 +45,7 @@ pub struct ReconcileReport {
 pub async fn ensure_node_and_router(p: &ConsulProjector, environment: &str) -> Result<(), Error> {
     ensure_nodes(p).await?;
     for router in &p.target().routers {
-        let current = p.client().node_services(&router.node).await?;
+        let current = NodeListing::read(p.client(), &router.node, &router.address).await?;
         ensure_router(p, environment, router, &current).await?;
     }
     Ok(())
@@ -59,15 +62,15 @@ async fn ensure_nodes(p: &ConsulProjector) -> Result<(), Error> {
     Ok(())
 }
 
-/// Registers `router` for `environment` unless `current` (its node's instances by ID) has it.
+/// Registers `router` for `environment` unless `current` (its node as listed) has it.
 async fn ensure_router(
     p: &ConsulProjector,
     environment: &str,
     router: &Router,
-    current: &BTreeMap<String, ServiceBody>,
+    current: &NodeListing,
 ) -> Result<(), Error> {
     let body = p.target().router(environment, router);
-    if current.get(&body.id) != Some(&body) {
+    if !current.matches(&body.id, body.digest()) {
         p.client()
             .register_service(&router.node, &router.address, &body)
             .await?;
@@ -111,19 +114,19 @@ pub async fn reconcile(
     ensure_nodes(p).await?;
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
-    let mut state = p.snapshot().await?;
-    p.cache().quarantine(&state);
+    let mut survey = p.survey().await?;
+    p.cache().quarantine(survey.unreadable());
     phases.done("records");
 
     report.replayed = replay::reapply_acknowledged(p, stream, ack_floor).await?;
     // The records read before serve the passes below unless the stream pass wrote some.
     if report.replayed > 0 {
-        state = p.snapshot().await?;
+        survey = p.survey().await?;
     }
     phases.done("stream");
 
     for router in &p.target().routers {
-        catalog_pass(p, &state, router, environment, &mut report).await?;
+        catalog_pass(p, &survey, router, environment, &mut report).await?;
     }
     if p.policy() != ksr_projection::Policy::UpsertOnly {
         report.deregistered += remove_departed_routers(p).await?;
@@ -131,7 +134,7 @@ pub async fn reconcile(
     phases.done("target");
     // The records read for the catalog pass serve the tombstones too (their deletes are
     // guarded by index, so a record changed since is simply left).
-    report.collected = collect_tombstones(p, stream, &state).await?;
+    report.collected = collect_tombstones(p, stream, &survey).await?;
     phases.done("tombstones");
     if report.collected > 0 {
         tracing::info!(
@@ -153,48 +156,53 @@ pub async fn reconcile(
 /// serves the router's own entry and the comparison with the name records.
 async fn catalog_pass(
     p: &ConsulProjector,
-    state: &State,
+    survey: &Survey,
     router: &Router,
     environment: &str,
     report: &mut ReconcileReport,
 ) -> Result<(), Error> {
     let router_id = Layout::router_id(environment);
     let node = router.node.as_str();
-    let actual = p.client().node_services(node).await?;
+    let actual = NodeListing::read(p.client(), node, &router.address).await?;
     ensure_router(p, environment, router, &actual).await?;
-    // What each name record projects to is derived as it is compared, never held for all
-    // names at once (at 100,000 names that map alone was ~100 MB).
-    let expected =
-        |id: &str, record: Option<&_>| record.and_then(|record| p.target().instance(id, record));
-    for (id, v) in state.names() {
-        let Some(body) = expected(id, v.value.as_ref()) else {
+    for (id, rev, derived) in survey.names() {
+        let Some(Some(digest)) = derived else {
             continue;
         };
-        let body = ConsulTarget::at(&body, router);
-        if actual.get(id) != Some(&body) {
-            let ops = vec![
-                TxnOp::KvCheck {
-                    key: p.layout().name_record_key(id),
-                    index: v.rev,
-                },
-                TxnOp::ServiceSet {
-                    node: node.to_owned(),
-                    body,
-                },
-            ];
-            if matches!(p.client().txn(&ops).await?, TxnOutcome::Committed(_)) {
-                tracing::info!(
-                    id,
-                    node,
-                    "reconcile registered a missing or altered instance"
-                );
-                report.registered += 1;
-            }
+        if actual.matches(id, *digest) {
+            continue;
+        }
+        // The instance itself, from the record as the survey read it (a record changed
+        // since was written by an apply, together with its instance).
+        let Some(record) = p.name_at(id, rev).await? else {
+            continue;
+        };
+        let Some(body) = p.target().instance(id, &record) else {
+            continue;
+        };
+        let ops = vec![
+            TxnOp::KvCheck {
+                key: p.layout().name_record_key(id),
+                index: rev,
+            },
+            TxnOp::ServiceSet {
+                node: node.to_owned(),
+                body: ConsulTarget::at(&body, router),
+            },
+        ];
+        if matches!(p.client().txn(&ops).await?, TxnOutcome::Committed(_)) {
+            tracing::info!(
+                id,
+                node,
+                "reconcile registered a missing or altered instance"
+            );
+            report.registered += 1;
         }
     }
     let upsert_only = p.policy() == ksr_projection::Policy::UpsertOnly;
-    for (id, body) in &actual {
-        if *id == router_id || expected(id, state.name(id).1).is_some() {
+    for (id, listed) in actual.iter() {
+        let (rev, derived) = survey.name(id);
+        if *id == router_id || matches!(derived, Some(Some(_))) {
             continue;
         }
         if upsert_only {
@@ -204,7 +212,6 @@ async fn catalog_pass(
             );
             continue;
         }
-        let rev = state.name(id).0;
         let ops = vec![
             TxnOp::KvCheck {
                 key: p.layout().name_record_key(id),
@@ -213,14 +220,14 @@ async fn catalog_pass(
             TxnOp::ServiceDelete {
                 node: node.to_owned(),
                 id: id.clone(),
-                service: body.service.clone(),
+                service: listed.service.clone(),
             },
         ];
         if matches!(p.client().txn(&ops).await?, TxnOutcome::Committed(_)) {
             tracing::info!(
                 id,
                 node,
-                service = body.service,
+                service = listed.service,
                 "reconcile deregistered an orphan instance of ours"
             );
             report.deregistered += 1;
@@ -230,15 +237,15 @@ async fn catalog_pass(
 }
 
 /// Deletes the tombstones no event can outdate any more
-/// ([`ksr_projection::State::collectable_tombstones`]), each guarded by its index.
+/// ([`ksr_projection::ServiceRecord::collectable`]), each guarded by its index.
 async fn collect_tombstones(
     p: &ConsulProjector,
     stream: &Stream,
-    state: &State,
+    survey: &Survey,
 ) -> Result<u64, Error> {
     let (incarnation, first_seq) = ksr_runtime::nats::incarnation_and_first_seq(stream).await?;
     let mut collected = 0;
-    for (key, index) in state.collectable_tombstones(incarnation, first_seq) {
+    for (key, index) in survey.collectable_tombstones(incarnation, first_seq) {
         let ops = vec![TxnOp::KvDeleteCas {
             key: p.layout().service_record_key(&key),
             index,

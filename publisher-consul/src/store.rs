@@ -34,6 +34,17 @@ pub struct ServiceBody {
     pub meta: BTreeMap<String, String>,
 }
 
+impl ServiceBody {
+    /// A digest of everything but the address (which differs from router to router), to
+    /// compare an instance as registered with its projection without holding either.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (&self.id, &self.service, &self.tags, self.port, &self.meta).hash(&mut h);
+        h.finish()
+    }
+}
+
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -70,7 +81,7 @@ pub struct KvEntry {
 }
 
 #[derive(Deserialize)]
-struct RawKv {
+pub(crate) struct RawKv {
     #[serde(rename = "Key")]
     key: String,
     #[serde(rename = "Value")]
@@ -80,7 +91,7 @@ struct RawKv {
 }
 
 impl RawKv {
-    fn decode(self) -> KvEntry {
+    pub(crate) fn decode(self) -> KvEntry {
         KvEntry {
             value: self
                 .value
@@ -263,6 +274,18 @@ impl ConsulClient {
         what: &str,
         timeout: Option<Duration>,
     ) -> Result<(StatusCode, String), Error> {
+        let resp = self.request(method, path, body, timeout).await?;
+        Self::answer(resp, what).await
+    }
+
+    /// Sends a request; its reply unread.
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, Error> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(timeout) = timeout {
@@ -274,16 +297,21 @@ impl ConsulClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|source| {
-            match misconfigured(&source, &self.base, CONSUL_TLS) {
+        req.send().await.map_err(
+            |source| match misconfigured(&source, &self.base, CONSUL_TLS) {
                 Some(tls) => Error::Runtime(tls),
-                None => Error::Unreachable {
-                    url: url.clone(),
-                    source,
-                },
-            }
-        })?;
+                None => Error::Unreachable { url, source },
+            },
+        )
+    }
+
+    /// Reads a reply whole, classifying its status (`what`: the request, for errors).
+    pub(crate) async fn answer(
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<(StatusCode, String), Error> {
         let status = resp.status();
+        let url = resp.url().to_string();
         let text = resp
             .text()
             .await
@@ -437,23 +465,6 @@ impl ConsulClient {
         Ok(())
     }
 
-    /// Every KV entry under `prefix`.
-    ///
-    /// Every read here is `consistent`: in Consul's default mode a server that has just
-    /// restarted answers from its snapshot before it has applied its log (measured: fences
-    /// thousands of sequences old), and writes planned from such a read would be refused by
-    /// their checks at best; consistent reads wait until the leader may answer (Consul says
-    /// "Not ready to serve consistent reads", a 500 that is retried).
-    pub async fn kv_tree(&self, prefix: &str) -> Result<Vec<KvEntry>, Error> {
-        let path = format!("/v1/kv/{prefix}?recurse=true&consistent");
-        let raw: Option<Vec<RawKv>> = self.get(&path, "reading our records", true).await?;
-        Ok(raw
-            .unwrap_or_default()
-            .into_iter()
-            .map(RawKv::decode)
-            .collect())
-    }
-
     /// One KV entry, `None` when absent.
     pub async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, Error> {
         let path = format!("/v1/kv/{key}?consistent");
@@ -463,19 +474,6 @@ impl ConsulClient {
             .into_iter()
             .next()
             .map(RawKv::decode))
-    }
-
-    /// The instances registered on `node` by ID, as Consul lists them (empty when the node
-    /// does not exist).
-    pub async fn node_services(&self, node: &str) -> Result<BTreeMap<String, ServiceBody>, Error> {
-        #[derive(Deserialize)]
-        struct NodeServices {
-            #[serde(rename = "Services", default)]
-            services: Option<BTreeMap<String, ServiceBody>>,
-        }
-        let path = format!("/v1/catalog/node/{node}?consistent");
-        let parsed: Option<NodeServices> = self.get(&path, "listing our node", true).await?;
-        Ok(parsed.and_then(|p| p.services).unwrap_or_default())
     }
 
     /// Every instance of catalog service `service`, on any node, as (node, instance).

@@ -214,6 +214,47 @@ async fn reconciliation_restores_ours_removes_our_orphans_and_never_touches_fore
     Ok(())
 }
 
+#[tokio::test]
+async fn an_instance_whose_record_was_rewritten_behind_the_publisher_is_restored_from_it()
+-> anyhow::Result<()> {
+    // Reconciliation reads the records small (a revision and a digest per name) and takes a
+    // whole record from the cache only when the cache holds the revision it read; a record
+    // written by another hand has a revision the cache does not know, so it is read again.
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&["--reconcile-interval", "300ms"]);
+    bench
+        .publish(&added("east", "default", "web", &["10.0.0.1"]))
+        .await?;
+    bench
+        .wait_resolves("web-default.test.service.consul", true)
+        .await?;
+    let http = ksr_test_support::http_client();
+    let url = format!(
+        "{}/v1/kv/ksr/ksr/consul/names/web-default.test",
+        bench.consul.url()
+    );
+    let record = http.get(format!("{url}?raw")).send().await?.bytes().await?;
+    anyhow::ensure!(!record.is_empty(), "no name record at {url}");
+    // The same record with a space after it: another revision, the same content.
+    let rewritten = [&record[..], b" "].concat();
+    let resp = http.put(&url).body(rewritten.clone()).send().await?;
+    assert!(resp.status().is_success());
+    let resp = http
+        .put(format!("{}/v1/catalog/deregister", bench.consul.url()))
+        .json(&serde_json::json!({"Node": "ksr", "ServiceID": "web-default.test"}))
+        .send()
+        .await?;
+    assert!(resp.status().is_success());
+    bench
+        .wait_resolves("web-default.test.service.consul", true)
+        .await?;
+    let instances = bench.instances("test").await?;
+    assert_eq!(instances, vec![("ksr".into(), "web-default.test".into())]);
+    let after = http.get(format!("{url}?raw")).send().await?.bytes().await?;
+    assert_eq!(after, rewritten, "the record itself is left as it was");
+    Ok(())
+}
+
 /// Creates a policy from `rules` and a token holding it; returns the token's secret.
 async fn token_for(bench: &Bench, name: &str, rules: &str) -> anyhow::Result<String> {
     let http = ksr_test_support::http_client();

@@ -14,9 +14,15 @@ use crate::Error;
 use crate::config::{EtcdApi, TargetArgs};
 use crate::keys::KeyOp;
 use crate::layout::Layout;
+use crate::records::HostRecord;
 use crate::store::{self, Write};
 use crate::target::{State, Unit, VulcandTarget};
 use crate::v2::V2Client;
+use crate::wanted::Wanted;
+
+/// A full read of our records for reconciliation (the keys each record projects to are
+/// gathered into a [`Wanted`] as it is read).
+pub type Survey = ksr_projection::survey::Survey<()>;
 
 /// The vulcand publisher's metrics (`ksr_vulcand_…`).
 pub type VulcandMetrics = ProjectionMetrics;
@@ -137,10 +143,37 @@ impl VulcandProjector {
         self.cache.metrics()
     }
 
-    /// Reads every record from etcd (reconciliation starts from the truth, not the cache).
-    /// The live cache is left alone: it may already be newer than this snapshot.
-    pub async fn snapshot(&self) -> Result<State, Error> {
-        store::load_state(&mut self.kv.clone(), self.layout()).await
+    /// Reads every record from etcd, kept small: per hostname its revision, and the keys its
+    /// record projects to as hashes ([`Wanted`]) — reconciliation starts from the truth, not
+    /// the cache. The live cache is left alone: it may already be newer than this read.
+    pub async fn survey(&self) -> Result<(Survey, Wanted), Error> {
+        let layout = self.layout();
+        let mut survey = Survey::default();
+        let mut wanted = Wanted::new(self.policy() == ksr_projection::Policy::UpsertOnly);
+        let fence = |f| store::service_record(layout, f);
+        store::read_records(&mut self.kv.clone(), layout, |record, key, rev, value| {
+            let want = |_: &str, r: &HostRecord| wanted.want(layout, r);
+            survey.add(record, key, rev, value, fence, want);
+        })
+        .await?;
+        let survey = survey.finish("vulcand");
+        wanted.leave_unreadable(survey.unreadable());
+        Ok((survey, wanted))
+    }
+
+    /// Hostname `host`'s record as the survey read it at `rev`: from the cache when it holds
+    /// that revision, else read again (and cached); `None` when it has changed since.
+    pub async fn name_at(&self, host: &str, rev: u64) -> Result<Option<HostRecord>, Error> {
+        if rev == 0 {
+            return Ok(None); // no record
+        }
+        if let Some(record) = self.cache.name_at(host, rev) {
+            return Ok(Some(record));
+        }
+        let key = RecordKey::Name(host.to_owned());
+        let mut kv = self.kv.clone();
+        store::refresh(&mut kv, self.layout(), &self.cache, &[key], self.max_ops).await?;
+        Ok(self.cache.name_at(host, rev))
     }
 
     /// Writes a unit larger than one transaction: its vulcand writes in chunks (in order),

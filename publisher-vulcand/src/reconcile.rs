@@ -14,8 +14,9 @@
 //!    apply wins and the next pass looks again (on v2, the route is synced from its record).
 //!    Keys that do not carry our owner prefix are never read or written.
 //!
-//! Memory: one read of our records, the hashes, a chunk of the stream and the keys of routes
-//! that differ — at 100,000 Services the pass peaks at about twice the publisher's steady size.
+//! Memory: our records read as a [`Survey`] (a revision per hostname, beside the cache that
+//! holds the records) with the keys they project to as hashes, a chunk of the stream, and
+//! the keys of routes that differ; only a repair takes a whole record.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,7 @@ use ksr_runtime::replay;
 
 use crate::Error;
 use crate::keys::{KeyOp, sort_ops};
-use crate::projector::{Sink, VulcandProjector};
+use crate::projector::{Sink, Survey, VulcandProjector};
 use crate::store::{self, Write};
 use crate::v2::V2Client;
 use crate::wanted::{ByRoute, Dir, Found, Wanted};
@@ -55,22 +56,22 @@ pub async fn reconcile(
     let mut report = ReconcileReport::default();
     // Records that became unreadable are quarantined before the stream pass, so the events
     // of the Services they concern are applied again and rewrite them.
-    let mut state = projector.snapshot().await?;
-    projector.cache().quarantine(&state);
+    let (mut survey, mut wanted) = projector.survey().await?;
+    projector.cache().quarantine(survey.unreadable());
     phases.done("records");
     report.replayed = replay::reapply_acknowledged(projector, stream, ack_floor).await?;
     // One read of our records serves the key pass and the tombstones (their deletes are
     // guarded by revision, so a record changed since is simply left); read again only when
     // the stream pass wrote some.
     if report.replayed > 0 {
-        state = projector.snapshot().await?;
+        (survey, wanted) = projector.survey().await?;
     }
     phases.done("stream");
-    let (puts, deletes) = repair_keys(projector, &state).await?;
+    let (puts, deletes) = repair_keys(projector, &survey, wanted).await?;
     report.puts = puts;
     report.deletes = deletes;
     phases.done("target");
-    report.collected = collect_tombstones(projector, stream, &state).await?;
+    report.collected = collect_tombstones(projector, stream, &survey).await?;
     phases.done("tombstones");
     if report.collected > 0 {
         tracing::info!(
@@ -92,19 +93,17 @@ pub async fn reconcile(
     Ok(report)
 }
 
-/// Deletes the tombstones no event can outdate any more ([`State::collectable_tombstones`]),
-/// each guarded by its revision, so records do not grow without bound (retired clusters,
-/// recreated streams, retention).
-///
-/// [`State::collectable_tombstones`]: ksr_projection::State::collectable_tombstones
+/// Deletes the tombstones no event can outdate any more
+/// ([`ksr_projection::ServiceRecord::collectable`]), each guarded by its revision, so records
+/// do not grow without bound (retired clusters, recreated streams, retention).
 async fn collect_tombstones(
     projector: &VulcandProjector,
     stream: &Stream,
-    state: &crate::target::State,
+    survey: &Survey,
 ) -> Result<u64, Error> {
     let (incarnation, first_seq) = ksr_runtime::nats::incarnation_and_first_seq(stream).await?;
     let mut collected = 0;
-    for (key, rev) in state.collectable_tombstones(incarnation, first_seq) {
+    for (key, rev) in survey.collectable_tombstones(incarnation, first_seq) {
         let record = projector.layout().service_record_key(&key);
         let mut w = Write {
             compares: vec![(record.clone(), rev)],
@@ -123,11 +122,11 @@ async fn collect_tombstones(
 /// host record, on v2 by syncing it ([`repair_v2`]).
 async fn repair_keys(
     projector: &VulcandProjector,
-    state: &crate::target::State,
+    survey: &Survey,
+    mut wanted: Wanted,
 ) -> Result<(u64, u64), Error> {
     let layout = projector.layout();
     let upsert_only = projector.policy() == ksr_projection::Policy::UpsertOnly;
-    let mut wanted = Wanted::of(layout, state, upsert_only);
     if let Sink::V2(v2) = projector.sink() {
         for dir in Dir::BOTH {
             let path = format!("{}/{}", layout.vulcand_prefix(), dir.name());
@@ -171,8 +170,8 @@ async fn repair_keys(
     // (a directory found as wanted needs no write, and its keys were not kept).
     let mut expected = crate::keys::Projection::new();
     for (host, ids) in &drifted {
-        if let (_, Some(record)) = state.name(host) {
-            expected.extend(crate::keys::project(layout, record).into_iter().filter(
+        if let Some(record) = projector.name_at(host, survey.name(host).0).await? {
+            expected.extend(crate::keys::project(layout, &record).into_iter().filter(
                 |(key, (class, _))| {
                     layout
                         .id_of_vulcand_key(key)
@@ -206,7 +205,7 @@ async fn repair_keys(
     for (id, mut ops) in by_id {
         sort_ops(&mut ops);
         let host = layout.host_id_of(&id);
-        let guard = (layout.host_record_key(host), state.name(host).0);
+        let guard = (layout.host_record_key(host), survey.name(host).0);
         for chunk in ops.chunks(128) {
             let mut w = Write {
                 compares: vec![guard.clone()],

@@ -111,9 +111,23 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 /// Loads all our records (migrating those of older versions first).
 pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Error> {
-    migrate_legacy(kv, layout).await?;
     let mut loading = Loading::default();
     let fence = |f| service_record(layout, f);
+    read_records(kv, layout, |record, key, rev, value| {
+        loading.add(record, key, rev, value, fence);
+    })
+    .await?;
+    Ok(loading.finish("vulcand"))
+}
+
+/// Calls `each` with every record of ours as read (record, its key, revision, bytes), a page
+/// at a time, migrating those of older versions first.
+pub async fn read_records(
+    kv: &mut KvClient,
+    layout: &Layout,
+    mut each: impl FnMut(RecordKey, &str, u64, &[u8]),
+) -> Result<(), Error> {
+    migrate_legacy(kv, layout).await?;
     let services_prefix = layout.services_prefix();
     read_prefix_each(kv, &services_prefix, |key, value, rev| {
         let key = String::from_utf8_lossy(key);
@@ -121,17 +135,16 @@ pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Err
             tracing::warn!(%key, "ignoring a record key that does not name a Service");
             return;
         };
-        loading.add(RecordKey::Service(service), &key, rev, value, fence);
+        each(RecordKey::Service(service), &key, rev, value);
     })
     .await?;
     let hosts_prefix = layout.hosts_prefix();
     read_prefix_each(kv, &hosts_prefix, |key, value, rev| {
         let key = String::from_utf8_lossy(key);
         let id = key[hosts_prefix.len()..].to_owned();
-        loading.add(RecordKey::Name(id), &key, rev, value, fence);
+        each(RecordKey::Name(id), &key, rev, value);
     })
-    .await?;
-    Ok(loading.finish("vulcand"))
+    .await
 }
 
 /// Turns the records of versions before hostnames were owned by one namespace (one record per
@@ -236,7 +249,7 @@ async fn migrate_legacy(kv: &mut KvClient, layout: &Layout) -> Result<(), Error>
 
 /// A fence as read: one written before host records names a route id, which stands for its
 /// hostname's record (also where a migration was interrupted before the fences).
-fn service_record(layout: &Layout, mut fence: ServiceRecord) -> ServiceRecord {
+pub(crate) fn service_record(layout: &Layout, mut fence: ServiceRecord) -> ServiceRecord {
     if let Some(host) = fence
         .claim
         .as_deref()

@@ -6,12 +6,9 @@
 //! Streamed, memory holds one child directory and a few chunks of the body.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
-use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use tokio::sync::mpsc;
 
 /// A v2 reply: `{"action": …, "node": {…}}`.
 #[derive(Deserialize)]
@@ -72,81 +69,24 @@ impl From<Node> for Child {
 }
 
 /// Why a streamed directory could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("reading the reply: {0}")]
-    Body(#[source] reqwest::Error),
-    #[error("parsing the reply: {0}")]
-    Json(#[source] serde_json::Error),
-    #[error("the parser stopped: {0}")]
-    Parser(#[source] tokio::task::JoinError),
-}
+pub type StreamError = ksr_runtime::json_stream::StreamError<reqwest::Error>;
 
 /// Calls `each` with every child of the directory `reply` answers for, as the reply streams
-/// in: the JSON is parsed on a blocking thread fed chunk by chunk, and children come back
-/// one at a time (bounded channels both ways).
+/// in ([`ksr_runtime::json_stream`]): one child at a time, never the whole reply.
 pub async fn children(
-    mut reply: reqwest::Response,
-    mut each: impl FnMut(Child),
+    reply: reqwest::Response,
+    each: impl FnMut(Child),
 ) -> Result<(), StreamError> {
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(16);
-    let (child_tx, mut child_rx) = mpsc::channel::<Child>(256);
-    let parser = tokio::task::spawn_blocking(move || {
-        let reader = std::io::BufReader::with_capacity(64 * 1024, Chunks::new(chunk_rx));
-        let mut json = serde_json::Deserializer::from_reader(reader);
-        let mut send = |child: Child| child_tx.blocking_send(child).is_ok();
-        ReplySeed(&mut send).deserialize(&mut json)
-    });
-    let feed = async move {
-        while let Some(chunk) = reply.chunk().await.map_err(StreamError::Body)? {
-            if chunk_tx.send(chunk).await.is_err() {
-                break; // the parser stopped; its error says why
-            }
-        }
-        Ok::<_, StreamError>(())
-    };
-    let consume = async {
-        while let Some(child) = child_rx.recv().await {
-            each(child);
-        }
-    };
-    let (fed, ()) = tokio::join!(feed, consume);
-    let parsed = parser.await.map_err(StreamError::Parser)?;
-    fed?;
-    parsed.map_err(StreamError::Json)
-}
-
-/// The body's chunks as a blocking reader.
-struct Chunks {
-    rx: mpsc::Receiver<Bytes>,
-    chunk: Bytes,
-}
-
-impl Chunks {
-    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
-        Self {
-            rx,
-            chunk: Bytes::new(),
-        }
-    }
-}
-
-impl Read for Chunks {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => self.chunk = chunk,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
+    ksr_runtime::json_stream::each(
+        ksr_runtime::json_stream::chunks_of(reply),
+        |json, send| ReplySeed(send).deserialize(json),
+        each,
+    )
+    .await
 }
 
 /// Hands each child to the callback; false from it stops the parse.
-type Hand<'a> = dyn FnMut(Child) -> bool + 'a;
+type Hand<'a> = ksr_runtime::json_stream::Sink<'a, Child>;
 
 /// The reply: only its `node` is read.
 struct ReplySeed<'a, 'b>(&'a mut Hand<'b>);

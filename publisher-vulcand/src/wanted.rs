@@ -10,10 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ksr_projection::RecordKey;
+use ksr_projection::survey::Unreadable;
 
 use crate::keys::KeyClass;
 use crate::layout::Layout;
-use crate::target::State;
+use crate::records::HostRecord;
 
 /// The two directories of a route in vulcand's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,49 +71,56 @@ fn key_hash(key: &str, value: &str) -> u64 {
 /// The projection of our records, one hash per key, checked against vulcand's keys route by
 /// route; collects the routes that need repair.
 #[derive(Debug)]
-pub struct Wanted<'s> {
+pub struct Wanted {
     routes: HashMap<String, [WantedDir; 2]>,
-    unreadable: HashSet<&'s str>,
+    unreadable: HashSet<String>,
     upsert_only: bool,
     drifted: BTreeMap<String, BTreeSet<String>>,
     kept: BTreeMap<String, String>,
 }
 
-impl<'s> Wanted<'s> {
-    /// The keys `state`'s records project to, one hostname at a time. With `upsert_only`,
-    /// keys no record wants are not drift.
-    pub fn of(layout: &Layout, state: &'s State, upsert_only: bool) -> Self {
-        let mut routes: HashMap<String, [WantedDir; 2]> = HashMap::new();
-        for (_, v) in state.names() {
-            let Some(record) = &v.value else { continue };
-            for (key, (class, value)) in crate::keys::project(layout, record) {
-                let Some(id) = layout.id_of_vulcand_key(&key) else {
-                    continue;
-                };
-                let dirs = routes.entry(id.to_owned()).or_default();
-                dirs[Dir::of(class) as usize]
-                    .keys
-                    .push(key_hash(&key, &value));
-            }
-        }
-        for dirs in routes.values_mut() {
-            dirs.iter_mut().for_each(|d| d.keys.sort_unstable());
-        }
-        let unreadable = state
-            .corrupt
-            .iter()
-            .filter_map(|(r, _, _)| match r {
-                RecordKey::Name(id) => Some(id.as_str()),
-                RecordKey::Service(_) => None,
-            })
-            .collect();
+impl Wanted {
+    /// Nothing wanted yet; records are added with [`Wanted::want`] as they are read. With
+    /// `upsert_only`, keys no record wants are not drift.
+    pub fn new(upsert_only: bool) -> Self {
         Self {
-            routes,
-            unreadable,
+            routes: HashMap::new(),
+            unreadable: HashSet::new(),
             upsert_only,
             drifted: BTreeMap::new(),
             kept: BTreeMap::new(),
         }
+    }
+
+    /// Wants the keys `record` (a hostname's) projects to.
+    pub fn want(&mut self, layout: &Layout, record: &HostRecord) {
+        let mut touched = Vec::new();
+        for (key, (class, value)) in crate::keys::project(layout, record) {
+            let Some(id) = layout.id_of_vulcand_key(&key) else {
+                continue;
+            };
+            let dirs = self.routes.entry(id.to_owned()).or_default();
+            dirs[Dir::of(class) as usize]
+                .keys
+                .push(key_hash(&key, &value));
+            if touched.last().is_none_or(|t: &String| t != id) {
+                touched.push(id.to_owned());
+            }
+        }
+        for id in touched {
+            if let Some(dirs) = self.routes.get_mut(&id) {
+                dirs.iter_mut().for_each(|d| d.keys.sort_unstable());
+            }
+        }
+    }
+
+    /// Leaves alone the routes of hostnames whose record is unreadable.
+    pub fn leave_unreadable(&mut self, unreadable: &[Unreadable]) {
+        self.unreadable
+            .extend(unreadable.iter().filter_map(|u| match &u.record {
+                RecordKey::Name(id) => Some(id.clone()),
+                RecordKey::Service(_) => None,
+            }));
     }
 
     /// Checks route `id`'s keys in `dir` as read; a route that needs repair is noted (with
@@ -214,8 +222,22 @@ impl ByRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{HostMeta, HostRecord, PathClaim};
+    use crate::records::{HostMeta, PathClaim};
+    use crate::target::State;
     use ksr_proto::ServiceKey;
+
+    impl Wanted {
+        /// What `state`'s records want.
+        fn of(layout: &Layout, state: &State, upsert_only: bool) -> Self {
+            let mut w = Wanted::new(upsert_only);
+            for (_, v) in state.names() {
+                if let Some(record) = &v.value {
+                    w.want(layout, record);
+                }
+            }
+            w
+        }
+    }
 
     fn layout() -> Layout {
         Layout::new("vulcand", "ksr")

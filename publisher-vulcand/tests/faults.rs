@@ -84,6 +84,36 @@ async fn a_hand_deleted_key_comes_back_orphans_go_and_foreign_keys_stay() -> any
 }
 
 #[tokio::test]
+async fn a_route_whose_record_was_rewritten_behind_the_publisher_is_repaired_from_it()
+-> anyhow::Result<()> {
+    // Reconciliation reads the records small (a revision per hostname, the keys as hashes)
+    // and takes a whole record from the cache only when the cache holds the revision it
+    // read; a record written by another hand is read again.
+    let bench = Bench::start().await?;
+    let _p = bench.publisher(&["--reconcile-interval", "300ms"]);
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
+        .await?;
+    let id = route_id("web-shop.test.service.consul", "/.*");
+    let server = format!("vulcand/backends/{id}/servers/east-10-0-0-1-80");
+    wait_key(&bench, &server, Some(r#"{"URL":"http://10.0.0.1:80"}"#)).await?;
+
+    let mut etcd = bench.etcd().await?;
+    let records = bench.snapshot("ksr/").await?;
+    let (key, record) = records
+        .iter()
+        .find(|(k, _)| k.contains("/hosts/"))
+        .ok_or_else(|| anyhow::anyhow!("no host record in {records:?}"))?;
+    // The same record with a space after it: another revision, the same content.
+    let rewritten = format!("{record} ");
+    etcd.put(key.as_str(), rewritten.as_str(), None).await?;
+    etcd.delete(server.as_str(), None).await?;
+    wait_key(&bench, &server, Some(r#"{"URL":"http://10.0.0.1:80"}"#)).await?;
+    assert_eq!(bench.snapshot("ksr/").await?[key], rewritten);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_publisher_started_after_the_events_with_frequent_reconciles_ends_as_the_model_says()
 -> anyhow::Result<()> {
     let bench = Bench::start().await?;

@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod decode;
 mod error;
 pub mod health;
+pub mod json_stream;
 pub mod metrics;
 pub mod nats;
 pub mod process;
