@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Bench, assert_as_modelled, publish_history, route_id, wait_key};
 use ksr_test_support::events::added;
 use ksr_test_support::eventually;
@@ -110,6 +112,32 @@ async fn a_route_whose_record_was_rewritten_behind_the_publisher_is_repaired_fro
     etcd.delete(server.as_str(), None).await?;
     wait_key(&bench, &server, Some(r#"{"URL":"http://10.0.0.1:80"}"#)).await?;
     assert_eq!(bench.snapshot("ksr/").await?[key], rewritten);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wiped_etcd_is_rebuilt_by_the_stream_pass_from_every_subject_of_the_stream()
+-> anyhow::Result<()> {
+    // The stream pass reads the newest event of every subject and applies them a chunk of
+    // 1,000 at a time; with every record and key gone, each of them (about 1,900 subjects,
+    // two chunks) must be applied again.
+    let bench = Bench::start().await?;
+    let p = bench.publisher(&["--reconcile-interval", "1h"]);
+    let history = publish_history(&bench, 3000, 1500).await?;
+    assert_as_modelled(&history, &bench.settled("").await?);
+    p.shutdown().await?;
+    let mut etcd = bench.etcd().await?;
+    etcd.delete("", Some(etcd_client::DeleteOptions::new().with_all_keys()))
+        .await?;
+    assert!(bench.snapshot("").await?.is_empty());
+
+    let p = bench.publisher(&["--reconcile-interval", "1h"]);
+    eventually(Duration::from_secs(60), || async {
+        anyhow::ensure!(p.metric("ksr_vulcand_reconcile_runs_total").await >= 1.0);
+        Ok(())
+    })
+    .await?;
+    assert_as_modelled(&history, &bench.snapshot("").await?);
     Ok(())
 }
 

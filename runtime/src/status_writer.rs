@@ -52,9 +52,11 @@ pub struct StatusWriter {
 #[derive(Debug)]
 struct Shared {
     pending: Mutex<HashMap<ServiceKey, (u64, Option<Standing>)>>,
-    /// Every Service with a standing, from the last full report: what this writer wrote
-    /// for any other Service (a refusal aside) is deleted.
-    full: Mutex<Option<HashSet<ServiceKey>>>,
+    /// The last full report, not yet flushed: every Service with a standing. It is compared
+    /// with what was written when the writer flushes — only what differs is queued — and
+    /// what this writer wrote for any other Service (a refusal aside) is deleted. Kept
+    /// aside, not queued: at 100,000 Services queueing it whole held every key twice more.
+    full: Mutex<Option<Vec<Change>>>,
     wake: Notify,
 }
 
@@ -138,9 +140,8 @@ impl StatusWriter {
     /// Services not among them are deleted (refusals stay: they are not claims).
     pub fn report_all(&self, all: Vec<Change>) {
         if let Ok(mut full) = self.shared.full.lock() {
-            *full = Some(all.iter().map(|(k, _, _)| k.clone()).collect());
+            *full = Some(all);
         }
-        self.report(all);
         self.shared.wake.notify_one();
     }
 }
@@ -253,15 +254,34 @@ impl Task {
         let full = self.shared.full.lock().ok().and_then(|mut f| f.take());
         let batch: Vec<_> = match self.shared.pending.lock() {
             Ok(mut p) => {
+                let mut batch = Vec::new();
                 if let Some(full) = full {
+                    let listed: HashSet<&ServiceKey> = full.iter().map(|(k, _, _)| k).collect();
                     for (key, (seq, standing)) in &self.written {
                         let refused = matches!(standing, Some(Standing::Rejected { .. }));
-                        if !refused && !full.contains(key) && !p.contains_key(key) {
+                        if !refused && !listed.contains(key) && !p.contains_key(key) {
                             p.insert(key.clone(), (*seq, None));
                         }
                     }
+                    drop(listed);
+                    for (key, seq, standing) in full {
+                        match p.get(&key) {
+                            // A change reported since is newer.
+                            Some((queued, _)) if *queued > seq => {}
+                            Some(_) => {
+                                p.insert(key, (seq, standing));
+                            }
+                            // Not news unless it differs from what was written.
+                            None => {
+                                if self.written.get(&key).map(|(_, s)| s) != Some(&standing) {
+                                    batch.push((key, (seq, standing)));
+                                }
+                            }
+                        }
+                    }
                 }
-                p.drain().collect()
+                batch.extend(p.drain());
+                batch
             }
             Err(_) => return false,
         };

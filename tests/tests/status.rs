@@ -113,3 +113,66 @@ async fn a_restarted_status_writer_writes_only_what_changed_and_deletes_what_no_
     assert_eq!(bucket.entry(unchanged).await?.map(|e| e.revision), revision);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_full_report_and_the_changes_around_it_end_with_the_newest_standing_of_each_service()
+-> anyhow::Result<()> {
+    // A full report is kept aside until the writer flushes; changes reported before the
+    // flush are merged with it by sequence, the newest standing of each Service winning.
+    let nats = NatsServer::start().await?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    let to = StatusTarget {
+        target: "consul",
+        publisher: "ksr-consul-ksr".into(),
+        bucket: "KSR_ROUTES_status".into(),
+        replicas: 1,
+    };
+    let key = |name: &str| ServiceKey::new("east", "shop", name);
+    let serving = |name: &str| {
+        Some(Standing::Serving {
+            name: format!("{name}-shop.test"),
+        })
+    };
+    let waiting = |name: &str| {
+        Some(Standing::Waiting {
+            name: format!("{name}-shop.test"),
+            owner: "other".into(),
+            owner_since: 1,
+        })
+    };
+    let (registry, stop) = (MetricsRegistry::new(), CancellationToken::new());
+    let writer = StatusWriter::start(js.clone(), to, &registry, stop.clone());
+    // Nothing below awaits, so the writer task (on this test's one thread) flushes only
+    // after all of it.
+    writer.report([(key("older-before"), 1, waiting("older-before"))]);
+    writer.report([(key("newer-before"), 9, waiting("newer-before"))]);
+    writer.report_all(vec![
+        (key("older-before"), 5, serving("older-before")),
+        (key("newer-before"), 5, serving("newer-before")),
+        (key("newer-after"), 5, serving("newer-after")),
+        (key("older-after"), 5, serving("older-after")),
+        (key("only-full"), 5, serving("only-full")),
+    ]);
+    writer.report([(key("newer-after"), 7, waiting("newer-after"))]);
+    writer.report([(key("older-after"), 2, waiting("older-after"))]);
+    writer.report([(key("only-changed"), 3, serving("only-changed"))]);
+    assert_eq!(flushed(&registry, 6.0).await?, 6.0, "one write per Service");
+    stop.cancel();
+
+    let bucket = js.get_key_value("KSR_ROUTES_status").await?;
+    for (name, want) in [
+        ("older-before", serving("older-before")),
+        ("newer-before", waiting("newer-before")),
+        ("newer-after", waiting("newer-after")),
+        ("older-after", serving("older-after")),
+        ("only-full", serving("only-full")),
+        ("only-changed", serving("only-changed")),
+    ] {
+        let got = bucket
+            .get(format!("ksr-consul-ksr.east.shop.{name}"))
+            .await?;
+        let got = got.map(|v| Status::decode(&v)).transpose()?;
+        assert_eq!(got.map(|s| s.standing), want, "{name}");
+    }
+    Ok(())
+}
