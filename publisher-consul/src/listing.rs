@@ -107,8 +107,8 @@ impl ConsulClient {
 }
 
 /// One router's node as listed, an instance a digest ([`ServiceBody::digest`]): what the
-/// catalog pass of reconciliation compares with the name records (at 100,000 names some
-/// 12 MB, where the instances themselves were over 100 MB).
+/// catalog pass of reconciliation compares with the name records: per instance its ID, a
+/// digest, a flag and its service name, instead of its tags, metadata and address.
 #[derive(Debug, Default)]
 pub struct NodeListing {
     instances: HashMap<String, Listed>,
