@@ -15,7 +15,7 @@ use crate::cache::Cache;
 use crate::delivery::{ApplyError, ApplyReport, Delivery, Projector, Rejected};
 use crate::pack::pack;
 use crate::plan::{UnitOf, changes, plan};
-use crate::records::RecordKey;
+use crate::records::{NameRecord, RecordKey};
 use crate::target::Target;
 
 /// How many transactions of one batch are in flight at once.
@@ -86,11 +86,13 @@ pub trait Store: Sync {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send {
         std::future::ready(Ok(()))
     }
-    /// Re-reads the records units guarded into the cache, after a lost race.
-    fn refresh(
-        &self,
-        units: &[UnitOf<Self::T>],
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Reads `records` again into the cache ([`cache::Cache::replace`]): after a lost race,
+    /// the records the units guarded; for a repair, a record the cache holds at another
+    /// revision than a reconciliation read ([`name_at`]).
+    ///
+    /// [`cache::Cache::replace`]: crate::cache::Cache::replace
+    fn reread(&self, records: &[RecordKey])
+    -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Whether removals are applied ([`Policy::UpsertOnly`]: never).
     fn policy(&self) -> Policy {
         self.cache().policy()
@@ -135,6 +137,37 @@ impl<S: Store + Send> Projector for S {
     fn standings(&self) -> Vec<crate::status::Change> {
         crate::plan::standings::<S::T>(&self.cache().lock())
     }
+}
+
+/// The records `units` guarded (to read again after a lost race).
+fn guarded<M, D, O>(units: &[crate::plan::Unit<M, D, O>]) -> Vec<RecordKey> {
+    units
+        .iter()
+        .flat_map(|u| u.compares.iter().map(|(k, _)| k.clone()))
+        .collect()
+}
+
+/// Name `id`'s record as a reconciliation read it at revision `rev` (a
+/// [`Survey`](crate::survey::Survey)): from the cache when it holds that revision, else read
+/// again into the cache; `None` when it has none or has changed since (an apply wrote it,
+/// and its projection with it).
+pub async fn name_at<S: Store>(
+    store: &S,
+    id: &str,
+    rev: u64,
+) -> Result<Option<NameRecord<<S::T as Target>::Meta, <S::T as Target>::Data>>, S::Error>
+where
+    <S::T as Target>::Meta: Clone,
+    <S::T as Target>::Data: Clone,
+{
+    if rev == 0 {
+        return Ok(None);
+    }
+    if let Some(record) = store.cache().name_at(id, rev) {
+        return Ok(Some(record));
+    }
+    store.reread(&[RecordKey::Name(id.to_owned())]).await?;
+    Ok(store.cache().name_at(id, rev))
 }
 
 /// The cached records settled with what a commit wrote.
@@ -193,7 +226,7 @@ pub async fn apply_batch<S: Store>(store: &S, batch: &[Delivery]) -> Result<Appl
                 Ok(Commit::Conflict) => {
                     store.cache().metrics().compare_retries.inc();
                     retry.extend(seqs(&units));
-                    store.refresh(&units).await?;
+                    store.reread(&guarded(&units)).await?;
                 }
                 Err(e) if e.is_invalid() => alone.extend(seqs(&units)),
                 Err(e) => failure = Some(e),
@@ -255,7 +288,7 @@ pub async fn apply_alone<S: Store>(
             }
             Ok(Commit::Conflict) => {
                 store.cache().metrics().compare_retries.inc();
-                store.refresh(&units).await?;
+                store.reread(&guarded(&units)).await?;
             }
             Err(e) if e.is_invalid() => {
                 report.rejected.push(Rejected::new(d.seq, e));

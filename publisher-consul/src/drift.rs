@@ -77,9 +77,11 @@ pub async fn drift(
     );
     let mut actual: BTreeMap<String, String> = BTreeMap::new();
     for node in &nodes {
-        for b in p.client().node_services(node).await?.into_values() {
-            actual.insert(format!("{node}/{}", b.id), render(&b));
-        }
+        p.client()
+            .node_services_each(node, |b| {
+                actual.insert(format!("{node}/{}", b.id), render(&b));
+            })
+            .await?;
     }
     let wanted: BTreeMap<String, String> = expected
         .iter()

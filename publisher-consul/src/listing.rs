@@ -12,7 +12,7 @@
 //! Services, Consul takes longer than the 15 s that bound every other request to answer
 //! these, so they get [`BULK_TIMEOUT`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use reqwest::{Method, StatusCode};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -35,13 +35,6 @@ impl ConsulClient {
         .await
     }
 
-    /// Every KV entry under `prefix`.
-    pub async fn kv_tree(&self, prefix: &str) -> Result<Vec<KvEntry>, Error> {
-        let mut out = Vec::new();
-        self.kv_tree_each(prefix, |e| out.push(e)).await?;
-        Ok(out)
-    }
-
     /// Calls `each` with every instance registered on `node`, as Consul lists it (none when
     /// the node does not exist), as the listing streams in.
     pub async fn node_services_each(
@@ -57,16 +50,6 @@ impl ConsulClient {
             each,
         )
         .await
-    }
-
-    /// The instances registered on `node` by ID (empty when the node does not exist).
-    pub async fn node_services(&self, node: &str) -> Result<BTreeMap<String, ServiceBody>, Error> {
-        let mut out = BTreeMap::new();
-        self.node_services_each(node, |b| {
-            out.insert(b.id.clone(), b);
-        })
-        .await?;
-        Ok(out)
     }
 
     /// GETs `path` and hands `each` every item `parse` finds in the reply as it streams in;

@@ -12,7 +12,7 @@ use ksr_runtime::metrics::MetricsRegistry;
 use crate::Error;
 use crate::config::TargetArgs;
 use crate::layout::Layout;
-use crate::store::{ConsulClient, TxnOp, TxnOutcome};
+use crate::store::{ConsulClient, KvEntry, TxnOp, TxnOutcome};
 use crate::target::{CatalogOp, ConsulRecord, ConsulTarget, State, Unit};
 
 /// A full read of our records for reconciliation: per name the digest of the instance it
@@ -108,38 +108,13 @@ impl ConsulProjector {
     pub async fn survey(&self) -> Result<Survey, Error> {
         let mut survey = Survey::default();
         let target = &self.target;
-        self.client
-            .kv_tree_each(&self.layout.state_prefix(), |entry| {
-                let Some(record) = self.layout.parse_record_key(&entry.key) else {
-                    tracing::warn!(key = entry.key, "ignoring an unknown key under our prefix");
-                    return;
-                };
-                let derive =
-                    |id: &str, r: &ConsulRecord| target.instance(id, r).map(|b| b.digest());
-                survey.add(
-                    record,
-                    &entry.key,
-                    entry.modify_index,
-                    &entry.value,
-                    |f| f,
-                    derive,
-                );
-            })
-            .await?;
+        read_records(&self.client, &self.layout, |record, entry| {
+            let derive = |id: &str, r: &ConsulRecord| target.instance(id, r).map(|b| b.digest());
+            let (key, rev) = (&entry.key, entry.modify_index);
+            survey.add(record, key, rev, &entry.value, |f| f, derive);
+        })
+        .await?;
         Ok(survey.finish("consul"))
-    }
-
-    /// Name `id`'s record as the survey read it at `rev`: from the cache when it holds that
-    /// revision, else read again (and cached); `None` when it has changed since.
-    pub async fn name_at(&self, id: &str, rev: u64) -> Result<Option<ConsulRecord>, Error> {
-        if let Some(record) = self.cache.name_at(id, rev) {
-            return Ok(Some(record));
-        }
-        let key = RecordKey::Name(id.to_owned());
-        let entry = self.client.kv_get(&self.layout.record_key(&key)).await?;
-        let found = entry.map(|e| (e.modify_index, e.value));
-        self.cache.replace([(key, found)], |fence| fence);
-        Ok(self.cache.name_at(id, rev))
     }
 
     async fn commit_txn(&self, units: &[Unit]) -> Result<TxnOutcome, Error> {
@@ -207,17 +182,28 @@ impl ConsulProjector {
 /// Loads all our records from KV, each as the reply streams in.
 pub async fn load_state(client: &ConsulClient, layout: &Layout) -> Result<State, Error> {
     let mut loading = Loading::default();
+    read_records(client, layout, |record, entry| {
+        loading.add(record, &entry.key, entry.modify_index, &entry.value, |f| f);
+    })
+    .await?;
+    Ok(loading.finish("consul"))
+}
+
+/// Calls `each` with every record of ours as read (the record, its KV entry), as the reply
+/// streams in.
+async fn read_records(
+    client: &ConsulClient,
+    layout: &Layout,
+    mut each: impl FnMut(RecordKey, KvEntry),
+) -> Result<(), Error> {
     client
         .kv_tree_each(&layout.state_prefix(), |entry| {
             match layout.parse_record_key(&entry.key) {
-                Some(record) => {
-                    loading.add(record, &entry.key, entry.modify_index, &entry.value, |f| f)
-                }
+                Some(record) => each(record, entry),
                 None => tracing::warn!(key = entry.key, "ignoring an unknown key under our prefix"),
             }
         })
-        .await?;
-    Ok(loading.finish("consul"))
+        .await
 }
 
 impl Store for ConsulProjector {
@@ -285,13 +271,11 @@ impl Store for ConsulProjector {
             .unwrap_or(0)
     }
 
-    async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
-        for u in units {
-            for (key, _) in &u.compares {
-                let entry = self.client.kv_get(&self.layout.record_key(key)).await?;
-                let found = entry.map(|e| (e.modify_index, e.value));
-                self.cache.replace([(key.clone(), found)], |fence| fence);
-            }
+    async fn reread(&self, records: &[RecordKey]) -> Result<(), Error> {
+        for key in records {
+            let entry = self.client.kv_get(&self.layout.record_key(key)).await?;
+            let found = entry.map(|e| (e.modify_index, e.value));
+            self.cache.replace([(key.clone(), found)], |fence| fence);
         }
         Ok(())
     }

@@ -174,7 +174,7 @@ async fn catalog_pass(
         }
         // The instance itself, from the record as the survey read it (a record changed
         // since was written by an apply, together with its instance).
-        let Some(record) = p.name_at(id, rev).await? else {
+        let Some(record) = ksr_projection::apply::name_at(p, id, rev).await? else {
             continue;
         };
         let Some(body) = p.target().instance(id, &record) else {

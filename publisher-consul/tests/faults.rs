@@ -171,12 +171,9 @@ async fn reconciliation_restores_ours_removes_our_orphans_and_never_touches_fore
         }))
         .await?;
     // Our own instance deleted by hand.
-    let resp = ksr_test_support::http_client()
-        .put(format!("{}/v1/catalog/deregister", bench.consul.url()))
-        .json(&serde_json::json!({"Node": "ksr", "ServiceID": "web-default.test"}))
-        .send()
+    bench
+        .deregister(serde_json::json!({"Node": "ksr", "ServiceID": "web-default.test"}))
         .await?;
-    assert!(resp.status().is_success());
 
     bench
         .wait_resolves("web-default.test.service.consul", true)
@@ -239,12 +236,9 @@ async fn an_instance_whose_record_was_rewritten_behind_the_publisher_is_restored
     let rewritten = [&record[..], b" "].concat();
     let resp = http.put(&url).body(rewritten.clone()).send().await?;
     assert!(resp.status().is_success());
-    let resp = http
-        .put(format!("{}/v1/catalog/deregister", bench.consul.url()))
-        .json(&serde_json::json!({"Node": "ksr", "ServiceID": "web-default.test"}))
-        .send()
+    bench
+        .deregister(serde_json::json!({"Node": "ksr", "ServiceID": "web-default.test"}))
         .await?;
-    assert!(resp.status().is_success());
     bench
         .wait_resolves("web-default.test.service.consul", true)
         .await?;

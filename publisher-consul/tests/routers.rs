@@ -129,11 +129,8 @@ async fn dns_answers_only_the_routers_that_are_up() -> anyhow::Result<()> {
     );
 
     // A check removed by hand is set again.
-    let c = bench.consul.url();
-    ksr_test_support::http_client()
-        .put(format!("{c}/v1/catalog/deregister"))
-        .json(&serde_json::json!({"Node": second, "CheckID": "ksr-router-health"}))
-        .send()
+    bench
+        .deregister(serde_json::json!({"Node": second, "CheckID": "ksr-router-health"}))
         .await?;
     eventually(WAIT, || async {
         let c = check(&bench, &second).await?;
@@ -233,10 +230,8 @@ async fn the_drift_check_knows_every_router_node() -> anyhow::Result<()> {
 
     // An instance missing on B's node is drift of ours, keyed by node.
     let second = format!("ksr-{}", B.to_string().replace('.', "-"));
-    ksr_test_support::http_client()
-        .put(format!("{}/v1/catalog/deregister", bench.consul.url()))
-        .json(&serde_json::json!({"Node": second, "ServiceID": "web-shop.test"}))
-        .send()
+    bench
+        .deregister(serde_json::json!({"Node": second, "ServiceID": "web-shop.test"}))
         .await?;
     let found = ksr_publisher_consul::drift::drift(&projector, &latest, "test").await?;
     let keys: Vec<String> = found.ours.iter().map(|d| d.key().to_owned()).collect();

@@ -161,21 +161,6 @@ impl VulcandProjector {
         Ok((survey, wanted))
     }
 
-    /// Hostname `host`'s record as the survey read it at `rev`: from the cache when it holds
-    /// that revision, else read again (and cached); `None` when it has changed since.
-    pub async fn name_at(&self, host: &str, rev: u64) -> Result<Option<HostRecord>, Error> {
-        if rev == 0 {
-            return Ok(None); // no record
-        }
-        if let Some(record) = self.cache.name_at(host, rev) {
-            return Ok(Some(record));
-        }
-        let key = RecordKey::Name(host.to_owned());
-        let mut kv = self.kv.clone();
-        store::refresh(&mut kv, self.layout(), &self.cache, &[key], self.max_ops).await?;
-        Ok(self.cache.name_at(host, rev))
-    }
-
     /// Writes a unit larger than one transaction: its vulcand writes in chunks (in order),
     /// each guarded by the unit's compares, then the last chunk with the records. If another
     /// writer interferes between chunks the compares fail and the unit is re-planned; keys
@@ -300,16 +285,12 @@ impl Store for VulcandProjector {
         self.sync_committed(v2, committed).await
     }
 
-    async fn refresh(&self, units: &[Unit]) -> Result<(), Error> {
-        let keys: Vec<RecordKey> = units
-            .iter()
-            .flat_map(|u| u.compares.iter().map(|(k, _)| k.clone()))
-            .collect();
-        store::refresh(
+    async fn reread(&self, records: &[RecordKey]) -> Result<(), Error> {
+        store::reread(
             &mut self.kv.clone(),
             self.layout(),
             &self.cache,
-            &keys,
+            records,
             self.max_ops,
         )
         .await

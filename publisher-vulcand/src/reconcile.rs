@@ -170,7 +170,9 @@ async fn repair_keys(
     // (a directory found as wanted needs no write, and its keys were not kept).
     let mut expected = crate::keys::Projection::new();
     for (host, ids) in &drifted {
-        if let Some(record) = projector.name_at(host, survey.name(host).0).await? {
+        if let Some(record) =
+            ksr_projection::apply::name_at(projector, host, survey.name(host).0).await?
+        {
             expected.extend(crate::keys::project(layout, &record).into_iter().filter(
                 |(key, (class, _))| {
                     layout

@@ -292,8 +292,8 @@ pub async fn get_many(
     Ok(out)
 }
 
-/// Re-reads the given records into `cache` (after a failed compare).
-pub async fn refresh(
+/// Reads the given records again into `cache` ([`ksr_projection::apply::Store::reread`]).
+pub async fn reread(
     kv: &mut KvClient,
     layout: &Layout,
     cache: &Cache<VulcandTarget>,

@@ -272,10 +272,10 @@ where
         *rev
     }
 
-    async fn refresh(&self, units: &[UnitOf<T>]) -> Result<(), MemError> {
+    async fn reread(&self, records: &[RecordKey]) -> Result<(), MemError> {
         let b = self.backing();
         let mut s = self.cache.lock();
-        for (k, _) in units.iter().flat_map(|u| &u.compares) {
+        for k in records {
             match k {
                 RecordKey::Service(key) => {
                     s.services

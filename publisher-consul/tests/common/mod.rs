@@ -116,8 +116,17 @@ impl Bench {
 
     /// Registers `body` on `node` with the master token (foreign entries in tests).
     pub async fn register(&self, body: serde_json::Value) -> anyhow::Result<()> {
+        self.catalog("register", body).await
+    }
+
+    /// Deregisters by hand what `body` names (`Node` with a `ServiceID` or a `CheckID`).
+    pub async fn deregister(&self, body: serde_json::Value) -> anyhow::Result<()> {
+        self.catalog("deregister", body).await
+    }
+
+    async fn catalog(&self, endpoint: &str, body: serde_json::Value) -> anyhow::Result<()> {
         let mut req = http_client()
-            .put(format!("{}/v1/catalog/register", self.consul.url()))
+            .put(format!("{}/v1/catalog/{endpoint}", self.consul.url()))
             .json(&body);
         if let Some(t) = self.consul.master_token() {
             req = req.header("X-Consul-Token", t);
