@@ -116,11 +116,17 @@ pub fn permissions(role: &Role, n: &Names) -> Permissions {
         }
         Role::Publisher(kind) => {
             let d = ksr_runtime::config::default_durable(kind, &n.owner);
+            // Its reconciliation pulls the stream's newest events through a consumer of its
+            // own name, one replica at a time, and deletes it when done.
+            let r = ksr_runtime::config::replay_consumer(&d);
             p.publish.extend([
                 format!("$JS.API.CONSUMER.CREATE.{s}.{d}.>"),
                 format!("$JS.API.CONSUMER.INFO.{s}.{d}"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{s}.{d}"),
                 format!("$JS.ACK.{s}.{d}.>"),
+                format!("$JS.API.CONSUMER.CREATE.{s}.{r}.>"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{s}.{r}"),
+                format!("$JS.API.CONSUMER.DELETE.{s}.{r}"),
             ]);
             // Its own per-Service status entries, and the bucket when it is missing; read
             // back when it starts (so a restart rewrites only what changed).
@@ -304,6 +310,31 @@ mod tests {
         // Status entries under its own name only.
         let kv: Vec<_> = p.publish.iter().filter(|s| s.starts_with("$KV.")).collect();
         assert_eq!(kv, vec!["$KV.KSR_ROUTES_status.ksr-vulcand-ksr.>"]);
+    }
+
+    #[test]
+    fn a_publisher_pulls_from_and_deletes_only_its_durable_and_its_replay_consumer() {
+        for (kind, other) in [("vulcand", "consul"), ("consul", "vulcand")] {
+            let p = permissions(&Role::Publisher(kind), &names());
+            let own = [format!("ksr-{kind}-ksr"), format!("ksr-{kind}-ksr_replay")];
+            let reach: Vec<_> = p
+                .publish
+                .iter()
+                .filter(|s| s.contains(".MSG.NEXT.") || s.contains(".DELETE."))
+                .collect();
+            assert_eq!(reach.len(), 3, "{reach:?}");
+            for s in reach {
+                let consumer = s.rsplit('.').next().unwrap_or_default();
+                assert!(own.iter().any(|o| o == consumer), "{s}");
+                assert!(!s.contains(other), "{s}");
+            }
+            assert!(p.publish.contains(&format!(
+                "$JS.API.CONSUMER.DELETE.KSR_ROUTES.ksr-{kind}-ksr_replay"
+            )));
+            // Never the stream, nor its durable.
+            assert!(!p.publish.iter().any(|s| s.contains("STREAM.DELETE")
+                || s.ends_with(&format!("DELETE.KSR_ROUTES.ksr-{kind}-ksr"))));
+        }
     }
 
     #[test]

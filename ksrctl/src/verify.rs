@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use ksr_projection::Records;
 use ksr_projection::drift::Drift;
+use ksr_runtime::stream_pass::Reading;
 
 use crate::cli::{Output, Target};
 use crate::{Error, Outcome, read, targets};
@@ -177,7 +178,9 @@ pub async fn rebuild(target: &Target, dry_run: bool) -> Result<Outcome, Error> {
         Target::Vulcand { stream, target, .. } => {
             let (_, s) = read::open(stream).await?;
             let projector = targets::vulcand(target, Records::Load).await?;
-            let r = ksr_publisher_vulcand::reconcile::reconcile(&projector, &s, u64::MAX).await?;
+            let pushed = Reading::pushed();
+            let r = ksr_publisher_vulcand::reconcile::reconcile(&projector, &s, u64::MAX, &pushed)
+                .await?;
             format!(
                 "applied {} events, rewrote {} keys, deleted {} keys",
                 r.replayed, r.puts, r.deletes
@@ -195,6 +198,7 @@ pub async fn rebuild(target: &Target, dry_run: bool) -> Result<Outcome, Error> {
                 &projector,
                 &s,
                 u64::MAX,
+                &Reading::pushed(),
                 target.environment(),
             )
             .await?;

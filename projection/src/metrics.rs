@@ -27,6 +27,16 @@ pub struct ProjectionMetrics {
         prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Where the last reconciliation pass spent its time, by phase.
     pub reconcile_phase_seconds: Family<PhaseLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Reconciliation stream passes, by how they read the stream back.
+    pub stream_passes: Family<ReadLabel, prometheus_client::metrics::counter::Counter>,
+}
+
+/// The label of `ksr_<publisher>_reconcile_stream_passes_total`: `pulled` through the
+/// publisher's replay consumer, or `pushed` (it was held by another replica's pass, or the
+/// NATS role may not create it).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabel {
+    pub read: &'static str,
 }
 
 /// The label of `ksr_<publisher>_reconcile_phase_seconds`: one of a fixed set per publisher
@@ -114,6 +124,17 @@ impl ProjectionMetrics {
             "Where the last reconciliation pass spent its time: reading our records (records), the stream's newest events (replay), re-applying them (apply), comparing the target (target), collecting tombstones (tombstones)",
             m.reconcile_phase_seconds.clone(),
         );
+        r.register(
+            "reconcile_stream_passes",
+            "Reconciliation stream passes, by how they read the stream: pulled through the replay consumer (a chunk at a time), or pushed (the consumer was held by another replica or not permitted)",
+            m.stream_passes.clone(),
+        );
+    }
+
+    /// Counts a stream pass, `pulled` through the replay consumer or pushed.
+    pub fn stream_pass(&self, pulled: bool) {
+        let read = if pulled { "pulled" } else { "pushed" };
+        self.stream_passes.get_or_create(&ReadLabel { read }).inc();
     }
 
     /// Reports the unreadable records of the last load: sets the gauge and returns the `/readyz`

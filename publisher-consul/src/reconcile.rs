@@ -20,7 +20,7 @@
 use async_nats::jetstream::stream::Stream;
 
 use ksr_projection::apply::Store;
-use ksr_runtime::replay;
+use ksr_runtime::stream_pass::{self, Reading};
 
 use crate::Error;
 use crate::layout::Layout;
@@ -101,11 +101,13 @@ async fn remove_departed_routers(p: &ConsulProjector) -> Result<u64, Error> {
     Ok(removed)
 }
 
-/// Runs all passes; `ack_floor` is the consumer's acknowledged stream sequence.
+/// Runs all passes; `ack_floor` is the consumer's acknowledged stream sequence, `reading` how
+/// the stream pass reads the stream back (a publisher pulls through its replay consumer).
 pub async fn reconcile(
     p: &ConsulProjector,
     stream: &Stream,
     ack_floor: u64,
+    reading: &Reading,
     environment: &str,
 ) -> Result<ReconcileReport, Error> {
     let started = std::time::Instant::now();
@@ -118,7 +120,9 @@ pub async fn reconcile(
     p.cache().quarantine(survey.unreadable());
     phases.done("records");
 
-    report.replayed = replay::reapply_acknowledged(p, stream, ack_floor).await?;
+    let passed = stream_pass::reapply_acknowledged(p, stream, ack_floor, reading).await?;
+    p.metrics().stream_pass(passed.pulled);
+    report.replayed = passed.applied;
     // The records read before serve the passes below unless the stream pass wrote some.
     if report.replayed > 0 {
         survey = p.survey().await?;

@@ -254,6 +254,15 @@ async fn reconciling_a_converged_catalog_changes_nothing() -> anyhow::Result<()>
     let m = metrics(p.admin_port).await;
     assert!(m.contains("ksr_consul_reconcile_repairs_total 0"), "{m}");
     assert_eq!(bench.snapshot().await?, before, "no ModifyIndex moved");
+    // Every stream pass pulled through the replay consumer (one replica: never held).
+    assert!(
+        !m.contains(r#"ksr_consul_reconcile_stream_passes_total{read="pushed"}"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"ksr_consul_reconcile_stream_passes_total{read="pulled"}"#),
+        "{m}"
+    );
     Ok(())
 }
 

@@ -223,7 +223,7 @@ async fn the_drift_check_knows_every_router_node() -> anyhow::Result<()> {
     )
     .await?;
     let stream = bench.js.get_stream("KSR_ROUTES").await?;
-    let latest = ksr_runtime::replay::acknowledged_latest(&stream, u64::MAX).await?;
+    let latest = ksr_runtime::stream_pass::acknowledged_latest(&stream, u64::MAX).await?;
     let found = ksr_publisher_consul::drift::drift(&projector, &latest, "test").await?;
     assert!(found.ours.is_empty(), "{:?}", found.ours);
     assert!(found.foreign.is_empty(), "{:?}", found.foreign);

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::stream::Stream;
 
 use ksr_projection::apply::Store;
-use ksr_runtime::replay;
+use ksr_runtime::stream_pass::{self, Reading};
 
 use crate::Error;
 use crate::keys::{KeyOp, sort_ops};
@@ -45,11 +45,13 @@ pub struct ReconcileReport {
     pub collected: u64,
 }
 
-/// Runs both passes; `ack_floor` is the consumer's acknowledged stream sequence.
+/// Runs both passes; `ack_floor` is the consumer's acknowledged stream sequence, `reading` how
+/// the stream pass reads the stream back (a publisher pulls through its replay consumer).
 pub async fn reconcile(
     projector: &VulcandProjector,
     stream: &Stream,
     ack_floor: u64,
+    reading: &Reading,
 ) -> Result<ReconcileReport, Error> {
     let started = std::time::Instant::now();
     let mut phases = ksr_projection::metrics::PhaseTimer::start(projector.metrics());
@@ -59,7 +61,9 @@ pub async fn reconcile(
     let (mut survey, mut wanted) = projector.survey().await?;
     projector.cache().quarantine(survey.unreadable());
     phases.done("records");
-    report.replayed = replay::reapply_acknowledged(projector, stream, ack_floor).await?;
+    let passed = stream_pass::reapply_acknowledged(projector, stream, ack_floor, reading).await?;
+    projector.metrics().stream_pass(passed.pulled);
+    report.replayed = passed.applied;
     // One read of our records serves the key pass and the tombstones (their deletes are
     // guarded by revision, so a record changed since is simply left); read again only when
     // the stream pass wrote some.

@@ -138,6 +138,16 @@ async fn a_wiped_etcd_is_rebuilt_by_the_stream_pass_from_every_subject_of_the_st
     })
     .await?;
     assert_as_modelled(&history, &bench.snapshot("").await?);
+    // Pulled through the replay consumer, which is gone once the pass is done.
+    let pulled = r#"ksr_vulcand_reconcile_stream_passes_total{read="pulled"}"#;
+    assert_eq!(p.metric(pulled).await, 1.0);
+    let stream = bench.js.get_stream("KSR_ROUTES").await?;
+    assert!(
+        stream
+            .consumer_info("ksr-vulcand-ksr_replay")
+            .await
+            .is_err()
+    );
     Ok(())
 }
 

@@ -131,6 +131,14 @@ pub fn default_durable(publisher: &str, owner: &str) -> String {
     format!("ksr-{publisher}-{owner}")
 }
 
+/// The consumer a publisher's reconciliation pulls the stream's newest events through
+/// (`<durable>_replay`, one replica at a time; `ksr_runtime::stream_pass`). The `_` keeps it
+/// apart from every default durable (owners are DNS labels), so the permission to pull from
+/// and delete it grants nothing on another installation's consumer.
+pub fn replay_consumer(durable: &str) -> String {
+    format!("{durable}_replay")
+}
+
 /// How a publisher consumes the stream.
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {

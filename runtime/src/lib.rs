@@ -20,6 +20,7 @@ pub mod retry;
 pub mod serve;
 pub mod shutdown;
 pub mod status_writer;
+pub mod stream_pass;
 pub mod telemetry;
 pub mod tls;
 

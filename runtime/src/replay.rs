@@ -4,11 +4,13 @@
 //! publishers' reconciliation, audits and tests. An ordered push consumer (ephemeral, flow
 //! controlled; measurably faster than pulling for a bulk read) delivers the messages
 //! (`DeliverPolicy::LastPerSubject` for the current state); it is read until the server
-//! reports nothing pending.
+//! reports nothing pending. nats-server runs a push consumer up to 32 MiB ahead of its
+//! reader, so a reader that works as it reads (a publisher's stream pass) pulls instead,
+//! through a consumer it names ([`Replay::pull`]): a chunk at a time.
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull, push};
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 
@@ -71,6 +73,71 @@ fn unique_inbox() -> String {
     format!("_INBOX.ksr-replay.{}.{t:x}.{n}", std::process::id())
 }
 
+/// Messages a pulled replay asks for at a time (at most two such requests are outstanding).
+const PULLED_CHUNK: usize = 500;
+
+/// How long the server keeps a pulled replay's consumer once its reader stopped asking (a
+/// reader that crashed): until then another reader of that name reads pushed.
+const PULLED_IDLE: Duration = Duration::from_secs(60);
+
+/// Where a replay's messages come from.
+enum Messages {
+    Pushed(Box<push::Ordered>),
+    Pulled(Box<Pulled>),
+}
+
+/// Messages pulled through a named consumer, deleted when the replay is closed or dropped.
+struct Pulled {
+    messages: pull::Stream,
+    consumer: Named,
+}
+
+/// A pulled replay's consumer: deleted by [`Named::delete`], or else when dropped.
+struct Named {
+    stream: Stream,
+    name: Option<String>,
+}
+
+impl Named {
+    async fn delete(mut self) {
+        if let Some(name) = self.name.take() {
+            delete(&self.stream, &name).await;
+        }
+    }
+}
+
+async fn delete(stream: &Stream, name: &str) {
+    if let Err(e) = stream.delete_consumer(name).await {
+        tracing::debug!(consumer = name, error = %e, "cannot delete a pulled replay's consumer; the server expires it");
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        // A replay abandoned on an error: deleted now rather than after PULLED_IDLE.
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        let stream = self.stream.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { delete(&stream, &name).await });
+        }
+    }
+}
+
+impl Messages {
+    async fn next(&mut self) -> Option<Result<async_nats::jetstream::Message, String>> {
+        match self {
+            Messages::Pushed(m) => m.next().await.map(|r| r.map_err(|e| e.to_string())),
+            Messages::Pulled(p) => p
+                .messages
+                .next()
+                .await
+                .map(|r| r.map_err(|e| e.to_string())),
+        }
+    }
+}
+
 /// A replay in progress: the messages that were in the stream when it was opened, one at a
 /// time, so callers can fold a long history without holding it (and show progress).
 pub struct Replay {
@@ -79,7 +146,7 @@ pub struct Replay {
     done: bool,
     /// Keep waiting for new messages instead of ending at the last one.
     follow: bool,
-    messages: Option<push::Ordered>,
+    messages: Option<Messages>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -87,6 +154,7 @@ impl std::fmt::Debug for Replay {
         f.debug_struct("Replay")
             .field("stream", &self.stream)
             .field("total", &self.total)
+            .field("pulled", &self.pulled())
             .finish_non_exhaustive()
     }
 }
@@ -136,7 +204,9 @@ impl Replay {
             None
         } else {
             let messages = consumer.messages().await;
-            Some(messages.map_err(|e| err("cannot replay", &e))?)
+            Some(Messages::Pushed(Box::new(
+                messages.map_err(|e| err("cannot replay", &e))?,
+            )))
         };
         Ok(Self {
             stream: name,
@@ -145,6 +215,80 @@ impl Replay {
             follow,
             messages,
         })
+    }
+
+    /// The messages `policy` selects on subjects matching `filter`, pulled a chunk at a time
+    /// through a consumer named `name` that this reader alone uses: its role may create, pull
+    /// from and delete that name and no other consumer's. Fails with
+    /// `ConsumerCreateStrictErrorKind::AlreadyExists` while another reader holds the name,
+    /// and times out when the role may not create it; the consumer is deleted once the replay
+    /// is dropped (or by the server, [`PULLED_IDLE`] after its reader stopped).
+    pub async fn pull(
+        stream: &Stream,
+        filter: &str,
+        policy: DeliverPolicy,
+        name: &str,
+    ) -> Result<Self, PullError> {
+        let consumer = stream
+            .create_consumer_strict(pull::Config {
+                name: Some(name.to_owned()),
+                // Unique to this reader, so that another reader's creation of the name fails
+                // instead of sharing (and splitting) this one's messages.
+                description: Some(format!("ksr stream pass {}", unique_inbox())),
+                deliver_policy: policy,
+                filter_subject: filter.to_owned(),
+                ack_policy: AckPolicy::None,
+                inactive_threshold: PULLED_IDLE,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(PullError::Create)?;
+        let total = consumer.cached_info().num_pending;
+        let messages = match consumer
+            .stream()
+            .max_messages_per_batch(PULLED_CHUNK)
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(e) => {
+                // Not left for PULLED_IDLE: the caller reads pushed now and pulls next time.
+                delete(stream, name).await;
+                return Err(PullError::Pull(e));
+            }
+        };
+        // Held even when empty, so that closing the replay deletes the consumer.
+        let messages = Messages::Pulled(Box::new(Pulled {
+            messages,
+            consumer: Named {
+                stream: stream.clone(),
+                name: Some(name.to_owned()),
+            },
+        }));
+        Ok(Self {
+            stream: stream.cached_info().config.name.clone(),
+            total,
+            done: total == 0,
+            follow: false,
+            messages: Some(messages),
+        })
+    }
+
+    /// Ends the replay; a pulled one's consumer is deleted before this returns (so the next
+    /// pass, however soon, can create it again). Dropping a pulled replay deletes it too, a
+    /// moment later.
+    pub async fn close(self) {
+        if let Some(Messages::Pulled(pulled)) = self.messages {
+            let Pulled { messages, consumer } = *pulled;
+            drop(messages);
+            consumer.delete().await;
+        }
+    }
+
+    /// Whether the messages are pulled ([`Replay::pull`]) rather than pushed.
+    pub fn pulled(&self) -> bool {
+        matches!(self.messages, Some(Messages::Pulled(_)))
     }
 
     /// How many messages the replay delivers in all.
@@ -193,94 +337,26 @@ impl Replay {
     }
 }
 
-/// The newest event of every subject at or below `ack_floor` (events a consumer already
-/// acknowledged, so their projection must exist), as deliveries for a fenced re-apply, read
-/// a chunk at a time ([`Acknowledged::next_chunk`]) so a reconciliation of any size holds one
-/// chunk, not the stream. Undecodable events are logged with their sequence and skipped.
-#[derive(Debug)]
-pub struct Acknowledged {
-    replay: Replay,
-    ack_floor: u64,
-    incarnation: u64,
+/// Why a pulled replay could not start ([`Replay::pull`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("cannot create the replay consumer: {0}")]
+    Create(#[source] async_nats::jetstream::stream::ConsumerCreateStrictError),
+    #[error("cannot pull from the replay consumer: {0}")]
+    Pull(#[source] async_nats::jetstream::consumer::StreamError),
 }
 
-impl Acknowledged {
-    pub async fn open(stream: &Stream, ack_floor: u64) -> Result<Self, RuntimeError> {
-        let filter = ksr_proto::subject::all_filter();
-        Ok(Self {
-            replay: Replay::open(stream, &filter, DeliverPolicy::LastPerSubject).await?,
-            ack_floor,
-            incarnation: crate::nats::incarnation(stream),
-        })
+impl PullError {
+    /// Another reader holds the consumer's name (the server refused to create it again).
+    pub fn is_taken(&self) -> bool {
+        use async_nats::jetstream::stream::ConsumerCreateStrictErrorKind as K;
+        matches!(self, PullError::Create(e) if matches!(e.kind(), K::AlreadyExists))
     }
 
-    /// Up to `n` more deliveries, in stream order; empty once every one was read.
-    pub async fn next_chunk(
-        &mut self,
-        n: usize,
-    ) -> Result<Vec<ksr_projection::Delivery>, RuntimeError> {
-        let mut out = Vec::with_capacity(n.min(1024));
-        while out.len() < n {
-            let Some(l) = self.replay.next().await? else {
-                break;
-            };
-            if l.seq > self.ack_floor {
-                continue;
-            }
-            match l.event {
-                Ok(event) => out.push(ksr_projection::Delivery {
-                    seq: l.seq,
-                    incarnation: self.incarnation,
-                    event,
-                }),
-                Err(e) => tracing::warn!(
-                    seq = l.seq,
-                    subject = l.subject,
-                    reason = e.reason(),
-                    error = %e,
-                    "reconcile: skipping undecodable event"
-                ),
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// The stream pass of a reconciliation: every delivery [`Acknowledged`] reads goes through
-/// `store`'s fenced apply, a chunk of 1,000 at a time. Returns how many events it applied
-/// (those whose projection was missing or behind; the others are skipped by their fence).
-pub async fn reapply_acknowledged<S>(
-    store: &S,
-    stream: &Stream,
-    ack_floor: u64,
-) -> Result<u64, S::Error>
-where
-    S: ksr_projection::apply::Store,
-    S::Error: From<RuntimeError>,
-{
-    let mut acknowledged = Acknowledged::open(stream, ack_floor).await?;
-    let mut applied = 0;
-    loop {
-        let chunk = acknowledged.next_chunk(1000).await?;
-        if chunk.is_empty() {
-            return Ok(applied);
-        }
-        applied += store.apply_batch(&chunk).await?.applied;
-    }
-}
-
-/// Every delivery [`Acknowledged`] reads, at once.
-pub async fn acknowledged_latest(
-    stream: &Stream,
-    ack_floor: u64,
-) -> Result<Vec<ksr_projection::Delivery>, RuntimeError> {
-    let mut all = Acknowledged::open(stream, ack_floor).await?;
-    let mut out = Vec::new();
-    loop {
-        let chunk = all.next_chunk(usize::MAX).await?;
-        if chunk.is_empty() {
-            return Ok(out);
-        }
-        out.extend(chunk);
+    /// The server did not answer the creation: with NATS authorization, a role that may not
+    /// create this consumer (the server drops the request and logs a violation).
+    pub fn is_unanswered(&self) -> bool {
+        use async_nats::jetstream::stream::ConsumerCreateStrictErrorKind as K;
+        matches!(self, PullError::Create(e) if matches!(e.kind(), K::TimedOut))
     }
 }
