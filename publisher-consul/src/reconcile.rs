@@ -216,10 +216,16 @@ async fn catalog_pass(
             );
             continue;
         }
+        // Only while the instance is still there: one that another replica registered and
+        // removed again since the listing (its record with it) is no drift to count.
         let ops = vec![
             TxnOp::KvCheck {
                 key: p.layout().name_record_key(id),
                 index: rev,
+            },
+            TxnOp::ServiceCheck {
+                node: node.to_owned(),
+                id: id.clone(),
             },
             TxnOp::ServiceDelete {
                 node: node.to_owned(),

@@ -116,6 +116,8 @@ pub enum TxnOp {
     KvDeleteCas { key: String, index: u64 },
     /// Fail the transaction unless the key's ModifyIndex is `index` (0: unless absent).
     KvCheck { key: String, index: u64 },
+    /// Fails the transaction unless instance `id` is registered on `node`.
+    ServiceCheck { node: String, id: String },
     /// Register (or replace) a service instance on `node`.
     ServiceSet { node: String, body: ServiceBody },
     /// Deregister a service instance from `node` (`service` is its name, required in a txn).
@@ -140,6 +142,9 @@ impl TxnOp {
             }
             TxnOp::KvCheck { key, index } => {
                 json!({"KV": {"Verb": "check-index", "Key": key, "Index": index}})
+            }
+            TxnOp::ServiceCheck { node, id } => {
+                json!({"Service": {"Verb": "get", "Node": node, "Service": {"ID": id}}})
             }
             TxnOp::ServiceSet { node, body } => {
                 json!({"Service": {"Verb": "set", "Node": node, "Service": body}})

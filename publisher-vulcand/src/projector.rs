@@ -151,11 +151,12 @@ impl VulcandProjector {
         let mut survey = Survey::default();
         let mut wanted = Wanted::new(self.policy() == ksr_projection::Policy::UpsertOnly);
         let fence = |f| store::service_record(layout, f);
-        store::read_records(&mut self.kv.clone(), layout, |record, key, rev, value| {
+        let at = store::read_records(&mut self.kv.clone(), layout, |record, key, rev, value| {
             let want = |_: &str, r: &HostRecord| wanted.want(layout, r);
             survey.add(record, key, rev, value, fence, want);
         })
         .await?;
+        wanted.read_at(at);
         let survey = survey.finish("vulcand");
         wanted.leave_unreadable(survey.unreadable());
         Ok((survey, wanted))

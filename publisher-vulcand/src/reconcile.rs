@@ -149,12 +149,17 @@ async fn repair_keys(
         return repair_v2(projector, v2, drifted).await;
     }
     let mut kv = projector.kv();
+    // As of the revision the records were read at: a route another replica writes or
+    // removes meanwhile (its record and keys in one transaction) is then seen neither way,
+    // instead of as keys no record wants (a removal counted as a repair; measured: the
+    // faults scenario's fresh replicas "deleted" keys a running one had already removed).
+    let at = wanted.revision();
     for (dir, prefix) in [
         (Dir::Backends, layout.owned_backends_prefix()),
         (Dir::Frontends, layout.owned_frontends_prefix()),
     ] {
         let mut routes = ByRoute::default();
-        store::read_prefix_each(&mut kv, &prefix, |key, value, _| {
+        store::read_prefix_at(&mut kv, &prefix, at, |key, value, _| {
             let key = String::from_utf8_lossy(key).into_owned();
             let Some(id) = layout.id_of_vulcand_key(&key).map(str::to_owned) else {
                 return;

@@ -47,11 +47,23 @@ pub async fn read_prefix(
 pub async fn read_prefix_each(
     kv: &mut KvClient,
     prefix: &str,
-    mut each: impl FnMut(&[u8], &[u8], u64),
+    each: impl FnMut(&[u8], &[u8], u64),
 ) -> Result<(), Error> {
+    read_prefix_at(kv, prefix, 0, each).await.map(|_| ())
+}
+
+/// [`read_prefix_each`] at etcd revision `at` (0: the current one); returns the revision it
+/// read at, so that another prefix can be read as of the same moment. Fails once etcd has
+/// compacted `at` away.
+pub async fn read_prefix_at(
+    kv: &mut KvClient,
+    prefix: &str,
+    at: u64,
+    mut each: impl FnMut(&[u8], &[u8], u64),
+) -> Result<u64, Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut start = prefix.as_bytes().to_vec();
-    let mut revision = 0;
+    let mut revision = i64::try_from(at).unwrap_or(i64::MAX);
     let mut page = PAGE;
     loop {
         let mut opts = GetOptions::new().with_range(end.clone()).with_limit(page);
@@ -84,7 +96,7 @@ pub async fn read_prefix_each(
         next.push(0);
         start = next;
     }
-    Ok(())
+    Ok(rev(revision))
 }
 
 /// Whether etcd's reply was over the client's message size limit (the client refuses to
@@ -121,15 +133,16 @@ pub async fn load_state(kv: &mut KvClient, layout: &Layout) -> Result<State, Err
 }
 
 /// Calls `each` with every record of ours as read (record, its key, revision, bytes), a page
-/// at a time, migrating those of older versions first.
+/// at a time, migrating those of older versions first; all of them as of one etcd revision,
+/// which it returns.
 pub async fn read_records(
     kv: &mut KvClient,
     layout: &Layout,
     mut each: impl FnMut(RecordKey, &str, u64, &[u8]),
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     migrate_legacy(kv, layout).await?;
     let services_prefix = layout.services_prefix();
-    read_prefix_each(kv, &services_prefix, |key, value, rev| {
+    let at = read_prefix_at(kv, &services_prefix, 0, |key, value, rev| {
         let key = String::from_utf8_lossy(key);
         let Some(service) = ServiceKey::from_path(&key[services_prefix.len()..]) else {
             tracing::warn!(%key, "ignoring a record key that does not name a Service");
@@ -139,7 +152,7 @@ pub async fn read_records(
     })
     .await?;
     let hosts_prefix = layout.hosts_prefix();
-    read_prefix_each(kv, &hosts_prefix, |key, value, rev| {
+    read_prefix_at(kv, &hosts_prefix, at, |key, value, rev| {
         let key = String::from_utf8_lossy(key);
         let id = key[hosts_prefix.len()..].to_owned();
         each(RecordKey::Name(id), &key, rev, value);

@@ -72,6 +72,9 @@ fn key_hash(key: &str, value: &str) -> u64 {
 /// route; collects the routes that need repair.
 #[derive(Debug)]
 pub struct Wanted {
+    /// The etcd revision the records were read at (0: unknown); vulcand's keys are read at
+    /// the same one, so that a route written or removed in between is not taken for drift.
+    at: u64,
     routes: HashMap<String, [WantedDir; 2]>,
     unreadable: HashSet<String>,
     upsert_only: bool,
@@ -84,12 +87,23 @@ impl Wanted {
     /// `upsert_only`, keys no record wants are not drift.
     pub fn new(upsert_only: bool) -> Self {
         Self {
+            at: 0,
             routes: HashMap::new(),
             unreadable: HashSet::new(),
             upsert_only,
             drifted: BTreeMap::new(),
             kept: BTreeMap::new(),
         }
+    }
+
+    /// The records were read as of etcd revision `at`.
+    pub fn read_at(&mut self, at: u64) {
+        self.at = at;
+    }
+
+    /// The etcd revision the records were read at (0: unknown).
+    pub fn revision(&self) -> u64 {
+        self.at
     }
 
     /// Wants the keys `record` (a hostname's) projects to.

@@ -213,7 +213,57 @@ impl EtcdInvariants {
         self.keys.insert(key, value);
     }
 
+    /// Our vulcand keys are exactly what our host records project, at every revision.
+    fn check_projection(&self, rev: i64, findings: &Mutex<Vec<String>>) {
+        let layout = ksr_publisher_vulcand::layout::Layout::new("vulcand", "ksr");
+        let hosts = layout.hosts_prefix();
+        let mut expected = BTreeMap::new();
+        for (k, v) in self.keys.range(hosts.clone()..) {
+            if !k.starts_with(&hosts) {
+                break;
+            }
+            match serde_json::from_str::<ksr_publisher_vulcand::records::HostRecord>(v) {
+                Ok(record) => expected.extend(
+                    ksr_publisher_vulcand::keys::project(&layout, &record)
+                        .into_iter()
+                        .map(|(k, (_, v))| (k, v)),
+                ),
+                Err(e) => report(
+                    findings,
+                    format!("revision {rev}: record {k} unreadable: {e}"),
+                ),
+            }
+        }
+        let ours = "vulcand/";
+        let actual: BTreeMap<&String, &String> = self
+            .keys
+            .range(ours.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(ours))
+            .filter(|(k, _)| layout.id_of_vulcand_key(k).is_some())
+            .collect();
+        for (k, v) in &actual {
+            if expected.get(*k) != Some(*v) {
+                report(
+                    findings,
+                    format!(
+                        "revision {rev}: key {k} = {v} is not what the records project ({:?})",
+                        expected.get(*k)
+                    ),
+                );
+            }
+        }
+        for (k, v) in &expected {
+            if !actual.contains_key(k) {
+                report(
+                    findings,
+                    format!("revision {rev}: key {k} = {v} projected but missing"),
+                );
+            }
+        }
+    }
+
     fn check(&mut self, rev: i64, registry: &Registry, findings: &Mutex<Vec<String>>) {
+        self.check_projection(rev, findings);
         let mut routes: HashMap<String, String> = HashMap::new();
         let live_fences: HashMap<String, Option<String>> = self
             .keys
