@@ -158,7 +158,14 @@ async fn reconcile_loop<R, Fut, T, E>(
                 continue;
             }
         };
-        match reconcile(ack_floor).await {
+        // Abandoned on shutdown: a pass cut short leaves no more than a crash would (each
+        // etcd or Consul write of it is one guarded transaction), and the next start
+        // reconciles again.
+        let passed = tokio::select! {
+            _ = stop.cancelled() => return,
+            passed = reconcile(ack_floor) => passed,
+        };
+        match passed {
             Ok(_) => {
                 metrics.reconciled(true);
                 reconciled();

@@ -4,9 +4,11 @@
 //! A publisher pulls them through its replay consumer (`<durable>_replay`,
 //! [`crate::config::replay_consumer`]), so the pass holds a chunk or two of messages whatever
 //! the stream's size; a pushed replay would hold what nats-server sent ahead (up to 32 MiB of
-//! messages; publisher-vulcand's peak at 100,000 Services was 32–36 MiB higher). While another replica's pass holds that name, or
-//! when the NATS role may not create it (a role generated before it existed), the pass reads
-//! pushed, as `ksrctl` always does, and says so.
+//! messages; publisher-vulcand's peak at 100,000 Services was 32–36 MiB higher). While
+//! another replica's pass holds that name the pass waits for it (replicas started together
+//! reconcile together), up to [`HELD_WAIT`]; past that, or when the NATS role may not create
+//! it (a role generated before it existed), it reads pushed, as `ksrctl` always does, and
+//! says so.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,18 +16,26 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::Stream;
 
+use backon::{ExponentialBuilder, Retryable};
+
 use crate::RuntimeError;
-use crate::replay::Replay;
+use crate::replay::{PullError, Replay};
 
 /// After the server left the replay consumer's creation unanswered, how long passes read
 /// pushed before asking again (each unanswered request costs the JetStream timeout).
 const REFUSED_FOR: Duration = Duration::from_secs(3600);
+
+/// How long a pass waits, at most, for another replica's pass to release the replay
+/// consumer before it reads pushed (a pass of 100,000 Services holds it for about a second).
+pub const HELD_WAIT: Duration = Duration::from_secs(10);
 
 /// How a stream pass reads the stream back: pushed ([`Reading::pushed`]), or pulled through
 /// a named replay consumer when it can ([`Reading::pulled_through`]).
 #[derive(Debug, Clone, Default)]
 pub struct Reading {
     consumer: Option<String>,
+    /// How long to wait for the consumer while another replica's pass holds it.
+    held_wait: Duration,
     /// When the server last left the creation of `consumer` unanswered.
     refused_at: Arc<Mutex<Option<Instant>>>,
 }
@@ -41,8 +51,15 @@ impl Reading {
     pub fn pulled_through(consumer: impl Into<String>) -> Self {
         Self {
             consumer: Some(consumer.into()),
+            held_wait: HELD_WAIT,
             ..Self::default()
         }
+    }
+
+    /// Waits at most `wait` (instead of [`HELD_WAIT`]) for a consumer another pass holds.
+    pub fn waiting_at_most(mut self, wait: Duration) -> Self {
+        self.held_wait = wait;
+        self
     }
 
     /// The consumer to try pulling through now, if any.
@@ -63,10 +80,21 @@ impl Reading {
         let Some(name) = self.consumer() else {
             return Replay::open(stream, filter, policy).await;
         };
-        match Replay::pull(stream, filter, policy, name).await {
+        let waits = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(self.held_wait));
+        let pulled = (|| Replay::pull(stream, filter, policy, name))
+            .retry(waits)
+            .when(PullError::is_taken)
+            .await;
+        match pulled {
             Ok(replay) => return Ok(replay),
             Err(e) if e.is_taken() => tracing::info!(
                 consumer = name,
+                waited_s = self.held_wait.as_secs_f64(),
                 "stream pass reads pushed: the replay consumer is held by another replica's pass (or one that stopped within a minute)"
             ),
             Err(e) if e.is_unanswered() => {

@@ -1,7 +1,8 @@
 //! A reconciliation's stream pass against a real nats-server: pulled through the publisher's
 //! replay consumer it reads exactly the newest acknowledged event of every Service (compared
-//! with a model of the published history) and deletes the consumer; while another reader holds
-//! the name, or when the NATS role may not create it, it reads the same events pushed.
+//! with a model of the published history) and deletes the consumer; another reader waits for
+//! the name while one holds it, and past its wait, or when the NATS role may not create it,
+//! reads the same events pushed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -112,7 +113,7 @@ async fn pulled_through_the_replay_consumer_the_pass_reads_the_newest_acknowledg
 }
 
 #[tokio::test]
-async fn while_another_replica_holds_the_replay_consumer_the_pass_reads_pushed()
+async fn a_replica_waits_for_the_replay_consumer_another_holds_and_reads_pushed_past_its_wait()
 -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
@@ -120,18 +121,34 @@ async fn while_another_replica_holds_the_replay_consumer_the_pass_reads_pushed()
     let floor = history.last().map_or(0, |(seq, _)| *seq);
     let want = newest_acknowledged(&history, floor);
 
-    // Two replicas, each with its own Reading of the same name.
+    // Replicas, each with its own Reading of the same name.
     let first = Acknowledged::open(&stream, floor, &Reading::pulled_through(replay_name())).await?;
     assert!(first.pulled());
-    let second =
-        Acknowledged::open(&stream, floor, &Reading::pulled_through(replay_name())).await?;
-    assert!(
-        !second.pulled(),
-        "the second replica shared the first one's consumer"
-    );
-    // Neither lost anything to the other.
+    // Past its wait, pushed: it never shares (and splits) the first one's consumer.
+    let impatient =
+        Reading::pulled_through(replay_name()).waiting_at_most(Duration::from_millis(300));
+    let second = Acknowledged::open(&stream, floor, &impatient).await?;
+    assert!(!second.pulled());
     assert_eq!(read_all(second).await?.0, want, "second, pushed");
+    // Within its wait (the default), it pulls once the first pass is done.
+    let waiting = tokio::spawn({
+        let stream = stream.clone();
+        async move {
+            let reading = Reading::pulled_through(replay_name());
+            Acknowledged::open(&stream, floor, &reading).await
+        }
+    });
     assert_eq!(read_all(first).await?.0, want, "first, pulled");
+    let third = waiting.await??;
+    assert!(
+        third.pulled(),
+        "the third replica did not wait for the consumer"
+    );
+    assert_eq!(
+        read_all(third).await?.0,
+        want,
+        "third, pulled after waiting"
+    );
     Ok(())
 }
 
