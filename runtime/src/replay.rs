@@ -77,7 +77,7 @@ fn unique_inbox() -> String {
 const PULLED_CHUNK: usize = 500;
 
 /// How long the server keeps a pulled replay's consumer once its reader stopped asking (a
-/// reader that crashed): until then another reader of that name reads pushed.
+/// reader that crashed): until then another reader of that name cannot pull through it.
 const PULLED_IDLE: Duration = Duration::from_secs(60);
 
 /// Where a replay's messages come from.
@@ -221,8 +221,9 @@ impl Replay {
     /// through a consumer named `name` that this reader alone uses: its role may create, pull
     /// from and delete that name and no other consumer's. Fails with
     /// `ConsumerCreateStrictErrorKind::AlreadyExists` while another reader holds the name,
-    /// and times out when the role may not create it; the consumer is deleted once the replay
-    /// is dropped (or by the server, [`PULLED_IDLE`] after its reader stopped).
+    /// and times out when the role may not create it; the consumer is deleted when the replay
+    /// is closed ([`Replay::close`]) or dropped, or by the server [`PULLED_IDLE`] after its
+    /// reader stopped.
     pub async fn pull(
         stream: &Stream,
         filter: &str,
