@@ -206,7 +206,10 @@ async fn catalog_pass(
     let upsert_only = p.policy() == ksr_projection::Policy::UpsertOnly;
     for (id, listed) in actual.iter() {
         let (rev, derived) = survey.name(id);
-        if *id == router_id || matches!(derived, Some(Some(_))) {
+        // Wanted by its record; or its record is unreadable (quarantined: its entries are
+        // left alone until the record is rewritten, never deleted).
+        let unreadable = rev != 0 && derived.is_none();
+        if *id == router_id || matches!(derived, Some(Some(_))) || unreadable {
             continue;
         }
         if upsert_only {

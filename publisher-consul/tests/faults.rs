@@ -413,3 +413,45 @@ async fn a_corrupt_record_is_quarantined_reported_and_repaired_while_the_rest_fl
     })
     .await
 }
+
+#[tokio::test]
+async fn an_instance_whose_record_is_unreadable_and_cannot_be_rebuilt_is_left_alone()
+-> anyhow::Result<()> {
+    // The stream no longer holds the Service's event (retention, a purge), so the stream
+    // pass cannot rewrite its corrupt record: reconciliation must leave the instance it
+    // registered alone (quarantined), never deregister it as an orphan.
+    let bench = Bench::start().await?;
+    let p = bench.publisher(&[]);
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
+        .await?;
+    bench
+        .wait_resolves("web-shop.test.service.consul", true)
+        .await?;
+    bench.settled().await?;
+    p.shutdown().await?;
+    bench.js.get_stream("KSR_ROUTES").await?.purge().await?;
+    let name = "ksr/ksr/consul/names/web-shop.test";
+    let mut req = ksr_test_support::http_client()
+        .put(format!("{}/v1/kv/{name}", bench.consul.url()))
+        .body("{not json");
+    if let Some(t) = bench.consul.master_token() {
+        req = req.header("X-Consul-Token", t);
+    }
+    anyhow::ensure!(req.send().await?.status().is_success());
+
+    let p = bench.publisher(&["--reconcile-interval", "200ms"]);
+    eventually(WAIT, || async {
+        let runs = p.metric("ksr_consul_reconcile_runs_total").await;
+        anyhow::ensure!(runs >= 2.0, "{runs} reconcile runs so far");
+        Ok(())
+    })
+    .await?;
+    assert_eq!(p.metric("ksr_consul_reconcile_repairs_total").await, 0.0);
+    bench
+        .wait_resolves("web-shop.test.service.consul", true)
+        .await?;
+    let catalog = bench.consul.contents("ksr", false).await?;
+    assert!(catalog.contains_key("svc:web-shop.test"), "{catalog:?}");
+    Ok(())
+}
