@@ -349,6 +349,32 @@ async fn the_documented_least_privilege_policies_are_enough() -> anyhow::Result<
         .await
 }
 
+/// Routes `web` in `shop` (`web-shop.test`), waits until it resolves and the consumer has
+/// settled, and stops the publisher.
+async fn route_web_then_stop(bench: &Bench) -> anyhow::Result<()> {
+    let p = bench.publisher(&[]);
+    bench
+        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
+        .await?;
+    bench
+        .wait_resolves("web-shop.test.service.consul", true)
+        .await?;
+    bench.settled().await?;
+    p.shutdown().await
+}
+
+/// Overwrites Consul KV `key` with something that is not JSON (a corrupt record).
+async fn corrupt(bench: &Bench, key: &str) -> anyhow::Result<()> {
+    let mut req = ksr_test_support::http_client()
+        .put(format!("{}/v1/kv/{key}", bench.consul.url()))
+        .body("{not json");
+    if let Some(t) = bench.consul.master_token() {
+        req = req.header("X-Consul-Token", t);
+    }
+    anyhow::ensure!(req.send().await?.status().is_success());
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_corrupt_record_is_quarantined_reported_and_repaired_while_the_rest_flows()
 -> anyhow::Result<()> {
@@ -372,13 +398,7 @@ async fn a_corrupt_record_is_quarantined_reported_and_repaired_while_the_rest_fl
     let name = "ksr/ksr/consul/names/web-shop.test";
     let fence = "ksr/ksr/consul/services/east/other/api";
     for key in [name, fence] {
-        let mut req = ksr_test_support::http_client()
-            .put(format!("{}/v1/kv/{key}", bench.consul.url()))
-            .body("{not json");
-        if let Some(t) = bench.consul.master_token() {
-            req = req.header("X-Consul-Token", t);
-        }
-        anyhow::ensure!(req.send().await?.status().is_success());
+        corrupt(&bench, key).await?;
     }
 
     let p = bench.publisher(&[]);
@@ -421,24 +441,9 @@ async fn an_instance_whose_record_is_unreadable_and_cannot_be_rebuilt_is_left_al
     // pass cannot rewrite its corrupt record: reconciliation must leave the instance it
     // registered alone (quarantined), never deregister it as an orphan.
     let bench = Bench::start().await?;
-    let p = bench.publisher(&[]);
-    bench
-        .publish(&added("east", "shop", "web", &["10.0.0.1"]))
-        .await?;
-    bench
-        .wait_resolves("web-shop.test.service.consul", true)
-        .await?;
-    bench.settled().await?;
-    p.shutdown().await?;
+    route_web_then_stop(&bench).await?;
     bench.js.get_stream("KSR_ROUTES").await?.purge().await?;
-    let name = "ksr/ksr/consul/names/web-shop.test";
-    let mut req = ksr_test_support::http_client()
-        .put(format!("{}/v1/kv/{name}", bench.consul.url()))
-        .body("{not json");
-    if let Some(t) = bench.consul.master_token() {
-        req = req.header("X-Consul-Token", t);
-    }
-    anyhow::ensure!(req.send().await?.status().is_success());
+    corrupt(&bench, "ksr/ksr/consul/names/web-shop.test").await?;
 
     let p = bench.publisher(&["--reconcile-interval", "200ms"]);
     eventually(WAIT, || async {
