@@ -4,10 +4,8 @@ use async_nats::jetstream::stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use ksr_projection::apply::Store;
-use ksr_runtime::config::replay_consumer;
 use ksr_runtime::process::Process;
 use ksr_runtime::retry::{until_ready, until_ready_or};
-use ksr_runtime::stream_pass::Reading;
 use ksr_runtime::{nats, serve};
 
 use crate::Error;
@@ -96,7 +94,7 @@ async fn serve(config: &Config, process: &Process) -> Result<(), Error> {
         stream: &nats::StreamSettings::routes(&config.nats.stream),
     };
     let projector = &projector;
-    let reading = &Reading::pulled_through(replay_consumer(&publisher.durable()));
+    let reading = &publisher.reading();
     let reconcile = |stream: Stream, floor: u64| async move {
         reconcile::reconcile(projector, &stream, floor, reading, environment).await
     };

@@ -40,6 +40,12 @@ impl<P> Publisher<'_, P> {
             .clone()
             .unwrap_or_else(|| default_durable(self.name, self.owner))
     }
+
+    /// How its reconciliation's stream pass reads the stream: pulled through the replay
+    /// consumer of its durable ([`crate::config::replay_consumer`]).
+    pub fn reading(&self) -> crate::stream_pass::Reading {
+        crate::stream_pass::Reading::pulled_through(crate::config::replay_consumer(&self.durable()))
+    }
 }
 
 /// Creates the durable consumer and runs the consumer loop and the reconciliation loop until
