@@ -1,5 +1,6 @@
 //! publisher-consul: 10,000 Services from an empty Consul, then churn latency from publish to
-//! the name answering through Consul DNS.
+//! the name answering through Consul DNS, then a restart (records loaded, a full
+//! reconciliation) with its memory.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -65,21 +66,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let admin_port = ksr_test_support::free_ports(1)?[0];
-    let publisher = Proc::spawn(
-        "ksr-publisher-consul",
-        &[
-            "--nats-url".into(),
-            nats.url(),
-            "--consul-address".into(),
-            consul.url(),
-            "--router-address".into(),
-            router_list,
-            "--admin-addr".into(),
-            format!("127.0.0.1:{admin_port}"),
-            "--reconcile-interval".into(),
-            "0".into(),
-        ],
-    )?;
+    let publisher_args: Vec<String> = vec![
+        "--nats-url".into(),
+        nats.url(),
+        "--consul-address".into(),
+        consul.url(),
+        "--router-address".into(),
+        router_list,
+        "--admin-addr".into(),
+        format!("127.0.0.1:{admin_port}"),
+        "--reconcile-interval".into(),
+        "0".into(),
+    ];
+    let publisher = Proc::spawn("ksr-publisher-consul", &publisher_args)?;
     let t0 = Instant::now();
     crate::drive::caught_up(&js, "ksr-consul-ksr", args.services as u64).await?;
     let initial = t0.elapsed();
@@ -174,5 +173,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let (rss, peak) = publisher.memory_mib();
     println!("  publisher RSS after churn: {rss:.1} MiB (peak {peak:.1} MiB)");
+    crate::drive::restart(
+        publisher,
+        "ksr-publisher-consul",
+        &publisher_args,
+        admin_port,
+        "consul",
+    )
+    .await?;
     Ok(())
 }

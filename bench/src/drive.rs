@@ -73,3 +73,27 @@ pub async fn reconciled(admin_port: u16, name: &str, timeout: Duration) -> anyho
         get("reconcile_repairs_total")
     ))
 }
+
+/// Kills `publisher` (as a crash would) and starts binary `binary` again with `args`: the
+/// restart of a converged publisher — its records loaded, its statuses read back, a full
+/// reconciliation — timed, with the new process's RSS after it and at its peak. Returns the
+/// new process.
+pub async fn restart(
+    publisher: crate::procs::Proc,
+    binary: &str,
+    args: &[String],
+    admin_port: u16,
+    name: &str,
+) -> anyhow::Result<crate::procs::Proc> {
+    drop(publisher);
+    let started = Instant::now();
+    let publisher = crate::procs::Proc::spawn(binary, args)?;
+    let reconcile = reconciled(admin_port, name, Duration::from_secs(300)).await?;
+    let took = started.elapsed();
+    let (rss, peak) = publisher.memory_mib();
+    println!(
+        "  after a restart: reconciliation {reconcile}; restart → reconciled {:.2} s; publisher RSS after it {rss:.1} MiB (peak {peak:.1} MiB)",
+        took.as_secs_f64()
+    );
+    Ok(publisher)
+}

@@ -1,6 +1,7 @@
 //! publisher-vulcand: 10,000 Services × 3 addresses from an empty etcd, then churn latency
 //! from publish to the key being visible in etcd (observed through an etcd watch: v3, or the
-//! v2 API's long-polling watch in `--etcd-api v2` mode, the keyspace vulcand v0.8 reads).
+//! v2 API's long-polling watch in `--etcd-api v2` mode, the keyspace vulcand v0.8 reads), then
+//! a restart (records loaded, a full reconciliation) with its memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -192,6 +193,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let (rss, peak) = publisher.memory_mib();
     println!("  publisher RSS after churn: {rss:.1} MiB (peak {peak:.1} MiB)");
+    crate::drive::restart(
+        publisher,
+        "ksr-publisher-vulcand",
+        &publisher_args,
+        admin_port,
+        "vulcand",
+    )
+    .await?;
     drop(stream);
     Ok(())
 }

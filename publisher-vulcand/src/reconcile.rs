@@ -145,7 +145,7 @@ async fn repair_keys(
             })
             .await?;
         }
-        let (drifted, _) = wanted.finish(layout);
+        let (drifted, _) = wanted.finish(survey.names().map(|(id, _, _)| id.as_str()));
         return repair_v2(projector, v2, drifted).await;
     }
     let mut kv = projector.kv();
@@ -174,11 +174,11 @@ async fn repair_keys(
             wanted.check(layout, &id, dir, found, true);
         }
     }
-    let (drifted, actual) = wanted.finish(layout);
-    // The directories that differ of the drifted routes, as their records project them
-    // (a directory found as wanted needs no write, and its keys were not kept).
+    let (drifted, actual) = wanted.finish(survey.names().map(|(id, _, _)| id.as_str()));
+    // The directories of the drifted hostnames' routes not found as wanted, as their records
+    // project them (a directory found as wanted needs no write, and its keys were not kept).
     let mut expected = crate::keys::Projection::new();
-    for (host, ids) in &drifted {
+    for host in drifted.keys() {
         if let Some(record) =
             ksr_projection::apply::name_at(projector, host, survey.name(host).0).await?
         {
@@ -186,7 +186,7 @@ async fn repair_keys(
                 |(key, (class, _))| {
                     layout
                         .id_of_vulcand_key(key)
-                        .is_some_and(|id| ids.contains(id) && !wanted.matched(id, Dir::of(*class)))
+                        .is_some_and(|id| !wanted.ok(id, Dir::of(*class)))
                 },
             ));
         }

@@ -29,7 +29,8 @@ pub struct PathClaim {
     /// Stream sequence at which the Service's continuous claim on hostname + path began
     /// (the claim's own `since` is the one on the hostname).
     pub path_since: u64,
-    /// The Service's ready backends.
+    /// The Service's ready backends (read at their exact length, like the claims).
+    #[serde(deserialize_with = "exact")]
     pub backends: Vec<SocketAddr>,
     /// How vulcand speaks to them (absent in records of earlier releases: http).
     #[serde(default, skip_serializing_if = "is_http")]
@@ -37,6 +38,12 @@ pub struct PathClaim {
     /// Whether vulcand skips verifying their certificates (https only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_skip_verify: bool,
+}
+
+fn exact<'de, De: serde::Deserializer<'de>>(d: De) -> Result<Vec<SocketAddr>, De::Error> {
+    let mut v = Vec::deserialize(d)?;
+    v.shrink_to_fit();
+    Ok(v)
 }
 
 fn is_http(s: &Scheme) -> bool {

@@ -1,13 +1,16 @@
-//! What every route of ours should hold in vulcand's keys, kept as one hash per key, and the
-//! routes that differ from it as vulcand's keys are read one route at a time: the key pass of
-//! reconciliation in memory that grows with the number of routes, not with their keys.
+//! What every route of ours should hold in vulcand's keys, kept as one digest per route and
+//! directory, and the routes that differ from it as vulcand's keys are read one route at a
+//! time: the key pass of reconciliation in memory that grows with the number of routes, not
+//! with their keys.
 //!
 //! At 100,000 Services reconciliation held every live key and every expected key with its
 //! value at once (publisher peak 768 MiB on v3, 933 MiB on v2, for a process that projects in
-//! 150 MiB). Now a route costs its id and a hash per key; only the keys of routes that differ
-//! are kept, to repair them.
+//! 150 MiB). Then a route cost its id and a hash per key (23 MiB at 100,000); now it costs
+//! three words per directory, keyed by a hash of its id (7 MiB); only the keys of routes that
+//! differ are kept, to repair them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 
 use ksr_projection::RecordKey;
 use ksr_projection::survey::Unreadable;
@@ -51,31 +54,42 @@ pub struct Found {
     pub empty_dir: bool,
 }
 
-#[derive(Debug, Default)]
+/// What one directory of a route should hold.
+#[derive(Debug, Default, Clone, Copy)]
 struct WantedDir {
-    /// Hashes of (key, value), sorted.
-    keys: Vec<u64>,
+    /// The sum of the hashes of its (key, value) pairs (keys are unique in a directory, so a
+    /// sum of keyed hashes tells a different set apart but for a 2^-64 chance).
+    digest: u64,
+    /// How many keys.
+    count: u32,
     seen: bool,
-    /// Found exactly as wanted.
-    matched: bool,
+    /// Found as wanted: exactly (and no empty directory), or with upsert-only every wanted
+    /// key present with its value.
+    ok: bool,
 }
 
-fn key_hash(key: &str, value: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
-    value.hash(&mut h);
-    h.finish()
+/// One route: its hostname's id (hashed) and its two directories.
+#[derive(Debug, Default)]
+struct Route {
+    host: u64,
+    dirs: [WantedDir; 2],
+    /// With upsert-only only (keys no record wants are not drift, so a wanted key must be
+    /// told apart from one that is not): each directory's key hashes, sorted.
+    keys: Option<Box<[Vec<u64>; 2]>>,
 }
 
-/// The projection of our records, one hash per key, checked against vulcand's keys route by
-/// route; collects the routes that need repair.
+/// The projection of our records, as digests, checked against vulcand's keys route by route;
+/// collects the hostnames that need repair.
 #[derive(Debug)]
 pub struct Wanted {
     /// The etcd revision the records were read at (0: unknown); vulcand's keys are read at
     /// the same one, so that a route written or removed in between is not taken for drift.
     at: u64,
-    routes: HashMap<String, [WantedDir; 2]>,
+    /// Keyed hashing of route ids, hostnames and keys (a new key per pass: nobody can choose
+    /// names or values that collide).
+    hasher: RandomState,
+    /// By route id's hash.
+    routes: HashMap<u64, Route>,
     unreadable: HashSet<String>,
     upsert_only: bool,
     drifted: BTreeMap<String, BTreeSet<String>>,
@@ -88,6 +102,7 @@ impl Wanted {
     pub fn new(upsert_only: bool) -> Self {
         Self {
             at: 0,
+            hasher: RandomState::new(),
             routes: HashMap::new(),
             unreadable: HashSet::new(),
             upsert_only,
@@ -106,24 +121,33 @@ impl Wanted {
         self.at
     }
 
+    fn key_hash(&self, key: &str, value: &str) -> u64 {
+        self.hasher.hash_one((key, value))
+    }
+
     /// Wants the keys `record` (a hostname's) projects to.
     pub fn want(&mut self, layout: &Layout, record: &HostRecord) {
-        let mut touched = Vec::new();
         for (key, (class, value)) in crate::keys::project(layout, record) {
             let Some(id) = layout.id_of_vulcand_key(&key) else {
                 continue;
             };
-            let dirs = self.routes.entry(id.to_owned()).or_default();
-            dirs[Dir::of(class) as usize]
-                .keys
-                .push(key_hash(&key, &value));
-            if touched.last().is_none_or(|t: &String| t != id) {
-                touched.push(id.to_owned());
-            }
-        }
-        for id in touched {
-            if let Some(dirs) = self.routes.get_mut(&id) {
-                dirs.iter_mut().for_each(|d| d.keys.sort_unstable());
+            let hash = self.key_hash(&key, &value);
+            let (id_hash, host) = (
+                self.hasher.hash_one(id),
+                self.hasher.hash_one(layout.host_id_of(id)),
+            );
+            let upsert_only = self.upsert_only;
+            let route = self.routes.entry(id_hash).or_insert_with(|| Route {
+                host,
+                keys: upsert_only.then(Box::default),
+                ..Default::default()
+            });
+            let dir = Dir::of(class) as usize;
+            route.dirs[dir].digest = route.dirs[dir].digest.wrapping_add(hash);
+            route.dirs[dir].count += 1;
+            if let Some(keys) = &mut route.keys {
+                let at = keys[dir].partition_point(|k| *k < hash);
+                keys[dir].insert(at, hash);
             }
         }
     }
@@ -146,18 +170,42 @@ impl Wanted {
         if self.unreadable.contains(host) {
             return;
         }
-        let mut have: Vec<u64> = found.leaves.iter().map(|(k, v)| key_hash(k, v)).collect();
-        have.sort_unstable();
-        let differs = match self.routes.get_mut(id).map(|d| &mut d[dir as usize]) {
-            None => !self.upsert_only,
-            Some(want) => {
-                want.seen = true;
-                want.matched = have == want.keys && !found.empty_dir;
-                let missing = want.keys.iter().any(|k| have.binary_search(k).is_err());
-                missing || (!want.matched && !self.upsert_only)
+        let id_hash = self.hasher.hash_one(id);
+        let ok = match self.routes.get(&id_hash) {
+            None => self.upsert_only,
+            Some(route) => {
+                let want = &route.dirs[dir as usize];
+                let ok = match &route.keys {
+                    // Upsert-only: every wanted key present with its value.
+                    Some(keys) => {
+                        let mut have: Vec<u64> = found
+                            .leaves
+                            .iter()
+                            .map(|(k, v)| self.key_hash(k, v))
+                            .collect();
+                        have.sort_unstable();
+                        keys[dir as usize]
+                            .iter()
+                            .all(|k| have.binary_search(k).is_ok())
+                    }
+                    None => {
+                        let digest = found
+                            .leaves
+                            .iter()
+                            .fold(0u64, |d, (k, v)| d.wrapping_add(self.key_hash(k, v)));
+                        want.digest == digest
+                            && want.count as usize == found.leaves.len()
+                            && !found.empty_dir
+                    }
+                };
+                if let Some(route) = self.routes.get_mut(&id_hash) {
+                    route.dirs[dir as usize].seen = true;
+                    route.dirs[dir as usize].ok = ok;
+                }
+                ok
             }
         };
-        if differs {
+        if !ok {
             self.mark(layout, id);
             if keep {
                 self.kept.extend(found.leaves);
@@ -172,27 +220,34 @@ impl Wanted {
             .insert(id.to_owned());
     }
 
-    /// Whether route `id`'s directory `dir` was found exactly as wanted (a route that needs
-    /// repair in its other directory needs no write in this one).
-    pub fn matched(&self, id: &str, dir: Dir) -> bool {
-        self.routes.get(id).is_some_and(|d| d[dir as usize].matched)
+    /// Whether route `id`'s directory `dir` was found as wanted (a route that needs repair
+    /// in its other directory needs no write in this one).
+    pub fn ok(&self, id: &str, dir: Dir) -> bool {
+        self.routes
+            .get(&self.hasher.hash_one(id))
+            .is_some_and(|r| r.dirs[dir as usize].ok)
     }
 
-    /// Once every route was checked: the routes that need repair by hostname (those with
-    /// wanted keys in a directory that was not found among them), and the keys kept of them
-    /// (of the directories that differ).
-    pub fn finish(
+    /// Once every route was checked: the hostnames that need repair, each with the ids of its
+    /// routes found differing (a route wanted in a directory that was not found at all is
+    /// not named: its hostname is, and [`Wanted::ok`] is false for it), and the keys kept of
+    /// them (of the directories that differ). `hosts` are the hostnames' ids with a record.
+    pub fn finish<'a>(
         &mut self,
-        layout: &Layout,
+        hosts: impl Iterator<Item = &'a str>,
     ) -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<String, String>) {
-        let unseen: Vec<String> = self
+        let unseen: HashSet<u64> = self
             .routes
-            .iter()
-            .filter(|(_, dirs)| dirs.iter().any(|d| !d.seen && !d.keys.is_empty()))
-            .map(|(id, _)| id.clone())
+            .values()
+            .filter(|r| r.dirs.iter().any(|d| !d.seen && d.count > 0))
+            .map(|r| r.host)
             .collect();
-        for id in unseen {
-            self.mark(layout, &id);
+        if !unseen.is_empty() {
+            for host in hosts {
+                if unseen.contains(&self.hasher.hash_one(host)) {
+                    self.drifted.entry(host.to_owned()).or_default();
+                }
+            }
         }
         (
             std::mem::take(&mut self.drifted),
@@ -305,8 +360,19 @@ mod tests {
         )
     }
 
-    fn drifted(mut w: Wanted, layout: &Layout) -> Vec<String> {
-        w.finish(layout).0.into_values().flatten().collect()
+    /// The hostnames found drifted, each with the routes named.
+    fn drifted(mut w: Wanted, state: &State) -> Vec<(String, Vec<String>)> {
+        let hosts: Vec<String> = state.names().map(|(id, _)| id.clone()).collect();
+        w.finish(
+            hosts
+                .iter()
+                .map(String::as_str)
+                .chain(["ksr.gone.test.service.consul"]),
+        )
+        .0
+        .into_iter()
+        .map(|(host, ids)| (host, ids.into_iter().collect()))
+        .collect()
     }
 
     #[test]
@@ -315,29 +381,45 @@ mod tests {
         let (state, projection) = state(&layout);
         let (id, backends) = found(&projection, Dir::Backends);
         let (_, frontends) = found(&projection, Dir::Frontends);
+        let host = layout.host_id_of(&id).to_owned();
 
         let mut w = Wanted::of(&layout, &state, false);
         w.check(&layout, &id, Dir::Backends, backends.clone(), true);
         w.check(&layout, &id, Dir::Frontends, frontends.clone(), true);
-        assert_eq!(drifted(w, &layout), Vec::<String>::new());
+        assert!(w.ok(&id, Dir::Backends) && w.ok(&id, Dir::Frontends));
+        assert_eq!(drifted(w, &state), vec![]);
 
-        // A directory missing altogether.
-        let mut w = Wanted::of(&layout, &state, false);
-        w.check(&layout, &id, Dir::Backends, backends.clone(), true);
-        assert_eq!(drifted(w, &layout), vec![id.clone()]);
+        // A directory missing altogether: its hostname needs repair, that directory only.
+        for upsert_only in [false, true] {
+            let mut w = Wanted::of(&layout, &state, upsert_only);
+            w.check(&layout, &id, Dir::Backends, backends.clone(), true);
+            assert!(w.ok(&id, Dir::Backends) && !w.ok(&id, Dir::Frontends));
+            assert_eq!(drifted(w, &state), vec![(host.clone(), vec![])]);
+        }
 
-        // An altered value, kept for the repair.
+        // An altered value or a missing key, kept for the repair.
         let mut altered = frontends.clone();
         altered.leaves[0].1.push(' ');
-        let mut w = Wanted::of(&layout, &state, false);
-        w.check(&layout, &id, Dir::Backends, backends.clone(), true);
-        w.check(&layout, &id, Dir::Frontends, altered.clone(), true);
-        let (d, kept) = w.finish(&layout);
-        assert_eq!(
-            d.into_values().flatten().collect::<Vec<_>>(),
-            vec![id.clone()]
-        );
-        assert_eq!(kept, altered.leaves.into_iter().collect());
+        let mut missing = backends.clone();
+        missing.leaves.pop();
+        for upsert_only in [false, true] {
+            for (dir, differs, other) in [
+                (Dir::Frontends, &altered, &backends),
+                (Dir::Backends, &missing, &frontends),
+            ] {
+                let other_dir = Dir::BOTH[1 - dir as usize];
+                let mut w = Wanted::of(&layout, &state, upsert_only);
+                w.check(&layout, &id, other_dir, other.clone(), true);
+                w.check(&layout, &id, dir, differs.clone(), true);
+                assert!(!w.ok(&id, dir) && w.ok(&id, other_dir));
+                let (d, kept) = w.finish(std::iter::empty());
+                assert_eq!(
+                    d.into_iter().collect::<Vec<_>>(),
+                    vec![(host.clone(), BTreeSet::from([id.clone()]))]
+                );
+                assert_eq!(kept, differs.leaves.iter().cloned().collect());
+            }
+        }
 
         // A key no record wants, and an empty directory: drift, unless upsert-only.
         let mut extra = backends.clone();
@@ -346,26 +428,31 @@ mod tests {
             .push((layout.server_key(&id, "c9-10-0-0-9-80"), "{}".into()));
         let mut empty = backends.clone();
         empty.empty_dir = true;
-        for (upsert_only, want) in [(false, vec![id.clone()]), (true, vec![])] {
+        for (upsert_only, want) in [
+            (false, vec![(host.clone(), vec![id.clone()])]),
+            (true, vec![]),
+        ] {
             for b in [&extra, &empty] {
                 let mut w = Wanted::of(&layout, &state, upsert_only);
                 w.check(&layout, &id, Dir::Backends, b.clone(), false);
                 w.check(&layout, &id, Dir::Frontends, frontends.clone(), false);
-                assert_eq!(drifted(w, &layout), want, "upsert-only {upsert_only}");
+                assert_eq!(w.ok(&id, Dir::Backends), upsert_only);
+                assert_eq!(drifted(w, &state), want, "upsert-only {upsert_only}");
             }
         }
 
         // A route of ours no record wants.
-        let stray = format!(
-            "{}.0123456789abcdef",
-            layout.host_id("gone.test.service.consul")
-        );
-        for (upsert_only, want) in [(false, vec![stray.clone()]), (true, vec![])] {
+        let gone = layout.host_id("gone.test.service.consul");
+        let stray = format!("{gone}.0123456789abcdef");
+        for (upsert_only, want) in [
+            (false, vec![(gone.clone(), vec![stray.clone()])]),
+            (true, vec![]),
+        ] {
             let mut w = Wanted::of(&layout, &state, upsert_only);
             w.check(&layout, &id, Dir::Backends, backends.clone(), false);
             w.check(&layout, &id, Dir::Frontends, frontends.clone(), false);
             w.check(&layout, &stray, Dir::Frontends, frontends.clone(), false);
-            assert_eq!(drifted(w, &layout), want);
+            assert_eq!(drifted(w, &state), want);
         }
     }
 
