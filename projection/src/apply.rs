@@ -134,8 +134,8 @@ impl<S: Store + Send> Projector for S {
         })
     }
 
-    fn standings(&self) -> Vec<crate::status::Change> {
-        crate::plan::standings::<S::T>(&self.cache().lock())
+    fn standings(&self, each: &mut dyn FnMut(crate::status::Change)) {
+        crate::plan::standings::<S::T>(&self.cache().lock(), each);
     }
 }
 

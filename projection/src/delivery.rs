@@ -77,11 +77,11 @@ pub trait Projector: Send + Sync {
         batch: &[Delivery],
     ) -> impl Future<Output = Result<ApplyReport, ApplyError>> + Send;
 
-    /// Where every Service claiming a name stands now, from the cached records: reported
-    /// again after each reconciliation pass, so a status lost in a crash between a commit and
-    /// its report is written again. None by default.
-    fn standings(&self) -> Vec<crate::status::Change> {
-        Vec::new()
+    /// Where every Service claiming a name stands now, from the cached records, handed to
+    /// `each` one at a time: reported again after each reconciliation pass, so a status lost
+    /// in a crash between a commit and its report is written again. None by default.
+    fn standings(&self, each: &mut dyn FnMut(crate::status::Change)) {
+        let _ = each;
     }
 }
 

@@ -109,13 +109,13 @@ pub fn changes<T: Target>(units: &[UnitOf<T>]) -> Vec<Change> {
     out
 }
 
-/// Where every Service claiming a name in `state` stands.
-pub fn standings<T: Target>(state: &StateOf<T>) -> Vec<Change> {
+/// Where every Service claiming a name in `state` stands, handed to `each`.
+pub fn standings<T: Target>(state: &StateOf<T>, each: &mut dyn FnMut(Change)) {
     state
         .names()
         .filter_map(|(_, v)| v.value.as_ref())
         .flat_map(claims_standing::<T>)
-        .collect()
+        .for_each(each);
 }
 
 /// Where each Service claiming `record`'s name stands, as status changes.

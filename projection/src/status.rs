@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use ksr_proto::ServiceKey;
 
 /// Where one Service stands in one target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Standing {
     /// The target serves it under `name`.

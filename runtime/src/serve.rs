@@ -103,9 +103,9 @@ where
             stop.cancel();
             r
         };
-        let reconciled = || {
+        let reconciled = || async {
             if let Some(status) = &options.status {
-                status.report_all(p.projector.standings());
+                status.report_all(|each| p.projector.standings(each)).await;
             }
         };
         let reconciling = reconcile_loop(
@@ -123,17 +123,19 @@ where
         .unwrap_or(Ok(()))
 }
 
-async fn reconcile_loop<R, Fut, T, E>(
+async fn reconcile_loop<R, Fut, T, E, D, DFut>(
     mut consumer: PullConsumer,
     interval: Duration,
     reconcile: &R,
-    reconciled: impl Fn(),
+    reconciled: D,
     metrics: &ConsumerMetrics,
     stop: CancellationToken,
 ) where
     R: Fn(u64) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     E: std::error::Error,
+    D: Fn() -> DFut,
+    DFut: Future<Output = ()>,
 {
     let mut first = true;
     loop {
@@ -174,8 +176,11 @@ async fn reconcile_loop<R, Fut, T, E>(
         match passed {
             Ok(_) => {
                 metrics.reconciled(true);
-                reconciled();
                 first = false;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = reconciled() => {}
+                }
             }
             Err(e) => {
                 metrics.reconciled(false);

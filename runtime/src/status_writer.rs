@@ -8,8 +8,9 @@
 //! A failed write is counted, logged and tried again later; the bucket is created when
 //! missing. Nothing here can fail or slow down an apply.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -17,7 +18,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use ksr_proto::ServiceKey;
@@ -29,7 +30,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Status writes in flight at once.
 const CONCURRENCY: usize = 32;
-/// How long a starting writer may read what its publisher wrote before.
+/// How long a starting writer may read what its publisher wrote before; a full report waits
+/// as long for that read.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Waits after failed writes (or bucket creation) in a row: 1 s doubling up to 60 s.
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -52,12 +54,59 @@ pub struct StatusWriter {
 #[derive(Debug)]
 struct Shared {
     pending: Mutex<HashMap<ServiceKey, (u64, Option<Standing>)>>,
-    /// The last full report, not yet flushed: every Service with a standing. It is compared
-    /// with what was written when the writer flushes — only what differs is queued — and
-    /// what this writer wrote for any other Service (a refusal aside) is deleted. Kept
-    /// aside, not queued: at 100,000 Services queueing it whole held every key twice more.
-    full: Mutex<Option<Vec<Change>>>,
+    /// What is in the bucket for each Service, as far as this writer knows. A full report
+    /// is compared with it as it is made, one Service at a time, so that only what differs
+    /// is queued (at 100,000 Services a full report held as a list cost 25 MiB).
+    written: Mutex<Written>,
+    /// Hashes standings for [`Written`].
+    hasher: RandomState,
+    /// Whether what was written before this process started has been read.
+    loaded: watch::Sender<bool>,
     wake: Notify,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, HashMap<ServiceKey, (u64, Option<Standing>)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn written(&self) -> MutexGuard<'_, Written> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `standing` is news against what is written for `service` (sequences are not
+    /// compared: a stream created again starts them anew).
+    fn is_news(
+        &self,
+        written: &Written,
+        service: &ServiceKey,
+        standing: &Option<Standing>,
+    ) -> bool {
+        written
+            .services
+            .get(service)
+            .is_none_or(|w| w.standing != self.hasher.hash_one(standing))
+    }
+}
+
+/// The statuses in the bucket: per Service its event's sequence and a hash of its standing
+/// (a Service costs its key and three words, not its standing's strings).
+#[derive(Debug, Default)]
+struct Written {
+    services: HashMap<ServiceKey, WrittenStatus>,
+    /// Counts full reports, to tell the Services the last one listed.
+    reports: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WrittenStatus {
+    seq: u64,
+    /// A hash of the standing written ([`Shared::hasher`]).
+    standing: u64,
+    /// A refusal: not a claim, so a full report (which lists claims) does not delete it.
+    refused: bool,
+    /// The last full report that listed the Service.
+    listed: u32,
 }
 
 /// Who writes, and where.
@@ -74,7 +123,8 @@ pub struct StatusTarget {
 }
 
 impl StatusWriter {
-    /// Starts the writer task; it stops with `shutdown`.
+    /// Starts the writer task, which reads what this publisher wrote before once there is
+    /// something to write; it stops with `shutdown`.
     pub fn start(
         js: jetstream::Context,
         to: StatusTarget,
@@ -102,7 +152,9 @@ impl StatusWriter {
         });
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
-            full: Mutex::new(None),
+            written: Mutex::new(Written::default()),
+            hasher: RandomState::new(),
+            loaded: watch::Sender::new(false),
             wake: Notify::new(),
         });
         let task = Task {
@@ -110,7 +162,6 @@ impl StatusWriter {
             to,
             metrics,
             shared: shared.clone(),
-            written: HashMap::new(),
         };
         tokio::spawn(task.run(shutdown));
         Self { shared }
@@ -119,7 +170,8 @@ impl StatusWriter {
     /// Queues `changes` (the newest per Service wins); never waits.
     pub fn report(&self, changes: impl IntoIterator<Item = Change>) {
         let mut any = false;
-        if let Ok(mut pending) = self.shared.pending.lock() {
+        {
+            let mut pending = self.shared.pending();
             for (key, seq, standing) in changes {
                 let newer = pending.get(&key).is_none_or(|(s, _)| *s <= seq);
                 if newer {
@@ -132,17 +184,76 @@ impl StatusWriter {
             self.shared.wake.notify_one();
         }
     }
-}
 
-impl StatusWriter {
-    /// Reports the standing of every Service claiming a name (after a reconciliation pass):
-    /// what differs from what this writer wrote is written, and statuses it wrote for
-    /// Services not among them are deleted (refusals stay: they are not claims).
-    pub fn report_all(&self, all: Vec<Change>) {
-        if let Ok(mut full) = self.shared.full.lock() {
-            *full = Some(all);
+    /// Has the writer read what this publisher wrote before it started, if it has not yet
+    /// (it does so when first woken, so that the read does not add to the memory of a
+    /// start-up reconciliation), and waits for that at most `within`; false if not done.
+    pub async fn loaded(&self, within: Duration) -> bool {
+        let mut rx = self.shared.loaded.subscribe();
+        if !*rx.borrow() {
+            self.shared.wake.notify_one();
         }
-        self.shared.wake.notify_one();
+        matches!(
+            tokio::time::timeout(within, rx.wait_for(|l| *l)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Reports the standing of every Service claiming a name (after a reconciliation pass):
+    /// `standings` hands each to the callback it is given. What differs from what this
+    /// writer wrote is queued, and statuses it wrote for Services not among them are
+    /// deleted (refusals stay: they are not claims). Compared as they come, so a report of
+    /// every Service is never held at once; it waits (up to a minute) for the writer to
+    /// have read the bucket, and is skipped (the next pass reports again) if it has not.
+    pub async fn report_all(&self, standings: impl FnOnce(&mut dyn FnMut(Change))) {
+        if !self.loaded(LOAD_TIMEOUT).await {
+            tracing::warn!(
+                "the status bucket is not read yet: the full status report waits for the next reconciliation"
+            );
+            return;
+        }
+        let shared = &self.shared;
+        let started = std::time::Instant::now();
+        let (mut listed, mut queued, mut deleted) = (0u64, 0u64, 0u64);
+        {
+            let mut written = shared.written();
+            written.reports = written.reports.wrapping_add(1);
+            let report = written.reports;
+            let mut pending = shared.pending();
+            standings(&mut |(key, seq, standing)| {
+                listed += 1;
+                if let Some(w) = written.services.get_mut(&key) {
+                    w.listed = report;
+                }
+                match pending.get(&key) {
+                    // A change reported since is newer.
+                    Some((queued, _)) if *queued > seq => {}
+                    Some(_) => {
+                        pending.insert(key, (seq, standing));
+                    }
+                    None => {
+                        if shared.is_news(&written, &key, &standing) {
+                            queued += 1;
+                            pending.insert(key, (seq, standing));
+                        }
+                    }
+                }
+            });
+            for (key, w) in &written.services {
+                if !w.refused && w.listed != report && !pending.contains_key(key) {
+                    deleted += 1;
+                    pending.insert(key.clone(), (w.seq, None));
+                }
+            }
+        }
+        tracing::debug!(
+            listed,
+            queued,
+            deleted,
+            seconds = started.elapsed().as_secs_f64(),
+            "full status report compared with the bucket"
+        );
+        shared.wake.notify_one();
     }
 }
 
@@ -151,41 +262,42 @@ struct Task {
     to: StatusTarget,
     metrics: StatusMetrics,
     shared: Arc<Shared>,
-    /// What is in the bucket for each Service, as far as this writer knows.
-    written: HashMap<ServiceKey, (u64, Option<Standing>)>,
 }
 
 impl Task {
-    async fn run(mut self, stop: CancellationToken) {
-        let mut store = None;
+    async fn run(self, stop: CancellationToken) {
         let mut backoff = crate::retry::Backoff::new(RETRY_MIN, RETRY_MAX);
-        loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = self.shared.wake.notified() => {}
+        }
+        // The bucket, and what is in it, before anything is written.
+        let kv = loop {
+            if let Some(kv) = self.open().await {
+                break kv;
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            loop {
-                if store.is_none() {
-                    store = self.open().await;
-                    if let Some(kv) = &store {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = self.load_written(kv) => {}
-                        }
-                    }
-                }
-                let failed = match &store {
-                    Some(kv) => self.flush(kv).await,
-                    None => true,
-                };
-                if !failed {
-                    backoff.reset();
-                    break;
-                }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = self.load_written(&kv) => {}
+        }
+        self.shared.loaded.send_replace(true);
+        backoff.reset();
+        loop {
+            while self.flush(&kv).await {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
+            }
+            backoff.reset();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.shared.wake.notified() => {}
             }
         }
     }
@@ -219,17 +331,32 @@ impl Task {
     /// deletes those of Services that no longer claim a name. Advisory like every status
     /// write: when the bucket cannot be read (or not within [`LOAD_TIMEOUT`]), what was read
     /// is kept and the rest is written again.
-    async fn load_written(&mut self, kv: &kv::Store) {
+    async fn load_written(&self, kv: &kv::Store) {
         let started = std::time::Instant::now();
         let mut loaded = HashMap::new();
         let read = tokio::time::timeout(
             LOAD_TIMEOUT,
-            read_statuses(&self.js, kv, &self.to.publisher, &mut loaded),
+            read_statuses(&self.js, kv, &self.to.publisher, |service, status| {
+                let status = WrittenStatus {
+                    seq: status.seq,
+                    refused: matches!(status.standing, Standing::Rejected { .. }),
+                    standing: self.shared.hasher.hash_one(Some(status.standing)),
+                    listed: 0,
+                };
+                loaded.insert(service, status);
+            }),
         )
         .await;
         let found = loaded.len();
-        for (service, entry) in loaded {
-            self.written.entry(service).or_insert(entry);
+        {
+            let mut written = self.shared.written();
+            if written.services.is_empty() {
+                written.services = loaded;
+            } else {
+                for (service, status) in loaded {
+                    written.services.entry(service).or_insert(status);
+                }
+            }
         }
         match read {
             Ok(Ok(())) => tracing::debug!(
@@ -250,48 +377,18 @@ impl Task {
     }
 
     /// Writes what is pending; true if some write failed (it stays pending).
-    async fn flush(&mut self, kv: &kv::Store) -> bool {
-        let full = self.shared.full.lock().ok().and_then(|mut f| f.take());
-        let batch: Vec<_> = match self.shared.pending.lock() {
-            Ok(mut p) => {
-                let mut batch = Vec::new();
-                if let Some(full) = full {
-                    let listed: HashSet<&ServiceKey> = full.iter().map(|(k, _, _)| k).collect();
-                    for (key, (seq, standing)) in &self.written {
-                        let refused = matches!(standing, Some(Standing::Rejected { .. }));
-                        if !refused && !listed.contains(key) && !p.contains_key(key) {
-                            p.insert(key.clone(), (*seq, None));
-                        }
-                    }
-                    drop(listed);
-                    for (key, seq, standing) in full {
-                        match p.get(&key) {
-                            // A change reported since is newer.
-                            Some((queued, _)) if *queued > seq => {}
-                            Some(_) => {
-                                p.insert(key, (seq, standing));
-                            }
-                            // Not news unless it differs from what was written.
-                            None => {
-                                if self.written.get(&key).map(|(_, s)| s) != Some(&standing) {
-                                    batch.push((key, (seq, standing)));
-                                }
-                            }
-                        }
-                    }
-                }
-                batch.extend(p.drain());
-                batch
-            }
-            Err(_) => return false,
+    async fn flush(&self, kv: &kv::Store) -> bool {
+        let batch: Vec<_> = self.shared.pending().drain().collect();
+        let due: Vec<_> = {
+            let written = self.shared.written();
+            batch
+                .into_iter()
+                // Only a new standing is news: the same standing at a later event (new
+                // backends, say) is not written again, so status costs writes only when a
+                // Service's standing changes, not on every event.
+                .filter(|(k, (_, standing))| self.shared.is_news(&written, k, standing))
+                .collect()
         };
-        let due: Vec<_> = batch
-            .into_iter()
-            // Only a new standing is news: the same standing at a later event (new backends,
-            // say) is not written again, so status costs writes only when a Service's
-            // standing changes, not on every event.
-            .filter(|(k, (_, standing))| self.written.get(k).map(|(_, s)| s) != Some(standing))
-            .collect();
         self.metrics.pending.set(due.len() as i64);
         let to = &self.to;
         let results: Vec<_> = futures::stream::iter(due)
@@ -319,44 +416,57 @@ impl Task {
             .collect()
             .await;
         let mut failed = false;
-        for (service, seq, standing, result) in results {
-            match result {
-                Ok(()) => {
-                    self.metrics.writes.inc();
-                    if standing.is_none() {
-                        self.written.remove(&service);
-                    } else {
-                        self.written.insert(service, (seq, standing));
+        let mut retry = Vec::new();
+        {
+            let mut written = self.shared.written();
+            for (service, seq, standing, result) in results {
+                match result {
+                    Ok(()) => {
+                        self.metrics.writes.inc();
+                        match &standing {
+                            None => {
+                                written.services.remove(&service);
+                            }
+                            Some(s) => {
+                                let status = WrittenStatus {
+                                    seq,
+                                    refused: matches!(s, Standing::Rejected { .. }),
+                                    standing: self.shared.hasher.hash_one(&standing),
+                                    listed: written.reports,
+                                };
+                                written.services.insert(service, status);
+                            }
+                        }
                     }
-                }
-                Err(e) => {
-                    self.metrics.errors.inc();
-                    if !failed {
-                        tracing::warn!(bucket = self.to.bucket, error = %e, "status write failed (advisory: routing is unaffected); retrying");
-                    }
-                    failed = true;
-                    // Back in the queue unless something newer arrived meanwhile.
-                    if let Ok(mut p) = self.shared.pending.lock() {
-                        p.entry(service).or_insert((seq, standing));
+                    Err(e) => {
+                        self.metrics.errors.inc();
+                        if !failed {
+                            tracing::warn!(bucket = self.to.bucket, error = %e, "status write failed (advisory: routing is unaffected); retrying");
+                        }
+                        failed = true;
+                        retry.push((service, (seq, standing)));
                     }
                 }
             }
         }
-        self.metrics
-            .pending
-            .set(self.shared.pending.lock().map_or(0, |p| p.len() as i64));
+        let mut pending = self.shared.pending();
+        // Back in the queue unless something newer arrived meanwhile.
+        for (service, entry) in retry {
+            pending.entry(service).or_insert(entry);
+        }
+        self.metrics.pending.set(pending.len() as i64);
         failed
     }
 }
 
-/// Every status `publisher` has in the bucket (its newest value per Service, deleted ones
-/// left out), read through an ordered consumer of the bucket's stream (as a KV watch reads
+/// Hands `each` every status `publisher` has in the bucket (its newest value per Service,
+/// deleted ones left out), read through an ordered consumer of the bucket's stream (as a KV watch reads
 /// it) until it has delivered the last one.
 async fn read_statuses(
     js: &jetstream::Context,
     kv: &kv::Store,
     publisher: &str,
-    out: &mut HashMap<ServiceKey, (u64, Option<Standing>)>,
+    mut each: impl FnMut(ServiceKey, Status),
 ) -> Result<(), BoxError> {
     use jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
     let consumer = kv
@@ -386,7 +496,7 @@ async fn read_statuses(
             && let Some((_, service)) = key.and_then(status::parse_key)
             && let Ok(s) = Status::decode(&msg.payload)
         {
-            out.insert(service, (s.seq, Some(s.standing)));
+            each(service, s);
         }
         if pending == 0 {
             break;

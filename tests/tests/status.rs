@@ -1,6 +1,6 @@
 //! The per-Service status bucket as a restarted publisher finds it: what its previous process
 //! wrote is read back, so a restart writes only the standings that changed and deletes those
-//! of Services that no longer claim a name.
+//! of Services that no longer claim a name (refusals stay).
 
 use std::time::Duration;
 
@@ -65,14 +65,22 @@ async fn a_restarted_status_writer_writes_only_what_changed_and_deletes_what_no_
     };
 
     let (first, stop) = (MetricsRegistry::new(), CancellationToken::new());
-    StatusWriter::start(js.clone(), to.clone(), &first, stop.clone()).report_all(
-        services
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), i as u64 + 1, serving(i)))
-            .collect(),
-    );
-    assert_eq!(flushed(&first, 300.0).await?, 300.0);
+    let writer = StatusWriter::start(js.clone(), to.clone(), &first, stop.clone());
+    // A refusal is not a claim: no full report lists it, and none deletes it.
+    let refused = ServiceKey::new("east", "shop", "bad");
+    let refusal = Standing::Rejected {
+        reason: "path is not a valid regexp".into(),
+    };
+    writer.report([(refused.clone(), 1, Some(refusal.clone()))]);
+    writer
+        .report_all(|each| {
+            services
+                .iter()
+                .enumerate()
+                .for_each(|(i, k)| each((k.clone(), i as u64 + 1, serving(i))))
+        })
+        .await;
+    assert_eq!(flushed(&first, 301.0).await?, 301.0);
     stop.cancel();
     let bucket = js.get_key_value("KSR_ROUTES_status").await?;
     let unchanged = "ksr-vulcand-ksr.east.shop.s5";
@@ -97,7 +105,9 @@ async fn a_restarted_status_writer_writes_only_what_changed_and_deletes_what_no_
         .map(|(i, k)| (k.clone(), 400 + i as u64, serving(i)))
         .collect();
     all.push((services[0].clone(), 401, Some(waiting.clone())));
-    StatusWriter::start(js.clone(), to, &second, stop.clone()).report_all(all);
+    StatusWriter::start(js.clone(), to, &second, stop.clone())
+        .report_all(|each| all.into_iter().for_each(each))
+        .await;
     assert_eq!(
         flushed(&second, 2.0).await?,
         2.0,
@@ -110,6 +120,9 @@ async fn a_restarted_status_writer_writes_only_what_changed_and_deletes_what_no_
     assert_eq!(s0.map(|s| s.standing), Some(waiting));
     assert!(bucket.get("ksr-vulcand-ksr.east.shop.s1").await?.is_none());
     assert!(bucket.get("ksr-consul-ksr.east.shop.s1").await?.is_some());
+    let bad = bucket.get("ksr-vulcand-ksr.east.shop.bad").await?;
+    let bad = bad.map(|v| Status::decode(&v)).transpose()?;
+    assert_eq!(bad.map(|s| s.standing), Some(refusal));
     assert_eq!(bucket.entry(unchanged).await?.map(|e| e.revision), revision);
     Ok(())
 }
@@ -117,8 +130,8 @@ async fn a_restarted_status_writer_writes_only_what_changed_and_deletes_what_no_
 #[tokio::test]
 async fn a_full_report_and_the_changes_around_it_end_with_the_newest_standing_of_each_service()
 -> anyhow::Result<()> {
-    // A full report is kept aside until the writer flushes; changes reported before the
-    // flush are merged with it by sequence, the newest standing of each Service winning.
+    // A full report is merged with the changes queued before it by sequence, and changes
+    // reported after it with both, the newest standing of each Service winning.
     let nats = NatsServer::start().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     let to = StatusTarget {
@@ -142,17 +155,27 @@ async fn a_full_report_and_the_changes_around_it_end_with_the_newest_standing_of
     };
     let (registry, stop) = (MetricsRegistry::new(), CancellationToken::new());
     let writer = StatusWriter::start(js.clone(), to, &registry, stop.clone());
-    // Nothing below awaits, so the writer task (on this test's one thread) flushes only
-    // after all of it.
+    assert!(
+        writer.loaded(WAIT).await,
+        "the writer read the (empty) bucket"
+    );
+    // Nothing below waits (the report finds the bucket read), so the writer task (on this
+    // test's one thread) flushes only after all of it.
     writer.report([(key("older-before"), 1, waiting("older-before"))]);
     writer.report([(key("newer-before"), 9, waiting("newer-before"))]);
-    writer.report_all(vec![
-        (key("older-before"), 5, serving("older-before")),
-        (key("newer-before"), 5, serving("newer-before")),
-        (key("newer-after"), 5, serving("newer-after")),
-        (key("older-after"), 5, serving("older-after")),
-        (key("only-full"), 5, serving("only-full")),
-    ]);
+    writer
+        .report_all(|each| {
+            [
+                (key("older-before"), 5, serving("older-before")),
+                (key("newer-before"), 5, serving("newer-before")),
+                (key("newer-after"), 5, serving("newer-after")),
+                (key("older-after"), 5, serving("older-after")),
+                (key("only-full"), 5, serving("only-full")),
+            ]
+            .into_iter()
+            .for_each(each)
+        })
+        .await;
     writer.report([(key("newer-after"), 7, waiting("newer-after"))]);
     writer.report([(key("older-after"), 2, waiting("older-after"))]);
     writer.report([(key("only-changed"), 3, serving("only-changed"))]);
