@@ -127,15 +127,13 @@ impl Wanted {
 
     /// Wants the keys `record` (a hostname's) projects to.
     pub fn want(&mut self, layout: &Layout, record: &HostRecord) {
+        let host = self.hasher.hash_one(layout.host_id(&record.meta.host));
         for (key, (class, value)) in crate::keys::project(layout, record) {
             let Some(id) = layout.id_of_vulcand_key(&key) else {
                 continue;
             };
             let hash = self.key_hash(&key, &value);
-            let (id_hash, host) = (
-                self.hasher.hash_one(id),
-                self.hasher.hash_one(layout.host_id_of(id)),
-            );
+            let id_hash = self.hasher.hash_one(id);
             let upsert_only = self.upsert_only;
             let route = self.routes.entry(id_hash).or_insert_with(|| Route {
                 host,
@@ -170,19 +168,17 @@ impl Wanted {
         if self.unreadable.contains(host) {
             return;
         }
-        let id_hash = self.hasher.hash_one(id);
-        let ok = match self.routes.get(&id_hash) {
+        let hasher = &self.hasher;
+        let key_hash = |(k, v): &(String, String)| hasher.hash_one((k.as_str(), v.as_str()));
+        let ok = match self.routes.get_mut(&hasher.hash_one(id)) {
             None => self.upsert_only,
             Some(route) => {
-                let want = &route.dirs[dir as usize];
-                let ok = match &route.keys {
+                let want = &mut route.dirs[dir as usize];
+                want.seen = true;
+                want.ok = match &route.keys {
                     // Upsert-only: every wanted key present with its value.
                     Some(keys) => {
-                        let mut have: Vec<u64> = found
-                            .leaves
-                            .iter()
-                            .map(|(k, v)| self.key_hash(k, v))
-                            .collect();
+                        let mut have: Vec<u64> = found.leaves.iter().map(key_hash).collect();
                         have.sort_unstable();
                         keys[dir as usize]
                             .iter()
@@ -192,17 +188,13 @@ impl Wanted {
                         let digest = found
                             .leaves
                             .iter()
-                            .fold(0u64, |d, (k, v)| d.wrapping_add(self.key_hash(k, v)));
+                            .fold(0u64, |d, kv| d.wrapping_add(key_hash(kv)));
                         want.digest == digest
                             && want.count as usize == found.leaves.len()
                             && !found.empty_dir
                     }
                 };
-                if let Some(route) = self.routes.get_mut(&id_hash) {
-                    route.dirs[dir as usize].seen = true;
-                    route.dirs[dir as usize].ok = ok;
-                }
-                ok
+                want.ok
             }
         };
         if !ok {
